@@ -1,0 +1,3 @@
+"""Model families. Each backend module registers itself in `BACKENDS`."""
+from fedmm.backends.base import BACKENDS, Backend  # noqa: F401
+from fedmm.backends import fusion as _fusion  # noqa: E402,F401

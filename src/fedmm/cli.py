@@ -1,0 +1,103 @@
+"""The `fedmm` command.
+
+    fedmm run [-m] [key=value ...]        federated training (the default job with no overrides)
+    fedmm centralized [key=value ...]     the centralized baseline on the same data and model
+    fedmm config [key=value ...]          print the composed configuration
+    fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
+
+User errors print one line (`error: ...`) and exit 2; nothing already written is removed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from fedmm.errors import FedmmError
+
+USAGE = __doc__.split("\n\n")[1]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fedmm.config import expand_sweeps, load_settings
+    from fedmm.experiment import run_centralized, run_federated
+
+    job = run_federated if args.command == "run" else run_centralized
+    if not args.multirun:
+        job(load_settings(args.overrides))
+        return 0
+    combos = expand_sweeps(args.overrides)
+    base = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("output_dir=")), None)
+    from datetime import datetime
+
+    root = Path(base or Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S") + "-sweep"))
+    settings = [load_settings([o for o in c if not o.startswith("output_dir=")] + [f"output_dir={root / str(i)}"])
+                for i, c in enumerate(combos)]  # validate every job before running any
+    print(f"sweep: {len(combos)} jobs under {root}/", flush=True)
+    results = []
+    for i, (combo, s) in enumerate(zip(combos, settings)):
+        print(f"\n[{i + 1}/{len(combos)}] {' '.join(combo)}", flush=True)
+        final = job(s)
+        results.append((combo, final))
+    print("\nsweep results:")
+    for i, (combo, final) in enumerate(results):
+        evals = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("eval_") and k != "eval_seconds")
+        print(f"  {root / str(i)}: {' '.join(combo)} -> {evals}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedmm", description="Federated fine-tuning of multimodal models.",
+                                     usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "centralized"):
+        p = sub.add_parser(name)
+        p.add_argument("-m", "--multirun", action="store_true", help="sweep: one job per combination of a=1,2 ...")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 model=fusion_tiny")
+    p = sub.add_parser("config")
+    p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("report")
+    p.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        if args.command in ("run", "centralized"):
+            return _run(args)
+        if args.command == "config":
+            from fedmm.config.load import show_config
+
+            print(show_config(args.overrides), end="")
+            return 0
+        if args.command == "report":
+            from fedmm.report import write_report
+
+            if not (Path(args.run_dir) / "metrics.jsonl").exists():
+                raise FedmmError(f"{args.run_dir} has no metrics.jsonl; give a run directory written by fedmm")
+            print(write_report(args.run_dir))
+            return 0
+    except FedmmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed rounds are kept (continue with resume=<run_dir>)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hydra config groups shipped with fedmm (task, model, strategy, partition, runtime)."""

@@ -1,0 +1,186 @@
+"""Compose a configuration from the shipped groups and `key=value` overrides, expand `-m` sweeps, validate.
+
+Hydra's own `@hydra.main` is not used: it owns the process (working directory, logging, multi-line errors). We use
+its composition API and override grammar, so every Hydra override (`+key=`, `~key`, group choices, sweeps such as
+`a=1,2`, `range(1,4)`) works, and turn every problem into one line.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fedmm.backends import BACKENDS
+from fedmm.config.schema import PartitionConfig, Schema
+from fedmm.data.tasks import TASKS
+from fedmm.errors import FedmmError
+from fedmm.fl.strategy import STRATEGIES
+from fedmm.runtime import RUNTIMES
+
+GROUPS = {"task": TASKS, "model": BACKENDS, "strategy": STRATEGIES, "runtime": RUNTIMES}
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
+SCHEMAS = {**{g: None for g in GROUPS}, "partition": PartitionConfig}
+
+
+@dataclass
+class Settings:
+    """A validated configuration: `cfg` (a DictConfig, saved as config.yaml) plus typed group objects."""
+
+    cfg: DictConfig
+    task: Any
+    model: Any
+    strategy: Any
+    runtime: Any
+
+    def __getattr__(self, name: str) -> Any:  # run-level keys: settings.rounds, settings.partition.alpha, ...
+        return getattr(self.cfg, name)
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(self.cfg, resolve=True)
+
+
+def _schema_for(group: str, name: str) -> type:
+    return SCHEMAS["partition"] if group == "partition" else GROUPS[group].get(name).config_cls
+
+
+def _register_store() -> None:
+    """Put every group option into Hydra's ConfigStore as a *typed* node (its dataclass with the preset's values),
+    so `model.fusion_dim=big` or `task.nosuch=1` fail at composition, whichever option is chosen. Options are the
+    YAML presets in fedmm/presets/<group>/ plus every registered name without a preset."""
+    cs = ConfigStore.instance()
+    cs.store(name="fedmm_schema", node=Schema)
+    for group in SCHEMAS:
+        names = {p.stem: p for p in sorted((PRESETS / group).glob("*.yaml"))}
+        if group in GROUPS:
+            names.update({n: None for n in GROUPS[group].names() if n not in names})
+        for option, path in names.items():
+            node = OmegaConf.load(path) if path else OmegaConf.create({"name": option})
+            schema = _schema_for(group, str(node.get("name", option)))
+            try:
+                typed = OmegaConf.merge(OmegaConf.structured(schema), node)
+            except OmegaConfBaseException as e:
+                raise FedmmError(f"preset {group}/{option}: {_one_line(e)}") from None
+            cs.store(group=group, name=option, node=typed)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = str(e).strip()
+    m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' is not in struct", msg)
+    if m:
+        return f"unknown option '{m.group(1)}'; `fedmm config` prints every option"
+    m = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
+    if m and m.group(1) in SCHEMAS:
+        group = m.group(1)
+        return f"unknown {group} '{m.group(2)}'; choose one of: {', '.join(available(group))}"
+    m = re.search(r"Ambiguous value for argument '([^']+)'", msg)
+    if m or ("sweep" in msg.lower() and "compose" in msg.lower()):
+        what = f"'{m.group(1)}' is" if m else "a comma-separated value is"
+        return f"{what} a sweep: add -m to run one job per value, or write a list as key=[a,b]"
+    lines = [l.strip() for l in msg.splitlines() if l.strip() and not l.strip().startswith(
+        ("full_key", "object_type", "reference_type", "Set the environment"))]
+    return " ".join(lines)[:300] or type(e).__name__
+
+
+def available(group: str) -> list[str]:
+    yaml = {p.stem for p in (PRESETS / group).glob("*.yaml")}
+    return sorted(yaml | set(GROUPS[group].names() if group in GROUPS else []))
+
+
+def _typed(group: str, node: Any) -> Any:
+    if not isinstance(node, DictConfig) or "name" not in node:
+        raise FedmmError(f"{group} needs a 'name'; choose one of: {', '.join(available(group))}")
+    entry = GROUPS[group].get(str(node.name))
+    fields = entry.config_cls.__dataclass_fields__
+    unknown = [k for k in node.keys() if k not in fields]
+    if unknown:  # `+model.x=1` opens the struct flag, so check by hand
+        raise FedmmError(f"unknown option '{group}.{unknown[0]}' for {group} '{node.name}'; valid: "
+                         f"{', '.join(f for f in fields if f != 'name')}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(entry.config_cls), node))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        raise FedmmError(f"bad value for '{group}.{key}': {str(e).strip().splitlines()[0]}") from None
+
+
+def validate(cfg: DictConfig) -> Settings:
+    try:
+        OmegaConf.resolve(cfg)
+        OmegaConf.merge(OmegaConf.structured(Schema), OmegaConf.masked_copy(cfg, [
+            k for k in cfg.keys() if k not in GROUPS]))
+    except OmegaConfBaseException as e:
+        raise FedmmError(_one_line(e)) from None
+    return Settings(cfg=cfg, **{g: _typed(g, cfg[g]) for g in GROUPS})
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    _register_store()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="fedmm.conf", version_base=None):
+            return compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise FedmmError(_one_line(e)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _parse(overrides: list[str]):
+    try:
+        return OverridesParser.create().parse_overrides(overrides=list(overrides))
+    except HydraException as e:
+        raise FedmmError(_one_line(e)) from None
+
+
+def expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """The cartesian product of every sweep override (`a=1,2 b=x,y` -> 4 override lists), in Hydra's order."""
+    axes = []
+    for o in _parse(overrides):
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FedmmError(f"cannot resume: {path} not found; resume= takes a run directory written by `fedmm run`")
+    cfg = OmegaConf.load(path)
+    OmegaConf.set_struct(cfg, True)
+    for o in _parse(overrides):
+        key = o.key_or_group
+        if key == "resume":
+            continue
+        if o.is_sweep_override() or o.is_add() or o.is_delete() or key in GROUPS or key == "partition":
+            raise FedmmError(f"'{o.input_line}' cannot change when resuming; only plain settings such as "
+                             f"rounds=N can (start a new run to change the {key})")
+        try:
+            OmegaConf.update(cfg, key, o.value(), merge=True)
+        except OmegaConfBaseException as e:
+            raise FedmmError(_one_line(e)) from None
+    cfg.resume = str(run_dir)
+    cfg.output_dir = str(run_dir)
+    return cfg
+
+
+def load_settings(overrides: list[str]) -> Settings:
+    resume = [o for o in _parse(overrides) if o.key_or_group == "resume" and o.value()]
+    if resume:
+        return validate(_resume_config(Path(str(resume[-1].value())).expanduser(), overrides))
+    return validate(compose_config(overrides))
+
+
+def show_config(overrides: Optional[list[str]] = None) -> str:
+    return load_settings(overrides or []).to_yaml()

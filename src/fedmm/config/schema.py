@@ -1,0 +1,54 @@
+"""The run-level schema. Group nodes (task, model, strategy, runtime) are validated against the dataclass their
+registry entry declares, so user-registered components get the same checks as built-in ones."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class PartitionConfig:
+    name: str = "iid"  # iid | dirichlet
+    alpha: float = 0.5  # Dirichlet concentration: small = skewed
+    min_size: int = 2  # every client gets at least this many training examples (redraws, then an error)
+    max_tries: int = 100
+
+
+@dataclass
+class ModalityConfig:
+    text_only: List[int] = field(default_factory=list)  # client indices that have no images, e.g. [2]
+    image_only: List[int] = field(default_factory=list)  # client indices that have no text, e.g. [3]
+    missing_rate: float = 0.0  # fraction of the other clients that lose one modality (chosen by seed)
+    drop: str = "random"  # which modality those clients lose: image | text | random
+
+
+@dataclass
+class Schema:
+    task: Any = MISSING
+    model: Any = MISSING
+    strategy: Any = MISSING
+    runtime: Any = MISSING
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    modality: ModalityConfig = field(default_factory=ModalityConfig)
+    num_clients: int = 4
+    clients_per_round: Optional[int] = None  # a count; when null, client_fraction of num_clients
+    client_fraction: float = 1.0
+    min_clients: int = 1  # a round needs at least this many successful replies
+    rounds: int = 5
+    local_epochs: int = 1
+    epochs: Optional[int] = None  # centralized only; default rounds * local_epochs (same sample-epochs)
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 42
+    max_train_samples: Optional[int] = None  # subsample the training split before partitioning
+    max_eval_samples: Optional[int] = None  # subsample the server's validation and test splits
+    eval_every: int = 1  # server evaluation every k rounds (and always after the last)
+    keep_checkpoints: int = 3  # per-round checkpoints kept (0 = all)
+    output_dir: Optional[str] = None  # default runs/<timestamp>
+    resume: Optional[str] = None  # a run directory to continue after its last completed round
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    progress: bool = True  # progress bars (also off when stderr is not a terminal)

@@ -1,0 +1,1 @@
+"""Data sets, partitioners and modality masks. Nothing here knows about models or federated rounds."""

@@ -1,0 +1,112 @@
+"""The in-memory multimodal data set every task produces and every backend consumes.
+
+One representation for all tasks keeps partitioning, modality dropping and batching model-agnostic. Images live in a
+table (`images`, uint8 H x W x 3, indexed by `image_ids`) because VQA-style data reuses one image for many questions.
+
+Missing modalities are represented by *absence*: a data set without images has `images is None`, and a batch built
+from it has no `pixel_values` at all. A client that lacks a modality therefore never holds, let alone receives, that
+modality's inputs; the model fills the absent modality's embedding with zeros (see `backends/fusion.py`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import numpy as np
+
+MODALITIES = ("image", "text")
+
+
+@dataclass(frozen=True)
+class MultimodalDataset:
+    labels: np.ndarray  # int64 [N] (single-label) or float32 [N, C] multi-hot (multilabel)
+    label_names: tuple[str, ...]
+    texts: Optional[Sequence[str]] = None  # N strings, or None when the text modality is absent
+    images: Optional[np.ndarray] = None  # uint8 [M, H, W, 3] image table, or None when absent
+    image_ids: Optional[np.ndarray] = None  # int64 [N] rows of `images`
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if self.texts is not None and len(self.texts) != n:
+            raise ValueError(f"{len(self.texts)} texts for {n} labels")
+        if (self.images is None) != (self.image_ids is None):
+            raise ValueError("images and image_ids go together")
+        if self.image_ids is not None and len(self.image_ids) != n:
+            raise ValueError(f"{len(self.image_ids)} image ids for {n} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        return frozenset(m for m, present in (("image", self.images is not None), ("text", self.texts is not None))
+                         if present)
+
+    def subset(self, idx: np.ndarray) -> "MultimodalDataset":
+        idx = np.asarray(idx, dtype=np.int64)
+        return replace(
+            self,
+            labels=self.labels[idx],
+            texts=None if self.texts is None else [self.texts[i] for i in idx],
+            image_ids=None if self.image_ids is None else self.image_ids[idx],
+        )
+
+    def with_modalities(self, keep: frozenset[str] | set[str]) -> "MultimodalDataset":
+        """A view that holds only the modalities in `keep` (the others are dropped, not masked)."""
+        unknown = set(keep) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}")
+        return replace(
+            self,
+            texts=self.texts if "text" in keep else None,
+            images=self.images if "image" in keep else None,
+            image_ids=self.image_ids if "image" in keep else None,
+        )
+
+    def label_counts(self) -> np.ndarray:
+        """Examples per label (multilabel: positives per label)."""
+        if self.multilabel:
+            return self.labels.sum(axis=0).astype(np.int64)
+        return np.bincount(self.labels, minlength=self.num_labels)
+
+    def partition_labels(self) -> np.ndarray:
+        """The one class per example that label-skewed partitioners split on.
+
+        Multilabel rule: an example counts as its *rarest* positive label (fewest positives in this data set), so
+        rare labels are not swallowed by frequent ones; an example with no positive label gets an extra class
+        `num_labels`.
+        """
+        if not self.multilabel:
+            return self.labels.astype(np.int64)
+        freq = self.labels.sum(axis=0)
+        rank = np.where(self.labels > 0, freq[None, :], np.inf)
+        out = np.argmin(rank, axis=1).astype(np.int64)
+        out[~(self.labels > 0).any(axis=1)] = self.num_labels
+        return out
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's splits: `train` is partitioned over clients, `val` is the server's for selection and tuning,
+    `test` is the server's held-out evaluation set."""
+
+    train: MultimodalDataset
+    val: MultimodalDataset
+    test: MultimodalDataset
+    metrics: tuple[str, ...]  # names computed by fedmm.metrics.compute
+
+
+def subsample(data: MultimodalDataset, limit: Optional[int], seed: int) -> MultimodalDataset:
+    """A deterministic random subset of at most `limit` examples (None or <= 0 keeps all)."""
+    if limit is None or limit <= 0 or limit >= len(data):
+        return data
+    rng = np.random.default_rng(seed)
+    return data.subset(np.sort(rng.choice(len(data), size=limit, replace=False)))

@@ -1,0 +1,250 @@
+"""Assemble one experiment from validated settings: data, partition, modalities, backend, model, strategy, server.
+
+A runtime then drives `run_server` with its own way of reaching clients. `run_centralized` trains the same model
+with the same loop on the union of the clients' data: the baseline a federation is compared to.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from fedmm.backends import BACKENDS
+from fedmm.backends.base import Backend, get_params, set_params
+from fedmm.config import Settings
+from fedmm.data.dataset import MultimodalDataset, TaskData, subsample
+from fedmm.data.modality import assign_modalities, client_modalities
+from fedmm.data.partition import dirichlet_partition, iid_partition, partition_stats
+from fedmm.data.tasks import load_task
+from fedmm.errors import FedmmError
+from fedmm.fl.params import Params
+from fedmm.fl.sampling import num_sampled
+from fedmm.fl.server import FitClients, Server, ServerConfig
+from fedmm.fl.strategy import STRATEGIES
+from fedmm.report import write_report
+from fedmm.rundir import RunDir
+from fedmm.runtime import RUNTIMES
+from fedmm.train.loop import evaluate, make_optimizer, train_epochs
+
+
+def _out(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def prepare_output(settings: Settings, kind: str) -> RunDir:
+    if settings.resume:
+        return RunDir(settings.resume)
+    if settings.output_dir:
+        path = Path(settings.output_dir).expanduser()
+    else:
+        path = Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S-%f") + ("" if kind == "run" else f"-{kind}"))
+    if (path / "metrics.jsonl").exists():
+        raise FedmmError(f"{path} already holds a run; choose another output_dir, or continue it with resume={path}")
+    rd = RunDir(path).create()
+    rd.write_text("config.yaml", settings.to_yaml())
+    return rd
+
+
+def load_data(settings: Settings) -> TaskData:
+    data = load_task(settings.task, settings.seed)
+    return TaskData(train=subsample(data.train, settings.max_train_samples, settings.seed),
+                    val=subsample(data.val, settings.max_eval_samples, settings.seed + 1),
+                    test=subsample(data.test, settings.max_eval_samples, settings.seed + 2),
+                    metrics=data.metrics)
+
+
+def split_clients(settings: Settings, train: MultimodalDataset) -> list[MultimodalDataset]:
+    p = settings.partition
+    if p.name == "iid":
+        parts = iid_partition(len(train), settings.num_clients, settings.seed)
+    elif p.name == "dirichlet":
+        parts = dirichlet_partition(train.partition_labels(), settings.num_clients, p.alpha, settings.seed,
+                                    min_size=p.min_size, max_tries=p.max_tries)
+    else:
+        raise FedmmError(f"unknown partition '{p.name}'; choose iid or dirichlet")
+    mods = assign_modalities(settings.num_clients,
+                             client_modalities(settings.modality.text_only, settings.modality.image_only),
+                             settings.modality.missing_rate, settings.modality.drop, settings.seed)
+    return [train.subset(part).with_modalities(m & train.modalities) for part, m in zip(parts, mods)]
+
+
+def partition_summary(clients: list[MultimodalDataset]) -> list[dict[str, Any]]:
+    names = clients[0].label_names
+    return [{"client": k, "num_examples": len(c), "modalities": sorted(c.modalities),
+             "label_counts": {n: int(v) for n, v in zip(names, c.label_counts())}} for k, c in enumerate(clients)]
+
+
+def format_partition(summary: list[dict[str, Any]]) -> str:
+    names = list(summary[0]["label_counts"])
+    show = names if len(names) <= 16 else None
+    w = min(12, max(len(n) for n in names) + 1)
+    head = f"{'client':>6} {'examples':>8} {'modalities':<11}"
+    head += "".join(f" {n[:w]:>{w}}" for n in show) if show else "  top labels"
+    rows = [head]
+    for s in summary:
+        row = f"{s['client']:>6} {s['num_examples']:>8} {'+'.join(s['modalities']):<11}"
+        counts = s["label_counts"]
+        if show:
+            row += "".join(f" {counts[n]:>{w}}" for n in show)
+        else:
+            top = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
+            row += "  " + ", ".join(f"{n}:{c}" for n, c in top)
+        rows.append(row)
+    return "\n".join(rows)
+
+
+class RoundTable:
+    """The per-round table printed in the terminal."""
+
+    def __init__(self, step: str, metric_names: tuple[str, ...]):
+        self.step = step
+        self.cols = ["train_loss", "eval_loss"] + [f"eval_{m}" for m in metric_names]
+        self.printed = False
+
+    def __call__(self, r: dict[str, Any]) -> None:
+        if not self.printed:
+            _out(f"{self.step:>6} {'clients':>7} " + " ".join(f"{c:>13}" for c in self.cols)
+                 + f" {'MB up':>8} {'MB down':>8} {'sec':>6}")
+            self.printed = True
+        vals = " ".join(f"{r[c]:>13.4f}" if c in r else f"{'':>13}" for c in self.cols)
+        _out(f"{r[self.step]:>6} {r.get('num_clients', ''):>7} {vals} {r.get('bytes_up', 0) / 1e6:>8.2f} "
+             f"{r.get('bytes_down', 0) / 1e6:>8.2f} {r['seconds']:>6.1f}")
+
+
+@dataclass
+class Experiment:
+    settings: Settings
+    rundir: RunDir
+    data: TaskData
+    clients: list[MultimodalDataset]
+    backend: Backend
+    model: torch.nn.Module
+    server: Server
+    params: Params
+    start_round: int
+    progress: bool
+
+    def evaluate(self, params: Params, split: str = "test") -> dict[str, float]:
+        set_params(self.model, params)
+        return evaluate(self.model, self.backend, getattr(self.data, split), self.data.metrics,
+                        batch_size=self.settings.eval_batch_size)
+
+    def run_server(self, fit_clients: FitClients) -> dict[str, Any]:
+        if self.start_round > self.settings.rounds:
+            _out(f"nothing to do: {self.rundir.path} already completed {self.start_round - 1} rounds "
+                 f"(rounds={self.settings.rounds}); pass rounds=N to continue further")
+        table = RoundTable("round", self.data.metrics)
+        self.params = self.server.run(self.rundir, self.params, self.start_round, fit_clients, on_round=table)
+        records = self.rundir.read_metrics()
+        write_report(self.rundir.path, title=f"fedmm run: {self.settings.task.name} / {self.settings.model.name} / "
+                                              f"{self.settings.strategy.name}")
+        return records[-1] if records else {}
+
+
+def _setup_torch(settings: Settings) -> None:
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+
+
+def _build_backend(settings: Settings, data: TaskData) -> Backend:
+    entry = BACKENDS.get(settings.model.name)
+    return entry.factory(settings.model, data.train.num_labels, data.train.multilabel)
+
+
+def build_experiment(settings: Settings) -> Experiment:
+    _setup_torch(settings)
+    rundir = prepare_output(settings, "run")
+    data = load_data(settings)
+    clients = split_clients(settings, data.train)
+    summary = partition_summary(clients)
+    rundir.write_json("partition.json", summary)
+    _out(f"task {settings.task.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
+         f"examples over {settings.num_clients} clients")
+    _out(format_partition(summary))
+
+    backend = _build_backend(settings, data)
+    model = backend.build_model(seed=settings.seed)
+    keys = backend.trainable_keys(model)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    _out(f"model {settings.model.name}: trainable {n_train:,} / {n_total:,} ({100 * n_train / n_total:.2f}%)")
+
+    strategy = STRATEGIES.get(settings.strategy.name).factory(settings.strategy)
+    params, start = get_params(model, keys), 1
+    if settings.resume:
+        ckpt = rundir.latest_checkpoint()
+        if ckpt is not None:
+            last, params, state = ckpt
+            strategy.load_state_dict(state)
+            start = last + 1
+            _out(f"resuming {rundir.path} after round {last}")
+        rundir.truncate_metrics("round", start - 1)
+        rundir.write_text("config.yaml", settings.to_yaml())
+
+    per_round = num_sampled(settings.num_clients, settings.clients_per_round, settings.client_fraction,
+                            settings.min_clients)
+    server_cfg = ServerConfig(num_clients=settings.num_clients, per_round=per_round,
+                              min_clients=min(settings.min_clients, per_round), rounds=settings.rounds,
+                              seed=settings.seed, eval_every=max(1, settings.eval_every),
+                              keep_checkpoints=settings.keep_checkpoints)
+    defaults = dict(lr=settings.lr, local_epochs=settings.local_epochs, batch_size=settings.batch_size,
+                    weight_decay=settings.weight_decay)
+    exp = Experiment(settings=settings, rundir=rundir, data=data, clients=clients, backend=backend, model=model,
+                     server=None, params=params, start_round=start,  # type: ignore[arg-type]
+                     progress=bool(settings.progress) and sys.stderr.isatty())
+    exp.server = Server(strategy, server_cfg, evaluate=exp.evaluate, client_defaults=defaults)
+    return exp
+
+
+def run_federated(settings: Settings) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    exp = build_experiment(settings)
+    runtime = RUNTIMES.get(settings.runtime.name).factory(settings.runtime)
+    final = runtime.run(exp)
+    _summary(exp.rundir, final, time.perf_counter() - t0)
+    return final
+
+
+def _summary(rundir: RunDir, final: dict[str, Any], seconds: float) -> None:
+    evals = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("eval_") and k != "eval_seconds")
+    _out(f"done in {seconds:.1f}s: {evals}")
+    _out(f"outputs: {rundir.path}/ (metrics.jsonl, global.safetensors, report.md, metrics.png)")
+
+
+def run_centralized(settings: Settings) -> dict[str, Any]:
+    """The same task, model and loop on the union of the clients' training data, every example with all of its
+    modalities: the reference a federation is measured against. Writes `epoch` where a federated run writes
+    `round`."""
+    t0 = time.perf_counter()
+    _setup_torch(settings)
+    rundir = prepare_output(settings, "centralized")
+    data = load_data(settings)
+    _out(f"centralized {settings.task.name}: {len(data.train)} train / {len(data.test)} test examples")
+    backend = _build_backend(settings, data)
+    model = backend.build_model(seed=settings.seed)
+    keys = backend.trainable_keys(model)
+    epochs: Optional[int] = settings.epochs or settings.rounds * settings.local_epochs
+    table = RoundTable("epoch", data.metrics)
+    progress = bool(settings.progress) and sys.stderr.isatty()
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    for epoch in range(1, epochs + 1):
+        t = time.perf_counter()
+        stats = train_epochs(model, backend, data.train, epochs=1, batch_size=settings.batch_size, lr=settings.lr,
+                             weight_decay=settings.weight_decay, seed=settings.seed * 1000 + epoch,
+                             desc=f"epoch {epoch}/{epochs}", progress=progress, optimizer=optimizer)
+        metrics = evaluate(model, backend, data.test, data.metrics, batch_size=settings.eval_batch_size)
+        record = {"epoch": epoch, "num_examples": len(data.train), "train_loss": stats["train_loss"],
+                  **{f"eval_{k}": v for k, v in metrics.items()}, "seconds": time.perf_counter() - t}
+        rundir.append_metrics(record)
+        rundir.save_global(get_params(model, keys))
+        table(record)
+    write_report(rundir.path, title=f"fedmm centralized: {settings.task.name} / {settings.model.name}")
+    final = rundir.read_metrics()[-1]
+    _summary(rundir, final, time.perf_counter() - t0)
+    return final

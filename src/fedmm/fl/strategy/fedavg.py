@@ -1,0 +1,37 @@
+"""FedAvg (McMahan et al., 2017): the example-weighted mean of the clients' parameters."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmm.fl.params import Params, Update
+from fedmm.fl.strategy.base import STRATEGIES, Strategy
+
+
+def weighted_average(global_params: Params, updates: list[tuple[Params, float]]) -> Params:
+    """sum_k w_k * theta_k / sum_k w_k for every key of `global_params`.
+
+    A client that did not send a key (it lacks that modality, so it could not train it) counts with the global value
+    it received: exactly what classic FedAvg computes when such a client sends its unchanged copy, without the bytes.
+    Accumulates in float64 as a running sum, so memory does not grow with the number of updates.
+    """
+    total = float(sum(w for _, w in updates))
+    if total <= 0:
+        raise ValueError("aggregation weights must sum to a positive number")
+    acc = {k: np.zeros(v.shape, dtype=np.float64) for k, v in global_params.items()}
+    for params, w in updates:
+        for k in acc:
+            acc[k] += w * params.get(k, global_params[k])
+    return {k: (v / total).astype(global_params[k].dtype) for k, v in acc.items()}
+
+
+@dataclass
+class FedAvgConfig:
+    name: str = "fedavg"
+
+
+@STRATEGIES.register("fedavg", FedAvgConfig)
+class FedAvg(Strategy):
+    def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
+        return weighted_average(global_params, [(u.params, float(u.num_examples)) for u in updates])

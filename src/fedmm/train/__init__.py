@@ -1,0 +1,1 @@
+"""The local training and evaluation loop, shared by federated clients and the centralized baseline."""

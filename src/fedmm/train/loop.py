@@ -1,0 +1,68 @@
+"""Train and evaluate one model on one data set. Deterministic given `seed`: batch order and dropout come from it."""
+from __future__ import annotations
+
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fedmm import metrics as M
+from fedmm.backends.base import Backend
+from fedmm.data.dataset import MultimodalDataset
+
+
+def batch_indices(n: int, batch_size: int, rng: Optional[np.random.Generator] = None) -> Iterator[np.ndarray]:
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for s in range(0, n, batch_size):
+        yield order[s:s + batch_size]
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
+def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, *, epochs: int,
+                 batch_size: int, lr: float, weight_decay: float, seed: int, desc: str = "train",
+                 progress: bool = True, optimizer: Optional[torch.optim.Optimizer] = None) -> dict[str, float]:
+    """AdamW for `epochs` passes over `data`. Without `optimizer`, a fresh one: federated clients keep no
+    optimizer state between rounds; the centralized baseline passes its own to keep it across epochs."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = optimizer or make_optimizer(model, lr, weight_decay)
+    model.train()
+    total, seen, steps = 0.0, 0, 0
+    n_batches = epochs * ((len(data) + batch_size - 1) // batch_size)
+    with tqdm(total=n_batches, desc=desc, leave=False, disable=not progress or None, unit="batch") as bar:
+        for _ in range(epochs):
+            for idx in batch_indices(len(data), batch_size, rng):
+                batch = backend.collate(data, idx)
+                loss, _ = backend.loss(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+                seen += len(idx)
+                steps += 1
+                bar.update()
+    return {"train_loss": total / max(seen, 1), "steps": float(steps), "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, metric_names: tuple[str, ...],
+             batch_size: int = 256) -> dict[str, float]:
+    """Loss and the named metrics (see fedmm.metrics) over the whole of `data`."""
+    was_training = model.training
+    model.eval()
+    logits, total = [], 0.0
+    for idx in batch_indices(len(data), batch_size):
+        batch = backend.collate(data, idx)
+        loss, out = backend.loss(model, batch)
+        total += loss.item() * len(idx)
+        logits.append(out.float().cpu().numpy())
+    model.train(was_training)
+    result = {"loss": total / max(len(data), 1)}
+    result.update(M.compute(metric_names, np.concatenate(logits), data.labels))
+    return result

@@ -1,0 +1,126 @@
+"""The command line as a user meets it: clear one-line errors, real runs, sweeps, resume, the baseline."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import TINY, fedmm
+from fedmm.config import expand_sweeps
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["nosuchkey=1"], "unknown option 'nosuchkey'"),
+    (["rounds=abc"], "rounds"),
+    (["model=nosuchmodel"], "unknown model 'nosuchmodel'; choose one of: fusion, fusion_minilm, fusion_tiny"),
+    (["model.nosuch=3"], "unknown option 'model.nosuch'"),
+    (["+model.nosuch=3"], "unknown option 'model.nosuch'"),
+    (["model.fusion_dim=big"], "model.fusion_dim"),
+    (["task=easyvqa", "task.root=/no/such/folder", "model=fusion_tiny"], "/no/such/folder"),
+    (["resume=/no/such/run"], "/no/such/run/config.yaml not found"),
+    (["seed=1,2"], "add -m"),
+    (["partition.alpha=0"], "partition.alpha must be > 0"),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, expected):
+    base = [] if any(a.startswith("task=") for a in args) else TINY
+    proc = fedmm("run", *base, f"output_dir={tmp_path}/out", *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in proc.stderr
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and expected in err, err
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    out = tmp_path / "run"
+    fedmm("run", *TINY, "rounds=1", f"output_dir={out}")
+    before = (out / "metrics.jsonl").read_text()
+    proc = fedmm("run", *TINY, "rounds=1", f"output_dir={out}", check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_acceptance_run_writes_the_run_directory(tmp_path):
+    out = tmp_path / "run"
+    proc = fedmm("run", "task=synthetic", "model=fusion_tiny", "num_clients=8", "partition=dirichlet",
+                 "partition.alpha=0.1", "rounds=2", "modality.text_only=[1]", "modality.image_only=[2]", f"output_dir={out}")
+    assert "outputs:" in proc.stdout and str(out) in proc.stdout
+    for name in ("config.yaml", "metrics.jsonl", "partition.json", "global.safetensors", "report.md",
+                 "metrics.png", "checkpoints/round_0002/global.safetensors",
+                 "checkpoints/round_0002/strategy.safetensors", "checkpoints/round_0002/state.json"):
+        assert (out / name).exists(), name
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+    for r in records:
+        for key in ("num_clients", "train_loss", "bytes_up", "bytes_down", "seconds", "eval_accuracy", "eval_loss"):
+            assert key in r, key
+        assert r["num_clients"] == 8 and r["bytes_up"] > 0 and r["bytes_down"] > 0
+    # A text-only and an image-only client send fewer bytes than they receive: only their modality's tensors.
+    part = json.loads((out / "partition.json").read_text())
+    assert [p["modalities"] for p in part[:3]] == [["image", "text"], ["text"], ["image"]]
+    assert sum(p["num_examples"] for p in part) == 2000 and min(p["num_examples"] for p in part) >= 2
+    assert records[0]["bytes_up"] < records[0]["bytes_down"]
+    assert "eval_accuracy" in (out / "report.md").read_text()
+
+
+def test_multirun_sweep_runs_every_combination(tmp_path):
+    proc = fedmm("run", "-m", *TINY, "rounds=1", "seed=1,2", "partition=iid,dirichlet", f"output_dir={tmp_path}/sw")
+    assert "sweep: 4 jobs" in proc.stdout
+    for i in range(4):
+        assert (tmp_path / "sw" / str(i) / "metrics.jsonl").exists()
+    assert expand_sweeps(["a=1,2", "b=x,y", "c=3"]) == [
+        ["a=1", "b=x", "c=3"], ["a=1", "b=y", "c=3"], ["a=2", "b=x", "c=3"], ["a=2", "b=y", "c=3"]]
+
+
+def test_killed_run_resumes_to_the_same_global_model(tmp_path):
+    args = [*TINY, "rounds=4", "num_clients=3", "clients_per_round=2", "modality.text_only=[0]"]
+    full = tmp_path / "full"
+    fedmm("run", *args, f"output_dir={full}")
+
+    # Kill a second, identical run with SIGKILL once round 2's checkpoint exists, then resume it.
+    killed = tmp_path / "killed"
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "fedmm.cli", "run", *args, f"output_dir={killed}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (killed / "checkpoints" / "round_0002").exists():
+            assert proc.poll() is None and time.time() < deadline, "run ended before round 2 was checkpointed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = [p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("round_")]
+    assert "round_0004" not in done
+    out = fedmm("run", f"resume={killed}")
+    assert "resuming" in out.stdout
+    a, b = load_file(str(full / "global.safetensors")), load_file(str(killed / "global.safetensors"))
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    rounds = [json.loads(l)["round"] for l in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3, 4]
+    # Extending a finished run continues from its last round.
+    fedmm("run", f"resume={full}", "rounds=5")
+    assert len((full / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+def test_centralized_baseline(tmp_path):
+    out = tmp_path / "central"
+    proc = fedmm("centralized", *TINY, "rounds=2", "local_epochs=1", f"output_dir={out}")
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all("eval_accuracy" in r and "round" not in r for r in records)
+    assert records[0]["num_examples"] == 600
+    assert (out / "global.safetensors").exists() and (out / "report.md").exists()
+    assert "outputs:" in proc.stdout
+
+
+def test_config_command_prints_composed_config():
+    proc = fedmm("config", "model=fusion_tiny", "rounds=7")
+    assert "rounds: 7" in proc.stdout and "tokenizer: tiny" in proc.stdout

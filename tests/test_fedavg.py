@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+
+from fedmm.fl.params import Update
+from fedmm.fl.strategy.fedavg import FedAvg, FedAvgConfig, weighted_average
+
+
+def test_weighted_average_is_example_weighted_mean():
+    # Prepare
+    rng = np.random.default_rng(0)
+    g = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)}
+    clients = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in g.items()} for _ in range(3)]
+    n = [10, 30, 60]
+    # Execute
+    out = weighted_average(g, list(zip(clients, n)))
+    # Assert
+    for k in g:
+        expected = (10 * clients[0][k] + 30 * clients[1][k] + 60 * clients[2][k]) / 100
+        np.testing.assert_allclose(out[k], expected, rtol=1e-6)
+        assert out[k].dtype == g[k].dtype
+
+
+def test_missing_key_counts_as_the_unchanged_global_value():
+    g = {"image": np.zeros(2, np.float32), "head": np.zeros(2, np.float32)}
+    full = {"image": np.full(2, 4.0, np.float32), "head": np.full(2, 4.0, np.float32)}
+    text_only = {"head": np.full(2, 1.0, np.float32)}  # could not train the image encoder, did not send it
+    out = weighted_average(g, [(full, 1.0), (text_only, 3.0)])
+    np.testing.assert_allclose(out["image"], np.full(2, (4.0 * 1 + 0.0 * 3) / 4))
+    np.testing.assert_allclose(out["head"], np.full(2, (4.0 * 1 + 1.0 * 3) / 4))
+
+
+def test_single_client_returns_its_params_and_zero_weight_fails():
+    g = {"w": np.ones(3, np.float32)}
+    c = {"w": np.arange(3, dtype=np.float32)}
+    np.testing.assert_array_equal(weighted_average(g, [(c, 5)])["w"], c["w"])
+    with pytest.raises(ValueError):
+        weighted_average(g, [(c, 0)])
+
+
+def test_fedavg_strategy_weights_by_num_examples():
+    g = {"w": np.zeros(1, np.float32)}
+    ups = [Update(0, {"w": np.array([1.0], np.float32)}, 1), Update(1, {"w": np.array([3.0], np.float32)}, 3)]
+    out = FedAvg(FedAvgConfig()).aggregate(1, g, ups)
+    np.testing.assert_allclose(out["w"], [2.5])

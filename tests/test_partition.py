@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from fedmm.data.partition import dirichlet_partition, fair_split_counts, iid_partition
+from fedmm.errors import FedmmError
+
+
+def _labels(n=2000, c=10, seed=0):
+    return np.random.default_rng(seed).integers(0, c, n)
+
+
+def test_iid_covers_everything_once_and_sizes_differ_by_at_most_one():
+    parts = iid_partition(103, 10, seed=1)
+    allidx = np.concatenate(parts)
+    assert sorted(allidx.tolist()) == list(range(103))
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_dirichlet_is_a_partition_and_deterministic():
+    y = _labels()
+    a = dirichlet_partition(y, 8, alpha=0.5, seed=3)
+    b = dirichlet_partition(y, 8, alpha=0.5, seed=3)
+    c = dirichlet_partition(y, 8, alpha=0.5, seed=4)
+    assert sorted(np.concatenate(a).tolist()) == list(range(len(y)))
+    assert all(np.array_equal(x, z) for x, z in zip(a, b))
+    assert not all(np.array_equal(x, z) for x, z in zip(a, c))
+
+
+def _mean_tv_to_global(y, parts, c):
+    glob = np.bincount(y, minlength=c) / len(y)
+    return np.mean([0.5 * np.abs(np.bincount(y[p], minlength=c) / len(p) - glob).sum() for p in parts])
+
+
+def test_small_alpha_skews_labels_more_than_large_alpha():
+    y = _labels(4000)
+    skew_small = _mean_tv_to_global(y, dirichlet_partition(y, 8, alpha=0.1, seed=0), 10)
+    skew_large = _mean_tv_to_global(y, dirichlet_partition(y, 8, alpha=100.0, seed=0), 10)
+    skew_iid = _mean_tv_to_global(y, iid_partition(len(y), 8, seed=0), 10)
+    assert skew_small > 0.4
+    assert skew_large < 0.1 and skew_iid < 0.1
+
+
+def test_no_client_is_empty_even_at_tiny_alpha():
+    y = _labels(500, c=10)
+    for seed in range(20):
+        parts = dirichlet_partition(y, 10, alpha=0.1, seed=seed, min_size=5)
+        assert min(len(p) for p in parts) >= 5
+
+
+def test_impossible_minimum_gives_clear_error():
+    with pytest.raises(FedmmError, match="min_size"):
+        dirichlet_partition(_labels(100, c=2), 10, alpha=0.01, seed=0, min_size=9, max_tries=3)
+    with pytest.raises(FedmmError, match="num_clients"):
+        iid_partition(3, 5, seed=0)
+
+
+def test_remainders_do_not_pile_onto_one_client():
+    # 10 examples over 3 equal shares, many draws: the extra example goes to each client about equally often,
+    # never always to the last one.
+    hits = np.zeros(3)
+    rng = np.random.default_rng(0)
+    for _ in range(600):
+        counts = fair_split_counts(10, np.ones(3), rng)
+        assert counts.sum() == 10 and counts.max() - counts.min() <= 1
+        hits[np.argmax(counts)] += 1
+    assert hits.min() > 150
+
+
+def test_fair_split_follows_proportions():
+    counts = fair_split_counts(1000, np.array([0.5, 0.3, 0.2]), np.random.default_rng(0))
+    assert counts.tolist() == [500, 300, 200]
