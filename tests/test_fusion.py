@@ -95,3 +95,25 @@ def test_tiny_tokenizer_covers_plain_text_without_unknown_tokens():
     backend, _ = _tiny()
     ids = backend.tokenizer("Is there a Teal shape? Zyx-42!")["input_ids"]
     assert backend.tokenizer.unk_token_id not in ids and len(backend.tokenizer) > 100
+
+
+def test_batches_cover_every_example_and_never_end_with_a_single_one():
+    from fedmm.train.loop import batch_indices
+
+    for n in (1, 2, 31, 32, 33, 65):
+        batches = list(batch_indices(n, 32, np.random.default_rng(0)))
+        assert sorted(np.concatenate(batches).tolist()) == list(range(n))
+        assert n == 1 or min(len(b) for b in batches) >= 2
+
+
+def test_repeated_images_are_encoded_once_with_the_same_result():
+    backend, data = _tiny()
+    model = backend.build_model(seed=0).eval()
+    idx = np.array([0, 1, 0, 1, 2, 0])
+    batch = backend.collate(data, idx)
+    assert batch["pixel_values"].shape[0] == 3 and batch["image_index"].tolist() == [0, 1, 0, 1, 2, 0]
+    rows = torch.stack([torch.from_numpy(backend.collate(data, np.array([i, 3]))["pixel_values"][0].numpy())
+                        for i in idx])
+    full = {**batch, "pixel_values": rows}
+    del full["image_index"]
+    torch.testing.assert_close(backend.logits(model, batch), backend.logits(model, full))

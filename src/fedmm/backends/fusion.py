@@ -155,15 +155,23 @@ class FusionClassifier(nn.Module):
         return self.image_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                pixel_values: Optional[torch.Tensor] = None) -> torch.Tensor:
+                pixel_values: Optional[torch.Tensor] = None, image_index: Optional[torch.Tensor] = None
+                ) -> torch.Tensor:
+        """`pixel_values` may hold each distinct image of the batch once; `image_index` then maps rows to them."""
         if input_ids is None and pixel_values is None:
             raise ValueError("a batch needs at least one modality")
-        b = (input_ids if input_ids is not None else pixel_values).shape[0]
+        if image_index is not None:
+            b = image_index.shape[0]
+        else:
+            b = (input_ids if input_ids is not None else pixel_values).shape[0]
         dev = self.classifier.weight.device
         t = (self.text_proj(self.encode_text(input_ids, attention_mask)) if input_ids is not None
              else torch.zeros(b, self.text_proj.out_features, device=dev))
-        v = (self.image_proj(self.encode_image(pixel_values)) if pixel_values is not None
-             else torch.zeros(b, self.image_proj.out_features, device=dev))
+        if pixel_values is not None:
+            v = self.image_proj(self.encode_image(pixel_values))
+            v = v[image_index] if image_index is not None else v
+        else:
+            v = torch.zeros(b, self.image_proj.out_features, device=dev)
         h = self.dropout(torch.relu(self.norm(self.fusion(torch.cat([t, v], dim=1)))))
         return self.classifier(h)
 
@@ -232,7 +240,14 @@ class FusionBackend(Backend):
             batch["input_ids"] = enc["input_ids"]
             batch["attention_mask"] = enc["attention_mask"]
         if data.images is not None:
-            x = torch.from_numpy(np.stack([data.images[j] for j in data.image_ids[idx]]))
+            # VQA-style data asks many questions about one image: encode each distinct image of the batch once.
+            # (Never down to one image: BatchNorm cannot train on a batch of one.)
+            uniq, inverse = np.unique(data.image_ids[idx], return_inverse=True)
+            if 1 < len(uniq) < len(idx):
+                batch["image_index"] = torch.from_numpy(inverse.astype(np.int64))
+            else:
+                uniq = data.image_ids[idx]
+            x = torch.from_numpy(np.stack([data.images[j] for j in uniq]))
             x = x.permute(0, 3, 1, 2).float().div_(255.0)
             if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
                 x = nn.functional.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bilinear",

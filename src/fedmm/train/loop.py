@@ -14,13 +14,23 @@ from fedmm.data.dataset import MultimodalDataset
 
 
 def batch_indices(n: int, batch_size: int, rng: Optional[np.random.Generator] = None) -> Iterator[np.ndarray]:
+    """Consecutive batches of a (shuffled) order. A trailing batch of one joins the batch before it: BatchNorm
+    cannot train on a single example, and dropping it would silently lose data."""
     order = rng.permutation(n) if rng is not None else np.arange(n)
-    for s in range(0, n, batch_size):
-        yield order[s:s + batch_size]
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    for i, s in enumerate(starts):
+        yield order[s:starts[i + 1] if i + 1 < len(starts) else n]
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, name: str = "adamw",
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    # fused: one kernel for all parameters instead of a Python loop over them
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, *, epochs: int,
