@@ -117,3 +117,11 @@ def test_repeated_images_are_encoded_once_with_the_same_result():
     full = {**batch, "pixel_values": rows}
     del full["image_index"]
     torch.testing.assert_close(backend.logits(model, batch), backend.logits(model, full))
+
+
+def test_cached_tokenization_matches_the_tokenizer():
+    backend, data = _tiny()
+    texts = [data.texts[i] for i in (0, 1, 0, 2)]
+    ids, mask = backend.tokenize(texts)
+    ref = backend.tokenizer(texts, padding=True, return_tensors="pt")
+    assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])

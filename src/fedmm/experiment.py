@@ -192,7 +192,7 @@ def build_experiment(settings: Settings) -> Experiment:
     server_cfg = ServerConfig(num_clients=settings.num_clients, per_round=per_round,
                               min_clients=min(settings.min_clients, per_round), rounds=settings.rounds,
                               seed=settings.seed, eval_every=max(1, settings.eval_every),
-                              keep_checkpoints=settings.keep_checkpoints)
+                              keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule)
     defaults = dict(lr=settings.lr, local_epochs=settings.local_epochs, batch_size=settings.batch_size,
                     weight_decay=settings.weight_decay)
     exp = Experiment(settings=settings, rundir=rundir, data=data, clients=clients, backend=backend, model=model,

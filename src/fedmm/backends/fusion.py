@@ -133,7 +133,8 @@ class FusionClassifier(nn.Module):
         # Memoised path. Misses are encoded in groups of equal length without padding, so a sequence's embedding
         # does not depend on which batch it first appeared in (runs stay reproducible, resumed or not).
         lengths = attention_mask.sum(1).tolist()
-        keys = [input_ids[i, :n].cpu().numpy().tobytes() for i, n in enumerate(lengths)]
+        ids_np = input_ids.cpu().numpy()
+        keys = [ids_np[i, :n].tobytes() for i, n in enumerate(lengths)]
         misses: dict[int, list[int]] = {}
         for i, k in enumerate(keys):
             if k not in self._text_memo:
@@ -187,6 +188,7 @@ class FusionBackend(Backend):
         if cfg.norm not in ("layernorm", "batchnorm"):
             raise FedmmError(f"model.norm must be layernorm or batchnorm (got '{cfg.norm}')")
         self.tokenizer = self._build_tokenizer()
+        self._token_cache: dict[str, list[int]] = {}  # text -> token ids: data sets repeat texts across rounds
         self._mean = torch.tensor(cfg.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(cfg.image_std, dtype=torch.float32).view(1, 3, 1, 1)
 
@@ -232,13 +234,27 @@ class FusionBackend(Backend):
             return "image"
         return "shared"
 
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded input ids and attention mask; each distinct text is tokenized once per backend."""
+        cache = self._token_cache
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            if len(cache) > 1_000_000:
+                cache.clear()
+            enc = self.tokenizer(missing, truncation=True, max_length=self.cfg.max_text_length)["input_ids"]
+            cache.update(zip(missing, enc))
+        rows = [cache[t] for t in texts]
+        ids = np.full((len(rows), max(map(len, rows))), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
     def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
         if data.texts is not None:
-            enc = self.tokenizer([data.texts[i] for i in idx], padding=True, truncation=True,
-                                 max_length=self.cfg.max_text_length, return_tensors="pt")
-            batch["input_ids"] = enc["input_ids"]
-            batch["attention_mask"] = enc["attention_mask"]
+            batch["input_ids"], batch["attention_mask"] = self.tokenize([data.texts[i] for i in idx])
         if data.images is not None:
             # VQA-style data asks many questions about one image: encode each distinct image of the batch once.
             # (Never down to one image: BatchNorm cannot train on a batch of one.)

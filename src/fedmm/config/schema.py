@@ -42,6 +42,7 @@ class Schema:
     batch_size: int = 32
     eval_batch_size: int = 256
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (decays the clients' lr to lr/10 over the rounds)
     weight_decay: float = 0.01
     seed: int = 42
     max_train_samples: Optional[int] = None  # subsample the training split before partitioning
