@@ -8,8 +8,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-TINY = ["task=synthetic", "model=fusion_tiny", "modality.text_only=[]", "modality.image_only=[]", "task.num_train=600", "task.num_test=200",
-        "task.num_val=100", "batch_size=32"]
+TINY = ["task=synthetic", "model=fusion_tiny", "modality.text_only=[]", "modality.image_only=[]",
+        "task.num_train=600", "task.num_test=200", "task.num_val=100", "batch_size=32", "lr_schedule=constant"]
 
 
 def fedmm(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -48,7 +48,8 @@ def test_existing_run_is_never_overwritten(tmp_path):
 def test_acceptance_run_writes_the_run_directory(tmp_path):
     out = tmp_path / "run"
     proc = fedmm("run", "task=synthetic", "model=fusion_tiny", "num_clients=8", "partition=dirichlet",
-                 "partition.alpha=0.1", "rounds=2", "modality.text_only=[1]", "modality.image_only=[2]", f"output_dir={out}")
+                 "partition.alpha=0.1", "rounds=2", "modality.text_only=[1]", "modality.image_only=[2]",
+                 f"output_dir={out}")
     assert "outputs:" in proc.stdout and str(out) in proc.stdout
     for name in ("config.yaml", "metrics.jsonl", "partition.json", "global.safetensors", "report.md",
                  "metrics.png", "checkpoints/round_0002/global.safetensors",
@@ -105,7 +106,9 @@ def test_killed_run_resumes_to_the_same_global_model(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     rounds = [json.loads(l)["round"] for l in (killed / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3, 4]
-    # Extending a finished run continues from its last round.
+    # Settings that change the experiment cannot change on resume; extending a finished run continues it.
+    bad = fedmm("run", f"resume={full}", "partition.alpha=9", check=False)
+    assert bad.returncode == 2 and "cannot change when resuming" in bad.stderr
     fedmm("run", f"resume={full}", "rounds=5")
     assert len((full / "metrics.jsonl").read_text().splitlines()) == 5
 

@@ -29,8 +29,8 @@ def test_missing_rate_drops_one_modality_from_that_share_of_clients():
 
 
 def test_text_only_client_batches_contain_no_image_data():
-    s = load_settings(["task=synthetic", "model=fusion_tiny", "num_clients=4", "modality.text_only=[1]", "modality.image_only=[2]",
-                       "task.num_train=200"])
+    s = load_settings(["task=synthetic", "model=fusion_tiny", "num_clients=4", "modality.text_only=[1]",
+                       "modality.image_only=[2]", "task.num_train=200"])
     data = load_task(s.task, s.seed)
     clients = split_clients(s, data.train)
     assert clients[1].images is None and clients[1].image_ids is None  # the client never holds images

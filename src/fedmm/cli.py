@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from fedmm.errors import FedmmError
@@ -43,8 +44,6 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     combos = expand_sweeps(args.overrides)
     base = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("output_dir=")), None)
-    from datetime import datetime
-
     root = Path(base or Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S") + "-sweep"))
     settings = [load_settings([o for o in c if not o.startswith("output_dir=")] + [f"output_dir={root / str(i)}"])
                 for i, c in enumerate(combos)]  # validate every job before running any

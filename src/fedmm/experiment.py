@@ -12,7 +12,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from fedmm.backends import BACKENDS
@@ -20,7 +19,7 @@ from fedmm.backends.base import Backend, get_params, set_params
 from fedmm.config import Settings
 from fedmm.data.dataset import MultimodalDataset, TaskData, subsample
 from fedmm.data.modality import assign_modalities, client_modalities
-from fedmm.data.partition import dirichlet_partition, iid_partition, partition_stats
+from fedmm.data.partition import dirichlet_partition, iid_partition
 from fedmm.data.tasks import load_task
 from fedmm.errors import FedmmError
 from fedmm.fl.params import Params
@@ -130,11 +129,6 @@ class Experiment:
     start_round: int
     progress: bool
 
-    def evaluate(self, params: Params, split: str = "test") -> dict[str, float]:
-        set_params(self.model, params)
-        return evaluate(self.model, self.backend, getattr(self.data, split), self.data.metrics,
-                        batch_size=self.settings.eval_batch_size)
-
     def run_server(self, fit_clients: FitClients) -> dict[str, Any]:
         if self.start_round > self.settings.rounds:
             _out(f"nothing to do: {self.rundir.path} already completed {self.start_round - 1} rounds "
@@ -195,11 +189,15 @@ def build_experiment(settings: Settings) -> Experiment:
                               keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule)
     defaults = dict(lr=settings.lr, local_epochs=settings.local_epochs, batch_size=settings.batch_size,
                     weight_decay=settings.weight_decay)
-    exp = Experiment(settings=settings, rundir=rundir, data=data, clients=clients, backend=backend, model=model,
-                     server=None, params=params, start_round=start,  # type: ignore[arg-type]
-                     progress=bool(settings.progress) and sys.stderr.isatty())
-    exp.server = Server(strategy, server_cfg, evaluate=exp.evaluate, client_defaults=defaults)
-    return exp
+    def evaluate_global(global_params: Params) -> dict[str, float]:
+        """Server-side evaluation on the held-out test split, with the same model instance the clients use."""
+        set_params(model, global_params)
+        return evaluate(model, backend, data.test, data.metrics, batch_size=settings.eval_batch_size)
+
+    server = Server(strategy, server_cfg, evaluate=evaluate_global, client_defaults=defaults)
+    return Experiment(settings=settings, rundir=rundir, data=data, clients=clients, backend=backend, model=model,
+                      server=server, params=params, start_round=start,
+                      progress=bool(settings.progress) and sys.stderr.isatty())
 
 
 def run_federated(settings: Settings) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from fedmm.runtime import RUNTIMES
 GROUPS = {"task": TASKS, "model": BACKENDS, "strategy": STRATEGIES, "runtime": RUNTIMES}
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 SCHEMAS = {**{g: None for g in GROUPS}, "partition": PartitionConfig}
+# What a resumed run may change: how long and how it reports, never what it computes per round.
+RESUMABLE = {"rounds", "eval_every", "eval_batch_size", "keep_checkpoints", "threads", "progress"}
 
 
 @dataclass
@@ -163,9 +165,9 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
         key = o.key_or_group
         if key == "resume":
             continue
-        if o.is_sweep_override() or o.is_add() or o.is_delete() or key in GROUPS or key == "partition":
-            raise FedmmError(f"'{o.input_line}' cannot change when resuming; only plain settings such as "
-                             f"rounds=N can (start a new run to change the {key})")
+        if key not in RESUMABLE or o.is_sweep_override() or o.is_add() or o.is_delete():
+            raise FedmmError(f"'{o.input_line}' cannot change when resuming (it would change the experiment); "
+                             f"only {', '.join(sorted(RESUMABLE))} can. Start a new run instead")
         try:
             OmegaConf.update(cfg, key, o.value(), merge=True)
         except OmegaConfBaseException as e:

@@ -71,7 +71,3 @@ def _check(num_examples: int, num_clients: int, min_size: int) -> None:
         raise FedmmError(f"{num_examples} training examples cannot give {num_clients} clients at least "
                          f"{max(min_size, 1)} each; lower num_clients or raise max_train_samples")
 
-
-def partition_stats(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """[num_clients, num_classes] counts of each partition class per client."""
-    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
