@@ -24,7 +24,7 @@ from fedmm.data.tasks import load_task
 from fedmm.errors import FedmmError
 from fedmm.fl.params import Params
 from fedmm.fl.sampling import num_sampled
-from fedmm.fl.server import FitClients, Server, ServerConfig
+from fedmm.fl.server import FitClients, Server, ServerConfig, scheduled_lr
 from fedmm.fl.strategy import STRATEGIES
 from fedmm.report import write_report
 from fedmm.rundir import RunDir
@@ -107,13 +107,16 @@ class RoundTable:
         self.printed = False
 
     def __call__(self, r: dict[str, Any]) -> None:
+        federated = self.step == "round"
         if not self.printed:
-            _out(f"{self.step:>6} {'clients':>7} " + " ".join(f"{c:>13}" for c in self.cols)
-                 + f" {'MB up':>8} {'MB down':>8} {'sec':>6}")
+            head = f"{self.step:>6} " + (f"{'clients':>7} " if federated else "")
+            head += " ".join(f"{c:>13}" for c in self.cols)
+            _out(head + (f" {'MB up':>8} {'MB down':>8}" if federated else "") + f" {'sec':>6}")
             self.printed = True
         vals = " ".join(f"{r[c]:>13.4f}" if c in r else f"{'':>13}" for c in self.cols)
-        _out(f"{r[self.step]:>6} {r.get('num_clients', ''):>7} {vals} {r.get('bytes_up', 0) / 1e6:>8.2f} "
-             f"{r.get('bytes_down', 0) / 1e6:>8.2f} {r['seconds']:>6.1f}")
+        comm = f" {r['bytes_up'] / 1e6:>8.2f} {r['bytes_down'] / 1e6:>8.2f}" if federated else ""
+        clients = f"{r['num_clients']:>7} " if federated else ""
+        _out(f"{r[self.step]:>6} {clients}{vals}{comm} {r['seconds']:>6.1f}")
 
 
 @dataclass
@@ -233,11 +236,14 @@ def run_centralized(settings: Settings) -> dict[str, Any]:
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     for epoch in range(1, epochs + 1):
         t = time.perf_counter()
+        for group in optimizer.param_groups:  # the same schedule as the federated clients, over epochs
+            group["lr"] = scheduled_lr(settings.lr, epoch, epochs, settings.lr_schedule)
         stats = train_epochs(model, backend, data.train, epochs=1, batch_size=settings.batch_size, lr=settings.lr,
                              weight_decay=settings.weight_decay, seed=settings.seed * 1000 + epoch,
                              desc=f"epoch {epoch}/{epochs}", progress=progress, optimizer=optimizer)
         metrics = evaluate(model, backend, data.test, data.metrics, batch_size=settings.eval_batch_size)
-        record = {"epoch": epoch, "num_examples": len(data.train), "train_loss": stats["train_loss"],
+        record = {"epoch": epoch, "num_examples": len(data.train), "lr": optimizer.param_groups[0]["lr"],
+                  "train_loss": stats["train_loss"],
                   **{f"eval_{k}": v for k, v in metrics.items()}, "seconds": time.perf_counter() - t}
         rundir.append_metrics(record)
         rundir.save_global(get_params(model, keys))
