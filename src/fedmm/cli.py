@@ -42,11 +42,10 @@ def _run(args: argparse.Namespace) -> int:
     if not args.multirun:
         job(load_settings(args.overrides))
         return 0
-    combos = expand_sweeps(args.overrides)
+    combos = [[o for o in c if not o.startswith("output_dir=")] for c in expand_sweeps(args.overrides)]
     base = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("output_dir=")), None)
     root = Path(base or Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S") + "-sweep"))
-    settings = [load_settings([o for o in c if not o.startswith("output_dir=")] + [f"output_dir={root / str(i)}"])
-                for i, c in enumerate(combos)]  # validate every job before running any
+    settings = [load_settings(c + [f"output_dir={root / str(i)}"]) for i, c in enumerate(combos)]  # check all first
     print(f"sweep: {len(combos)} jobs under {root}/", flush=True)
     results = []
     for i, (combo, s) in enumerate(zip(combos, settings)):
