@@ -29,7 +29,7 @@ from fedmm.runtime import RUNTIMES
 
 GROUPS = {"task": TASKS, "model": BACKENDS, "strategy": STRATEGIES, "runtime": RUNTIMES}
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
-SCHEMAS = {**{g: None for g in GROUPS}, "partition": PartitionConfig}
+OPTION_GROUPS = (*GROUPS, "partition")  # groups chosen with group=option
 # What a resumed run may change: how long and how it reports, never what it computes per round.
 RESUMABLE = {"rounds", "eval_every", "eval_batch_size", "keep_checkpoints", "threads", "progress"}
 
@@ -45,6 +45,8 @@ class Settings:
     runtime: Any
 
     def __getattr__(self, name: str) -> Any:  # run-level keys: settings.rounds, settings.partition.alpha, ...
+        if name == "cfg":  # not yet set (copying, unpickling): do not recurse
+            raise AttributeError(name)
         return getattr(self.cfg, name)
 
     def to_yaml(self) -> str:
@@ -52,7 +54,7 @@ class Settings:
 
 
 def _schema_for(group: str, name: str) -> type:
-    return SCHEMAS["partition"] if group == "partition" else GROUPS[group].get(name).config_cls
+    return PartitionConfig if group == "partition" else GROUPS[group].get(name).config_cls
 
 
 def _register_store() -> None:
@@ -61,7 +63,7 @@ def _register_store() -> None:
     YAML presets in fedmm/presets/<group>/ plus every registered name without a preset."""
     cs = ConfigStore.instance()
     cs.store(name="fedmm_schema", node=Schema)
-    for group in SCHEMAS:
+    for group in OPTION_GROUPS:
         names = {p.stem: p for p in sorted((PRESETS / group).glob("*.yaml"))}
         if group in GROUPS:
             names.update({n: None for n in GROUPS[group].names() if n not in names})
@@ -81,7 +83,7 @@ def _one_line(e: BaseException) -> str:
     if m:
         return f"unknown option '{m.group(1)}'; `fedmm config` prints every option"
     m = re.search(r"Could not find '([^/']+)/([^']+)'", msg)
-    if m and m.group(1) in SCHEMAS:
+    if m and m.group(1) in OPTION_GROUPS:
         group = m.group(1)
         return f"unknown {group} '{m.group(2)}'; choose one of: {', '.join(available(group))}"
     m = re.search(r"Ambiguous value for argument '([^']+)'", msg)
