@@ -24,6 +24,7 @@ from fedmm.backends import BACKENDS
 from fedmm.config.schema import PartitionConfig, Schema
 from fedmm.data.tasks import TASKS
 from fedmm.errors import FedmmError
+from fedmm.fl.server import LR_SCHEDULES
 from fedmm.fl.strategy import STRATEGIES
 from fedmm.runtime import RUNTIMES
 
@@ -123,6 +124,8 @@ def validate(cfg: DictConfig) -> Settings:
             k for k in cfg.keys() if k not in GROUPS]))
     except OmegaConfBaseException as e:
         raise FedmmError(_one_line(e)) from None
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise FedmmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got '{cfg.lr_schedule}')")
     return Settings(cfg=cfg, **{g: _typed(g, cfg[g]) for g in GROUPS})
 
 

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 FitClients = Callable[[int, list[int], bytes, dict[int, dict[str, Any]]], dict[int, Union[bytes, BaseException]]]
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 def scheduled_lr(lr: float, rnd: int, rounds: int, schedule: str) -> float:
     """The clients' learning rate in round `rnd` (1-based): constant, or cosine-decayed from lr to lr / 10 over the
     run, which steadies the last rounds of non-IID training."""
@@ -33,7 +36,7 @@ def scheduled_lr(lr: float, rnd: int, rounds: int, schedule: str) -> float:
         return lr
     if schedule == "cosine":
         return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / (rounds - 1))))
-    raise FedmmError(f"lr_schedule must be constant or cosine (got '{schedule}')")
+    raise FedmmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got '{schedule}')")
 
 
 @dataclass
