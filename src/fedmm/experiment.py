@@ -25,7 +25,7 @@ from fedmm.errors import FedmmError
 from fedmm.fl.params import Params
 from fedmm.fl.sampling import num_sampled
 from fedmm.fl.server import FitClients, Server, ServerConfig, scheduled_lr
-from fedmm.fl.strategy import STRATEGIES
+from fedmm.fl.strategy import STRATEGIES, Strategy, StrategyContext
 from fedmm.report import write_report
 from fedmm.rundir import RunDir
 from fedmm.runtime import RUNTIMES
@@ -154,6 +154,15 @@ def _build_backend(settings: Settings, data: TaskData) -> Backend:
     return entry.factory(settings.model, data.train.num_labels, data.train.multilabel)
 
 
+def travelling_keys(backend: Backend, model: torch.nn.Module, strategy: Strategy) -> list[str]:
+    """The trainable keys the strategy lets travel; parameters it keeps at their shared initial values (FFA-LoRA's
+    A matrices) are frozen here, so that no client trains them. Every runtime's clients call this too."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and not strategy.travels(name):
+            p.requires_grad_(False)
+    return backend.trainable_keys(model)
+
+
 def build_experiment(settings: Settings) -> Experiment:
     _setup_torch(settings)
     rundir = prepare_output(settings, "run")
@@ -167,12 +176,21 @@ def build_experiment(settings: Settings) -> Experiment:
 
     backend = _build_backend(settings, data)
     model = backend.build_model(seed=settings.seed)
-    keys = backend.trainable_keys(model)
+    strategy = STRATEGIES.get(settings.strategy.name).factory(settings.strategy)
+    keys = travelling_keys(backend, model, strategy)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     _out(f"model {settings.model.name}: trainable {n_train:,} / {n_total:,} ({100 * n_train / n_total:.2f}%)")
 
-    strategy = STRATEGIES.get(settings.strategy.name).factory(settings.strategy)
+    def evaluate_on(split: MultimodalDataset, global_params: Params) -> dict[str, float]:
+        """Server-side evaluation with the one model instance the clients also use."""
+        set_params(model, global_params)
+        return evaluate(model, backend, split, data.metrics, batch_size=settings.eval_batch_size)
+
+    param_names = {n for n, _ in model.named_parameters()}
+    strategy.setup(StrategyContext(evaluate_val=(lambda p: evaluate_on(data.val, p)) if len(data.val) else None,
+                                   metric=data.metrics[0], stat_keys=frozenset(set(keys) - param_names),
+                                   run_dir=rundir.path, seed=settings.seed))
     params, start = get_params(model, keys), 1
     if settings.resume:
         ckpt = rundir.latest_checkpoint()
@@ -192,12 +210,7 @@ def build_experiment(settings: Settings) -> Experiment:
                               keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule)
     defaults = dict(lr=settings.lr, local_epochs=settings.local_epochs, batch_size=settings.batch_size,
                     weight_decay=settings.weight_decay)
-    def evaluate_global(global_params: Params) -> dict[str, float]:
-        """Server-side evaluation on the held-out test split, with the same model instance the clients use."""
-        set_params(model, global_params)
-        return evaluate(model, backend, data.test, data.metrics, batch_size=settings.eval_batch_size)
-
-    server = Server(strategy, server_cfg, evaluate=evaluate_global, client_defaults=defaults)
+    server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p), client_defaults=defaults)
     return Experiment(settings=settings, rundir=rundir, data=data, clients=clients, backend=backend, model=model,
                       server=server, params=params, start_round=start,
                       progress=bool(settings.progress) and sys.stderr.isatty())

@@ -79,6 +79,7 @@ class Server:
             raise FedmmError(f"round {rnd}: only {len(updates)} of {len(ids)} clients replied, fewer than "
                              f"min_clients={self.cfg.min_clients}; completed rounds are kept, fix the clients and "
                              f"resume with resume=<run_dir>")
+        self.strategy.round_metrics = {}
         new_params = self.strategy.aggregate(rnd, global_params, updates)
         t_eval = time.perf_counter()
         evaluated = rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds
@@ -96,6 +97,7 @@ class Server:
             "client_seconds": float(sum(u.metrics.get("seconds", 0.0) for u in updates)),
             "eval_seconds": time.perf_counter() - t_eval,
             **{f"eval_{k}": v for k, v in metrics.items()},
+            **{f"strategy_{k}": v for k, v in self.strategy.round_metrics.items()},
         }
         if failures:
             record["failures"] = failures

@@ -35,15 +35,22 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, name:
 
 def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, *, epochs: int,
                  batch_size: int, lr: float, weight_decay: float, seed: int, desc: str = "train",
-                 progress: bool = True, optimizer: Optional[torch.optim.Optimizer] = None) -> dict[str, float]:
+                 progress: bool = True, optimizer: Optional[torch.optim.Optimizer] = None, prox_mu: float = 0.0,
+                 track_grad_norm: bool = False) -> dict[str, float]:
     """AdamW for `epochs` passes over `data`. Without `optimizer`, a fresh one: federated clients keep no
-    optimizer state between rounds; the centralized baseline passes its own to keep it across epochs."""
+    optimizer state between rounds; the centralized baseline passes its own to keep it across epochs.
+
+    `prox_mu` > 0 adds FedProx's (mu / 2) ||w - w_start||^2, as its gradient mu (w - w_start), to every trained
+    parameter. `track_grad_norm` reports the mean L2 norm of the loss gradient over the steps (FedMAP's feature).
+    """
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = optimizer or make_optimizer(model, lr, weight_decay)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in trained] if prox_mu > 0 else None
     model.train()
-    total, seen, steps = 0.0, 0, 0
+    total, seen, steps, norm_sum = 0.0, 0, 0, 0.0
     n_batches = epochs * ((len(data) + batch_size - 1) // batch_size)
     with tqdm(total=n_batches, desc=desc, leave=False, disable=not progress or None, unit="batch") as bar:
         for _ in range(epochs):
@@ -52,12 +59,23 @@ def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDatas
                 loss, _ = backend.loss(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                grads = [(p, a) for p, a in zip(trained, anchor or trained) if p.grad is not None]
+                if track_grad_norm and grads:
+                    norm_sum += torch.linalg.vector_norm(torch.stack(
+                        torch._foreach_norm([p.grad for p, _ in grads]))).item()
+                if anchor is not None and grads:
+                    torch._foreach_add_([p.grad for p, _ in grads],
+                                        torch._foreach_sub([p.detach() for p, _ in grads], [a for _, a in grads]),
+                                        alpha=prox_mu)
                 opt.step()
                 total += loss.item() * len(idx)
                 seen += len(idx)
                 steps += 1
                 bar.update()
-    return {"train_loss": total / max(seen, 1), "steps": float(steps), "seconds": time.perf_counter() - t0}
+    out = {"train_loss": total / max(seen, 1), "steps": float(steps), "seconds": time.perf_counter() - t0}
+    if track_grad_norm:
+        out["grad_norm"] = norm_sum / max(steps, 1)
+    return out
 
 
 @torch.no_grad()

@@ -1,3 +1,5 @@
 """Server strategies, one per module; each registers itself in `STRATEGIES`."""
-from fedmm.fl.strategy.base import STRATEGIES, Strategy  # noqa: F401
-from fedmm.fl.strategy import fedavg as _fedavg  # noqa: E402,F401
+from fedmm.fl.strategy.base import STRATEGIES, Strategy, StrategyContext  # noqa: F401
+from fedmm.fl.strategy import (  # noqa: E402,F401
+    fedadagrad, fedadam, fedavg, fedavgm, fedmap, fedprox, fedyogi, lora, median, modality_avg, trimmed_mean,
+)

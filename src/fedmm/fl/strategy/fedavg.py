@@ -26,6 +26,29 @@ def weighted_average(global_params: Params, updates: list[tuple[Params, float]])
     return {k: (v / total).astype(global_params[k].dtype) for k, v in acc.items()}
 
 
+def masked_weighted_average(global_params: Params, updates: list[tuple[Params, float]]) -> Params:
+    """For every key, sum_k w_k * theta_k / sum_k w_k over only the clients that sent that key; a key nobody sent
+    keeps its global value.
+
+    This is what a parameter that belongs to one modality needs: a client without images never trained the image
+    encoder, so its (stale) copy must not pull the average back toward the old global value.
+    """
+    acc: dict[str, np.ndarray] = {}
+    total: dict[str, float] = {}
+    for params, w in updates:
+        for k, v in params.items():
+            if k not in acc:
+                acc[k], total[k] = np.zeros(v.shape, dtype=np.float64), 0.0
+            acc[k] += w * v
+            total[k] += w
+    out = dict(global_params)
+    for k, v in acc.items():
+        if total[k] <= 0:
+            raise ValueError(f"aggregation weights of {k} must sum to a positive number")
+        out[k] = (v / total[k]).astype(global_params[k].dtype)
+    return out
+
+
 @dataclass
 class FedAvgConfig:
     name: str = "fedavg"

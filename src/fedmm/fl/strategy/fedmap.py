@@ -1,0 +1,282 @@
+"""FedMAP's learned modality-aware aggregation (seed 000's `ModalityAwareAggregation`), with its config keys.
+
+Per round:
+1. Every client reports, besides its weights, what it measured on a held-out slice of its own data (see
+   fedmm.client.client): score before (`f1_before`) and after (`p_k`) local training, the gain `c_k`, validation
+   loss, mean gradient norm, label diversity and imbalance, its example count and its real modalities.
+2. `client_features` builds the 10-column row per client; `zscore` standardises each column across the round's
+   clients and clips at `z_clip`. A small MLP (the student) scores each row; a softmax over clients gives weights.
+3. The teacher searches `n_trials_per_round` mixing vectors over 7 teacher features (`teacher_features`): each gives
+   weights softmax(features @ mix) and a candidate global model, scored on the server's *validation* split. The
+   first candidate is the previous round's best mix; the others are drawn from a flat Dirichlet by the run's seed.
+4. The student takes one Adam step toward the teacher's weights: KL(teacher || student) - entropy_coeff * H(student).
+5. The student's own weights are scored (one more evaluation), and `gate` blends teacher and student.
+
+Every parameter is averaged over the clients that sent it (a client without images does not weigh on the image
+encoder), with the blended weights renormalised over those clients.
+
+Differences from the original, each on purpose: the real modality flags reach the server (the original defaults
+them to 1); candidates are scored on the validation split, never the test split; the evaluations per round are
+exactly `n_trials_per_round + 1` (reported as `strategy_evals`), all through the server's one model instance (no
+Lipschitz probe evaluation); candidate mixes come from the run's seed rather than Optuna, so runs are reproducible;
+and the whole state (student, its Adam moments, the gate's streak, the best mix) is checkpointed, so a resumed run
+continues exactly. The student is also saved to `aggregator_path` after every round and loaded from there when a
+new run starts, to carry a trained aggregator over to the next run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmm.errors import FedmmError
+from fedmm.fl.params import Params, Update, atomic_write_bytes, params_from_bytes, params_to_bytes, bytes_metadata
+from fedmm.fl.strategy.base import STRATEGIES, Strategy, StrategyContext
+from fedmm.fl.strategy.fedavg import masked_weighted_average
+
+FEATURES = ("c_k", "p_k", "m_img", "m_txt", "n_k", "diversity", "modality_div", "val_loss", "grad_norm",
+            "imbalance_ratio")
+TEACHER_FEATURES = ("performance", "size", "diversity", "modality", "val_loss", "grad_norm", "balance")
+
+
+@dataclass
+class FedMAPConfig:
+    name: str = "fedmap"
+    aggregator_path: str = ""  # "" = <run_dir>/aggregator.safetensors
+    input_dim: int = 10
+    hidden_dim: int = 16
+    aggregator_lr: float = 0.001
+    entropy_coeff: float = 0.01
+    n_trials_per_round: int = 4
+    perf_mix_lambda: float = 0.7
+    z_clip: float = 3.0
+    client_val_fraction: float = 0.1  # the slice of each client's data it scores itself on (not trained on)
+    use_student: bool = True
+    student_warmup: int = 5  # rounds 1..warmup: the student's share is capped at 0.25
+    student_win_needed: int = 3  # consecutive passing rounds before the student dominates
+    gate_delta: float = 0.002  # the student passes when its score is at most this far below the teacher's
+    gate_eta: float = 0.2  # trust-region step: beta = min(1, eta / sqrt(2 KL(teacher || student)))
+
+
+# -- pure functions ---------------------------------------------------------------------------------------------
+
+def client_features(updates: list[Update]) -> np.ndarray:
+    """The student's raw (K, 10) input, columns as in FEATURES. The modality flags come from the modalities the
+    client really has; modality_div is 1.0 with both modalities and 0.5 with one."""
+    rows = []
+    for u in updates:
+        m = u.metrics
+        img, txt = float("image" in u.modalities), float("text" in u.modalities)
+        rows.append([m.get("c_k", 0.0), m.get("p_k", 0.0), img, txt, float(u.num_examples), m.get("diversity", 0.0),
+                     1.0 if img and txt else 0.5, m.get("val_loss", 0.0), m.get("grad_norm", 0.0),
+                     m.get("imbalance_ratio", 0.0)])
+    return np.nan_to_num(np.asarray(rows, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def zscore(x: np.ndarray, clip: float) -> np.ndarray:
+    """Column-wise (x - mean) / std over clients, a zero spread counting as 1, clipped to [-clip, clip]."""
+    std = x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return np.clip((x - x.mean(axis=0)) / std, -clip, clip)
+
+
+def teacher_features(raw: np.ndarray, perf_mix_lambda: float, clip: float) -> np.ndarray:
+    """The (K, 7) teacher features, columns as in TEACHER_FEATURES; larger is better in every column."""
+    col = {name: raw[:, i] for i, name in enumerate(FEATURES)}
+
+    def z(v: np.ndarray) -> np.ndarray:
+        return zscore(v[:, None], clip)[:, 0]
+
+    perf = perf_mix_lambda * col["p_k"] + (1 - perf_mix_lambda) * np.maximum(col["c_k"], 0.0)
+    return np.stack([z(perf), z(np.log(np.maximum(col["n_k"], 1.0))), z(col["diversity"]), z(col["modality_div"]),
+                     -z(col["val_loss"]), -z(col["grad_norm"]), -z(col["imbalance_ratio"])], axis=1)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def candidate_mixes(previous: np.ndarray, n: int, seed: int, rnd: int) -> np.ndarray:
+    """`n` mixing vectors on the simplex: the previous best first, then flat-Dirichlet draws (pure of seed, round)."""
+    rng = np.random.default_rng([seed, rnd, 7])
+    draws = rng.dirichlet(np.ones(len(previous)), size=max(n - 1, 0))
+    return np.concatenate([previous[None, :], draws])[:n]
+
+
+def kl(p: np.ndarray, q: np.ndarray) -> float:
+    p, q = np.clip(p, 1e-12, 1.0), np.clip(q, 1e-12, 1.0)
+    return float(np.sum(p * (np.log(p) - np.log(q))))
+
+
+def gate(rnd: int, teacher: np.ndarray, student: np.ndarray, teacher_score: float, student_score: float,
+         streak: int, cfg: FedMAPConfig) -> tuple[float, int, bool]:
+    """The student's share beta of the final weights (1 - beta) * teacher + beta * student, and the new streak.
+
+    The student passes a round when its weights score at least teacher_score - gate_delta; `streak` counts passes
+    in a row. beta_kl = min(1, gate_eta / sqrt(2 KL(teacher || student))) is a trust region: the further the
+    student is from the teacher, the smaller the step toward it. Then:
+      - use_student false: beta = 0 (teacher only);
+      - rounds 1..student_warmup: beta = min(0.25, beta_kl);
+      - streak >= student_win_needed: beta = max(0.6, beta_kl) (the student dominates);
+      - otherwise: beta = beta_kl if the student passed this round, else min(0.25, beta_kl).
+    """
+    passed = student_score >= teacher_score - cfg.gate_delta
+    streak = streak + 1 if passed else 0
+    d = math.sqrt(max(2.0 * kl(teacher, student), 1e-16))
+    beta_kl = min(1.0, cfg.gate_eta / d)
+    if not cfg.use_student:
+        beta = 0.0
+    elif rnd <= cfg.student_warmup:
+        beta = min(0.25, beta_kl)
+    elif streak >= cfg.student_win_needed:
+        beta = max(0.6, beta_kl)
+    else:
+        beta = beta_kl if passed else min(0.25, beta_kl)
+    return beta, streak, passed
+
+
+class AggregatorMLP(nn.Module):
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(input_dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x))).view(-1)
+
+
+# -- the strategy -----------------------------------------------------------------------------------------------
+
+@STRATEGIES.register("fedmap", FedMAPConfig)
+class FedMAP(Strategy):
+    cfg: FedMAPConfig
+
+    def __init__(self, cfg: FedMAPConfig):
+        if cfg.input_dim != len(FEATURES):
+            raise FedmmError(f"strategy.input_dim must be {len(FEATURES)}, the number of client features "
+                             f"({', '.join(FEATURES)}); got {cfg.input_dim}")
+        if cfg.n_trials_per_round < 1:
+            raise FedmmError(f"strategy.n_trials_per_round must be >= 1 (got {cfg.n_trials_per_round})")
+        if not 0 < cfg.client_val_fraction < 1:
+            raise FedmmError(f"strategy.client_val_fraction must be in (0, 1) (got {cfg.client_val_fraction})")
+        super().__init__(cfg)
+        self.streak = 0
+        self.best_mix = np.full(len(TEACHER_FEATURES), 1.0 / len(TEACHER_FEATURES))
+        self.path: Optional[Path] = None
+        self._build(seed=0)
+
+    def _build(self, seed: int) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.student = AggregatorMLP(self.cfg.input_dim, self.cfg.hidden_dim).double()
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=self.cfg.aggregator_lr)
+
+    def setup(self, ctx: StrategyContext) -> None:
+        super().setup(ctx)
+        if ctx.evaluate_val is None:
+            raise FedmmError("strategy=fedmap needs the server's validation split; use a task that has one")
+        self._build(seed=ctx.seed)
+        path = self.cfg.aggregator_path or (str(ctx.run_dir / "aggregator.safetensors") if ctx.run_dir else "")
+        self.path = Path(path).expanduser() if path else None
+        if self.path is not None and self.path.exists():
+            self._load_file(self.path)
+
+    def configure(self, rnd: int, client_ids: list[int], defaults: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        extra = {"client_stats": True, "val_fraction": self.cfg.client_val_fraction, "score_metric": self.ctx.metric}
+        return {cid: {**defaults, **extra} for cid in client_ids}
+
+    def _score(self, global_params: Params, updates: list[Update], weights: np.ndarray) -> tuple[Params, float]:
+        params = masked_weighted_average(global_params, [(u.params, float(w)) for u, w in zip(updates, weights)])
+        return params, float(self.ctx.evaluate_val(params)[self.ctx.metric])
+
+    def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
+        cfg = self.cfg
+        raw = client_features(updates)
+        x = torch.from_numpy(zscore(raw, cfg.z_clip))
+        tf = teacher_features(raw, cfg.perf_mix_lambda, cfg.z_clip)
+
+        # Teacher: the best of n candidate mixes, scored on the validation split.
+        best = (-math.inf, None, None, None)
+        for mix in candidate_mixes(self.best_mix, cfg.n_trials_per_round, self.ctx.seed, rnd):
+            w = softmax(tf @ mix)
+            params, score = self._score(global_params, updates, w)
+            if score > best[0]:
+                best = (score, w, mix, params)
+        teacher_score, teacher, self.best_mix, teacher_params = best
+
+        # Student: one distillation step toward the teacher, then its own weights get one evaluation.
+        logp = torch.log_softmax(self.student(x), dim=0)
+        t = torch.from_numpy(teacher)
+        loss = torch.sum(t * (torch.log(t.clamp_min(1e-12)) - logp)) + cfg.entropy_coeff * torch.sum(logp.exp() * logp)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            student = torch.softmax(self.student(x), dim=0).numpy()
+        student_params, student_score = self._score(global_params, updates, student)
+
+        beta, self.streak, passed = gate(rnd, teacher, student, teacher_score, student_score, self.streak, cfg)
+        final = (1 - beta) * teacher + beta * student
+        if beta == 0.0:
+            out = teacher_params
+        elif beta == 1.0:
+            out = student_params
+        else:
+            out = masked_weighted_average(global_params, [(u.params, float(w)) for u, w in zip(updates, final)])
+        self.round_metrics = {"evals": cfg.n_trials_per_round + 1, "teacher_score": teacher_score,
+                              "student_score": student_score, "beta": beta, "student_passed": passed,
+                              "streak": self.streak, "distill_loss": float(loss.item()),
+                              "weights": {u.client_id: round(float(w), 6) for u, w in zip(updates, final)}}
+        if self.path is not None:
+            self._save_file(self.path)
+        return out
+
+    # -- state: checkpoints (exact resume) and the aggregator file (warm start of a new run) --------------------
+    def _student_state(self) -> dict[str, np.ndarray]:
+        arrays = {f"mlp.{k}": v.detach().numpy().copy() for k, v in self.student.state_dict().items()}
+        names = dict((id(p), n) for n, p in self.student.named_parameters())
+        for p, st in self.optimizer.state.items():
+            for k, v in st.items():
+                arrays[f"adam.{names[id(p)]}.{k}"] = np.asarray(v.detach().numpy() if torch.is_tensor(v) else v)
+        return arrays
+
+    def _load_student_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.student.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+                                      if k.startswith("mlp.")})
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=self.cfg.aggregator_lr)
+        for n, p in self.student.named_parameters():
+            st = {k[len(f"adam.{n}."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
+                  if k.startswith(f"adam.{n}.")}
+            if st:
+                self.optimizer.state[p] = st
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"student": self._student_state(), "streak": self.streak, "best_mix": self.best_mix.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self._load_student_state(state["student"])
+        self.streak = int(state["streak"])
+        self.best_mix = np.asarray(state["best_mix"], dtype=np.float64)
+
+    def _save_file(self, path: Path) -> None:
+        meta = {"fedmm_fedmap": json.dumps({"streak": self.streak, "best_mix": self.best_mix.tolist()})}
+        atomic_write_bytes(path, params_to_bytes(self._student_state(), meta))
+
+    def _load_file(self, path: Path) -> None:
+        data = path.read_bytes()
+        try:
+            arrays, meta = params_from_bytes(data), json.loads(bytes_metadata(data)["fedmm_fedmap"])
+            self._load_student_state(arrays)
+        except Exception as e:
+            raise FedmmError(f"cannot load the FedMAP aggregator {path} ({type(e).__name__}: {e}); delete it or set "
+                             f"strategy.aggregator_path to another file") from None
+        self.best_mix = np.asarray(meta["best_mix"], dtype=np.float64)

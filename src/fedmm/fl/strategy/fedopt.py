@@ -1,0 +1,94 @@
+"""Server optimizers (Reddi et al., 2021, "Adaptive Federated Optimization"; Hsu et al., 2019 for FedAvgM).
+
+The example-weighted average of the clients' parameters defines a pseudo-gradient `delta = average - global`, and
+the server applies an optimizer step to it instead of jumping to the average. Momentum and adaptive step sizes
+help most when clients' data are skewed, where plain averages zig-zag between rounds.
+
+Running statistics (BatchNorm buffers) are not parameters: they take the plain average.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedmm.fl.params import Params, Update
+from fedmm.fl.strategy.base import Strategy
+from fedmm.fl.strategy.fedavg import weighted_average
+
+
+def momentum_step(x: np.ndarray, delta: np.ndarray, m: np.ndarray, lr: float, momentum: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """FedAvgM: m <- momentum * m + delta; x <- x + lr * m. With lr=1 and momentum=0 this is FedAvg."""
+    m = momentum * m + delta
+    return x + lr * m, m
+
+
+def adaptive_step(kind: str, x: np.ndarray, delta: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
+                  beta1: float, beta2: float, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One FedAdagrad / FedYogi / FedAdam step (Algorithm 2 of Reddi et al.), without bias correction:
+
+        m <- beta1 * m + (1 - beta1) * delta
+        v <- v + delta^2                                   (adagrad)
+        v <- v - (1 - beta2) * delta^2 * sign(v - delta^2) (yogi)
+        v <- beta2 * v + (1 - beta2) * delta^2             (adam)
+        x <- x + lr * m / (sqrt(v) + tau)
+    """
+    m = beta1 * m + (1 - beta1) * delta
+    d2 = delta * delta
+    if kind == "adagrad":
+        v = v + d2
+    elif kind == "yogi":
+        v = v - (1 - beta2) * d2 * np.sign(v - d2)
+    elif kind == "adam":
+        v = beta2 * v + (1 - beta2) * d2
+    else:
+        raise ValueError(f"unknown adaptive optimizer '{kind}'")
+    return x + lr * m / (np.sqrt(v) + tau), m, v
+
+
+@dataclass
+class FedOptConfig:
+    name: str = "fedadam"
+    server_lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3  # adaptivity: bounds the step where v is small; v starts at tau^2 as in the paper
+
+
+class FedOpt(Strategy):
+    """Base of the server-optimizer strategies; `kind` is adam, yogi, adagrad or momentum."""
+
+    kind = "adam"
+
+    def __init__(self, cfg: Any):
+        super().__init__(cfg)
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+
+    def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
+        avg = weighted_average(global_params, [(u.params, float(u.num_examples)) for u in updates])
+        out: Params = {}
+        for k, x0 in global_params.items():
+            if k in self.ctx.stat_keys or not np.issubdtype(x0.dtype, np.floating):
+                out[k] = avg[k]
+                continue
+            x = x0.astype(np.float64)
+            delta = avg[k].astype(np.float64) - x
+            m = self.m.get(k, np.zeros_like(x))
+            if self.kind == "momentum":
+                x, self.m[k] = momentum_step(x, delta, m, self.cfg.server_lr, self.cfg.momentum)
+            else:
+                v = self.v.get(k, np.full_like(x, self.cfg.tau ** 2))
+                x, self.m[k], self.v[k] = adaptive_step(self.kind, x, delta, m, v, self.cfg.server_lr,
+                                                        self.cfg.beta1, self.cfg.beta2, self.cfg.tau)
+            out[k] = x.astype(x0.dtype)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"m": dict(self.m), "v": dict(self.v)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.m = {k: np.asarray(a, dtype=np.float64) for k, a in state.get("m", {}).items()}
+        self.v = {k: np.asarray(a, dtype=np.float64) for k, a in state.get("v", {}).items()}

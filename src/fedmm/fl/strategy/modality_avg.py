@@ -1,0 +1,25 @@
+"""Aggregation that respects missing modalities.
+
+A parameter that belongs to one modality's encoder (the backend declares which) is averaged, weighted by examples,
+over only the clients that have that modality; shared parameters (fusion, head, decoder) over all. Clients that lack
+a modality neither train nor send that encoder, so "the clients that sent the key" is exactly "the clients that
+have the modality": FedAvg instead counts them with the stale global value and slows the encoder down.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedmm.fl.params import Params, Update
+from fedmm.fl.strategy.base import STRATEGIES, Strategy
+from fedmm.fl.strategy.fedavg import masked_weighted_average
+
+
+@dataclass
+class ModalityAvgConfig:
+    name: str = "modality_avg"
+
+
+@STRATEGIES.register("modality_avg", ModalityAvgConfig)
+class ModalityAvg(Strategy):
+    def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
+        return masked_weighted_average(global_params, [(u.params, float(u.num_examples)) for u in updates])

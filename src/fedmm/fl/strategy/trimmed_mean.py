@@ -1,0 +1,39 @@
+"""Coordinate-wise trimmed mean (Yin et al., 2018): per coordinate, drop the `beta` fraction of largest and of
+smallest client values, and average the rest. Between the mean (beta=0) and the median (beta near 0.5)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmm.errors import FedmmError
+from fedmm.fl.params import Params, Update
+from fedmm.fl.strategy.base import STRATEGIES, Strategy
+from fedmm.fl.strategy.median import coordinatewise
+
+
+def trimmed_mean(global_params: Params, updates: list[Params], beta: float) -> Params:
+    def reduce(stack: np.ndarray) -> np.ndarray:
+        n = stack.shape[0]
+        cut = min(int(math.floor(beta * n)), (n - 1) // 2)  # always keep at least one value
+        return np.sort(stack, axis=0)[cut:n - cut].mean(axis=0)
+
+    return coordinatewise(global_params, updates, reduce)
+
+
+@dataclass
+class TrimmedMeanConfig:
+    name: str = "trimmed_mean"
+    beta: float = 0.1  # fraction trimmed at each end, per coordinate
+
+
+@STRATEGIES.register("trimmed_mean", TrimmedMeanConfig)
+class TrimmedMean(Strategy):
+    def __init__(self, cfg: TrimmedMeanConfig):
+        if not 0 <= cfg.beta < 0.5:
+            raise FedmmError(f"strategy.beta must be in [0, 0.5) (got {cfg.beta})")
+        super().__init__(cfg)
+
+    def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
+        return trimmed_mean(global_params, [u.params for u in updates], self.cfg.beta)
