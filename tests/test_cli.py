@@ -79,16 +79,14 @@ def test_multirun_sweep_runs_every_combination(tmp_path):
         ["a=1", "b=x", "c=3"], ["a=1", "b=y", "c=3"], ["a=2", "b=x", "c=3"], ["a=2", "b=y", "c=3"]]
 
 
-def test_killed_run_resumes_to_the_same_global_model(tmp_path):
-    args = [*TINY, "rounds=4", "num_clients=3", "clients_per_round=2", "modality.text_only=[0]"]
+def kill_and_resume(tmp_path, args):
+    """Run `args` once uninterrupted; run it again, SIGKILL it once round 2 is checkpointed, resume it; return both
+    run directories after checking that their final global models are identical."""
     full = tmp_path / "full"
     fedmm("run", *args, f"output_dir={full}")
-
-    # Kill a second, identical run with SIGKILL once round 2's checkpoint exists, then resume it.
     killed = tmp_path / "killed"
-    env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "fedmm.cli", "run", *args, f"output_dir={killed}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "fedmm.cli", "run", *args, f"output_dir={killed}"],
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
         while not (killed / "checkpoints" / "round_0002").exists():
@@ -107,6 +105,12 @@ def test_killed_run_resumes_to_the_same_global_model(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     rounds = [json.loads(l)["round"] for l in (killed / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [1, 2, 3, 4]
+    return full, killed
+
+
+def test_killed_run_resumes_to_the_same_global_model(tmp_path):
+    full, _ = kill_and_resume(tmp_path, [*TINY, "rounds=4", "num_clients=3", "clients_per_round=2",
+                                         "modality.text_only=[0]"])
     # Settings that change the experiment cannot change on resume; extending a finished run continues it.
     bad = fedmm("run", f"resume={full}", "partition.alpha=9", check=False)
     assert bad.returncode == 2 and "cannot change when resuming" in bad.stderr

@@ -165,6 +165,7 @@ def travelling_keys(backend: Backend, model: torch.nn.Module, strategy: Strategy
 
 def build_experiment(settings: Settings) -> Experiment:
     _setup_torch(settings)
+    strategy = STRATEGIES.get(settings.strategy.name).factory(settings.strategy)  # checks its config first
     rundir = prepare_output(settings, "run")
     data = load_data(settings)
     clients = split_clients(settings, data.train)
@@ -176,7 +177,6 @@ def build_experiment(settings: Settings) -> Experiment:
 
     backend = _build_backend(settings, data)
     model = backend.build_model(seed=settings.seed)
-    strategy = STRATEGIES.get(settings.strategy.name).factory(settings.strategy)
     keys = travelling_keys(backend, model, strategy)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())

@@ -52,6 +52,13 @@ class FusionConfig:
     dropout: float = 0.1
     freeze_text: bool = False
     freeze_image: bool = False
+    # LoRA on the text encoder (peft): lora_r > 0 freezes the text encoder's weights and trains rank-r adapters on
+    # the named linear layers instead (BERT: query, key, value, dense). The adapters start identical on every client
+    # (they are built from the run's seed), which FFA-LoRA relies on.
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: List[str] = field(default_factory=lambda: ["query", "value"])
     max_text_length: int = 64
     image_size: int = 224  # images are resized to image_size x image_size
     image_mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -222,10 +229,24 @@ class FusionBackend(Backend):
             if text.get_input_embeddings().num_embeddings < len(self.tokenizer):
                 raise FedmmError(f"tokenizer has {len(self.tokenizer)} tokens but the text encoder only "
                                  f"{text.get_input_embeddings().num_embeddings}; set model.tokenizer to match")
+            for enc, frozen in ((text, cfg.freeze_text or cfg.lora_r > 0), (image, cfg.freeze_image)):
+                enc.requires_grad_(not frozen)
+            if cfg.lora_r > 0:
+                text = self._add_lora(text)
             model = FusionClassifier(text, image, cfg, self.num_labels)
-        for enc, frozen in ((model.text_encoder, cfg.freeze_text), (model.image_encoder, cfg.freeze_image)):
-            enc.requires_grad_(not frozen)
         return model.train()
+
+    def _add_lora(self, text: nn.Module) -> nn.Module:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        cfg = self.cfg
+        try:
+            return inject_adapter_in_model(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                      lora_dropout=cfg.lora_dropout,
+                                                      target_modules=list(cfg.lora_targets)), text)
+        except ValueError as e:
+            raise FedmmError(f"model.lora_targets {list(cfg.lora_targets)} do not match the text encoder's linear "
+                             f"layers ({str(e).splitlines()[0][:120]}); BERT's are query, key, value, dense") from None
 
     def key_modality(self, key: str) -> str:
         if key.startswith(("text_encoder.", "text_proj.")):

@@ -1,0 +1,72 @@
+"""What a client computes besides training: FedProx's proximal term, FedMAP's self-assessment, its modalities."""
+import numpy as np
+
+from fedmm.backends.base import get_params
+from fedmm.backends.fusion import FusionBackend
+from fedmm.client.client import ClientTrainer, label_statistics, local_split
+from fedmm.config import load_settings
+from fedmm.data.tasks import load_task
+from fedmm.experiment import travelling_keys
+from fedmm.fl.params import Update, params_to_bytes
+from fedmm.fl.strategy import STRATEGIES
+
+
+def _setup(*over):
+    s = load_settings(["task=synthetic", "model=fusion_tiny", "task.num_train=96", *over])
+    data = load_task(s.task, 0)
+    backend = FusionBackend(s.model, data.train.num_labels, data.train.multilabel)
+    return backend, backend.build_model(seed=0), data.train
+
+
+CONFIG = dict(lr=0.01, local_epochs=2, batch_size=16, weight_decay=0.0, seed=3, round=1)
+
+
+def test_local_split_is_fixed_and_disjoint_and_label_statistics_by_hand():
+    _, _, data = _setup()
+    tr, va = local_split(data, 0.25, seed=3, cid=1)
+    tr2, va2 = local_split(data, 0.25, seed=3, cid=1)
+    assert len(va) == 24 and len(tr) == 72 and np.array_equal(va.labels, va2.labels)
+    assert local_split(data.subset(np.arange(2)), 0.25, 3, 1)[1] is None  # too small to spare an example
+    balanced = data.subset(np.concatenate([np.flatnonzero(data.labels == c)[:2] for c in range(3)]))
+    stats = label_statistics(balanced)
+    assert stats["imbalance_ratio"] == 2 / 6
+    p = np.array([2, 2, 2] + [0] * (data.num_labels - 3)) / 6
+    nz = p[p > 0]
+    assert stats["diversity"] == -(nz * np.log(nz)).sum() / np.log(data.num_labels)
+
+
+def test_client_reports_fedmap_statistics_and_its_real_modalities():
+    backend, model, data = _setup()
+    text_only = data.with_modalities(frozenset({"text"}))
+    payload = params_to_bytes(get_params(model, backend.trainable_keys(model)))
+    cfg = dict(CONFIG, client_stats=True, val_fraction=0.25, score_metric="accuracy")
+    up = Update.from_bytes(ClientTrainer(backend, model, progress=False).fit_bytes(2, text_only, payload, cfg))
+    assert up.modalities == frozenset({"text"})
+    assert up.num_examples == 72  # the held-out quarter is not trained on
+    for key in ("f1_before", "p_k", "c_k", "val_loss", "grad_norm", "diversity", "imbalance_ratio"):
+        assert np.isfinite(up.metrics[key]), key
+    assert up.metrics["c_k"] == up.metrics["p_k"] - up.metrics["f1_before"]
+    assert up.metrics["grad_norm"] > 0
+    assert not any(backend.key_modality(k) == "image" for k in up.params)
+
+
+def test_proximal_term_keeps_the_client_near_the_global_model():
+    drift = {}
+    for mu in (0.0, 10.0):
+        backend, model, data = _setup()
+        keys = backend.trainable_keys(model)
+        start = get_params(model, keys)
+        up = ClientTrainer(backend, model, progress=False).fit(0, data, params_to_bytes(start), dict(CONFIG, prox_mu=mu))
+        drift[mu] = sum(float(np.sum((up.params[k] - start[k]) ** 2)) for k in keys if "running" not in k)
+    assert drift[10.0] < 0.8 * drift[0.0]
+
+
+def test_ffa_lora_freezes_a_so_it_neither_trains_nor_travels():
+    backend, model, data = _setup("model.lora_r=2")
+    strategy = STRATEGIES.get("ffa_lora").factory(STRATEGIES.get("ffa_lora").config_cls())
+    keys = travelling_keys(backend, model, strategy)
+    assert any(".lora_B." in k for k in keys) and not any(".lora_A." in k for k in keys)
+    a_before = {k: v.clone() for k, v in model.state_dict().items() if ".lora_A." in k}
+    up = ClientTrainer(backend, model, progress=False).fit(0, data, params_to_bytes(get_params(model, keys)), CONFIG)
+    assert set(up.params) == set(keys)
+    assert all(np.array_equal(model.state_dict()[k].numpy(), v.numpy()) for k, v in a_before.items())

@@ -1,0 +1,65 @@
+"""LoRA aggregation: naive averaging of A and B is not averaging B @ A; FFA-LoRA and the product re-factoring are."""
+import numpy as np
+
+from fedmm.fl.params import Update
+from fedmm.fl.strategy.lora import LoraExact, LoraExactConfig, lora_pairs, product_average
+
+A, B = "enc.q.lora_A.default.weight", "enc.q.lora_B.default.weight"
+
+
+def clients(rng, k=3, out=12, inp=10, r=2, shared_a=None):
+    return [(rng.normal(size=(out, r)), shared_a if shared_a is not None else rng.normal(size=(r, inp)), w)
+            for w in rng.integers(1, 20, size=k).astype(float)]
+
+
+def weighted_product(factors):
+    total = sum(w for _, _, w in factors)
+    return sum(w * b @ a for b, a, w in factors) / total
+
+
+def test_naive_averaging_differs_from_the_average_product():
+    f = clients(np.random.default_rng(0))
+    total = sum(w for _, _, w in f)
+    naive = (sum(w * b for b, _, w in f) / total) @ (sum(w * a for _, a, w in f) / total)
+    assert np.abs(naive - weighted_product(f)).max() > 0.1
+
+
+def test_ffa_lora_is_exact_when_a_is_shared():
+    rng = np.random.default_rng(1)
+    f = clients(rng, shared_a=rng.normal(size=(2, 10)))
+    total = sum(w for _, _, w in f)
+    averaged_b = sum(w * b for b, _, w in f) / total
+    np.testing.assert_allclose(averaged_b @ f[0][1], weighted_product(f), atol=1e-12)
+
+
+def test_product_average_is_exact_when_the_sum_has_rank_r():
+    rng = np.random.default_rng(2)
+    f = clients(rng, shared_a=rng.normal(size=(2, 10)))  # sum of B_k A has rank <= 2
+    b, a = product_average(f, rank=2)
+    assert b.shape == (12, 2) and a.shape == (2, 10)
+    np.testing.assert_allclose(b @ a, weighted_product(f), atol=1e-10)
+
+
+def test_product_average_is_the_best_rank_r_approximation():
+    f = clients(np.random.default_rng(3), k=4)  # the sum has rank up to 8 > r = 2
+    b, a = product_average(f, rank=2)
+    u, s, vt = np.linalg.svd(weighted_product(f))
+    best = (u[:, :2] * s[:2]) @ vt[:2]  # Eckart-Young, computed on the dense matrix
+    np.testing.assert_allclose(b @ a, best, atol=1e-10)
+
+
+def test_lora_exact_strategy_factors_adapters_and_averages_the_rest():
+    rng = np.random.default_rng(4)
+    g = {A: np.zeros((2, 6), np.float32), B: np.zeros((5, 2), np.float32), "head.w": np.zeros(3, np.float32)}
+    assert lora_pairs(g) == [(A, B)]
+    ups = [Update(client_id=i, num_examples=n, params={A: rng.normal(size=(2, 6)).astype(np.float32),
+                                                       B: rng.normal(size=(5, 2)).astype(np.float32),
+                                                       "head.w": np.full(3, float(i), np.float32)})
+           for i, n in enumerate([1, 3])]
+    out = LoraExact(LoraExactConfig()).aggregate(1, g, ups)
+    np.testing.assert_allclose(out["head.w"], [0.75] * 3)
+    # Two rank-2 products: the best rank-2 approximation of their weighted mean.
+    dense = (1 * ups[0].params[B] @ ups[0].params[A] + 3 * ups[1].params[B] @ ups[1].params[A]).astype(float) / 4
+    u, s, vt = np.linalg.svd(dense)
+    np.testing.assert_allclose(out[B] @ out[A], (u[:, :2] * s[:2]) @ vt[:2], atol=1e-5)
+    assert out[A].dtype == np.float32

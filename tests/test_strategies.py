@@ -1,0 +1,124 @@
+"""The aggregation math of every strategy, on small arrays, against hand-computed or independently computed values."""
+import numpy as np
+import pytest
+
+from fedmm.fl.params import Update
+from fedmm.fl.strategy import STRATEGIES, StrategyContext
+from fedmm.fl.strategy.fedavg import masked_weighted_average, weighted_average
+from fedmm.fl.strategy.fedopt import adaptive_step, momentum_step
+from fedmm.fl.strategy.median import median
+from fedmm.fl.strategy.trimmed_mean import trimmed_mean
+
+
+def make(name, **kw):
+    entry = STRATEGIES.get(name)
+    return entry.factory(entry.config_cls(**kw))
+
+
+def upd(cid, n, **params):
+    return Update(client_id=cid, params={k: np.asarray(v, np.float32) for k, v in params.items()}, num_examples=n)
+
+
+# -- server optimizers --------------------------------------------------------------------------------------------
+
+def reference_fedopt(kind, x, deltas, lr, b1, b2, tau):
+    """Reddi et al. (2021), Algorithm 2, written out per scalar with plain Python floats."""
+    m, v = 0.0, tau * tau
+    for d in deltas:
+        m = b1 * m + (1 - b1) * d
+        if kind == "adagrad":
+            v = v + d * d
+        elif kind == "yogi":
+            v = v - (1 - b2) * d * d * (1 if v - d * d > 0 else -1 if v - d * d < 0 else 0)
+        else:
+            v = b2 * v + (1 - b2) * d * d
+        x = x + lr * m / (v ** 0.5 + tau)
+    return x
+
+
+@pytest.mark.parametrize("name, kind", [("fedadam", "adam"), ("fedyogi", "yogi"), ("fedadagrad", "adagrad")])
+def test_adaptive_server_optimizers_follow_the_update_rule(name, kind):
+    strategy = make(name, server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
+    x = {"w": np.array([0.5, -1.0, 2.0], np.float32)}
+    targets = [np.array([0.7, -1.0, 1.0]), np.array([0.2, -0.5, 1.5]), np.array([0.9, -2.0, 2.0])]
+    history = []
+    for rnd, target in enumerate(targets, 1):
+        # Two clients whose example-weighted mean is `target`.
+        ups = [upd(0, 1, w=target - 0.3), upd(1, 3, w=target + 0.1)]
+        history.append(target - x["w"].astype(np.float64))
+        x = strategy.aggregate(rnd, x, ups)
+        # The reference replays the same pseudo-gradients coordinate by coordinate.
+        for i in range(3):
+            expected = reference_fedopt(kind, 0.5 if i == 0 else (-1.0 if i == 1 else 2.0),
+                                        [h[i] for h in history], 0.1, 0.9, 0.99, 1e-3)
+            assert x["w"][i] == pytest.approx(expected, rel=1e-5, abs=1e-6), (rnd, i)
+
+
+def test_fedadam_state_round_trips_and_stats_are_averaged_not_optimized():
+    a = make("fedadam", server_lr=0.05)
+    a.setup(StrategyContext(stat_keys=frozenset({"bn.running_var"})))
+    g = {"w": np.zeros(2, np.float32), "bn.running_var": np.ones(2, np.float32)}
+    ups = [upd(0, 1, w=[1.0, 2.0], **{"bn.running_var": [2.0, 2.0]}), upd(1, 1, w=[3.0, 0.0],
+                                                                           **{"bn.running_var": [4.0, 4.0]})]
+    g1 = a.aggregate(1, g, ups)
+    np.testing.assert_allclose(g1["bn.running_var"], [3.0, 3.0])
+    b = make("fedadam", server_lr=0.05)
+    b.setup(StrategyContext(stat_keys=frozenset({"bn.running_var"})))
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(a.aggregate(2, g1, ups)["w"], b.aggregate(2, g1, ups)["w"])
+
+
+def test_fedavgm_momentum():
+    x, m = np.array([1.0]), np.zeros(1)
+    x, m = momentum_step(x, np.array([0.5]), m, lr=1.0, momentum=0.9)
+    assert (x[0], m[0]) == (1.5, 0.5)
+    x, m = momentum_step(x, np.array([0.5]), m, lr=1.0, momentum=0.9)
+    assert m[0] == pytest.approx(0.95) and x[0] == pytest.approx(2.45)
+    # lr 1 and no momentum is FedAvg.
+    s = make("fedavgm", server_lr=1.0, momentum=0.0)
+    g = {"w": np.zeros(2, np.float32)}
+    ups = [upd(0, 1, w=[1.0, 1.0]), upd(1, 3, w=[5.0, 1.0])]
+    np.testing.assert_allclose(s.aggregate(1, g, ups)["w"], weighted_average(g, [(u.params, u.num_examples)
+                                                                                for u in ups])["w"])
+
+
+def test_adaptive_step_rejects_unknown_kind():
+    with pytest.raises(ValueError):
+        adaptive_step("nesterov", np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(1), 0.1, 0.9, 0.99, 1e-3)
+
+
+# -- robust aggregation -------------------------------------------------------------------------------------------
+
+def test_median_and_trimmed_mean_by_hand():
+    g = {"w": np.zeros(2, np.float32), "img": np.full(1, 7.0, np.float32)}
+    ups = [{"w": np.array([1.0, 10.0], np.float32), "img": np.array([1.0], np.float32)},
+           {"w": np.array([2.0, -50.0], np.float32)},  # lacks the image encoder: no vote on "img"
+           {"w": np.array([100.0, 20.0], np.float32), "img": np.array([3.0], np.float32)},
+           {"w": np.array([3.0, 30.0], np.float32), "img": np.array([5.0], np.float32)}]
+    med = median(g, ups)
+    np.testing.assert_allclose(med["w"], [2.5, 15.0])
+    np.testing.assert_allclose(med["img"], [3.0])
+    tm = trimmed_mean(g, ups, beta=0.25)  # drops one value at each end of the four
+    np.testing.assert_allclose(tm["w"], [2.5, 15.0])
+    np.testing.assert_allclose(trimmed_mean(g, ups, beta=0.0)["w"], [26.5, 2.5])
+    assert median(g, [])["img"][0] == 7.0  # nobody sent it: the global value
+
+
+# -- missing modalities -------------------------------------------------------------------------------------------
+
+def test_modality_avg_averages_each_key_over_its_senders_only():
+    g = {"image": np.zeros(2, np.float32), "head": np.zeros(2, np.float32), "text": np.ones(2, np.float32)}
+    ups = [upd(0, 1, image=[4.0, 4.0], head=[4.0, 4.0]),  # image-only client
+           upd(1, 3, head=[1.0, 1.0])]  # a client that sent neither encoder
+    out = make("modality_avg").aggregate(1, g, ups)
+    np.testing.assert_allclose(out["image"], [4.0, 4.0])  # FedAvg would give (4 * 1 + 0 * 3) / 4 = 1
+    np.testing.assert_allclose(out["head"], [(4 + 3) / 4] * 2)
+    np.testing.assert_allclose(out["text"], [1.0, 1.0])  # nobody sent it
+    np.testing.assert_allclose(weighted_average(g, [(u.params, u.num_examples) for u in ups])["image"], [1.0, 1.0])
+    with pytest.raises(ValueError):
+        masked_weighted_average(g, [({"head": g["head"]}, 0.0)])
+
+
+def test_fedprox_asks_clients_for_the_proximal_term():
+    cfgs = make("fedprox", mu=0.5).configure(1, [0, 3], {"lr": 0.1})
+    assert cfgs == {0: {"lr": 0.1, "prox_mu": 0.5}, 3: {"lr": 0.1, "prox_mu": 0.5}}

@@ -1,0 +1,52 @@
+"""Every strategy from the command line, and exact resume of the stateful ones."""
+import json
+
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import TINY, fedmm
+from fedmm.cli import main
+from fedmm.fl.strategy import STRATEGIES
+from test_cli import kill_and_resume
+
+MISSING = ["num_clients=4", "modality.text_only=[1]", "modality.image_only=[2]"]
+
+
+@pytest.mark.slow
+def test_every_strategy_runs_two_rounds(tmp_path):
+    names = STRATEGIES.names()
+    # One sweep: every strategy on the tiny fusion model with LoRA adapters on its text encoder and two clients
+    # that miss a modality.
+    fedmm("run", "-m", *TINY, *MISSING, "model.lora_r=2", "rounds=2", f"strategy={','.join(names)}",
+          f"output_dir={tmp_path}/sw", timeout=600)
+    runs = {}
+    for i, name in enumerate(names):
+        records = [json.loads(l) for l in (tmp_path / "sw" / str(i) / "metrics.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in records] == [1, 2], name
+        assert all(r["num_clients"] == 4 and "eval_accuracy" in r for r in records), name
+        runs[name] = records
+    assert runs["fedmap"][-1]["strategy_evals"] == 4 + 1  # n_trials_per_round + the student
+    assert {"teacher_score", "student_score", "beta", "weights"} <= {k[9:] for k in runs["fedmap"][-1]}
+    # FFA-LoRA sends only the B matrices: fewer bytes both ways than the same run sending A and B.
+    assert runs["ffa_lora"][0]["bytes_up"] < runs["lora_exact"][0]["bytes_up"]
+    assert runs["ffa_lora"][0]["bytes_down"] < runs["lora_exact"][0]["bytes_down"]
+    assert not any(".lora_A." in k for k in load_file(str(tmp_path / "sw" / str(names.index("ffa_lora")) /
+                                                          "global.safetensors")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["fedadam", "fedmap"])
+def test_killed_stateful_strategy_resumes_exactly(tmp_path, strategy):
+    kill_and_resume(tmp_path, [*TINY, *MISSING, "rounds=4", f"strategy={strategy}"])
+
+
+def test_strategy_config_errors_are_one_line(tmp_path, capsys):
+    # In-process (the command-line subprocess path is covered in test_cli): each error comes before any output.
+    for args, expected in [(["strategy=fedmap", "strategy.input_dim=7"], "input_dim must be 10"),
+                           (["strategy=trimmed_mean", "strategy.beta=0.7"], "beta must be in [0, 0.5)"),
+                           (["strategy=fedprox", "strategy.mu=-1"], "mu must be >= 0"),
+                           (["strategy=fedadam", "strategy.mu=1"], "unknown option 'strategy.mu'")]:
+        assert main(["run", *TINY, "rounds=1", f"output_dir={tmp_path}/x", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "x").exists()
