@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Set up fedmm in ./.venv and run it: `python3 dev.py run [overrides]` or `python3 dev.py test [pytest args]`.
+"""Set up fedmm in ./.venv and run it: `python3 dev.py run [overrides]`, `python3 dev.py test [pytest args]`,
+`python3 dev.py bench NAME` (benchmarks/NAME.py).
 
 Why a script and not a Makefile: a fresh machine has Python and git, not necessarily make. The environment is
 (re)installed only when pyproject.toml, constraints.txt or this file changed (a stamp in .venv records their hash),
@@ -52,8 +53,8 @@ def ensure_env() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("run", "test", "setup"):
-        print(__doc__.strip().splitlines()[0])
+    if not argv or argv[0] not in ("run", "test", "setup", "bench") or (argv[0] == "bench" and len(argv) < 2):
+        print("\n".join(__doc__.strip().splitlines()[:2]))
         return 2
     ensure_env()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -61,6 +62,13 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[0] == "run":
         cmd = [str(BIN / "fedmm"), "run", *argv[1:]]
+    elif argv[0] == "bench":
+        script = ROOT / "benchmarks" / f"{argv[1]}.py"
+        if not script.exists():
+            names = sorted(p.stem for p in script.parent.glob("*.py"))
+            print(f"error: no benchmark '{argv[1]}'; choose one of: {', '.join(names)}", file=sys.stderr)
+            return 2
+        cmd = [str(BIN / "python"), str(script), *argv[2:]]
     else:
         cmd = [str(BIN / "python"), "-m", "pytest", *argv[1:]]
     return subprocess.call(cmd, cwd=ROOT, env=env)

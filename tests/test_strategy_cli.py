@@ -50,3 +50,16 @@ def test_strategy_config_errors_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "x").exists()
+
+
+def test_fedmap_scores_candidates_on_the_validation_split_with_the_server_model(tmp_path):
+    from fedmm.config import load_settings
+    from fedmm.experiment import build_experiment
+    from fedmm.train.loop import evaluate
+
+    exp = build_experiment(load_settings([*TINY, "strategy=fedmap", f"output_dir={tmp_path}/run"]))
+    ctx = exp.server.strategy.ctx
+    assert ctx.metric == "accuracy" and ctx.run_dir == tmp_path / "run"
+    scored = ctx.evaluate_val(exp.params)
+    assert scored == evaluate(exp.model, exp.backend, exp.data.val, exp.data.metrics)
+    assert scored != evaluate(exp.model, exp.backend, exp.data.test, exp.data.metrics)

@@ -59,14 +59,16 @@ def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDatas
                 loss, _ = backend.loss(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                grads = [(p, a) for p, a in zip(trained, anchor or trained) if p.grad is not None]
-                if track_grad_norm and grads:
-                    norm_sum += torch.linalg.vector_norm(torch.stack(
-                        torch._foreach_norm([p.grad for p, _ in grads]))).item()
-                if anchor is not None and grads:
-                    torch._foreach_add_([p.grad for p, _ in grads],
-                                        torch._foreach_sub([p.detach() for p, _ in grads], [a for _, a in grads]),
-                                        alpha=prox_mu)
+                if track_grad_norm or anchor is not None:
+                    # Parameters without a gradient (a missing modality's encoder) are neither counted nor pulled.
+                    pairs = [(p, a) for p, a in zip(trained, anchor or trained) if p.grad is not None]
+                    if track_grad_norm and pairs:
+                        norm_sum += torch.linalg.vector_norm(torch.stack(
+                            torch._foreach_norm([p.grad for p, _ in pairs]))).item()
+                    if anchor is not None and pairs:
+                        torch._foreach_add_([p.grad for p, _ in pairs],
+                                            torch._foreach_sub([p.detach() for p, _ in pairs], [a for _, a in pairs]),
+                                            alpha=prox_mu)
                 opt.step()
                 total += loss.item() * len(idx)
                 seen += len(idx)
