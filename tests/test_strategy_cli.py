@@ -53,6 +53,9 @@ def test_strategy_config_errors_are_one_line(tmp_path, capsys):
 
 
 def test_fedmap_scores_candidates_on_the_validation_split_with_the_server_model(tmp_path):
+    import numpy as np
+
+    from fedmm.backends.base import get_params
     from fedmm.config import load_settings
     from fedmm.experiment import build_experiment
     from fedmm.train.loop import evaluate
@@ -60,6 +63,10 @@ def test_fedmap_scores_candidates_on_the_validation_split_with_the_server_model(
     exp = build_experiment(load_settings([*TINY, "strategy=fedmap", f"output_dir={tmp_path}/run"]))
     ctx = exp.server.strategy.ctx
     assert ctx.metric == "accuracy" and ctx.run_dir == tmp_path / "run"
-    scored = ctx.evaluate_val(exp.params)
+    exp.backend.build_model = None  # candidates are evaluated in the server's one model, never a new one
+    shifted = {k: v + 0.01 for k, v in exp.params.items()}
+    scored = ctx.evaluate_val(shifted)
+    loaded = get_params(exp.model, list(shifted))
+    assert all(np.array_equal(loaded[k], shifted[k]) for k in shifted)
     assert scored == evaluate(exp.model, exp.backend, exp.data.val, exp.data.metrics)
     assert scored != evaluate(exp.model, exp.backend, exp.data.test, exp.data.metrics)
