@@ -56,7 +56,8 @@ def test_proximal_term_keeps_the_client_near_the_global_model():
         backend, model, data = _setup()
         keys = backend.trainable_keys(model)
         start = get_params(model, keys)
-        up = ClientTrainer(backend, model, progress=False).fit(0, data, params_to_bytes(start), dict(CONFIG, prox_mu=mu))
+        trainer = ClientTrainer(backend, model, progress=False)
+        up = trainer.fit(0, data, params_to_bytes(start), dict(CONFIG, prox_mu=mu))
         drift[mu] = sum(float(np.sum((up.params[k] - start[k]) ** 2)) for k in keys if "running" not in k)
     assert drift[10.0] < 0.8 * drift[0.0]
 
