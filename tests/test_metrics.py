@@ -21,3 +21,25 @@ def test_compute_uses_argmax_or_threshold():
     assert M.compute(["accuracy"], logits, np.array([1, 1])) == {"accuracy": 0.5}
     ml = M.compute(["micro_f1"], np.array([[1.0, -1.0]]), np.array([[1.0, 0.0]]))
     assert ml["micro_f1"] == 1.0
+
+
+def test_weighted_and_samples_f1_hand_computed():
+    labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    pred = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 0]])
+    # per-label F1 [1, 2/3, 0] with supports [2, 2, 1]
+    assert np.isclose(M.weighted_f1(pred, labels), (2 * 1 + 2 * 2 / 3 + 1 * 0) / 5)
+    # per example: (tp1 fn1) -> 2/3; (tp1 fp1) -> 2/3; (tp1 fn1) -> 2/3
+    assert np.isclose(M.samples_f1(pred, labels), 2 / 3)
+    assert M.samples_f1(np.zeros((1, 3)), np.zeros((1, 3))) == 1.0  # nothing to find, nothing predicted
+
+
+def test_tuned_thresholds_maximise_each_label_on_validation_data():
+    probs = np.array([[0.30, 0.9], [0.20, 0.6], [0.10, 0.4], [0.35, 0.7]])
+    labels = np.array([[1, 1], [1, 0], [0, 0], [1, 1]])
+    t = M.tune_thresholds(probs, labels)
+    # label 0: any threshold in (0.10, 0.20] finds all three positives without the 0.10 negative; nearest 0.5: 0.2
+    # label 1: (0.6, 0.7] separates the positives (0.9, 0.7) from 0.6; nearest 0.5 on the grid: 0.65
+    np.testing.assert_allclose(t, [0.2, 0.65])
+    logits = np.log(probs / (1 - probs))
+    assert M.compute(["macro_f1"], logits, labels, thresholds=t)["macro_f1"] == 1.0
+    assert M.compute(["macro_f1"], logits, labels)["macro_f1"] < 1.0
