@@ -170,6 +170,7 @@ class FedMAP(Strategy):
         self.streak = 0
         self.best_mix = np.full(len(TEACHER_FEATURES), 1.0 / len(TEACHER_FEATURES))
         self.path: Optional[Path] = None
+        self._evals = 0  # server evaluations in the current round (reported, and bounded by n_trials + 1)
         self._build(seed=0)
 
     def _build(self, seed: int) -> None:
@@ -194,10 +195,12 @@ class FedMAP(Strategy):
 
     def _score(self, global_params: Params, updates: list[Update], weights: np.ndarray) -> tuple[Params, float]:
         params = masked_weighted_average(global_params, [(u.params, float(w)) for u, w in zip(updates, weights)])
+        self._evals += 1
         return params, float(self.ctx.evaluate_val(params)[self.ctx.metric])
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
         cfg = self.cfg
+        self._evals = 0
         raw = client_features(updates)
         x = torch.from_numpy(zscore(raw, cfg.z_clip))
         tf = teacher_features(raw, cfg.perf_mix_lambda, cfg.z_clip)
@@ -230,7 +233,7 @@ class FedMAP(Strategy):
             out = student_params
         else:
             out = masked_weighted_average(global_params, [(u.params, float(w)) for u, w in zip(updates, final)])
-        self.round_metrics = {"evals": cfg.n_trials_per_round + 1, "teacher_score": teacher_score,
+        self.round_metrics = {"evals": self._evals, "teacher_score": teacher_score,
                               "student_score": student_score, "beta": beta, "student_passed": passed,
                               "streak": self.streak, "distill_loss": float(loss.item()),
                               "weights": {u.client_id: round(float(w), 6) for u, w in zip(updates, final)}}
