@@ -32,7 +32,7 @@ def test_text_only_client_batches_contain_no_image_data():
     s = load_settings(["task=synthetic", "model=fusion_tiny", "num_clients=4", "modality.text_only=[1]",
                        "modality.image_only=[2]", "task.num_train=200"])
     data = load_task(s.task, s.seed)
-    clients = split_clients(s, data.train)
+    clients = split_clients(s, data)
     assert clients[1].images is None and clients[1].image_ids is None  # the client never holds images
     assert clients[2].texts is None
     backend = FusionBackend(s.model, data.train.num_labels, data.train.multilabel)

@@ -3,6 +3,7 @@
     fedmm run [-m] [key=value ...]        federated training (the default job with no overrides)
     fedmm centralized [key=value ...]     the centralized baseline on the same data and model
     fedmm config [key=value ...]          print the composed configuration
+    fedmm prepare mmimdb SOURCE OUT ...   split MM-IMDb (any layout) into per-site folders (--help for options)
     fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
 
 User errors print one line (`error: ...`) and exit 2; nothing already written is removed.
@@ -69,6 +70,21 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 model=fusion_tiny")
     p = sub.add_parser("config")
     p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("prepare", help="write a data set as per-site folders (the seed's layout)")
+    p.add_argument("dataset", choices=["mmimdb"])
+    p.add_argument("source", help="the data as you have it: the original release, a Parquet export, or the "
+                                  "seed's layout")
+    p.add_argument("out", help="where to write dataset/client_<i>/ and all_in_one_dataset/")
+    p.add_argument("--num-clients", type=int, required=True)
+    p.add_argument("--partition", choices=["iid", "dirichlet"], default="iid")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (small = skewed)")
+    p.add_argument("--min-size", type=int, default=2, help="Dirichlet: at least this many rows per site")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--modalities", default="", help="sites that lack a modality, e.g. '1:text,2:image'")
+    p.add_argument("--labels", default="", help="labels.json (default: found next to the data, or MM-IMDb's 23)")
+    p.add_argument("--on-bad-sample", choices=["error", "skip"], default="error")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="of each site's rows, into its val.csv")
+    p.add_argument("--test-fraction", type=float, default=0.0, help="of each site's rows, into its test.csv")
     p = sub.add_parser("report")
     p.add_argument("run_dir")
     args = parser.parse_args(argv)
@@ -80,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             from fedmm.config.load import show_config
 
             print(show_config(args.overrides), end="")
+            return 0
+        if args.command == "prepare":
+            from fedmm.data.mmimdb.prepare import prepare_mmimdb
+
+            prepare_mmimdb(args.source, args.out, args.num_clients, partition=args.partition, alpha=args.alpha,
+                           seed=args.seed, modalities=args.modalities, labels_json=args.labels,
+                           on_bad_sample=args.on_bad_sample, val_fraction=args.val_fraction,
+                           test_fraction=args.test_fraction, min_size=args.min_size)
             return 0
         if args.command == "report":
             from fedmm.report import write_report

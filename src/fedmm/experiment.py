@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from fedmm import metrics as M
 from fedmm.backends import BACKENDS
 from fedmm.backends.base import Backend, get_params, set_params
 from fedmm.config import Settings
 from fedmm.data.dataset import MultimodalDataset, TaskData, subsample
 from fedmm.data.modality import assign_modalities, client_modalities
 from fedmm.data.partition import dirichlet_partition, iid_partition
+from fedmm.data.summary import format_partition, partition_summary
 from fedmm.data.tasks import load_task
 from fedmm.errors import FedmmError
 from fedmm.fl.params import Params
@@ -29,7 +31,7 @@ from fedmm.fl.strategy import STRATEGIES, Strategy, StrategyContext
 from fedmm.report import write_report
 from fedmm.rundir import RunDir
 from fedmm.runtime import RUNTIMES
-from fedmm.train.loop import evaluate, make_optimizer, train_epochs
+from fedmm.train.loop import make_optimizer, positive_weights, predict, train_epochs
 
 
 def _out(msg: str = "") -> None:
@@ -50,52 +52,63 @@ def prepare_output(settings: Settings, kind: str) -> RunDir:
     return rd
 
 
-def load_data(settings: Settings) -> TaskData:
-    data = load_task(settings.task, settings.seed)
-    return TaskData(train=subsample(data.train, settings.max_train_samples, settings.seed),
-                    val=subsample(data.val, settings.max_eval_samples, settings.seed + 1),
-                    test=subsample(data.test, settings.max_eval_samples, settings.seed + 2),
-                    metrics=data.metrics)
+DEFAULT_CLIENTS = 4
 
 
-def split_clients(settings: Settings, train: MultimodalDataset) -> list[MultimodalDataset]:
-    p = settings.partition
-    if p.name == "iid":
-        parts = iid_partition(len(train), settings.num_clients, settings.seed)
-    elif p.name == "dirichlet":
-        parts = dirichlet_partition(train.partition_labels(), settings.num_clients, p.alpha, settings.seed,
-                                    min_size=p.min_size, max_tries=p.max_tries)
+def load_data(settings: Settings, centralized: bool = False) -> TaskData:
+    data = load_task(settings.task, settings.seed, centralized=centralized)
+    if data.tune_thresholds and not (data.train.multilabel and len(data.val)):
+        raise FedmmError("task.tune_thresholds needs a multilabel task with a server validation split "
+                         "(MM-IMDb: server_val.csv next to server_test.csv)")
+    limit, seed = settings.max_train_samples, settings.seed
+    clients = data.clients
+    if clients is not None and limit:  # the same share of every site
+        total = sum(len(c) for c in clients)
+        clients = tuple(subsample(c, max(2, round(limit * len(c) / total)), seed + k) for k, c in enumerate(clients))
+    return replace(data, train=subsample(data.train, limit, seed), clients=clients,
+                   val=subsample(data.val, settings.max_eval_samples, seed + 1),
+                   test=subsample(data.test, settings.max_eval_samples, seed + 2))
+
+
+def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]:
+    """The clients' training data: the task's own sites, or the training split partitioned over num_clients. The
+    run's modality settings then take modalities away (on top of what a site lacks)."""
+    if data.clients is not None:
+        parts, n = list(data.clients), len(data.clients)
+        if settings.num_clients not in (None, n):
+            raise FedmmError(f"task.root holds {n} client folders but num_clients={settings.num_clients}; "
+                             f"drop num_clients (it defaults to the folders) or set num_clients={n}")
     else:
-        raise FedmmError(f"unknown partition '{p.name}'; choose iid or dirichlet")
-    mods = assign_modalities(settings.num_clients,
-                             client_modalities(settings.modality.text_only, settings.modality.image_only),
-                             settings.modality.missing_rate, settings.modality.drop, settings.seed)
-    return [train.subset(part).with_modalities(m & train.modalities) for part, m in zip(parts, mods)]
-
-
-def partition_summary(clients: list[MultimodalDataset]) -> list[dict[str, Any]]:
-    names = clients[0].label_names
-    return [{"client": k, "num_examples": len(c), "modalities": sorted(c.modalities),
-             "label_counts": {n: int(v) for n, v in zip(names, c.label_counts())}} for k, c in enumerate(clients)]
-
-
-def format_partition(summary: list[dict[str, Any]]) -> str:
-    names = list(summary[0]["label_counts"])
-    show = names if len(names) <= 16 else None
-    w = min(12, max(len(n) for n in names) + 1)
-    head = f"{'client':>6} {'examples':>8} {'modalities':<11}"
-    head += "".join(f" {n[:w]:>{w}}" for n in show) if show else "  top labels"
-    rows = [head]
-    for s in summary:
-        row = f"{s['client']:>6} {s['num_examples']:>8} {'+'.join(s['modalities']):<11}"
-        counts = s["label_counts"]
-        if show:
-            row += "".join(f" {counts[n]:>{w}}" for n in show)
+        n, train, p = settings.num_clients or DEFAULT_CLIENTS, data.train, settings.partition
+        if p.name == "iid":
+            idx = iid_partition(len(train), n, settings.seed)
+        elif p.name == "dirichlet":
+            idx = dirichlet_partition(train.partition_labels(), n, p.alpha, settings.seed, min_size=p.min_size,
+                                      max_tries=p.max_tries)
         else:
-            top = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
-            row += "  " + ", ".join(f"{n}:{c}" for n, c in top)
-        rows.append(row)
-    return "\n".join(rows)
+            raise FedmmError(f"unknown partition '{p.name}'; choose iid or dirichlet")
+        parts = [train.subset(i) for i in idx]
+    mods = assign_modalities(n, client_modalities(settings.modality.text_only, settings.modality.image_only),
+                             settings.modality.missing_rate, settings.modality.drop, settings.seed)
+    return [part.with_modalities(m & part.modalities) for part, m in zip(parts, mods)]
+
+
+def server_metrics(model: torch.nn.Module, backend: Backend, data: TaskData, split: MultimodalDataset,
+                   batch_size: int) -> dict[str, float]:
+    """Loss and the task's metrics on `split`; with `tune_thresholds`, also `<metric>_tuned` at per-label
+    thresholds tuned on the validation split (never on the split being scored)."""
+    loss, logits = predict(model, backend, split, batch_size)
+    out = {"loss": loss, **M.compute(data.metrics, logits, split.labels)}
+    if data.tune_thresholds and split is not data.val:
+        _, val_logits = predict(model, backend, data.val, batch_size)
+        thresholds = M.tune_thresholds(M.sigmoid(val_logits), data.val.labels)
+        out.update({f"{k}_tuned": v for k, v in M.compute(data.metrics, logits, split.labels, thresholds).items()})
+    return out
+
+
+def table_metrics(data: TaskData) -> tuple[str, ...]:
+    """The metrics the terminal table shows (metrics.jsonl has all of them)."""
+    return data.metrics + ((f"{data.metrics[0]}_tuned",) if data.tune_thresholds else ())
 
 
 class RoundTable:
@@ -125,6 +138,7 @@ class Experiment:
     rundir: RunDir
     data: TaskData
     clients: list[MultimodalDataset]
+    client_val: list[Optional[MultimodalDataset]]  # each site's own validation rows, when the task has them
     backend: Backend
     model: torch.nn.Module
     server: Server
@@ -136,7 +150,7 @@ class Experiment:
         if self.start_round > self.settings.rounds:
             _out(f"nothing to do: {self.rundir.path} already completed {self.start_round - 1} rounds "
                  f"(rounds={self.settings.rounds}); pass rounds=N to continue further")
-        table = RoundTable("round", self.data.metrics)
+        table = RoundTable("round", table_metrics(self.data))
         self.params = self.server.run(self.rundir, self.params, self.start_round, fit_clients, on_round=table)
         records = self.rundir.read_metrics()
         write_report(self.rundir.path, title=f"fedmm run: {self.settings.task.name} / {self.settings.model.name} / "
@@ -168,11 +182,11 @@ def build_experiment(settings: Settings) -> Experiment:
     strategy = STRATEGIES.get(settings.strategy.name).factory(settings.strategy)  # checks its config first
     rundir = prepare_output(settings, "run")
     data = load_data(settings)
-    clients = split_clients(settings, data.train)
+    clients = split_clients(settings, data)
     summary = partition_summary(clients)
     rundir.write_json("partition.json", summary)
-    _out(f"task {settings.task.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
-         f"examples over {settings.num_clients} clients")
+    _out(f"task {settings.task.name}: {sum(map(len, clients))} train / {len(data.val)} val / {len(data.test)} test "
+         f"examples over {len(clients)} clients")
     _out(format_partition(summary))
 
     backend = _build_backend(settings, data)
@@ -185,7 +199,7 @@ def build_experiment(settings: Settings) -> Experiment:
     def evaluate_on(split: MultimodalDataset, global_params: Params) -> dict[str, float]:
         """Server-side evaluation with the one model instance the clients also use."""
         set_params(model, global_params)
-        return evaluate(model, backend, split, data.metrics, batch_size=settings.eval_batch_size)
+        return server_metrics(model, backend, data, split, settings.eval_batch_size)
 
     param_names = {n for n, _ in model.named_parameters()}
     strategy.setup(StrategyContext(evaluate_val=(lambda p: evaluate_on(data.val, p)) if len(data.val) else None,
@@ -202,16 +216,18 @@ def build_experiment(settings: Settings) -> Experiment:
         rundir.truncate_metrics("round", start - 1)
         rundir.write_text("config.yaml", settings.to_yaml())
 
-    per_round = num_sampled(settings.num_clients, settings.clients_per_round, settings.client_fraction,
+    per_round = num_sampled(len(clients), settings.clients_per_round, settings.client_fraction,
                             settings.min_clients)
-    server_cfg = ServerConfig(num_clients=settings.num_clients, per_round=per_round,
+    server_cfg = ServerConfig(num_clients=len(clients), per_round=per_round,
                               min_clients=min(settings.min_clients, per_round), rounds=settings.rounds,
                               seed=settings.seed, eval_every=max(1, settings.eval_every),
                               keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule)
     defaults = dict(lr=settings.lr, local_epochs=settings.local_epochs, batch_size=settings.batch_size,
-                    weight_decay=settings.weight_decay)
+                    weight_decay=settings.weight_decay, pos_weight=data.pos_weight)
     server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p), client_defaults=defaults)
-    return Experiment(settings=settings, rundir=rundir, data=data, clients=clients, backend=backend, model=model,
+    client_val = list(data.client_val or [None] * len(clients))
+    return Experiment(settings=settings, rundir=rundir, data=data, clients=clients, client_val=client_val,
+                      backend=backend, model=model,
                       server=server, params=params, start_round=start,
                       progress=bool(settings.progress) and sys.stderr.isatty())
 
@@ -238,23 +254,25 @@ def run_centralized(settings: Settings) -> dict[str, Any]:
     t0 = time.perf_counter()
     _setup_torch(settings)
     rundir = prepare_output(settings, "centralized")
-    data = load_data(settings)
+    data = load_data(settings, centralized=True)
     _out(f"centralized {settings.task.name}: {len(data.train)} train / {len(data.test)} test examples")
     backend = _build_backend(settings, data)
     model = backend.build_model(seed=settings.seed)
     keys = backend.trainable_keys(model)
     epochs: Optional[int] = settings.epochs or settings.rounds * settings.local_epochs
-    table = RoundTable("epoch", data.metrics)
+    table = RoundTable("epoch", table_metrics(data))
     progress = bool(settings.progress) and sys.stderr.isatty()
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    pos_weight = positive_weights(data.train.labels) if data.pos_weight else None
     for epoch in range(1, epochs + 1):
         t = time.perf_counter()
         for group in optimizer.param_groups:  # the same schedule as the federated clients, over epochs
             group["lr"] = scheduled_lr(settings.lr, epoch, epochs, settings.lr_schedule)
         stats = train_epochs(model, backend, data.train, epochs=1, batch_size=settings.batch_size, lr=settings.lr,
                              weight_decay=settings.weight_decay, seed=settings.seed * 1000 + epoch,
-                             desc=f"epoch {epoch}/{epochs}", progress=progress, optimizer=optimizer)
-        metrics = evaluate(model, backend, data.test, data.metrics, batch_size=settings.eval_batch_size)
+                             desc=f"epoch {epoch}/{epochs}", progress=progress, optimizer=optimizer,
+                             pos_weight=pos_weight)
+        metrics = server_metrics(model, backend, data, data.test, settings.eval_batch_size)
         record = {"epoch": epoch, "num_examples": len(data.train), "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": stats["train_loss"],
                   **{f"eval_{k}": v for k, v in metrics.items()}, "seconds": time.perf_counter() - t}

@@ -62,13 +62,18 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | No
     return order[scores.argmax(axis=0)]
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from multilabel logits (numerically safe for large |logits|)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
+
+
 def compute(names: tuple[str, ...] | list[str], logits: np.ndarray, labels: np.ndarray,
             thresholds: np.ndarray | None = None) -> dict[str, float]:
     """The named metrics from model logits. Multilabel when `labels` is 2-D (multi-hot); `thresholds` (per label,
     on probabilities) replace 0.5."""
     out = {}
     if labels.ndim == 2:
-        pred = logits > 0.0 if thresholds is None else 1 / (1 + np.exp(-logits)) >= thresholds
+        pred = logits > 0.0 if thresholds is None else sigmoid(logits) >= thresholds
     else:
         pred = logits.argmax(axis=1)
     for name in names:

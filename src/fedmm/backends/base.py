@@ -41,10 +41,12 @@ class Backend:
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**{k: v for k, v in batch.items() if k != "labels"})
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], pos_weight: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits). `pos_weight` (multilabel only) weights each label's positive term."""
         logits = self.logits(model, batch)
         if self.multilabel:
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"])
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"], pos_weight=pos_weight)
         else:
             loss = nn.functional.cross_entropy(logits, batch["labels"])
         return loss, logits

@@ -4,7 +4,9 @@
 which is what lets one process simulate hundreds of clients and keeps a deployed client's model warm across rounds.
 
 What the client does beyond training is asked for in its round config by the strategy: `prox_mu` (FedProx) and
-`client_stats` (FedMAP: the client holds out `val_fraction` of its data and reports scores and data statistics).
+`client_stats` (FedMAP: the client scores itself on its own validation rows, or, when it has none, on a held-out
+`val_fraction` of its data, and reports scores and data statistics). `pos_weight` (a multilabel task's option)
+weights the loss by the client's own label frequencies: a site knows its own data, not the federation's.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 from fedmm.backends.base import Backend, get_params, set_params
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.fl.params import Update, params_from_bytes
-from fedmm.train.loop import evaluate, train_epochs
+from fedmm.train.loop import evaluate, positive_weights, train_epochs
 
 
 def client_seed(seed: int, rnd: int, cid: int) -> int:
@@ -55,13 +57,16 @@ class ClientTrainer:
     def _score(self, data: MultimodalDataset, metric: str, batch_size: int) -> dict[str, float]:
         return evaluate(self.model, self.backend, data, (metric,), batch_size=batch_size)
 
-    def fit(self, cid: int, data: MultimodalDataset, payload: bytes, config: dict[str, Any]) -> Update:
+    def fit(self, cid: int, data: MultimodalDataset, payload: bytes, config: dict[str, Any],
+            val: MultimodalDataset | None = None) -> Update:
+        """One round of local training. `val` is the site's own validation data, when it has some."""
         set_params(self.model, params_from_bytes(payload))
         stats_wanted = bool(config.get("client_stats", False))
-        train, val = data, None
+        train = data
         metrics: dict[str, float] = {}
         if stats_wanted:
-            train, val = local_split(data, float(config["val_fraction"]), int(config["seed"]), cid)
+            if val is None:
+                train, val = local_split(data, float(config["val_fraction"]), int(config["seed"]), cid)
             metric, bs = str(config["score_metric"]), int(config["batch_size"])
             if val is not None:
                 metrics["f1_before"] = self._score(val, metric, bs)[metric]
@@ -70,7 +75,8 @@ class ClientTrainer:
                              weight_decay=float(config["weight_decay"]),
                              seed=client_seed(int(config["seed"]), int(config["round"]), cid),
                              desc=f"client {cid}", progress=self.progress,
-                             prox_mu=float(config.get("prox_mu", 0.0)), track_grad_norm=stats_wanted)
+                             prox_mu=float(config.get("prox_mu", 0.0)), track_grad_norm=stats_wanted,
+                             pos_weight=positive_weights(train.labels) if config.get("pos_weight") else None)
         metrics.update(train_loss=stats["train_loss"], seconds=stats["seconds"])
         if stats_wanted:
             metrics["grad_norm"] = stats["grad_norm"]
@@ -82,5 +88,6 @@ class ClientTrainer:
         return Update(client_id=cid, params=get_params(self.model, keys), num_examples=len(train),
                       metrics=metrics, modalities=data.modalities)
 
-    def fit_bytes(self, cid: int, data: MultimodalDataset, payload: bytes, config: dict[str, Any]) -> bytes:
-        return self.fit(cid, data, payload, config).to_bytes()
+    def fit_bytes(self, cid: int, data: MultimodalDataset, payload: bytes, config: dict[str, Any],
+                  val: MultimodalDataset | None = None) -> bytes:
+        return self.fit(cid, data, payload, config, val).to_bytes()

@@ -30,7 +30,7 @@ from fedmm.runtime import RUNTIMES
 
 GROUPS = {"task": TASKS, "model": BACKENDS, "strategy": STRATEGIES, "runtime": RUNTIMES}
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
-OPTION_GROUPS = (*GROUPS, "partition")  # groups chosen with group=option
+OPTION_GROUPS = (*GROUPS, "partition", "experiment")  # groups chosen with group=option
 # What a resumed run may change: how long and how it reports, never what it computes per round.
 RESUMABLE = {"rounds", "eval_every", "eval_batch_size", "keep_checkpoints", "threads", "progress"}
 
@@ -64,7 +64,9 @@ def _register_store() -> None:
     YAML presets in fedmm/presets/<group>/ plus every registered name without a preset."""
     cs = ConfigStore.instance()
     cs.store(name="fedmm_schema", node=Schema)
-    for group in OPTION_GROUPS:
+    for path in sorted((PRESETS / "experiment").glob("*.yaml")):  # whole-run presets, validated once composed
+        cs.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+    for group in (*GROUPS, "partition"):
         names = {p.stem: p for p in sorted((PRESETS / group).glob("*.yaml"))}
         if group in GROUPS:
             names.update({n: None for n in GROUPS[group].names() if n not in names})

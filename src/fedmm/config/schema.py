@@ -32,7 +32,7 @@ class Schema:
     runtime: Any = MISSING
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     modality: ModalityConfig = field(default_factory=ModalityConfig)
-    num_clients: int = 4
+    num_clients: Optional[int] = None  # default 4; tasks with per-site folders (mmimdb): one per folder
     clients_per_round: Optional[int] = None  # a count; when null, client_fraction of num_clients
     client_fraction: float = 1.0
     min_clients: int = 1  # a round needs at least this many successful replies

@@ -96,12 +96,37 @@ class MultimodalDataset:
 @dataclass(frozen=True)
 class TaskData:
     """A task's splits: `train` is partitioned over clients, `val` is the server's for selection and tuning,
-    `test` is the server's held-out evaluation set."""
+    `test` is the server's held-out evaluation set.
+
+    Tasks whose training data already lives in per-site folders (MM-IMDb as `fedmm prepare` writes it) give
+    `clients` instead: one data set per site, each holding only the modalities that site has, and `client_val`, the
+    site's own validation rows (or None). Their `train` then holds the sites' labels only (the inputs stay with the
+    sites), for counts and label statistics.
+    """
 
     train: MultimodalDataset
     val: MultimodalDataset
     test: MultimodalDataset
     metrics: tuple[str, ...]  # names computed by fedmm.metrics.compute
+    clients: Optional[tuple[MultimodalDataset, ...]] = None
+    client_val: Optional[tuple[Optional[MultimodalDataset], ...]] = None
+    tune_thresholds: bool = False  # multilabel: also report metrics at per-label thresholds tuned on `val`
+    pos_weight: bool = False  # multilabel: weight positives by (negatives / positives) of the training labels
+
+
+def concat(parts: Sequence[MultimodalDataset]) -> MultimodalDataset:
+    """One data set holding the examples of `parts` in order (all must have the same modalities and labels)."""
+    first = parts[0]
+    if any(p.modalities != first.modalities or p.label_names != first.label_names for p in parts):
+        raise ValueError("concat needs data sets with the same modalities and label names")
+    images = image_ids = None
+    if first.images is not None:
+        offsets = np.cumsum([0] + [len(p.images) for p in parts[:-1]])
+        images = np.concatenate([p.images for p in parts])
+        image_ids = np.concatenate([p.image_ids + o for p, o in zip(parts, offsets)])
+    return MultimodalDataset(labels=np.concatenate([p.labels for p in parts]), label_names=first.label_names,
+                             texts=None if first.texts is None else [t for p in parts for t in p.texts],
+                             images=images, image_ids=image_ids)
 
 
 def subsample(data: MultimodalDataset, limit: Optional[int], seed: int) -> MultimodalDataset:

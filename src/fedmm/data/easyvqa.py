@@ -52,7 +52,7 @@ def _read_split(root: Path, split: str, answer_index: dict[str, int]):
 
 
 @TASKS.register("easyvqa", EasyVQAConfig)
-def load_easyvqa(cfg: EasyVQAConfig, seed: int) -> TaskData:
+def load_easyvqa(cfg: EasyVQAConfig, seed: int, centralized: bool = False) -> TaskData:
     root = Path(cfg.root).expanduser() if cfg.root else _default_root()
     answers_file = root / "answers.txt"
     if not answers_file.is_file():

@@ -1,6 +1,7 @@
-"""Reading image files into uint8 arrays, with errors that name the file."""
+"""Reading image files (or image bytes from a Parquet export) into uint8 arrays, with errors that name the source."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +10,19 @@ from PIL import Image, UnidentifiedImageError
 from fedmm.errors import FedmmError
 
 
-def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
-    """H x W x 3 uint8; resized to size x size when given (bilinear)."""
+def read_rgb(source: str | Path | bytes, size: int | None = None, name: str | None = None) -> np.ndarray:
+    """H x W x 3 uint8 from a file path or encoded bytes; resized to size x size when given (bilinear).
+
+    The whole image is decoded here, so a truncated file fails now, with its name, not later inside training.
+    `name` is what errors call the image (default: the path)."""
+    name = name or str(source if not isinstance(source, bytes) else "image bytes")
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             im = im.convert("RGB")
             if size and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
-        raise FedmmError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise FedmmError(f"cannot read image {path} ({type(e).__name__}: {e}); replace or remove the file") from None
+        raise FedmmError(f"image file not found: {name}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise FedmmError(f"cannot read image {name} ({type(e).__name__}: {e}); replace or remove the file") from None

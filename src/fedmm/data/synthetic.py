@@ -75,7 +75,7 @@ def _make(cfg: SyntheticConfig, n: int, rng: np.random.Generator, names: tuple[s
 
 
 @TASKS.register("synthetic", SyntheticConfig)
-def load_synthetic(cfg: SyntheticConfig, seed: int) -> TaskData:
+def load_synthetic(cfg: SyntheticConfig, seed: int, centralized: bool = False) -> TaskData:
     if not (1 <= cfg.image_classes <= len(PALETTE) and 1 <= cfg.text_classes <= len(KEYWORDS)):
         raise FedmmError(f"task.image_classes must be 1..{len(PALETTE)} and task.text_classes 1..{len(KEYWORDS)}")
     colours = [f"c{c}" for c in range(cfg.image_classes)]

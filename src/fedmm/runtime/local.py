@@ -34,7 +34,7 @@ class LocalRuntime:
             out = {}
             for cid in tqdm(ids, desc=f"round {rnd}/{exp.settings.rounds}", leave=False, unit="client",
                             disable=not exp.progress or None):
-                out[cid] = trainer.fit_bytes(cid, exp.clients[cid], payload, configs[cid])
+                out[cid] = trainer.fit_bytes(cid, exp.clients[cid], payload, configs[cid], exp.client_val[cid])
             return out
 
         return exp.run_server(fit_clients)

@@ -36,12 +36,13 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, name:
 def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, *, epochs: int,
                  batch_size: int, lr: float, weight_decay: float, seed: int, desc: str = "train",
                  progress: bool = True, optimizer: Optional[torch.optim.Optimizer] = None, prox_mu: float = 0.0,
-                 track_grad_norm: bool = False) -> dict[str, float]:
+                 track_grad_norm: bool = False, pos_weight: Optional[np.ndarray] = None) -> dict[str, float]:
     """AdamW for `epochs` passes over `data`. Without `optimizer`, a fresh one: federated clients keep no
     optimizer state between rounds; the centralized baseline passes its own to keep it across epochs.
 
     `prox_mu` > 0 adds FedProx's (mu / 2) ||w - w_start||^2, as its gradient mu (w - w_start), to every trained
     parameter. `track_grad_norm` reports the mean L2 norm of the loss gradient over the steps (FedMAP's feature).
+    `pos_weight` (multilabel, per label) weights the positive terms of the loss (see `positive_weights`).
     """
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -49,6 +50,7 @@ def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDatas
     opt = optimizer or make_optimizer(model, lr, weight_decay)
     trained = [p for p in model.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in trained] if prox_mu > 0 else None
+    pw = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
     model.train()
     total, seen, steps, norm_sum = 0.0, 0, 0, 0.0
     n_batches = epochs * ((len(data) + batch_size - 1) // batch_size)
@@ -56,7 +58,7 @@ def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDatas
         for _ in range(epochs):
             for idx in batch_indices(len(data), batch_size, rng):
                 batch = backend.collate(data, idx)
-                loss, _ = backend.loss(model, batch)
+                loss, _ = backend.loss(model, batch, pos_weight=pw)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if track_grad_norm or anchor is not None:
@@ -80,10 +82,19 @@ def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDatas
     return out
 
 
+def positive_weights(labels: np.ndarray) -> np.ndarray:
+    """Per label, negatives / positives of multi-hot `labels`: BCE's `pos_weight`, which makes a rare genre's few
+    positives count as much as its many negatives. A label without positives gets negatives / 1 (it has no positive
+    term to weight, so the value does not matter)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    pos = labels.sum(axis=0)
+    return ((len(labels) - pos) / np.maximum(pos, 1.0)).astype(np.float32)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, metric_names: tuple[str, ...],
-             batch_size: int = 256) -> dict[str, float]:
-    """Loss and the named metrics (see fedmm.metrics) over the whole of `data`."""
+def predict(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, batch_size: int = 256
+            ) -> tuple[float, np.ndarray]:
+    """(mean loss, logits [N, C]) over the whole of `data`."""
     was_training = model.training
     model.eval()
     logits, total = [], 0.0
@@ -93,6 +104,11 @@ def evaluate(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, 
         total += loss.item() * len(idx)
         logits.append(out.float().cpu().numpy())
     model.train(was_training)
-    result = {"loss": total / max(len(data), 1)}
-    result.update(M.compute(metric_names, np.concatenate(logits), data.labels))
-    return result
+    return total / max(len(data), 1), np.concatenate(logits) if logits else np.zeros((0, backend.num_labels))
+
+
+def evaluate(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, metric_names: tuple[str, ...],
+             batch_size: int = 256) -> dict[str, float]:
+    """Loss and the named metrics (see fedmm.metrics) over the whole of `data`."""
+    loss, logits = predict(model, backend, data, batch_size)
+    return {"loss": loss, **M.compute(metric_names, logits, data.labels)}

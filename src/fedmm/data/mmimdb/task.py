@@ -1,0 +1,99 @@
+"""`task=mmimdb`: multilabel genre prediction (23 genres) from a movie's poster and plot, on data in the seed's
+layout (what `fedmm prepare mmimdb` writes; see `layout.py`).
+
+Federated runs get one client per `client_<i>` folder, each with the modalities its `modality.json` grants and
+without ever reading another site's files; the server evaluates on `server_test.csv` and selects / tunes on
+`server_val.csv`. The centralized baseline trains on the union of the sites' training rows with both modalities.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from fedmm.data.bad_samples import BadSamples
+from fedmm.data.dataset import MODALITIES, MultimodalDataset, TaskData, concat
+from fedmm.data.mmimdb.layout import SeedLayout, find_layout, poster_folder, read_labels, read_modalities, \
+    resolve_labels
+from fedmm.data.mmimdb.records import read_csv, to_dataset
+from fedmm.data.tasks import TASKS
+from fedmm.errors import FedmmError
+
+METRICS = ("micro_f1", "macro_f1", "weighted_f1", "samples_f1")
+
+
+@dataclass
+class MMIMDbConfig:
+    name: str = "mmimdb"
+    root: str = ""  # the folder `fedmm prepare mmimdb` wrote, or any seed-layout folder holding dataset/client_<i>/
+    labels_json: str = ""  # "" = $LABELS_JSON_PATH, then next to the data, then the first under server_data/
+    image_dir: str = ""  # posters folder, when neither the CSV's folder nor all_in_one_dataset/ has one
+    image_size: int = 224  # posters are decoded once, at load, and held at image_size x image_size
+    on_bad_sample: str = "error"  # error | skip (a missing/corrupt poster, an unknown genre, an empty CSV)
+    pos_weight: bool = False  # BCE weights positives by negatives/positives of each client's training labels
+    tune_thresholds: bool = False  # also report *_tuned metrics at per-genre thresholds tuned on server_val.csv
+
+
+def load_site(folder: Path, labels: tuple[str, ...], cfg: MMIMDbConfig, bad: BadSamples,
+              project: Optional[Path] = None, modalities: Optional[frozenset[str]] = None,
+              labels_file: str = "labels.json") -> tuple[MultimodalDataset, Optional[MultimodalDataset]]:
+    """(train, val) of one site folder, with the modalities of its modality.json (or `modalities`). A site without
+    images is never asked for posters."""
+    mods = modalities or read_modalities(folder)
+    posters = poster_folder(folder, project, cfg.image_dir) if "image" in mods else None
+
+    def split(name: str) -> Optional[MultimodalDataset]:
+        path = folder / f"{name}.csv"
+        if not path.is_file():
+            return None
+        rows = read_csv(path, bad, posters, show=project)
+        return to_dataset(rows, labels, mods, cfg.image_size, bad, labels_file) if rows else None
+
+    if not (folder / "train.csv").is_file():
+        raise FedmmError(f"{folder} has no train.csv; every client folder needs one")
+    train = split("train")
+    if train is None or len(train) == 0:
+        raise FedmmError(f"{folder / 'train.csv'} has no usable rows; a client needs training data")
+    val = split("val")
+    return train, (val if val is not None and len(val) else None)
+
+
+def _server_split(layout: SeedLayout, name: str, labels: tuple[str, ...], cfg: MMIMDbConfig, bad: BadSamples,
+                  labels_file: str) -> Optional[MultimodalDataset]:
+    path = layout.server / f"{name}.csv" if layout.server else None
+    if path is None or not path.is_file():
+        return None
+    posters = poster_folder(layout.server, layout.project, cfg.image_dir)
+    rows = read_csv(path, bad, posters, show=layout.project)
+    return to_dataset(rows, labels, frozenset(MODALITIES), cfg.image_size, bad, labels_file) if rows else None
+
+
+@TASKS.register("mmimdb", MMIMDbConfig)
+def load_mmimdb(cfg: MMIMDbConfig, seed: int, centralized: bool = False) -> TaskData:
+    if cfg.image_size < 8:
+        raise FedmmError(f"task.image_size must be at least 8 (got {cfg.image_size})")
+    bad = BadSamples(cfg.on_bad_sample)
+    layout = find_layout(cfg.root)
+    labels_path = resolve_labels(cfg.labels_json, layout)
+    labels = read_labels(labels_path)
+    shown = str(labels_path)
+    test = _server_split(layout, "server_test", labels, cfg, bad, shown)
+    if test is None or len(test) == 0:
+        raise FedmmError(f"no server evaluation set under {layout.project}: put server_test.csv in "
+                         f"{layout.dataset / 'server'} or under {layout.project / 'server_data'} "
+                         f"(`fedmm prepare mmimdb` writes one)")
+    val = _server_split(layout, "server_val", labels, cfg, bad, shown)
+    if val is None:
+        val = test.subset(np.zeros(0, dtype=np.int64))
+    sites = [load_site(folder, labels, cfg, bad, layout.project, frozenset(MODALITIES) if centralized else None,
+                       shown) for folder in layout.clients]
+    bad.warn(str(layout.project))
+    trains = [train for train, _ in sites]
+    common = dict(val=val, test=test, metrics=METRICS, tune_thresholds=cfg.tune_thresholds,
+                  pos_weight=cfg.pos_weight)
+    if centralized:
+        return TaskData(train=concat(trains), **common)
+    labels_only = concat([t.with_modalities(frozenset()) for t in trains])
+    return TaskData(train=labels_only, clients=tuple(trains), client_val=tuple(v for _, v in sites), **common)

@@ -1,0 +1,31 @@
+"""The per-client table printed before training (and by `fedmm prepare`): examples, modalities, label counts."""
+from __future__ import annotations
+
+from typing import Any
+
+from fedmm.data.dataset import MultimodalDataset
+
+
+def partition_summary(clients: list[MultimodalDataset]) -> list[dict[str, Any]]:
+    names = clients[0].label_names
+    return [{"client": k, "num_examples": len(c), "modalities": sorted(c.modalities),
+             "label_counts": {n: int(v) for n, v in zip(names, c.label_counts())}} for k, c in enumerate(clients)]
+
+
+def format_partition(summary: list[dict[str, Any]]) -> str:
+    names = list(summary[0]["label_counts"])
+    show = names if len(names) <= 16 else None
+    w = min(12, max(len(n) for n in names) + 1)
+    head = f"{'client':>6} {'examples':>8} {'modalities':<11}"
+    head += "".join(f" {n[:w]:>{w}}" for n in show) if show else "  top labels"
+    rows = [head]
+    for s in summary:
+        row = f"{s['client']:>6} {s['num_examples']:>8} {'+'.join(s['modalities']):<11}"
+        counts = s["label_counts"]
+        if show:
+            row += "".join(f" {counts[n]:>{w}}" for n in show)
+        else:
+            top = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
+            row += "  " + ", ".join(f"{n}:{c}" for n, c in top)
+        rows.append(row)
+    return "\n".join(rows)

@@ -1,0 +1,125 @@
+"""Miniature MM-IMDb data sets, in each layout users arrive with, made of real JPEG files.
+
+Genres are learnable from both modalities: each genre has a poster colour and a plot keyword.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+GENRES = ["Drama", "Comedy", "Romance", "Thriller", "Action"]
+COLOURS = {"Drama": (200, 30, 30), "Comedy": (30, 200, 30), "Romance": (30, 30, 200), "Thriller": (200, 200, 30),
+           "Action": (30, 200, 200)}
+WORDS = {"Drama": "tears", "Comedy": "laughs", "Romance": "kiss", "Thriller": "chase", "Action": "explosion"}
+FILLER = "a story about people in a city where things happen over one long summer".split()
+
+
+def movies(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        genres = sorted(rng.choice(GENRES, size=int(rng.integers(1, 3)), replace=False).tolist())
+        w, h = int(rng.integers(20, 40)), int(rng.integers(30, 60))  # posters are not square, sizes vary
+        img = np.full((h, w, 3), 128, dtype=np.uint8)
+        for k, g in enumerate(genres):
+            img[k * h // 2:(k + 1) * h // 2] = COLOURS[g]
+        img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+        words = list(rng.choice(FILLER, size=8)) + [WORDS[g] for g in genres]
+        rng.shuffle(words)
+        out.append({"id": f"tt{1000000 + i:07d}", "genres": genres, "image": img,
+                    "plots": ["short " + WORDS[genres[0]], " ".join(words)]})  # the longest plot is the real one
+    return out
+
+
+def jpeg(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def official_split(ms: list[dict]) -> dict[str, list[dict]]:
+    n = len(ms)
+    return {"train": ms[:int(n * 0.6)], "dev": ms[int(n * 0.6):int(n * 0.8)], "test": ms[int(n * 0.8):]}
+
+
+def write_original(root: Path, ms: list[dict]) -> Path:
+    """The original release: mmimdb/split.json + mmimdb/dataset/<id>.json + <id>.jpeg."""
+    data = root / "mmimdb" / "dataset"
+    data.mkdir(parents=True)
+    for m in ms:
+        (data / f"{m['id']}.json").write_text(json.dumps({"plot": m["plots"], "genres": m["genres"],
+                                                          "title": m["id"]}))
+        (data / f"{m['id']}.jpeg").write_bytes(jpeg(m["image"]))
+    split = {k: [m["id"] for m in v] for k, v in official_split(ms).items()}
+    (root / "mmimdb" / "split.json").write_text(json.dumps(split))
+    return root
+
+
+def write_parquet(root: Path, ms: list[dict]) -> Path:
+    """A Parquet export, one file per split; the image as Hugging Face's {"bytes", "path"} struct in one file and as
+    plain bytes in the others."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True)
+    for split, rows in official_split(ms).items():
+        images = [jpeg(m["image"]) for m in rows]
+        table = pa.table({
+            "imdb_id": [m["id"] for m in rows],
+            "plot": [m["plots"] for m in rows],
+            "genres": [m["genres"] for m in rows],
+            "image": ([{"bytes": b, "path": None} for b in images] if split == "train" else images),
+        })
+        pq.write_table(table, root / f"{split}-00000-of-00001.parquet")
+    return root
+
+
+def _csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["img_name", "text", "labels"])
+        for m in rows:
+            w.writerow([f"{m['id']}.jpeg", m["plots"][1], "|".join(m["genres"])])
+
+
+def write_seed(root: Path, ms: list[dict], clients: int = 2, server: str = "csv") -> Path:
+    """The seed's layout: dataset/client_<i>/{train,val,test}.csv, all_in_one_dataset/{labels.json,
+    mmimdb_posters/}, and the server's test set as dataset/server/server_test.csv (server="csv"), as
+    server_data/server_data.zip (server="zip"), or as a zip that unpacks to server_data/server_data/ (server="nested").
+    """
+    posters = root / "all_in_one_dataset" / "mmimdb_posters"
+    posters.mkdir(parents=True)
+    for m in ms:
+        (posters / f"{m['id']}.jpeg").write_bytes(jpeg(m["image"]))
+    (root / "all_in_one_dataset" / "labels.json").write_text(json.dumps(GENRES))
+    split = official_split(ms)
+    for k in range(clients):
+        site = root / "dataset" / f"client_{k}"
+        site.mkdir(parents=True)
+        mine = split["train"][k::clients]
+        _csv(site / "train.csv", mine[:-2])
+        _csv(site / "val.csv", mine[-2:])
+    if server == "csv":
+        (root / "dataset" / "server").mkdir()
+        _csv(root / "dataset" / "server" / "server_test.csv", split["test"])
+        _csv(root / "dataset" / "server" / "server_val.csv", split["dev"])
+        return root
+    (root / "server_data").mkdir()
+    prefix = "server_data/" if server == "nested" else ""
+    tmp = root / "server_tmp.csv"
+    with zipfile.ZipFile(root / "server_data" / "server_data.zip", "w") as z:
+        _csv(tmp, split["test"])
+        z.write(tmp, prefix + "server_test.csv")
+        _csv(tmp, split["dev"])
+        z.write(tmp, prefix + "server_val.csv")
+        for m in split["test"] + split["dev"]:
+            z.writestr(f"{prefix}img/{m['id']}.jpeg", jpeg(m["image"]))
+    tmp.unlink()
+    return root
