@@ -125,3 +125,30 @@ def test_cached_tokenization_matches_the_tokenizer():
     ids, mask = backend.tokenize(texts)
     ref = backend.tokenizer(texts, padding=True, return_tensors="pt")
     assert torch.equal(ids, ref["input_ids"]) and torch.equal(mask, ref["attention_mask"])
+
+
+def test_pixels_are_normalised_with_the_image_encoders_own_statistics(tmp_path):
+    """A pretrained image encoder's preprocessor_config.json decides the mean/std; without one, ImageNet's; an
+    explicit model.image_mean/std wins over both."""
+    import json
+
+    from transformers import ResNetConfig, ResNetModel
+
+    from fedmm.backends.fusion import IMAGENET_MEAN
+    from fedmm.data.dataset import MultimodalDataset
+
+    enc = tmp_path / "resnet"
+    ResNetModel(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                             layer_type="basic")).save_pretrained(enc)
+    tiny = ["model=fusion_tiny", f"model.image_encoder={enc}"]
+    assert FusionBackend(load_settings(tiny).model, 3, False).image_stats()[0] == IMAGENET_MEAN
+    (enc / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
+    backend = FusionBackend(load_settings(tiny).model, 3, False)
+    assert backend.image_stats() == ([0.5] * 3, [0.25] * 3)
+    white = np.full((2, 32, 32, 3), 255, dtype=np.uint8)
+    batch = backend.collate(MultimodalDataset(labels=np.zeros(2, dtype=np.int64), label_names=("a", "b", "c"),
+                                              images=white, image_ids=np.arange(2)), np.arange(2))
+    assert torch.allclose(batch["pixel_values"], torch.full_like(batch["pixel_values"], 2.0))  # (1 - 0.5) / 0.25
+    explicit = FusionBackend(load_settings(tiny + ["model.image_mean=[0,0,0]", "model.image_std=[1,1,1]"]).model,
+                             3, False)
+    assert explicit.image_stats() == ([0, 0, 0], [1, 1, 1])

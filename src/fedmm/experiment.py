@@ -123,10 +123,10 @@ class RoundTable:
         federated = self.step == "round"
         if not self.printed:
             head = f"{self.step:>6} " + (f"{'clients':>7} " if federated else "")
-            head += " ".join(f"{c:>13}" for c in self.cols)
+            head += " ".join(f"{c:>{max(13, len(c))}}" for c in self.cols)
             _out(head + (f" {'MB up':>8} {'MB down':>8}" if federated else "") + f" {'sec':>6}")
             self.printed = True
-        vals = " ".join(f"{r[c]:>13.4f}" if c in r else f"{'':>13}" for c in self.cols)
+        vals = " ".join(f"{r[c]:>{max(13, len(c))}.4f}" if c in r else f"{'':>{max(13, len(c))}}" for c in self.cols)
         comm = f" {r['bytes_up'] / 1e6:>8.2f} {r['bytes_down'] / 1e6:>8.2f}" if federated else ""
         clients = f"{r['num_clients']:>7} " if federated else ""
         _out(f"{r[self.step]:>6} {clients}{vals}{comm} {r['seconds']:>6.1f}")

