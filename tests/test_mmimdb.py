@@ -177,7 +177,7 @@ def test_bad_sample_is_a_one_line_error_or_skipped_and_counted(tmp_path, capsys,
     code, _, err = main(capsys, "run", *RUN, f"task.root={root}", f"output_dir={tmp_path / 'run2'}",
                         "task.on_bad_sample=skip")
     assert code == 0, err
-    assert f"warning: skipped 1 bad sample(s)" in err and expected in err
+    assert "warning: skipped 1 bad sample(s)" in err and expected in err
     assert len(records(tmp_path / "run2")) == 2
     kept = sum(p["num_examples"] for p in json.loads((tmp_path / "run2" / "partition.json").read_text()))
     assert kept == (20 if case == "empty_csv" else 19)

@@ -76,8 +76,9 @@ def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]
     if data.clients is not None:
         parts, n = list(data.clients), len(data.clients)
         if settings.num_clients not in (None, n):
-            raise FedmmError(f"task.root holds {n} client folders but num_clients={settings.num_clients}; "
-                             f"drop num_clients (it defaults to the folders) or set num_clients={n}")
+            raise FedmmError(f"the task's data holds {n} client folders but num_clients={settings.num_clients}; "
+                             f"set num_clients={n} or null, or start from experiment=mmimdb, which takes the "
+                             f"clients and their modalities from the folders")
     else:
         n, train, p = settings.num_clients or DEFAULT_CLIENTS, data.train, settings.partition
         if p.name == "iid":

@@ -44,8 +44,11 @@ def _client_dirs(folder: Path) -> list[Path]:
 
 def find_layout(root: str | Path, option: str = "task.root") -> SeedLayout:
     """The layout under `root`, which may be the project folder or its `dataset/` folder."""
+    if not str(root):
+        raise FedmmError(f"task=mmimdb needs {option}=FOLDER: the folder `fedmm prepare mmimdb` wrote (or any "
+                         f"folder in the seed's layout, holding dataset/client_<i>/)")
     root = Path(root).expanduser()
-    if not str(root) or not root.is_dir():
+    if not root.is_dir():
         raise FedmmError(f"{option}='{root}' is not a folder; give the folder `fedmm prepare mmimdb` wrote (the "
                          f"one holding dataset/client_<i>/)")
     for dataset, project in ((root / "dataset", root), (root, root.parent)):

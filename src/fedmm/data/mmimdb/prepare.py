@@ -129,11 +129,14 @@ def prepare_mmimdb(source: str, out: str, num_clients: int, partition: str = "ii
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / POSTERS).mkdir(parents=True)
     try:
-        names: dict[int, str] = {}
+        names: dict[int, str] = {}  # record -> its poster's file name under OUT
         for r in (r for s in SPLITS for r in rows[s]):
-            if id(r) not in names:
-                names[id(r)] = _poster_name(r)
-                _place_poster(r, tmp / POSTERS / names[id(r)])
+            name, n = _poster_name(r), 1
+            while (tmp / POSTERS / name).exists():  # two movies with one id: keep both posters
+                stem, dot, ext = _poster_name(r).rpartition(".")
+                name, n = f"{stem}-{n}.{ext}", n + 1
+            names[id(r)] = name
+            _place_poster(r, tmp / POSTERS / name)
         (tmp / "all_in_one_dataset" / "labels.json").write_text(json.dumps(list(src.labels), indent=1) + "\n")
         rng = np.random.default_rng([seed, 5])
         for k, (part, m) in enumerate(zip(parts, mods)):

@@ -154,9 +154,8 @@ def _split_of_file(path: Path) -> Optional[str]:
     return None
 
 
-def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq  # noqa: PLC0415  (optional dependency: fedmm[parquet])
-
+def _parquet_rows(pq, path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of one file, a batch at a time (the posters of a full export do not fit in memory twice)."""
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
             yield from batch.to_pylist()
@@ -166,7 +165,7 @@ def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 def _read_parquet(root: Path, bad: BadSamples) -> dict[str, list[Record]]:
     try:
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # optional: the `parquet` extra
     except ImportError:
         raise FedmmError("reading Parquet needs pyarrow: pip install 'fedmm[parquet]' (or pyarrow)") from None
     files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
@@ -185,7 +184,7 @@ def _read_parquet(root: Path, bad: BadSamples) -> dict[str, list[Record]]:
         if split_col is None and file_split is None:
             raise FedmmError(f"{path.name}: cannot tell its split; name the file train/dev/test (e.g. "
                              f"train-00000.parquet) or add a 'split' column")
-        for i, row in enumerate(_parquet_rows(path)):
+        for i, row in enumerate(_parquet_rows(pq, path)):
             where = f"{path.name} row {i}"
             split = SPLIT_NAMES.get(str(row[split_col]).lower()) if split_col else file_split
             if split is None:
