@@ -255,3 +255,29 @@ def test_zip_members_outside_the_folder_are_refused(tmp_path):
     with pytest.raises(FedmmError, match="outside"):
         unzip(archive, tmp_path)
     assert not (tmp_path.parent / "outside.txt").exists()
+
+
+def test_bad_rows_of_the_original_release_and_a_corrupt_parquet_file(tmp_path, capsys):
+    src = D.write_original(tmp_path / "orig", MOVIES)
+    data = src / "mmimdb" / "dataset"
+    (data / f"{MOVIES[0]['id']}.json").unlink()  # listed in split.json, file gone
+    (data / f"{MOVIES[1]['id']}.jpeg").unlink()  # its poster gone
+    code, _, err = main(capsys, "prepare", "mmimdb", str(src), str(tmp_path / "o1"), "--num-clients", "2")
+    assert code == 2 and f"dataset/{MOVIES[0]['id']}.json: file missing (listed in split.json 'train')" in err
+    code, stdout, err = main(capsys, "prepare", "mmimdb", str(src), str(tmp_path / "o1"), "--num-clients", "2",
+                             "--on-bad-sample", "skip")
+    assert code == 0 and "skipped 2 bad sample(s)" in err and "22 train rows" in stdout
+
+    pq = D.write_parquet(tmp_path / "pq", MOVIES)
+    (pq / "test-00000-of-00001.parquet").write_bytes(b"PAR1 this is not parquet")
+    code, _, err = main(capsys, "prepare", "mmimdb", str(pq), str(tmp_path / "o2"), "--num-clients", "2")
+    assert code == 2 and "test-00000-of-00001.parquet: not a readable Parquet file" in err
+
+
+def test_run_level_modality_settings_cannot_empty_a_site(tmp_path, capsys):
+    D.write_original(tmp_path / "src", MOVIES)
+    main(capsys, "prepare", "mmimdb", str(tmp_path / "src"), str(tmp_path / "out"), "--num-clients", "2",
+         "--modalities", "1:text")
+    code, _, err = main(capsys, "run", *RUN, f"task.root={tmp_path / 'out'}", "modality.image_only=[1]",
+                        f"output_dir={tmp_path / 'run'}")
+    assert code == 2 and "client 1 would have no modality left: its data has only text" in err

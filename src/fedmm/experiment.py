@@ -91,6 +91,10 @@ def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]
         parts = [train.subset(i) for i in idx]
     mods = assign_modalities(n, client_modalities(settings.modality.text_only, settings.modality.image_only),
                              settings.modality.missing_rate, settings.modality.drop, settings.seed)
+    empty = [k for k, (part, m) in enumerate(zip(parts, mods)) if not m & part.modalities]
+    if empty:
+        raise FedmmError(f"client {empty[0]} would have no modality left: its data has only "
+                         f"{'+'.join(sorted(parts[empty[0]].modalities))}, and the modality settings take that away")
     return [part.with_modalities(m & part.modalities) for part, m in zip(parts, mods)]
 
 
@@ -226,7 +230,8 @@ def build_experiment(settings: Settings) -> Experiment:
     defaults = dict(lr=settings.lr, local_epochs=settings.local_epochs, batch_size=settings.batch_size,
                     weight_decay=settings.weight_decay, pos_weight=data.pos_weight)
     server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p), client_defaults=defaults)
-    client_val = list(data.client_val or [None] * len(clients))
+    client_val = [v.with_modalities(c.modalities) if v is not None else None  # a site scores with what it trains on
+                  for c, v in zip(clients, data.client_val or [None] * len(clients))]
     return Experiment(settings=settings, rundir=rundir, data=data, clients=clients, client_val=client_val,
                       backend=backend, model=model,
                       server=server, params=params, start_round=start,

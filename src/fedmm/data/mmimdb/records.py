@@ -59,7 +59,8 @@ def read_csv(path: Path, bad: BadSamples, posters: Optional[Path], show: Optiona
             for row in reader:
                 where = f"{name} line {reader.line_num}"
                 img = (row["img_name"] or "").strip()
-                rows.append(Record(id=Path(img).stem or str(len(rows)), text=row["text"] or "",
+                rows.append(Record(id=(row.get("id") or "").strip() or Path(img).stem or str(len(rows)),
+                                   text=row["text"] or "",
                                    genres=split_genres(row["labels"] or ""),
                                    image=(posters / img) if posters is not None and img else None, where=where))
     except UnicodeDecodeError as e:
