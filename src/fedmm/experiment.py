@@ -60,6 +60,8 @@ def load_data(settings: Settings, centralized: bool = False) -> TaskData:
     if data.tune_thresholds and not (data.train.multilabel and len(data.val)):
         raise FedmmError("task.tune_thresholds needs a multilabel task with a server validation split "
                          "(MM-IMDb: server_val.csv next to server_test.csv)")
+    if data.pos_weight and not data.train.multilabel:
+        raise FedmmError("task.pos_weight is for multilabel tasks (it weights each label's positive term)")
     limit, seed = settings.max_train_samples, settings.seed
     clients = data.clients
     if clients is not None and limit:  # the same share of every site

@@ -83,7 +83,7 @@ def decode_images(sources: Sequence[Path | bytes], size: Optional[int]) -> list[
 
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, sources, chunksize=64))
+        return list(pool.map(one, sources))
 
 
 def to_dataset(records: Sequence[Record], label_names: tuple[str, ...], modalities: frozenset[str],
