@@ -84,3 +84,27 @@ def test_pos_weight_enters_the_loss_and_tuned_metrics_use_validation_thresholds(
     expected = M.compute(data.metrics, test_logits, data.test.labels, thresholds=t)
     assert all(np.isclose(out[f"{k}_tuned"], v) for k, v in expected.items())
     assert out["micro_f1"] == M.compute(data.metrics, test_logits, data.test.labels)["micro_f1"]
+
+
+def test_vqa_answer_normalisation():
+    cases = {"The Dog.": "dog", "two": "2", "None": "0", "dont": "don't", "1,000": "1000", "red, white": "red white",
+             "black-and-white": "black and white", "3.5": "3.5", "Yes!": "yes", "isnt it?": "isn't it",
+             " a\tman's  hat\n": "man's hat", "(left)": "left"}
+    for raw, expected in cases.items():
+        assert M.normalize_answer(raw) == expected, raw
+
+
+def test_vqa_accuracy_hand_computed():
+    # 2 of 10 annotators said yes. Leaving out a "yes" annotator leaves 1 match (1/3), a "no" one 2 (2/3):
+    # (2 * 1/3 + 8 * 2/3) / 10 = 0.6
+    assert np.isclose(M.vqa_accuracy("yes", ["yes"] * 2 + ["no"] * 8), 0.6)
+    # 3 of 10: (3 * 2/3 + 7 * min(3/3, 1)) / 10 = 0.9
+    assert np.isclose(M.vqa_accuracy("cat", ["cat"] * 3 + ["dog"] * 7), 0.9)
+    # 4 or more matches: every subset keeps at least 3
+    assert M.vqa_accuracy("cat", ["cat"] * 4 + ["dog"] * 6) == 1.0
+    # normalisation on both sides: "Two" = "2" = "two"; "The dog." = "dog"
+    assert M.vqa_accuracy("Two", ["2"] * 3 + ["two"] * 7) == 1.0
+    assert np.isclose(M.vqa_accuracy("The dog.", ["dog"] + ["cat"] * 9), 0.3)  # (1 * 0 + 9 * 1/3) / 10
+    assert M.vqa_accuracy("bird", ["dog"] * 10) == 0.0
+    # one reference answer (easy-VQA): exact match after normalisation
+    assert M.vqa_accuracy("A circle", ["circle"]) == 1.0 and M.vqa_accuracy("square", ["circle"]) == 0.0

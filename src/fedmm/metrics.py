@@ -6,8 +6,12 @@ positives), `samples_f1` (mean over examples of each example's F1). Where a labe
 and no predictions, its F1 counts as 1: the model made no mistake on it.
 
 `tune_thresholds` picks per-label thresholds on a validation split (never the test split).
+
+Generative VQA: `vqa_accuracy(prediction, answers)`, the official VQA accuracy over normalised answers.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -86,3 +90,51 @@ def compute(names: tuple[str, ...] | list[str], logits: np.ndarray, labels: np.n
 
 METRICS = {"accuracy": accuracy, "micro_f1": micro_f1, "macro_f1": macro_f1, "weighted_f1": weighted_f1,
            "samples_f1": samples_f1}
+
+
+# -- VQA accuracy ------------------------------------------------------------------------------------------------
+# The normalisation of the official VQA evaluation: punctuation, periods, number words, articles, contractions.
+_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = frozenset({"a", "an", "the"})
+_CONTRACTIONS = {w.replace("'", ""): w for w in (
+    "ain't aren't can't could've couldn't didn't doesn't don't hadn't hasn't haven't he'd he'll he's how'd how'll "
+    "how's i'd i'll i'm i've isn't it'd it'll let's ma'am mightn't might've mustn't must've needn't o'clock "
+    "oughtn't shan't she'd she'll she's should've shouldn't that's there'd there're there's they'd they'll "
+    "they're they've 'twas wasn't we'd we'll we're we've weren't what'll what're what's what've when's where'd "
+    "where's where've who'd who'll who's who've why'll why're why's won't would've wouldn't y'all you'd you'll "
+    "you're you've").split()}
+_NUMBER_COMMA = re.compile(r"(\d)(,)(\d)")
+_PERIOD = re.compile(r"\.(?!\d)")  # a period that is not a decimal point
+
+
+def normalize_answer(text: str) -> str:
+    """An answer as the official VQA evaluation compares it: lower case; punctuation next to a space (or in a number
+    such as 1,000) removed, elsewhere replaced by a space ("black-and-white" -> "black and white"); periods removed
+    except decimal points; number words as digits; articles dropped; contractions written with their apostrophe."""
+    text = text.replace("\n", " ").replace("\t", " ").strip().lower()
+    out = text
+    for p in _PUNCT:
+        if p + " " in text or " " + p in text or _NUMBER_COMMA.search(text):
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    out = _PERIOD.sub("", out)
+    words = [_CONTRACTIONS.get(w, _NUMBER_WORDS.get(w, w)) for w in out.split() if w not in _ARTICLES]
+    return " ".join(words)
+
+
+def vqa_accuracy(prediction: str, answers: list[str]) -> float:
+    """The official VQA accuracy of one predicted answer against the annotators' answers (10 in VQA v2): over the
+    leave-one-out subsets of the annotators, the mean of min(#subset answers equal to the prediction / 3, 1), after
+    normalising all of them. With a single reference answer (easy-VQA) it is exact match after normalisation."""
+    if not answers:
+        raise ValueError("vqa_accuracy needs at least one reference answer")
+    pred = normalize_answer(prediction)
+    refs = [normalize_answer(a) for a in answers]
+    if len(refs) == 1:
+        return float(pred == refs[0])
+    hits = sum(r == pred for r in refs)
+    # leaving out annotator i removes one match when i's answer is the prediction
+    return float(np.mean([min((hits - (r == pred)) / 3.0, 1.0) for r in refs]))
