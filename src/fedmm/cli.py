@@ -3,6 +3,7 @@
     fedmm run [-m] [key=value ...]        federated training (the default job with no overrides)
     fedmm centralized [key=value ...]     the centralized baseline on the same data and model
     fedmm config [key=value ...]          print the composed configuration
+    fedmm info [key=value ...]            the model's parameter counts and update size, without any weights
     fedmm prepare mmimdb SOURCE OUT ...   split MM-IMDb (any layout) into per-site folders (--help for options)
     fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
 
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 model=fusion_tiny")
     p = sub.add_parser("config")
     p.add_argument("overrides", nargs="*")
+    p = sub.add_parser("info", help="parameter counts and update size of the configured model (no weights needed)")
+    p.add_argument("overrides", nargs="*")
     p = sub.add_parser("prepare", help="write a data set as per-site folders (the seed's layout)")
     p.add_argument("dataset", choices=["mmimdb"])
     p.add_argument("source", help="the data as you have it: the original release, a Parquet export, or the "
@@ -96,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             from fedmm.config.load import show_config
 
             print(show_config(args.overrides), end="")
+            return 0
+        if args.command == "info":
+            from fedmm.config import load_settings
+            from fedmm.info import model_summary
+
+            print(model_summary(load_settings(args.overrides)))
             return 0
         if args.command == "prepare":
             from fedmm.data.mmimdb.prepare import prepare_mmimdb

@@ -31,7 +31,7 @@ from fedmm.fl.strategy import STRATEGIES, Strategy, StrategyContext
 from fedmm.report import write_report
 from fedmm.rundir import RunDir
 from fedmm.runtime import RUNTIMES
-from fedmm.train.loop import make_optimizer, positive_weights, predict, train_epochs
+from fedmm.train.loop import evaluate, make_optimizer, positive_weights, predict, train_epochs
 
 
 def _out(msg: str = "") -> None:
@@ -104,12 +104,13 @@ def server_metrics(model: torch.nn.Module, backend: Backend, data: TaskData, spl
                    batch_size: int) -> dict[str, float]:
     """Loss and the task's metrics on `split`; with `tune_thresholds`, also `<metric>_tuned` at per-label
     thresholds tuned on the validation split (never on the split being scored)."""
+    if not data.tune_thresholds or split is data.val:
+        return evaluate(model, backend, split, data.metrics, batch_size)
     loss, logits = predict(model, backend, split, batch_size)
     out = {"loss": loss, **M.compute(data.metrics, logits, split.labels)}
-    if data.tune_thresholds and split is not data.val:
-        _, val_logits = predict(model, backend, data.val, batch_size)
-        thresholds = M.tune_thresholds(M.sigmoid(val_logits), data.val.labels)
-        out.update({f"{k}_tuned": v for k, v in M.compute(data.metrics, logits, split.labels, thresholds).items()})
+    _, val_logits = predict(model, backend, data.val, batch_size)
+    thresholds = M.tune_thresholds(M.sigmoid(val_logits), data.val.labels)
+    out.update({f"{k}_tuned": v for k, v in M.compute(data.metrics, logits, split.labels, thresholds).items()})
     return out
 
 
@@ -172,7 +173,14 @@ def _setup_torch(settings: Settings) -> None:
 
 def _build_backend(settings: Settings, data: TaskData) -> Backend:
     entry = BACKENDS.get(settings.model.name)
-    return entry.factory(settings.model, data.train.num_labels, data.train.multilabel)
+    backend = entry.factory(settings.model, data.train.num_labels, data.train.multilabel)
+    unsupported = [m for m in data.metrics if m not in backend.metrics]
+    if unsupported:
+        other = ("a generative one such as model=blip_vqa_tiny" if "vqa_accuracy" in unsupported
+                 else "a classifier such as model=fusion_tiny")
+        raise FedmmError(f"model {settings.model.name} cannot report {', '.join(unsupported)}, which task "
+                         f"{settings.task.name} asks for; choose {other}")
+    return backend
 
 
 def travelling_keys(backend: Backend, model: torch.nn.Module, strategy: Strategy) -> list[str]:

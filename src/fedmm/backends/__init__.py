@@ -1,3 +1,4 @@
 """Model families. Each backend module registers itself in `BACKENDS`."""
 from fedmm.backends.base import BACKENDS, Backend  # noqa: F401
 from fedmm.backends import fusion as _fusion  # noqa: E402,F401
+from fedmm.backends import blip_vqa as _blip_vqa  # noqa: E402,F401

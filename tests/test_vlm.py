@@ -1,0 +1,68 @@
+"""Vision-language backends: tiny BLIP-VQA through federated rounds on generative easy-VQA with only the LoRA adapters
+travelling, and `fedmm info` sizing the full-size model on the meta device with no weights on disk."""
+import json
+import os
+
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import fedmm
+from fedmm import cli
+from fedmm.backends import BACKENDS
+from fedmm.config import load_settings
+
+BLIP_TINY = ["task=easyvqa_gen", "model=blip_vqa_tiny", "modality.text_only=[]", "modality.image_only=[]",
+             "max_train_samples=240", "max_eval_samples=40", "batch_size=16", "lr=0.003", "progress=false"]
+
+
+def test_blip_tiny_two_federated_rounds_send_only_the_adapters(tmp_path, capsys):
+    code = cli.main(["run", *BLIP_TINY, "rounds=2", "num_clients=3", "partition=iid", f"output_dir={tmp_path}"])
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+    assert all(0.0 <= r["eval_vqa_accuracy"] <= 1.0 for r in records)
+    adapters = load_file(str(tmp_path / "global.safetensors"))
+    assert adapters and all("lora_" in k for k in adapters)  # the global model is the adapters, nothing else
+    adapter_bytes = sum(v.nbytes for v in adapters.values())
+    assert adapter_bytes == 8192  # r=4 on q and v of 2 encoder + 2 decoder layers: 16 tensors x 4 x 32 floats
+    s = load_settings(BLIP_TINY)
+    model = BACKENDS.get("blip_vqa").factory(s.model, 13, False).build_model()
+    model_bytes = sum(p.numel() * 4 for p in model.parameters())
+    for r in records:  # 3 clients each way; the rest is each message's header (names, shapes, metadata)
+        for direction in ("bytes_up", "bytes_down"):
+            assert 3 * adapter_bytes < r[direction] < 3 * (adapter_bytes + 4096) < 3 * model_bytes / 10
+
+
+def test_fedmm_info_counts_the_seeds_blip_adapters_without_any_weights(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        proc = fedmm("info", "model=blip_vqa")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert "trainable:  1,179,648 (" in proc.stdout and "parameters: 362,409,788" in proc.stdout
+    assert "4,718,592 bytes" in proc.stdout  # 1,179,648 float32 adapters per update
+    assert not any((tmp_path / "empty-cache").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("preset", ["fusion_tiny", "blip_vqa_tiny"])
+def test_meta_counts_equal_a_real_build(preset):
+    s = load_settings([f"model={preset}"])
+    backend = BACKENDS.get(s.model.name).factory(s.model, 13, False)
+    meta, real = backend.meta_model(), backend.build_model(seed=0)
+    assert all(p.is_meta for p in meta.parameters())
+    for fn in (lambda m: sum(p.numel() for p in m.parameters()),
+               lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad),
+               lambda m: sorted(backend.trainable_keys(m))):
+        assert fn(meta) == fn(real)
+
+
+def test_a_task_and_model_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
+    code = cli.main(["run", "task=easyvqa_gen", "model=fusion_tiny", f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model fusion cannot report vqa_accuracy" in err and "model=blip_vqa_tiny" in err
+    code = cli.main(["run", *BLIP_TINY, "modality.text_only=[1]", f"output_dir={tmp_path / 'b'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "blip_vqa needs both the image and the question" in err
