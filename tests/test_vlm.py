@@ -3,6 +3,7 @@ travelling, and `fedmm info` sizing the full-size model on the meta device with 
 import json
 import os
 
+import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
@@ -66,3 +67,22 @@ def test_a_task_and_model_that_do_not_fit_are_one_line_errors(tmp_path, capsys):
     code = cli.main(["run", *BLIP_TINY, "modality.text_only=[1]", f"output_dir={tmp_path / 'b'}"])
     err = capsys.readouterr().err
     assert code == 2 and "blip_vqa needs both the image and the question" in err
+
+
+def test_gradient_checkpointing_keeps_the_result(tmp_path, capsys):
+    """Recomputing activations in the backward pass changes memory, not the trained adapters."""
+    runs = {}
+    for name, extra in (("plain", []), ("ckpt", ["model.gradient_checkpointing=true"])):
+        code = cli.main(["run", *BLIP_TINY, *extra, "rounds=1", "num_clients=2", "partition=iid",
+                         f"output_dir={tmp_path / name}"])
+        assert code == 0, capsys.readouterr().err
+        runs[name] = load_file(str(tmp_path / name / "global.safetensors"))
+    for k, v in runs["plain"].items():
+        np.testing.assert_allclose(runs["ckpt"][k], v, rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_precision_and_device_are_checked_before_anything_runs(tmp_path, capsys):
+    assert cli.main(["run", *BLIP_TINY, "precision=fp8", f"output_dir={tmp_path / 'a'}"]) == 2
+    assert "precision must be one of fp32, bf16, fp16" in capsys.readouterr().err
+    assert cli.main(["run", *BLIP_TINY, "grad_accum_steps=0", f"output_dir={tmp_path / 'b'}"]) == 2
+    assert "grad_accum_steps must be at least 1" in capsys.readouterr().err

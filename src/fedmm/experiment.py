@@ -31,7 +31,7 @@ from fedmm.fl.strategy import STRATEGIES, Strategy, StrategyContext
 from fedmm.report import write_report
 from fedmm.rundir import RunDir
 from fedmm.runtime import RUNTIMES
-from fedmm.train.loop import evaluate, make_optimizer, positive_weights, predict, train_epochs
+from fedmm.train.loop import evaluate, make_optimizer, positive_weights, predict, resolve_device, train_epochs
 
 
 def _out(msg: str = "") -> None:
@@ -174,6 +174,7 @@ def _setup_torch(settings: Settings) -> None:
 def _build_backend(settings: Settings, data: TaskData) -> Backend:
     entry = BACKENDS.get(settings.model.name)
     backend = entry.factory(settings.model, data.train.num_labels, data.train.multilabel)
+    backend.precision = settings.precision
     unsupported = [m for m in data.metrics if m not in backend.metrics]
     if unsupported:
         other = ("a generative one such as model=blip_vqa_tiny" if "vqa_accuracy" in unsupported
@@ -205,11 +206,12 @@ def build_experiment(settings: Settings) -> Experiment:
     _out(format_partition(summary))
 
     backend = _build_backend(settings, data)
-    model = backend.build_model(seed=settings.seed)
+    model = backend.build_model(seed=settings.seed).to(resolve_device(settings.device))
     keys = travelling_keys(backend, model, strategy)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
-    _out(f"model {settings.model.name}: trainable {n_train:,} / {n_total:,} ({100 * n_train / n_total:.2f}%)")
+    _out(f"model {settings.model.name}: trainable {n_train:,} / {n_total:,} ({100 * n_train / n_total:.2f}%) on "
+         f"{next(model.parameters()).device}")
 
     def evaluate_on(split: MultimodalDataset, global_params: Params) -> dict[str, float]:
         """Server-side evaluation with the one model instance the clients also use."""
@@ -236,9 +238,11 @@ def build_experiment(settings: Settings) -> Experiment:
     server_cfg = ServerConfig(num_clients=len(clients), per_round=per_round,
                               min_clients=min(settings.min_clients, per_round), rounds=settings.rounds,
                               seed=settings.seed, eval_every=max(1, settings.eval_every),
-                              keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule)
+                              keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule,
+                              lr_warmup_rounds=settings.lr_warmup_rounds)
     defaults = dict(lr=settings.lr, local_epochs=settings.local_epochs, batch_size=settings.batch_size,
-                    weight_decay=settings.weight_decay, pos_weight=data.pos_weight)
+                    weight_decay=settings.weight_decay, pos_weight=data.pos_weight,
+                    grad_accum_steps=settings.grad_accum_steps, precision=settings.precision)
     server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p), client_defaults=defaults)
     client_val = [v.with_modalities(c.modalities) if v is not None else None  # a site scores with what it trains on
                   for c, v in zip(clients, data.client_val or [None] * len(clients))]
@@ -273,7 +277,7 @@ def run_centralized(settings: Settings) -> dict[str, Any]:
     data = load_data(settings, centralized=True)
     _out(f"centralized {settings.task.name}: {len(data.train)} train / {len(data.test)} test examples")
     backend = _build_backend(settings, data)
-    model = backend.build_model(seed=settings.seed)
+    model = backend.build_model(seed=settings.seed).to(resolve_device(settings.device))
     keys = backend.trainable_keys(model)
     epochs: Optional[int] = settings.epochs or settings.rounds * settings.local_epochs
     table = RoundTable("epoch", table_metrics(data))
@@ -283,11 +287,12 @@ def run_centralized(settings: Settings) -> dict[str, Any]:
     for epoch in range(1, epochs + 1):
         t = time.perf_counter()
         for group in optimizer.param_groups:  # the same schedule as the federated clients, over epochs
-            group["lr"] = scheduled_lr(settings.lr, epoch, epochs, settings.lr_schedule)
+            group["lr"] = scheduled_lr(settings.lr, epoch, epochs, settings.lr_schedule, settings.lr_warmup_rounds)
         stats = train_epochs(model, backend, data.train, epochs=1, batch_size=settings.batch_size, lr=settings.lr,
                              weight_decay=settings.weight_decay, seed=settings.seed * 1000 + epoch,
                              desc=f"epoch {epoch}/{epochs}", progress=progress, optimizer=optimizer,
-                             pos_weight=pos_weight)
+                             pos_weight=pos_weight, grad_accum_steps=settings.grad_accum_steps,
+                             precision=settings.precision)
         metrics = server_metrics(model, backend, data, data.test, settings.eval_batch_size)
         record = {"epoch": epoch, "num_examples": len(data.train), "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": stats["train_loss"],

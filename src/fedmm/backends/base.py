@@ -48,6 +48,7 @@ class Backend:
     # The metrics this backend can report: classifiers score logits (fedmm.metrics.METRICS); generative backends
     # override `metrics` and `evaluate` to score generated text.
     metrics: frozenset[str] = frozenset(M.METRICS)
+    precision: str = "fp32"  # evaluation autocast on a GPU (the run's `precision`; training gets it per round)
 
     def evaluate(self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...],
                  batch_size: int = 256) -> dict[str, float]:

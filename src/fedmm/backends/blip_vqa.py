@@ -45,6 +45,7 @@ class BlipVQAConfig:
     image_size: int = 384
     max_question_length: int = 32
     max_answer_length: int = 8  # answer tokens, in training and generation
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     image_mean: List[float] = field(default_factory=list)  # empty = the checkpoint's, else CLIP's
     image_std: List[float] = field(default_factory=list)
 
@@ -129,6 +130,11 @@ class BlipVQABackend(Backend):
             else:
                 model = BlipForQuestionAnswering(self.model_config())
             model = self._add_lora(model)
+        if self.cfg.gradient_checkpointing:
+            # Non-reentrant checkpointing needs no input that requires grad; the hook transformers adds for that
+            # (enable_input_require_grads) breaks BLIP's in-place `embeddings += position_embeddings`, so it goes.
+            model.activation_checkpointing_enable({"use_reentrant": False})
+            model.disable_input_require_grads()
         return model.train()
 
     def meta_model(self) -> nn.Module:
@@ -178,17 +184,21 @@ class BlipVQABackend(Backend):
                              pixel_values=batch["pixel_values"], max_new_tokens=self.cfg.max_answer_length)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...],
                  batch_size: int = 256) -> dict[str, float]:
-        from fedmm.train.loop import batch_indices
+        from fedmm.train.loop import autocast, batch_indices, to_device
 
         was_training = model.training
         model.eval()
+        device = next(model.parameters()).device
         total, scores = 0.0, []
         for idx in batch_indices(len(data), batch_size):
-            batch = self.collate(data, idx)
-            total += self.loss(model, batch)[0].item() * len(idx)
-            for i, answer in zip(idx, self.generate(model, batch)):
+            batch = to_device(self.collate(data, idx), device)
+            with autocast(device, self.precision):
+                total += self.loss(model, batch)[0].item() * len(idx)
+                answers = self.generate(model, batch)
+            for i, answer in zip(idx, answers):
                 scores.append(M.vqa_accuracy(answer, [data.label_names[int(data.labels[i])]]))
         model.train(was_training)
         return {"loss": total / max(len(data), 1), "vqa_accuracy": float(np.mean(scores)) if scores else 0.0}

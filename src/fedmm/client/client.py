@@ -76,7 +76,9 @@ class ClientTrainer:
                              seed=client_seed(int(config["seed"]), int(config["round"]), cid),
                              desc=f"client {cid}", progress=self.progress,
                              prox_mu=float(config.get("prox_mu", 0.0)), track_grad_norm=stats_wanted,
-                             pos_weight=positive_weights(train.labels) if config.get("pos_weight") else None)
+                             pos_weight=positive_weights(train.labels) if config.get("pos_weight") else None,
+                             grad_accum_steps=int(config.get("grad_accum_steps", 1)),
+                             precision=str(config.get("precision", "fp32")))
         metrics.update(train_loss=stats["train_loss"], seconds=stats["seconds"])
         if stats_wanted:
             metrics["grad_norm"] = stats["grad_norm"]

@@ -25,6 +25,7 @@ from fedmm.config.schema import PartitionConfig, Schema
 from fedmm.data.tasks import TASKS
 from fedmm.errors import FedmmError
 from fedmm.fl.server import LR_SCHEDULES
+from fedmm.train.loop import PRECISIONS
 from fedmm.fl.strategy import STRATEGIES
 from fedmm.runtime import RUNTIMES
 
@@ -128,6 +129,10 @@ def validate(cfg: DictConfig) -> Settings:
         raise FedmmError(_one_line(e)) from None
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise FedmmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got '{cfg.lr_schedule}')")
+    if cfg.precision not in PRECISIONS:
+        raise FedmmError(f"precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
+    if cfg.grad_accum_steps < 1 or cfg.lr_warmup_rounds < 0:
+        raise FedmmError("grad_accum_steps must be at least 1 and lr_warmup_rounds at least 0")
     return Settings(cfg=cfg, **{g: _typed(g, cfg[g]) for g in GROUPS})
 
 

@@ -43,7 +43,11 @@ class Schema:
     eval_batch_size: int = 256
     lr: float = 1e-3
     lr_schedule: str = "constant"  # constant | cosine (decays the clients' lr to lr/10 over the rounds)
-    weight_decay: float = 0.01
+    lr_warmup_rounds: int = 0  # rounds (centralized: epochs) of linear warm-up before the schedule
+    weight_decay: float = 0.01  # AdamW's
+    grad_accum_steps: int = 1  # batches per optimizer step (effective batch = batch_size x grad_accum_steps)
+    device: str = "auto"  # auto (a GPU when there is one) | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast for training and evaluation on a GPU (CPU stays fp32)
     seed: int = 42
     max_train_samples: Optional[int] = None  # subsample the training split before partitioning
     max_eval_samples: Optional[int] = None  # subsample the server's validation and test splits

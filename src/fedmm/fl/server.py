@@ -29,14 +29,18 @@ FitClients = Callable[[int, list[int], bytes, dict[int, dict[str, Any]]], dict[i
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def scheduled_lr(lr: float, rnd: int, rounds: int, schedule: str) -> float:
-    """The clients' learning rate in round `rnd` (1-based): constant, or cosine-decayed from lr to lr / 10 over the
-    run, which steadies the last rounds of non-IID training."""
+def scheduled_lr(lr: float, rnd: int, rounds: int, schedule: str, warmup: int = 0) -> float:
+    """The clients' learning rate in round `rnd` (1-based): after `warmup` rounds of linear warm-up (lr * rnd /
+    (warmup + 1), so no round trains at 0), constant, or cosine-decayed from lr to lr / 10 over the remaining rounds,
+    which steadies the last rounds of non-IID training."""
+    if schedule not in LR_SCHEDULES:
+        raise FedmmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got '{schedule}')")
+    if rnd <= warmup:
+        return lr * rnd / (warmup + 1)
+    rnd, rounds = rnd - warmup, rounds - warmup
     if schedule == "constant" or rounds <= 1:
         return lr
-    if schedule == "cosine":
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / (rounds - 1))))
-    raise FedmmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got '{schedule}')")
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / (rounds - 1))))
 
 
 @dataclass
@@ -49,6 +53,7 @@ class ServerConfig:
     eval_every: int = 1
     keep_checkpoints: int = 3
     lr_schedule: str = "constant"
+    lr_warmup_rounds: int = 0
 
 
 class Server:
@@ -62,7 +67,8 @@ class Server:
     def run_round(self, rnd: int, global_params: Params, fit_clients: FitClients) -> tuple[Params, dict[str, Any]]:
         t0 = time.perf_counter()
         ids = sample_clients(self.cfg.num_clients, self.cfg.per_round, self.cfg.seed, rnd)
-        lr = scheduled_lr(float(self.client_defaults["lr"]), rnd, self.cfg.rounds, self.cfg.lr_schedule)
+        lr = scheduled_lr(float(self.client_defaults["lr"]), rnd, self.cfg.rounds, self.cfg.lr_schedule,
+                          self.cfg.lr_warmup_rounds)
         configs = self.strategy.configure(rnd, ids, {**self.client_defaults, "lr": lr, "round": rnd,
                                                      "seed": self.cfg.seed})
         payload = params_to_bytes(global_params)
