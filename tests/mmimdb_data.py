@@ -123,3 +123,33 @@ def write_seed(root: Path, ms: list[dict], clients: int = 2, server: str = "csv"
             z.writestr(f"{prefix}img/{m['id']}.jpeg", jpeg(m["image"]))
     tmp.unlink()
     return root
+
+
+def write_vqav2(root: Path, n_images: int = 12, per_image: int = 4, seed: int = 0) -> Path:
+    """A miniature VQA v2 in the official layout: questions and annotations JSON (10 answers per question, with
+    disagreement) and COCO-named JPEG files, for train2014 and val2014."""
+    rng = np.random.default_rng(seed)
+    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+    qid = 0
+    for split in ("train2014", "val2014"):
+        (root / split).mkdir(parents=True)
+        questions, annotations = [], []
+        for k in range(n_images):
+            image_id = 1000 * (split == "val2014") + k
+            colour = list(colours)[k % 3]
+            img = np.clip(np.full((40, 56, 3), colours[colour]) + rng.normal(0, 8, (40, 56, 3)), 0, 255)
+            (root / split / f"COCO_{split}_{image_id:012d}.jpg").write_bytes(jpeg(img.astype(np.uint8)))
+            for q, (text, answer, kind) in enumerate([("what color is it", colour, "other"),
+                                                      ("is it red", "yes" if colour == "red" else "no", "yes/no"),
+                                                      ("how many shapes", "one", "number"),
+                                                      ("is there a dog", "no", "yes/no")][:per_image]):
+                qid += 1
+                answers = [answer] * 8 + ["maybe", "1" if kind == "number" else answer]
+                questions.append({"image_id": image_id, "question": text + "?", "question_id": qid})
+                annotations.append({"question_id": qid, "image_id": image_id, "answer_type": kind,
+                                    "multiple_choice_answer": answer, "question_type": text.split()[0],
+                                    "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                                                for i, a in enumerate(answers)]})
+        (root / f"v2_OpenEnded_mscoco_{split}_questions.json").write_text(json.dumps({"questions": questions}))
+        (root / f"v2_mscoco_{split}_annotations.json").write_text(json.dumps({"annotations": annotations}))
+    return root

@@ -199,6 +199,6 @@ class BlipVQABackend(Backend):
                 total += self.loss(model, batch)[0].item() * len(idx)
                 answers = self.generate(model, batch)
             for i, answer in zip(idx, answers):
-                scores.append(M.vqa_accuracy(answer, [data.label_names[int(data.labels[i])]]))
+                scores.append(M.vqa_accuracy(answer, data.references(i)))
         model.train(was_training)
         return {"loss": total / max(len(data), 1), "vqa_accuracy": float(np.mean(scores)) if scores else 0.0}

@@ -24,6 +24,11 @@ class MultimodalDataset:
     texts: Optional[Sequence[str]] = None  # N strings, or None when the text modality is absent
     images: Optional[np.ndarray] = None  # uint8 [M, H, W, 3] image table, or None when absent
     image_ids: Optional[np.ndarray] = None  # int64 [N] rows of `images`
+    # Generative VQA: each example's reference answers (VQA v2: the 10 annotators'); None = the label's name.
+    answers: Optional[Sequence[tuple[str, ...]]] = None
+    # The class label-skewed partitioners split on, when the task declares one (VQA v2: the answer type);
+    # None = derived from the labels (see `partition_labels`).
+    groups: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -33,6 +38,9 @@ class MultimodalDataset:
             raise ValueError("images and image_ids go together")
         if self.image_ids is not None and len(self.image_ids) != n:
             raise ValueError(f"{len(self.image_ids)} image ids for {n} labels")
+        for name in ("answers", "groups"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
+                raise ValueError(f"{len(getattr(self, name))} {name} for {n} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -57,7 +65,13 @@ class MultimodalDataset:
             labels=self.labels[idx],
             texts=None if self.texts is None else [self.texts[i] for i in idx],
             image_ids=None if self.image_ids is None else self.image_ids[idx],
+            answers=None if self.answers is None else [self.answers[i] for i in idx],
+            groups=None if self.groups is None else self.groups[idx],
         )
+
+    def references(self, i: int) -> list[str]:
+        """The reference answers of example i (generative VQA)."""
+        return list(self.answers[i]) if self.answers is not None else [self.label_names[int(self.labels[i])]]
 
     def with_modalities(self, keep: frozenset[str] | set[str]) -> "MultimodalDataset":
         """A view that holds only the modalities in `keep` (the others are dropped, not masked)."""
@@ -78,12 +92,15 @@ class MultimodalDataset:
         return np.bincount(self.labels, minlength=self.num_labels)
 
     def partition_labels(self) -> np.ndarray:
-        """The one class per example that label-skewed partitioners split on.
+        """The one class per example that label-skewed partitioners split on: the task's declared `groups`, else
+        the label.
 
         Multilabel rule: an example counts as its *rarest* positive label (fewest positives in this data set), so
         rare labels are not swallowed by frequent ones; an example with no positive label gets an extra class
         `num_labels`.
         """
+        if self.groups is not None:
+            return self.groups.astype(np.int64)
         if not self.multilabel:
             return self.labels.astype(np.int64)
         freq = self.labels.sum(axis=0)
@@ -126,7 +143,9 @@ def concat(parts: Sequence[MultimodalDataset]) -> MultimodalDataset:
         image_ids = np.concatenate([p.image_ids + o for p, o in zip(parts, offsets)])
     return MultimodalDataset(labels=np.concatenate([p.labels for p in parts]), label_names=first.label_names,
                              texts=None if first.texts is None else [t for p in parts for t in p.texts],
-                             images=images, image_ids=image_ids)
+                             images=images, image_ids=image_ids,
+                             answers=None if first.answers is None else [a for p in parts for a in p.answers],
+                             groups=None if first.groups is None else np.concatenate([p.groups for p in parts]))
 
 
 def subsample(data: MultimodalDataset, limit: Optional[int], seed: int) -> MultimodalDataset:

@@ -26,3 +26,19 @@ def read_rgb(source: str | Path | bytes, size: int | None = None, name: str | No
         raise FedmmError(f"image file not found: {name}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise FedmmError(f"cannot read image {name} ({type(e).__name__}: {e}); replace or remove the file") from None
+
+
+class ImageFiles:
+    """An image table read from files when a batch asks for a row, for data sets too large to hold decoded (VQA v2:
+    82,783 training images, 36 GB at 384 x 384). It stands where `MultimodalDataset.images` holds an array; a file
+    that cannot be read fails then, with its name."""
+
+    def __init__(self, paths: list[Path], size: int):
+        self.paths = list(paths)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        return read_rgb(self.paths[int(j)], self.size)

@@ -20,3 +20,4 @@ def load_task(cfg, seed: int, centralized: bool = False) -> TaskData:
 from fedmm.data import easyvqa as _easyvqa  # noqa: E402,F401
 from fedmm.data import synthetic as _synthetic  # noqa: E402,F401
 from fedmm.data import mmimdb as _mmimdb  # noqa: E402,F401
+from fedmm.data import vqav2 as _vqav2  # noqa: E402,F401

@@ -1,0 +1,167 @@
+"""VQA v2 (Goyal et al. 2017) for generative VQA: image + question -> a generated answer, scored with the official VQA
+accuracy against the 10 annotators' answers.
+
+Sources:
+- **the official files** under `task.root`: `v2_OpenEnded_mscoco_<split>_questions.json`,
+  `v2_mscoco_<split>_annotations.json` and the COCO image folder `<split>/` (`COCO_<split>_<12-digit id>.jpg`), for
+  `task.train_split` (train2014) and `task.eval_split` (val2014);
+- **a Parquet export** (e.g. a Hugging Face `datasets` VQA v2 export saved to disk): files named by split
+  (`train-*.parquet`, `validation-*.parquet`) with `question`, `image` (bytes or {"bytes", "path"}), `answers` (the
+  10 answers: strings, or {"answer": ...} records), optionally `multiple_choice_answer`, `answer_type`, `question_id`.
+
+Splits: train = the training split; the evaluation split's *images* are divided into the server's val
+(`task.val_fraction` of them, with all their questions) and test (the rest), so no image is in both.
+
+The training target of a question is its `multiple_choice_answer` (the most common of the 10). Label-skewed
+partitioning splits on `task.partition_by`: `answer_type` (yes/no, number, other) or `top_answers` (each of the
+`task.top_answers` most common training answers is its own class; every other answer shares one "rest" class).
+Images are read from disk when a batch needs them (`ImageFiles`); a missing image file is a bad sample at load time.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedmm.data.bad_samples import BadSamples
+from fedmm.data.dataset import MultimodalDataset, TaskData
+from fedmm.data.images import ImageFiles
+from fedmm.data.tasks import TASKS
+from fedmm.errors import FedmmError
+
+ANSWER_TYPES = ("yes/no", "number", "other")
+
+
+@dataclass
+class VQAv2Config:
+    name: str = "vqav2"
+    root: str = ""  # the official JSON files + COCO image folders, or a folder of Parquet files
+    train_split: str = "train2014"
+    eval_split: str = "val2014"
+    val_fraction: float = 0.1  # of the evaluation split's images (with their questions): the server's val split
+    partition_by: str = "answer_type"  # answer_type | top_answers: the class Dirichlet partitioning splits on
+    top_answers: int = 10  # partition_by=top_answers: this many answer classes plus one "rest" class
+    image_size: int = 384
+    on_bad_sample: str = "error"  # error | skip (a question whose image file is missing)
+
+
+def _json(path: Path) -> Any:
+    if not path.is_file():
+        raise FedmmError(f"VQA v2 file not found: {path}; point task.root at the folder holding the official "
+                         f"questions/annotations JSON files and the COCO image folders")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FedmmError(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
+
+
+def _rows_from_json(root: Path, split: str, bad: BadSamples) -> list[dict]:
+    questions = _json(root / f"v2_OpenEnded_mscoco_{split}_questions.json")["questions"]
+    annotations = {a["question_id"]: a for a in _json(root / f"v2_mscoco_{split}_annotations.json")["annotations"]}
+    rows = []
+    for q in questions:
+        a = annotations.get(q["question_id"])
+        if a is None:
+            bad(f"{split}: question {q['question_id']} has no annotation")
+            continue
+        image = root / split / f"COCO_{split}_{int(q['image_id']):012d}.jpg"
+        if not image.is_file():
+            bad(f"{split}: question {q['question_id']}: image file not found: {image}")
+            continue
+        rows.append({"question": q["question"], "image": image, "answers": [x["answer"] for x in a["answers"]],
+                     "answer": a["multiple_choice_answer"], "answer_type": a["answer_type"]})
+    return rows
+
+
+def _rows_from_parquet(root: Path, split: str, bad: BadSamples) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq  # optional: the `parquet` extra
+    except ImportError:
+        raise FedmmError("reading Parquet needs pyarrow: pip install 'fedmm[parquet]' (or pyarrow)") from None
+    names = ("train", "training") if split == "train" else ("validation", "val", "test")
+    files = [p for p in sorted(root.rglob("*.parquet")) if p.stem.lower().split("-")[0] in names]
+    if not files:
+        raise FedmmError(f"no {split} Parquet files under {root} (named {names[0]}-*.parquet)")
+    cache = root / ".fedmm-images" / split
+    rows = []
+    for path in files:
+        try:
+            table = pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as e:
+            raise FedmmError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e)[:160]})") from None
+        for i, r in enumerate(table):
+            answers = [x["answer"] if isinstance(x, dict) else str(x) for x in r.get("answers") or []]
+            image = r.get("image")
+            image = image.get("bytes") if isinstance(image, dict) else image
+            if not answers or not isinstance(image, bytes) or not isinstance(r.get("question"), str):
+                bad(f"{path.name} row {i}: needs a question, answers and the image as bytes")
+                continue
+            # images are written out once so that batches can read them lazily, like the official layout's
+            file = cache / f"{path.stem}-{i}.img"
+            if not file.is_file():
+                file.parent.mkdir(parents=True, exist_ok=True)
+                file.write_bytes(image)
+            answer = r.get("multiple_choice_answer") or Counter(answers).most_common(1)[0][0]
+            rows.append({"question": r["question"], "image": file, "answers": answers, "answer": answer,
+                         "answer_type": r.get("answer_type") or ("yes/no" if answer in ("yes", "no") else "other")})
+    return rows
+
+
+def partition_groups(answers: list[str], answer_types: list[str], by: str, top: int,
+                     train_counts: Counter) -> np.ndarray:
+    """The class of each question for label-skewed partitioning (see the module docstring)."""
+    if by == "answer_type":
+        index = {t: k for k, t in enumerate(ANSWER_TYPES)}
+        return np.array([index.get(t, len(ANSWER_TYPES) - 1) for t in answer_types], dtype=np.int64)
+    if by == "top_answers":
+        ranked = {a: k for k, (a, _) in enumerate(train_counts.most_common(top))}
+        return np.array([ranked.get(a, top) for a in answers], dtype=np.int64)
+    raise FedmmError(f"task.partition_by must be answer_type or top_answers (got '{by}')")
+
+
+def _dataset(rows: list[dict], vocab: dict[str, int], names: tuple[str, ...], cfg: VQAv2Config,
+             counts: Counter) -> MultimodalDataset:
+    paths = sorted({r["image"] for r in rows})
+    row_of = {p: k for k, p in enumerate(paths)}
+    return MultimodalDataset(
+        labels=np.array([vocab[r["answer"]] for r in rows], dtype=np.int64), label_names=names,
+        texts=[r["question"] for r in rows], images=ImageFiles(paths, cfg.image_size),
+        image_ids=np.array([row_of[r["image"]] for r in rows], dtype=np.int64),
+        answers=[tuple(r["answers"]) for r in rows],
+        groups=partition_groups([r["answer"] for r in rows], [r["answer_type"] for r in rows], cfg.partition_by,
+                                cfg.top_answers, counts))
+
+
+@TASKS.register("vqav2", VQAv2Config)
+def load_vqav2(cfg: VQAv2Config, seed: int, centralized: bool = False) -> TaskData:
+    if not cfg.root:
+        raise FedmmError("task=vqav2 needs task.root=FOLDER (the official VQA v2 files, or a Parquet export)")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise FedmmError(f"task.root={cfg.root}: no such folder")
+    bad = BadSamples(cfg.on_bad_sample)
+    parquet = any(root.rglob("*.parquet"))
+    read = _rows_from_parquet if parquet else _rows_from_json
+    train = read(root, "train" if parquet else cfg.train_split, bad)
+    held = read(root, "validation" if parquet else cfg.eval_split, bad)
+    bad.warn(str(root))
+    if not train or not held:
+        raise FedmmError(f"{root}: no usable {'training' if not train else 'evaluation'} questions")
+    counts = Counter(r["answer"] for r in train)
+    # answers of the evaluation split get label ids too (their text is the target when a centralized model is
+    # scored on them); the ids carry no meaning beyond indexing label_names
+    names = tuple(dict.fromkeys([a for a, _ in counts.most_common()] + [r["answer"] for r in held]))
+    vocab = {a: k for k, a in enumerate(names)}
+    images = sorted({r["image"] for r in held})
+    rng = np.random.default_rng([seed, 13])
+    val_images = {images[k] for k in rng.choice(len(images), size=int(round(cfg.val_fraction * len(images))),
+                                                replace=False)}
+    is_val = [r["image"] in val_images for r in held]
+    return TaskData(train=_dataset(train, vocab, names, cfg, counts),
+                    val=_dataset([r for r, v in zip(held, is_val) if v], vocab, names, cfg, counts),
+                    test=_dataset([r for r, v in zip(held, is_val) if not v], vocab, names, cfg, counts),
+                    metrics=("vqa_accuracy",))

@@ -1,0 +1,95 @@
+"""VQA v2 from the official files and from a Parquet export: splits, reference answers, the declared partition
+label, bad samples, and two federated rounds of tiny BLIP on it."""
+import json
+
+import numpy as np
+import pytest
+
+import mmimdb_data as D
+from fedmm import cli
+from fedmm.config import load_settings
+from fedmm.data.partition import dirichlet_partition
+from fedmm.data.tasks import load_task
+from fedmm.errors import FedmmError
+
+BLIP = ["model=blip_vqa_tiny", "modality.text_only=[]", "modality.image_only=[]", "batch_size=8", "progress=false"]
+
+
+def _load(root, *extra):
+    return load_task(load_settings(["task=vqav2", f"task.root={root}", *extra]).task, seed=0)
+
+
+def test_official_files_give_splits_by_image_references_and_answer_types(tmp_path):
+    data = _load(D.write_vqav2(tmp_path / "vqa"), "task.val_fraction=0.25")
+    assert len(data.train) == 48 and len(data.val) + len(data.test) == 48 and data.metrics == ("vqa_accuracy",)
+    val_images = {data.val.images.paths[i] for i in data.val.image_ids}
+    test_images = {data.test.images.paths[i] for i in data.test.image_ids}
+    assert len(val_images) == 3 and not val_images & test_images  # held out by image
+    assert len(data.train.references(0)) == 10 and data.train.references(0)[-2] == "maybe"
+    assert data.train.label_names[data.train.labels[0]] == data.train.references(0)[0]  # the target
+    # answer types: what color (other), is it red (yes/no), how many (number), is there a dog (yes/no)
+    assert np.bincount(data.train.partition_labels()).tolist() == [24, 12, 12]
+    assert data.train.images[0].shape == (384, 384, 3)  # read from disk on demand, at task.image_size
+
+
+def test_top_answers_partition_label_has_a_rest_class(tmp_path):
+    data = _load(D.write_vqav2(tmp_path / "vqa"), "task.partition_by=top_answers", "task.top_answers=2")
+    groups = data.train.partition_labels()
+    names = [data.train.label_names[k] for k in data.train.labels]
+    assert set(groups.tolist()) == {0, 1, 2}
+    assert {n for n, g in zip(names, groups) if g == 0} == {"no"}  # 24 "no"s: the most common answer
+    assert {n for n, g in zip(names, groups) if g == 2} == {"red", "green", "blue", "yes"}  # the rest
+    parts = dirichlet_partition(groups, 3, alpha=0.3, seed=0, min_size=5)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(48)) and min(map(len, parts)) >= 5
+    with pytest.raises(FedmmError, match="partition_by must be"):
+        _load(tmp_path / "vqa", "task.partition_by=question_type")
+
+
+def test_missing_image_is_a_bad_sample(tmp_path, capsys):
+    root = D.write_vqav2(tmp_path / "vqa")
+    (root / "train2014" / "COCO_train2014_000000000003.jpg").unlink()
+    with pytest.raises(FedmmError, match="COCO_train2014_000000000003.jpg.*task.on_bad_sample=skip"):
+        _load(root)
+    data = _load(root, "task.on_bad_sample=skip")
+    assert len(data.train) == 44 and "skipped 4 bad sample(s)" in capsys.readouterr().err
+
+
+def _write_parquet(vqa, out):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir()
+    for split, name in (("train2014", "train"), ("val2014", "validation")):
+        qs = json.loads((vqa / f"v2_OpenEnded_mscoco_{split}_questions.json").read_text())["questions"]
+        ann = {a["question_id"]: a for a in
+               json.loads((vqa / f"v2_mscoco_{split}_annotations.json").read_text())["annotations"]}
+        rows = [{"question_id": q["question_id"], "question": q["question"],
+                 "image": {"bytes": (vqa / split / f"COCO_{split}_{q['image_id']:012d}.jpg").read_bytes(),
+                           "path": None},
+                 "answers": [{"answer": a["answer"], "answer_id": a["answer_id"]} for a in
+                             ann[q["question_id"]]["answers"]],
+                 "multiple_choice_answer": ann[q["question_id"]]["multiple_choice_answer"],
+                 "answer_type": ann[q["question_id"]]["answer_type"]} for q in qs]
+        pq.write_table(pa.Table.from_pylist(rows), out / f"{name}-00000-of-00001.parquet")
+    return out
+
+
+def test_parquet_export_reads_like_the_official_files(tmp_path):
+    vqa = D.write_vqav2(tmp_path / "vqa")
+    official, exported = _load(vqa), _load(_write_parquet(vqa, tmp_path / "pq"))
+    assert len(exported.train) == len(official.train) == 48
+    assert [exported.train.references(i) for i in range(48)] == [official.train.references(i) for i in range(48)]
+    assert np.array_equal(exported.train.partition_labels(), official.train.partition_labels())
+    np.testing.assert_array_equal(exported.train.images[0], official.train.images[0])  # the same JPEG bytes
+
+
+def test_tiny_blip_two_federated_rounds_on_vqav2(tmp_path, capsys):
+    root = D.write_vqav2(tmp_path / "vqa")
+    code = cli.main(["run", "task=vqav2", f"task.root={root}", *BLIP, "rounds=2", "num_clients=3",
+                     "partition=dirichlet", "partition.alpha=0.5", "partition.min_size=4",
+                     f"output_dir={tmp_path / 'run'}"])
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(0.0 <= r["eval_vqa_accuracy"] <= 1.0 for r in records)
+    parts = json.loads((tmp_path / "run" / "partition.json").read_text())
+    assert min(p["num_examples"] for p in parts) >= 4
