@@ -93,3 +93,24 @@ def test_tiny_blip_two_federated_rounds_on_vqav2(tmp_path, capsys):
     assert len(records) == 2 and all(0.0 <= r["eval_vqa_accuracy"] <= 1.0 for r in records)
     parts = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert min(p["num_examples"] for p in parts) >= 4
+
+
+def test_the_papers_grid_is_a_ready_sweep(tmp_path, capsys):
+    from fedmm.config.load import expand_sweeps
+
+    combos = expand_sweeps(["experiment=fedumm_grid", "task.root=/data/vqav2"])
+    grid = set()
+    for combo in combos:
+        s = load_settings(combo)
+        grid.add((s.num_clients, s.partition.alpha))
+        assert (s.task.name, s.model.name, s.model.lora_r, s.model.lora_alpha, s.lr, s.batch_size, s.local_epochs,
+                s.weight_decay) == ("vqav2", "blip_vqa", 16, 32.0, 2e-5, 32, 5, 0.05)
+    assert grid == {(k, a) for k in (2, 4, 8, 16) for a in (0.1, 0.5, 1.0)}
+    assert cli.main(["run", "experiment=fedumm_grid", "task.root=/data/vqav2"]) == 2
+    assert "is a sweep over num_clients, partition.alpha: add -m" in capsys.readouterr().err
+    # fixing K leaves the alpha axis: three tiny jobs, end to end
+    root = D.write_vqav2(tmp_path / "vqa")
+    code = cli.main(["run", "-m", "experiment=fedumm_grid", f"task.root={root}", *BLIP, "num_clients=2", "rounds=1",
+                     "local_epochs=1", "partition.min_size=4", f"output_dir={tmp_path / 'grid'}"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == ["0", "1", "2"]

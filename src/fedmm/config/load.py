@@ -66,7 +66,9 @@ def _register_store() -> None:
     cs = ConfigStore.instance()
     cs.store(name="fedmm_schema", node=Schema)
     for path in sorted((PRESETS / "experiment").glob("*.yaml")):  # whole-run presets, validated once composed
-        cs.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+        node = OmegaConf.load(path)
+        node.pop("sweep", None)  # what `-m` expands (see experiment_sweep), not a setting
+        cs.store(group="experiment", name=path.stem, node=node, package="_global_")
     for group in (*GROUPS, "partition"):
         names = {p.stem: p for p in sorted((PRESETS / group).glob("*.yaml"))}
         if group in GROUPS:
@@ -155,10 +157,32 @@ def _parse(overrides: list[str]):
         raise FedmmError(_one_line(e)) from None
 
 
+def experiment_sweep(overrides: list[str]) -> list[str]:
+    """The sweep an `experiment=NAME` preset declares (its `sweep:` mapping, e.g. a paper's grid) as `key=a,b`
+    overrides, for the keys the user did not set (a `key=value` of the user's replaces that axis). The preset's own
+    `defaults` are followed, so a preset built on a sweeping one sweeps too."""
+    chosen = [o.value() for o in _parse(overrides) if o.key_or_group == "experiment" and not o.is_sweep_override()]
+    if not chosen:
+        return []
+    axes: dict[str, list] = {}
+    pending = [str(chosen[-1])]
+    while pending:
+        path = PRESETS / "experiment" / f"{pending.pop()}.yaml"
+        if not path.is_file():
+            return []  # composition reports the unknown experiment
+        node = OmegaConf.load(path)
+        for key, values in (node.get("sweep") or {}).items():
+            axes.setdefault(str(key), list(values))
+        pending += [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+    user = {o.key_or_group for o in _parse(overrides)}
+    return [f"{k}={','.join(str(v) for v in vals)}" for k, vals in axes.items() if k not in user]
+
+
 def expand_sweeps(overrides: list[str]) -> list[list[str]]:
-    """The cartesian product of every sweep override (`a=1,2 b=x,y` -> 4 override lists), in Hydra's order."""
+    """The cartesian product of every sweep override (`a=1,2 b=x,y` -> 4 override lists), in Hydra's order, after
+    the sweep the chosen experiment preset declares."""
     axes = []
-    for o in _parse(overrides):
+    for o in _parse(experiment_sweep(overrides) + list(overrides)):
         if o.is_sweep_override():
             key = o.get_key_element()
             axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
@@ -193,6 +217,10 @@ def load_settings(overrides: list[str]) -> Settings:
     resume = [o for o in _parse(overrides) if o.key_or_group == "resume" and o.value()]
     if resume:
         return validate(_resume_config(Path(str(resume[-1].value())).expanduser(), overrides))
+    sweep = experiment_sweep(overrides)
+    if sweep:
+        raise FedmmError(f"this experiment is a sweep over {', '.join(o.split('=')[0] for o in sweep)}: add -m to "
+                         f"run one job per combination, or set those keys")
     return validate(compose_config(overrides))
 
 
