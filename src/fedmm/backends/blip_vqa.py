@@ -20,7 +20,7 @@ from torch import nn
 
 from fedmm import metrics as M
 from fedmm.backends.base import BACKENDS, Backend
-from fedmm.backends.loading import from_pretrained, image_stats, tiny_tokenizer
+from fedmm.backends.loading import from_pretrained, image_stats, load_tokenizer
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
 
@@ -66,13 +66,7 @@ class BlipVQABackend(Backend):
     # from shapes alone, with nothing on disk.
     @cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        name = self.cfg.tokenizer or self.cfg.pretrained
-        if not name or name == "tiny":
-            return tiny_tokenizer()
-        return from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer",
-                               "tokenizer" if self.cfg.tokenizer else "pretrained")
+        return load_tokenizer(self.cfg.tokenizer, self.cfg.pretrained, "pretrained")
 
     def model_config(self, offline_shapes: bool = False):
         """The checkpoint's BlipConfig; for random init (or, with `offline_shapes`, when the checkpoint is not on

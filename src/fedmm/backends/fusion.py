@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fedmm.backends.base import BACKENDS, Backend
-from fedmm.backends.loading import from_pretrained, image_stats, tiny_tokenizer
+from fedmm.backends.loading import from_pretrained, image_stats, load_tokenizer
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
 
@@ -170,7 +170,7 @@ class FusionBackend(Backend):
             raise FedmmError(f"model.text_pooling must be pooler, cls or mean (got '{cfg.text_pooling}')")
         if cfg.norm not in ("layernorm", "batchnorm"):
             raise FedmmError(f"model.norm must be layernorm or batchnorm (got '{cfg.norm}')")
-        self.tokenizer = self._build_tokenizer()
+        self.tokenizer = load_tokenizer(cfg.tokenizer, cfg.text_encoder, "text_encoder")
         self._token_cache: dict[str, list[int]] = {}  # text -> token ids: data sets repeat texts across rounds
         mean, std = self.image_stats()
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -186,15 +186,6 @@ class FusionBackend(Backend):
         if not mean and cfg.image_encoder:
             mean, std = image_stats(cfg.image_encoder) or ([], [])
         return (mean, std) if mean else (IMAGENET_MEAN, IMAGENET_STD)
-
-    def _build_tokenizer(self):
-        from transformers import AutoTokenizer
-
-        name = self.cfg.tokenizer or self.cfg.text_encoder
-        if not name or name == "tiny":
-            return tiny_tokenizer()
-        return from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer",
-                               "tokenizer" if self.cfg.tokenizer else "text_encoder")
 
     def build_model(self, seed: int = 0, meta: bool = False) -> FusionClassifier:
         """The model; with `meta`, on the meta device from the encoders' configs alone (no weights read)."""

@@ -39,6 +39,17 @@ def from_pretrained(loader, name: str, what: str, key: str):
                          f"or model.{key}='' for random initialisation") from None
 
 
+def load_tokenizer(tokenizer: str, model: str, model_key: str):
+    """`model.tokenizer` when set, else the model's own (`model.<model_key>`); "tiny" or neither: fedmm's offline
+    vocabulary."""
+    from transformers import AutoTokenizer
+
+    name = tokenizer or model
+    if not name or name == "tiny":
+        return tiny_tokenizer()
+    return from_pretrained(AutoTokenizer.from_pretrained, name, "tokenizer", "tokenizer" if tokenizer else model_key)
+
+
 def tiny_tokenizer():
     """A lower-casing WordPiece tokenizer over fedmm's ~200-word vocabulary (easy-VQA's words and a few more)."""
     from transformers import BertTokenizerFast
