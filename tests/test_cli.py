@@ -18,7 +18,8 @@ from fedmm.config import expand_sweeps
     (["nosuchkey=1"], "unknown option 'nosuchkey'"),
     (["rounds=abc"], "rounds"),
     (["model=nosuchmodel"],
-     "unknown model 'nosuchmodel'; choose one of: blip_vqa, blip_vqa_tiny, fusion, fusion_minilm, fusion_tiny"),
+     "unknown model 'nosuchmodel'; choose one of: blip_vqa, blip_vqa_tiny, fusion, fusion_minilm, fusion_tiny, "
+     "januspro, januspro_tiny"),
     (["model.nosuch=3"], "unknown option 'model.nosuch'"),
     (["+model.nosuch=3"], "unknown option 'model.nosuch'"),
     (["model.fusion_dim=big"], "model.fusion_dim"),

@@ -48,7 +48,7 @@ def test_fedmm_info_counts_the_seeds_blip_adapters_without_any_weights(tmp_path)
     assert not any((tmp_path / "empty-cache").rglob("*.safetensors"))
 
 
-@pytest.mark.parametrize("preset", ["fusion_tiny", "blip_vqa_tiny"])
+@pytest.mark.parametrize("preset", ["fusion_tiny", "blip_vqa_tiny", "januspro_tiny"])
 def test_meta_counts_equal_a_real_build(preset):
     s = load_settings([f"model={preset}"])
     backend = BACKENDS.get(s.model.name).factory(s.model, 13, False)
@@ -86,3 +86,36 @@ def test_precision_and_device_are_checked_before_anything_runs(tmp_path, capsys)
     assert "precision must be one of fp32, bf16, fp16" in capsys.readouterr().err
     assert cli.main(["run", *BLIP_TINY, "grad_accum_steps=0", f"output_dir={tmp_path / 'b'}"]) == 2
     assert "grad_accum_steps must be at least 1" in capsys.readouterr().err
+
+
+JANUS_TINY = [*BLIP_TINY[:1], "model=januspro_tiny", *BLIP_TINY[2:]]
+
+
+def test_janus_learns_only_the_answer_tokens(tmp_path):
+    s = load_settings(JANUS_TINY)
+    backend = BACKENDS.get("januspro").factory(s.model, 13, False)
+    from fedmm.data.tasks import load_task
+
+    data = load_task(s.task, 0).train
+    batch = backend.collate(data, np.array([0, 1]))
+    bos, eos, pad, image, n_image = backend._special
+    for r in range(2):
+        ids, labels, mask = batch["input_ids"][r], batch["labels"][r], batch["attention_mask"][r]
+        learned = (labels != -100).nonzero().flatten()
+        answer = backend._answer(data.label_names[int(data.labels[r])])
+        assert labels[learned].tolist() == answer == ids[learned].tolist()  # aligned with the inputs
+        assert answer[-1] == eos and ids[0] == bos and int((ids == image).sum()) == n_image == 16
+        assert learned.min() == len(backend._prompt(data.texts[r]))  # everything before the answer is prompt
+        assert int(mask.sum()) == int(learned.max()) + 1  # right padding after the answer
+
+
+def test_janus_tiny_two_federated_rounds_send_only_language_model_adapters(tmp_path, capsys):
+    code = cli.main(["run", *JANUS_TINY, "rounds=2", "num_clients=2", "partition=iid", f"output_dir={tmp_path}"])
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2] and all("eval_vqa_accuracy" in r for r in records)
+    adapters = load_file(str(tmp_path / "global.safetensors"))
+    assert adapters and all("lora_" in k and "language_model" in k for k in adapters)  # not the vision tower's
+    assert {k.split(".self_attn.")[1].split(".")[0] for k in adapters} == {"q_proj", "k_proj", "v_proj"}
+    adapter_bytes = sum(v.nbytes for v in adapters.values())
+    assert all(2 * adapter_bytes < r["bytes_up"] < 2 * (adapter_bytes + 4096) for r in records)

@@ -21,4 +21,6 @@ def model_summary(settings: Settings) -> str:
              f"  trainable:  {trainable:,} ({100 * trainable / max(total, 1):.4f}%)",
              f"  per update: {travel_bytes:,} bytes of trainable tensors ({len(keys)} tensors; "
              f"{travel_bytes / 1e6:.2f} MB up per client per round, the same down)"]
+    if backend.sized_from:
+        lines.append(f"  shapes: {backend.sized_from}")
     return "\n".join(lines)

@@ -49,6 +49,7 @@ class Backend:
     # override `metrics` and `evaluate` to score generated text.
     metrics: frozenset[str] = frozenset(M.METRICS)
     precision: str = "fp32"  # evaluation autocast on a GPU (the run's `precision`; training gets it per round)
+    sized_from: str = ""  # set by meta_model when it had to size the model without the checkpoint's config
 
     def evaluate(self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...],
                  batch_size: int = 256) -> dict[str, float]:
