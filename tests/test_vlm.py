@@ -119,3 +119,12 @@ def test_janus_tiny_two_federated_rounds_send_only_language_model_adapters(tmp_p
     assert {k.split(".self_attn.")[1].split(".")[0] for k in adapters} == {"q_proj", "k_proj", "v_proj"}
     adapter_bytes = sum(v.nbytes for v in adapters.values())
     assert all(2 * adapter_bytes < r["bytes_up"] < 2 * (adapter_bytes + 4096) for r in records)
+
+
+def test_centralized_baseline_runs_for_the_vlm_backends(tmp_path, capsys):
+    for preset in ("blip_vqa_tiny", "januspro_tiny"):
+        code = cli.main(["centralized", "task=easyvqa_gen", f"model={preset}", "epochs=1", "max_train_samples=64",
+                         "max_eval_samples=16", "batch_size=16", "progress=false", f"output_dir={tmp_path / preset}"])
+        assert code == 0, capsys.readouterr().err
+        last = json.loads((tmp_path / preset / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["epoch"] == 1 and "eval_vqa_accuracy" in last

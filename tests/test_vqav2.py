@@ -74,13 +74,29 @@ def _write_parquet(vqa, out):
     return out
 
 
-def test_parquet_export_reads_like_the_official_files(tmp_path):
+def _write_arrow(parquet_dir, out):
+    """What `DatasetDict.save_to_disk` writes: <split>/data-00000-of-00001.arrow in Arrow's stream format."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for split in ("train", "validation"):
+        table = pq.read_table(next(parquet_dir.glob(f"{split}-*.parquet")))
+        (out / split).mkdir(parents=True)
+        with pa.OSFile(str(out / split / "data-00000-of-00001.arrow"), "wb") as sink:
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+    return out
+
+
+def test_parquet_and_save_to_disk_exports_read_like_the_official_files(tmp_path):
     vqa = D.write_vqav2(tmp_path / "vqa")
-    official, exported = _load(vqa), _load(_write_parquet(vqa, tmp_path / "pq"))
-    assert len(exported.train) == len(official.train) == 48
-    assert [exported.train.references(i) for i in range(48)] == [official.train.references(i) for i in range(48)]
-    assert np.array_equal(exported.train.partition_labels(), official.train.partition_labels())
-    np.testing.assert_array_equal(exported.train.images[0], official.train.images[0])  # the same JPEG bytes
+    official = _load(vqa)
+    parquet = _write_parquet(vqa, tmp_path / "pq")
+    for exported in (_load(parquet), _load(_write_arrow(parquet, tmp_path / "arrow"))):
+        assert len(exported.train) == len(official.train) == 48
+        assert [exported.train.references(i) for i in range(48)] == [official.train.references(i) for i in range(48)]
+        assert np.array_equal(exported.train.partition_labels(), official.train.partition_labels())
+        np.testing.assert_array_equal(exported.train.images[0], official.train.images[0])  # the same JPEG bytes
 
 
 def test_tiny_blip_two_federated_rounds_on_vqav2(tmp_path, capsys):

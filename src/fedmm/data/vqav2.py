@@ -5,9 +5,10 @@ Sources:
 - **the official files** under `task.root`: `v2_OpenEnded_mscoco_<split>_questions.json`,
   `v2_mscoco_<split>_annotations.json` and the COCO image folder `<split>/` (`COCO_<split>_<12-digit id>.jpg`), for
   `task.train_split` (train2014) and `task.eval_split` (val2014);
-- **a Parquet export** (e.g. a Hugging Face `datasets` VQA v2 export saved to disk): files named by split
-  (`train-*.parquet`, `validation-*.parquet`) with `question`, `image` (bytes or {"bytes", "path"}), `answers` (the
-  10 answers: strings, or {"answer": ...} records), optionally `multiple_choice_answer`, `answer_type`, `question_id`.
+- **a Parquet or `datasets` export**: Parquet files named by split (`train-*.parquet`, `validation-*.parquet`, as
+  on the Hub), or a `DatasetDict.save_to_disk` folder (`train/*.arrow`, `validation/*.arrow`), with `question`,
+  `image` (bytes or {"bytes", "path"}), `answers` (the 10 answers: strings, or {"answer": ...} records), optionally
+  `multiple_choice_answer`, `answer_type`, `question_id`.
 
 Splits: train = the training split; the evaluation split's *images* are divided into the server's val
 (`task.val_fraction` of them, with all their questions) and test (the rest), so no image is in both.
@@ -77,22 +78,39 @@ def _rows_from_json(root: Path, split: str, bad: BadSamples) -> list[dict]:
     return rows
 
 
-def _rows_from_parquet(root: Path, split: str, bad: BadSamples) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq  # optional: the `parquet` extra
-    except ImportError:
-        raise FedmmError("reading Parquet needs pyarrow: pip install 'fedmm[parquet]' (or pyarrow)") from None
+def _export_files(root: Path, split: str) -> list[Path]:
+    """A split's files in an export: Parquet files named by split (`train-00000-of-00001.parquet`), or the Arrow
+    files of a `datasets` `save_to_disk` folder (`train/data-00000-of-00001.arrow`)."""
     names = ("train", "training") if split == "train" else ("validation", "val", "test")
-    files = [p for p in sorted(root.rglob("*.parquet")) if p.stem.lower().split("-")[0] in names]
+    return [p for p in sorted(root.rglob("*.parquet")) if p.stem.lower().split("-")[0] in names] + \
+           [p for p in sorted(root.rglob("*.arrow")) if p.parent.name.lower() in names]
+
+
+def _read_table(path: Path) -> list[dict]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise FedmmError("reading a Parquet / Arrow export needs pyarrow: pip install 'fedmm[parquet]'") from None
+    try:
+        if path.suffix == ".arrow":
+            with pa.memory_map(str(path)) as source:
+                return pa.ipc.open_stream(source).read_all().to_pylist()
+        return pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise FedmmError(f"{path}: not a readable {path.suffix[1:]} file ({type(e).__name__}: "
+                         f"{str(e)[:160]})") from None
+
+
+def _rows_from_export(root: Path, split: str, bad: BadSamples) -> list[dict]:
+    files = _export_files(root, split)
     if not files:
-        raise FedmmError(f"no {split} Parquet files under {root} (named {names[0]}-*.parquet)")
+        raise FedmmError(f"no {split} files under {root} (train-*.parquet / validation-*.parquet, or a "
+                         f"save_to_disk folder with train/ and validation/)")
     cache = root / ".fedmm-images" / split
     rows = []
     for path in files:
-        try:
-            table = pq.read_table(path).to_pylist()
-        except (OSError, ValueError) as e:
-            raise FedmmError(f"{path}: not a readable Parquet file ({type(e).__name__}: {str(e)[:160]})") from None
+        table = _read_table(path)
         for i, r in enumerate(table):
             answers = [x["answer"] if isinstance(x, dict) else str(x) for x in r.get("answers") or []]
             image = r.get("image")
@@ -101,7 +119,7 @@ def _rows_from_parquet(root: Path, split: str, bad: BadSamples) -> list[dict]:
                 bad(f"{path.name} row {i}: needs a question, answers and the image as bytes")
                 continue
             # images are written out once so that batches can read them lazily, like the official layout's
-            file = cache / f"{path.stem}-{i}.img"
+            file = cache / f"{path.parent.name}-{path.stem}-{i}.img"
             if not file.is_file():
                 file.parent.mkdir(parents=True, exist_ok=True)
                 file.write_bytes(image)
@@ -144,10 +162,10 @@ def load_vqav2(cfg: VQAv2Config, seed: int, centralized: bool = False) -> TaskDa
     if not root.is_dir():
         raise FedmmError(f"task.root={cfg.root}: no such folder")
     bad = BadSamples(cfg.on_bad_sample)
-    parquet = any(root.rglob("*.parquet"))
-    read = _rows_from_parquet if parquet else _rows_from_json
-    train = read(root, "train" if parquet else cfg.train_split, bad)
-    held = read(root, "validation" if parquet else cfg.eval_split, bad)
+    export = any(root.rglob("*.parquet")) or any(root.rglob("*.arrow"))
+    read = _rows_from_export if export else _rows_from_json
+    train = read(root, "train" if export else cfg.train_split, bad)
+    held = read(root, "validation" if export else cfg.eval_split, bad)
     bad.warn(str(root))
     if not train or not held:
         raise FedmmError(f"{root}: no usable {'training' if not train else 'evaluation'} questions")
