@@ -9,9 +9,8 @@ given) fails or silently reads garbage.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 from fedmm.backends.base import BACKENDS
 from fedmm.backends.loading import from_pretrained
-from fedmm.backends.vqa_lora import LoraVQABackend
+from fedmm.backends.vqa_lora import LoraVQABackend, LoraVQAConfig
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
 
@@ -30,29 +29,16 @@ CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.261302
 
 
 @dataclass
-class BlipVQAConfig:
+class BlipVQAConfig(LoraVQAConfig):
     name: str = "blip_vqa"
-    # Weights: a local folder or hub id (offline: the HF cache); "" = random init from text_config / vision_config.
     pretrained: str = "Salesforce/blip-vqa-base"
-    tokenizer: str = ""  # "" = the checkpoint's; "tiny" = fedmm's offline vocabulary
-    text_config: Dict[str, Any] = field(default_factory=dict)  # BlipTextConfig fields for random init
-    vision_config: Dict[str, Any] = field(default_factory=dict)  # BlipVisionConfig fields for random init
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    lora_targets: str = SELF_ATTENTION_QV  # a regular expression over module names (peft's target_modules)
-    image_size: int = 384
-    max_question_length: int = 32
-    max_answer_length: int = 8  # answer tokens, in training and generation
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
-    image_mean: List[float] = field(default_factory=list)  # empty = the checkpoint's, else CLIP's
-    image_std: List[float] = field(default_factory=list)
+    lora_targets: str = SELF_ATTENTION_QV
 
 
 @BACKENDS.register("blip_vqa", BlipVQAConfig)
 class BlipVQABackend(LoraVQABackend):
     cfg: BlipVQAConfig
-    default_stats = (CLIP_MEAN, CLIP_STD)
+    default_stats = (CLIP_MEAN, CLIP_STD)  # pixels when the checkpoint gives no mean/std
 
     def model_class(self) -> type:
         from transformers import BlipForQuestionAnswering

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 
 from fedmm.backends.base import BACKENDS
 from fedmm.backends.loading import from_pretrained, load_tokenizer
-from fedmm.backends.vqa_lora import LoraVQABackend
+from fedmm.backends.vqa_lora import LoraVQABackend, LoraVQAConfig
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
 
@@ -28,26 +28,13 @@ IMAGE_PLACEHOLDER = "<image_placeholder>"
 
 
 @dataclass
-class JanusProConfig:
+class JanusProConfig(LoraVQAConfig):
     name: str = "januspro"
-    # Weights: a local folder or hub id in transformers' Janus format (offline: the HF cache); "" = random init
-    # from text_config / vision_config / vq_config.
-    pretrained: str = "deepseek-community/Janus-Pro-1B"
-    tokenizer: str = ""  # "" = the checkpoint's; "tiny" = fedmm's offline vocabulary (+ the image placeholder)
-    text_config: Dict[str, Any] = field(default_factory=dict)
-    vision_config: Dict[str, Any] = field(default_factory=dict)
-    vq_config: Dict[str, Any] = field(default_factory=dict)
+    pretrained: str = "deepseek-community/Janus-Pro-1B"  # in transformers' Janus format
+    vq_config: Dict[str, Any] = field(default_factory=dict)  # the VQ-VAE's config fields, for random init
     prompt_template: str = "<|User|>: {image}\n{question}\n\n<|Assistant|>:"
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    lora_targets: str = LANGUAGE_QKV  # a regular expression over module names (peft's target_modules)
-    image_size: int = 384
+    lora_targets: str = LANGUAGE_QKV
     max_question_length: int = 64
-    max_answer_length: int = 8
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
-    image_mean: List[float] = field(default_factory=list)  # empty = the checkpoint's, else 0.5 (Janus's)
-    image_std: List[float] = field(default_factory=list)
 
 
 @BACKENDS.register("januspro", JanusProConfig)

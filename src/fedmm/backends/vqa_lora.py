@@ -7,7 +7,9 @@ first needed, so `fedmm info` can size a model from shapes alone, with nothing o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -18,6 +20,28 @@ from fedmm.backends.base import Backend
 from fedmm.backends.loading import from_pretrained, image_stats, load_tokenizer
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
+
+
+@dataclass
+class LoraVQAConfig:
+    """The options every LoRA VQA backend has; a family's config subclasses this with its own defaults."""
+
+    name: str = ""
+    # Weights: a local folder or hub id (offline: the HF cache); "" = random init from the *_config shapes.
+    pretrained: str = ""
+    tokenizer: str = ""  # "" = the checkpoint's; "tiny" = fedmm's offline vocabulary
+    text_config: Dict[str, Any] = field(default_factory=dict)  # the text model's config fields, for random init
+    vision_config: Dict[str, Any] = field(default_factory=dict)  # the vision model's config fields, for random init
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    lora_targets: str = ""  # a regular expression over module names (peft's target_modules)
+    image_size: int = 384
+    max_question_length: int = 32
+    max_answer_length: int = 8  # answer tokens, in training and generation
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
+    image_mean: List[float] = field(default_factory=list)  # empty = the checkpoint's, else the family's default
+    image_std: List[float] = field(default_factory=list)
 
 
 class LoraVQABackend(Backend):
@@ -57,17 +81,21 @@ class LoraVQABackend(Backend):
         return (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
                 torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
+    def lora_targets(self, model: nn.Module) -> str:
+        """The regular expression over module names that gets adapters (peft's target_modules)."""
+        return self.cfg.lora_targets
+
     def _add_lora(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, inject_adapter_in_model
 
         cfg = self.cfg
+        targets = self.lora_targets(model)
         model.requires_grad_(False)
         try:
             return inject_adapter_in_model(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                      lora_dropout=cfg.lora_dropout,
-                                                      target_modules=cfg.lora_targets), model)
+                                                      lora_dropout=cfg.lora_dropout, target_modules=targets), model)
         except ValueError as e:
-            raise FedmmError(f"model.lora_targets '{cfg.lora_targets}' matches no linear layer of {cfg.name} "
+            raise FedmmError(f"model.lora_targets '{targets}' matches no linear layer of {cfg.name} "
                              f"({str(e).splitlines()[0][:120]})") from None
 
     def build_model(self, seed: int = 0) -> nn.Module:
