@@ -19,7 +19,7 @@ from fedmm.config import expand_sweeps
     (["rounds=abc"], "rounds"),
     (["model=nosuchmodel"],
      "unknown model 'nosuchmodel'; choose one of: blip_vqa, blip_vqa_tiny, fusion, fusion_minilm, fusion_tiny, "
-     "januspro, januspro_tiny"),
+     "hf_vlm, hf_vlm_tiny, januspro, januspro_tiny"),
     (["model.nosuch=3"], "unknown option 'model.nosuch'"),
     (["+model.nosuch=3"], "unknown option 'model.nosuch'"),
     (["model.fusion_dim=big"], "model.fusion_dim"),

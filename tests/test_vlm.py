@@ -48,7 +48,7 @@ def test_fedmm_info_counts_the_seeds_blip_adapters_without_any_weights(tmp_path)
     assert not any((tmp_path / "empty-cache").rglob("*.safetensors"))
 
 
-@pytest.mark.parametrize("preset", ["fusion_tiny", "blip_vqa_tiny", "januspro_tiny"])
+@pytest.mark.parametrize("preset", ["fusion_tiny", "blip_vqa_tiny", "januspro_tiny", "hf_vlm_tiny"])
 def test_meta_counts_equal_a_real_build(preset):
     s = load_settings([f"model={preset}"])
     backend = BACKENDS.get(s.model.name).factory(s.model, 13, False)
@@ -122,7 +122,7 @@ def test_janus_tiny_two_federated_rounds_send_only_language_model_adapters(tmp_p
 
 
 def test_centralized_baseline_runs_for_the_vlm_backends(tmp_path, capsys):
-    for preset in ("blip_vqa_tiny", "januspro_tiny"):
+    for preset in ("blip_vqa_tiny", "januspro_tiny", "hf_vlm_tiny"):
         code = cli.main(["centralized", "task=easyvqa_gen", f"model={preset}", "epochs=1", "max_train_samples=64",
                          "max_eval_samples=16", "batch_size=16", "progress=false", f"output_dir={tmp_path / preset}"])
         assert code == 0, capsys.readouterr().err
