@@ -29,6 +29,7 @@ from fedmm.fl.sampling import num_sampled
 from fedmm.fl.server import FitClients, Server, ServerConfig, scheduled_lr
 from fedmm.fl.strategy import STRATEGIES, Strategy, StrategyContext
 from fedmm.report import write_report
+from fedmm.fl.compression import check_kind
 from fedmm.rundir import RunDir
 from fedmm.runtime import RUNTIMES
 from fedmm.train.loop import evaluate, make_optimizer, positive_weights, predict, resolve_device, train_epochs
@@ -196,6 +197,7 @@ def travelling_keys(backend: Backend, model: torch.nn.Module, strategy: Strategy
 def build_experiment(settings: Settings) -> Experiment:
     _setup_torch(settings)
     strategy = STRATEGIES.get(settings.strategy.name).factory(settings.strategy)  # checks its config first
+    check_kind(settings.compression.kind, settings.compression.block_size)
     rundir = prepare_output(settings, "run")
     data = load_data(settings)
     clients = split_clients(settings, data)
@@ -242,7 +244,9 @@ def build_experiment(settings: Settings) -> Experiment:
                               lr_warmup_rounds=settings.lr_warmup_rounds)
     defaults = dict(lr=settings.lr, local_epochs=settings.local_epochs, batch_size=settings.batch_size,
                     weight_decay=settings.weight_decay, pos_weight=data.pos_weight,
-                    grad_accum_steps=settings.grad_accum_steps, precision=settings.precision)
+                    grad_accum_steps=settings.grad_accum_steps, precision=settings.precision,
+                    compression=settings.compression.kind, compression_block=settings.compression.block_size,
+                    error_feedback=settings.compression.error_feedback)
     server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p), client_defaults=defaults)
     client_val = [v.with_modalities(c.modalities) if v is not None else None  # a site scores with what it trains on
                   for c, v in zip(clients, data.client_val or [None] * len(clients))]

@@ -7,16 +7,20 @@ What the client does beyond training is asked for in its round config by the str
 `client_stats` (FedMAP: the client scores itself on its own validation rows, or, when it has none, on a held-out
 `val_fraction` of its data, and reports scores and data statistics). `pos_weight` (a multilabel task's option)
 weights the loss by the client's own label frequencies: a site knows its own data, not the federation's.
+`compression` asks for a compressed update (the delta, with the client's error-feedback residual, `ClientState`).
 """
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from fedmm.backends.base import Backend, get_params, set_params
 from fedmm.data.dataset import MultimodalDataset
+from fedmm.client.state import ClientState
+from fedmm.fl.compression import compress_update
 from fedmm.fl.params import Update, params_from_bytes
 from fedmm.train.loop import evaluate, positive_weights, train_epochs
 
@@ -49,10 +53,12 @@ def label_statistics(data: MultimodalDataset) -> dict[str, float]:
 
 
 class ClientTrainer:
-    def __init__(self, backend: Backend, model: torch.nn.Module, progress: bool = True):
+    def __init__(self, backend: Backend, model: torch.nn.Module, progress: bool = True,
+                 state_dir: Optional[Path] = None):
         self.backend = backend
         self.model = model
         self.progress = progress
+        self.state = ClientState(state_dir)  # where this process keeps its clients' state (None: in memory)
 
     def _score(self, data: MultimodalDataset, metric: str, batch_size: int) -> dict[str, float]:
         return evaluate(self.model, self.backend, data, (metric,), batch_size=batch_size)
@@ -60,7 +66,8 @@ class ClientTrainer:
     def fit(self, cid: int, data: MultimodalDataset, payload: bytes, config: dict[str, Any],
             val: MultimodalDataset | None = None) -> Update:
         """One round of local training. `val` is the site's own validation data, when it has some."""
-        set_params(self.model, params_from_bytes(payload))
+        received = params_from_bytes(payload)
+        set_params(self.model, received)
         stats_wanted = bool(config.get("client_stats", False))
         train = data
         metrics: dict[str, float] = {}
@@ -87,8 +94,17 @@ class ClientTrainer:
                 after = self._score(val, metric, bs)
                 metrics.update(p_k=after[metric], c_k=after[metric] - metrics["f1_before"], val_loss=after["loss"])
         keys = self.backend.client_keys(self.model, data.modalities)
-        return Update(client_id=cid, params=get_params(self.model, keys), num_examples=len(train),
-                      metrics=metrics, modalities=data.modalities)
+        params, compression = get_params(self.model, keys), {}
+        kind = str(config.get("compression", "none"))
+        if kind != "none":
+            feedback, rnd = bool(config.get("error_feedback", True)), int(config["round"])
+            residual = self.state.load_residual(cid, rnd) if feedback else None
+            params, compression, residual = compress_update(params, received, residual, kind,
+                                                            int(config.get("compression_block", 256)))
+            if feedback:
+                self.state.save_residual(cid, rnd, residual)
+        return Update(client_id=cid, params=params, num_examples=len(train), metrics=metrics,
+                      modalities=data.modalities, compression=compression)
 
     def fit_bytes(self, cid: int, data: MultimodalDataset, payload: bytes, config: dict[str, Any],
                   val: MultimodalDataset | None = None) -> bytes:

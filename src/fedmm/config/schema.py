@@ -25,6 +25,13 @@ class ModalityConfig:
 
 
 @dataclass
+class CompressionConfig:
+    kind: str = "none"  # none | fp16 | bf16 | int8 | int8_block: how clients send their update (the delta)
+    block_size: int = 256  # values per scale, int8_block
+    error_feedback: bool = True  # clients add what their previous messages lost before compressing
+
+
+@dataclass
 class Schema:
     task: Any = MISSING
     model: Any = MISSING
@@ -32,6 +39,7 @@ class Schema:
     runtime: Any = MISSING
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     modality: ModalityConfig = field(default_factory=ModalityConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
     num_clients: Optional[int] = None  # default 4; tasks with per-site folders (mmimdb): one per folder
     clients_per_round: Optional[int] = None  # a count; when null, client_fraction of num_clients
     client_fraction: float = 1.0

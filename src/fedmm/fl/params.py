@@ -42,17 +42,20 @@ class Update:
     metrics: dict[str, float] = field(default_factory=dict)
     modalities: frozenset[str] = frozenset()  # the modalities the client really has
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific, JSON-serialisable
+    compression: dict[str, str] = field(default_factory=dict)  # set when `params` is a compressed delta
 
     def to_bytes(self) -> bytes:
         meta = dict(client_id=self.client_id, num_examples=self.num_examples, metrics=self.metrics,
                     modalities=sorted(self.modalities), extra=self.extra)
-        return params_to_bytes(self.params, {"fedmm_update": json.dumps(meta)})
+        return params_to_bytes(self.params, {"fedmm_update": json.dumps(meta), **self.compression})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Update":
-        meta = json.loads(bytes_metadata(data)["fedmm_update"])
+        header = bytes_metadata(data)
+        meta = json.loads(header.pop("fedmm_update"))
         return cls(client_id=meta["client_id"], params=params_from_bytes(data), num_examples=meta["num_examples"],
-                   metrics=meta["metrics"], modalities=frozenset(meta["modalities"]), extra=meta["extra"])
+                   metrics=meta["metrics"], modalities=frozenset(meta["modalities"]), extra=meta["extra"],
+                   compression=header)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

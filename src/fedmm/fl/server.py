@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from fedmm.errors import FedmmError
+from fedmm.fl.compression import apply_update
 from fedmm.fl.params import Params, Update, params_to_bytes
 from fedmm.fl.sampling import sample_clients
 from fedmm.fl.strategy.base import Strategy
@@ -80,7 +81,9 @@ class Server:
                 failures[cid] = f"{type(reply).__name__}: {reply}"
                 log.warning("round %d: client %d failed: %s", rnd, cid, failures[cid])
             else:
-                updates.append(Update.from_bytes(reply))
+                update = Update.from_bytes(reply)
+                update.params = apply_update(update.params, update.compression, global_params)
+                updates.append(update)
         if len(updates) < self.cfg.min_clients:
             raise FedmmError(f"round {rnd}: only {len(updates)} of {len(ids)} clients replied, fewer than "
                              f"min_clients={self.cfg.min_clients}; completed rounds are kept, fix the clients and "

@@ -28,7 +28,8 @@ class LocalRuntime:
         self.cfg = cfg
 
     def run(self, exp: "Experiment") -> dict[str, Any]:
-        trainer = ClientTrainer(exp.backend, exp.model, progress=exp.progress)
+        trainer = ClientTrainer(exp.backend, exp.model, progress=exp.progress,
+                                state_dir=exp.rundir.path / "client_state")
 
         def fit_clients(rnd: int, ids: list[int], payload: bytes, configs: dict[int, dict]) -> dict[int, bytes]:
             out = {}

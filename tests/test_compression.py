@@ -1,0 +1,135 @@
+"""Compressed updates: round-trip error bounds of each kind (pure functions, no model), error feedback that loses
+nothing over rounds, the client's residual store, and a compressed federated run that resumes exactly."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from fedmm import cli
+from fedmm.client.state import ClientState
+from fedmm.errors import FedmmError
+from fedmm.fl.compression import SCALE, apply_update, compress_update, decode, encode
+from fedmm.fl.params import Update, params_to_bytes
+from test_cli import kill_and_resume
+
+
+def deltas(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"w": (rng.standard_normal((37, 11)) * 1e-3).astype(np.float32),
+            "b": (rng.standard_normal(5) * 10.0 ** rng.integers(-6, 2, 5)).astype(np.float32),
+            "spiky": np.concatenate([rng.standard_normal(600) * 1e-4, [5.0]]).astype(np.float32),
+            "zero": np.zeros(3, np.float32)}
+
+
+@pytest.mark.parametrize("kind, dtype, relative", [("fp16", np.float16, 2.0 ** -11), ("bf16", np.uint16, 2.0 ** -8)])
+def test_half_precision_kinds_keep_the_relative_error_under_their_unit_roundoff(kind, dtype, relative):
+    d = deltas()
+    sent, meta = encode(d, kind)
+    assert all(v.dtype == dtype and v.shape == d[k].shape for k, v in sent.items())
+    back = decode(sent, meta)
+    for k in d:
+        tiny = 6.1e-5 * 2.0 ** -10 if kind == "fp16" else 0.0  # fp16's subnormal spacing
+        assert np.all(np.abs(back[k] - d[k]) <= relative * np.abs(d[k]) + tiny), k
+
+
+def test_bf16_rounds_to_nearest_even_like_torch():
+    x = np.random.default_rng(1).standard_normal(10_000).astype(np.float32) * 100
+    ours = decode(*encode({"x": x}, "bf16"))["x"]
+    np.testing.assert_array_equal(ours, torch.from_numpy(x).to(torch.bfloat16).float().numpy())
+
+
+def test_int8_error_is_at_most_half_a_step_per_tensor_or_per_block():
+    d = deltas()
+    per_tensor = decode(*encode(d, "int8"))
+    blocks = decode(*encode(d, "int8_block", block_size=64))
+    for k, x in d.items():
+        step = np.abs(x).max() / 127
+        assert np.all(np.abs(per_tensor[k] - x) <= step / 2 + 1e-12), k
+        flat, back = x.ravel(), blocks[k].ravel()
+        for s in range(0, flat.size, 64):
+            block_step = np.abs(flat[s:s + 64]).max() / 127
+            assert np.all(np.abs(back[s:s + 64] - flat[s:s + 64]) <= block_step / 2 + 1e-12), (k, s)
+    # One spike costs the small values their precision per tensor, but only within its own block.
+    small = slice(0, 512)
+    assert not per_tensor["spiky"][small].any()  # all below half the spike's step: rounded to zero
+    assert np.abs(blocks["spiky"][small] - d["spiky"][small]).max() < 0.02 * np.abs(d["spiky"][small]).max()
+    sent, _ = encode(d, "int8_block", block_size=64)
+    assert sent["spiky"].dtype == np.int8 and sent["spiky" + SCALE].shape == (10,)  # ceil(601 / 64) scales
+
+
+def test_bytes_on_the_wire_shrink_by_the_expected_factor():
+    d = {"w": np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)}
+    full = len(params_to_bytes(d))
+    assert len(params_to_bytes(*encode(d, "fp16"))) < full / 2 + 512
+    assert len(params_to_bytes(*encode(d, "int8"))) < full / 4 + 512
+    assert len(params_to_bytes(*encode(d, "int8_block", 256))) < full / 4 * (1 + 4 / 256) + 512
+
+
+def test_error_feedback_delivers_every_bit_eventually():
+    rng = np.random.default_rng(3)
+    received = {"w": rng.standard_normal(1000).astype(np.float32)}
+    residual, true_sum, sent_sum = None, np.zeros(1000), np.zeros(1000)
+    for t in range(20):
+        trained = {"w": received["w"] + (rng.standard_normal(1000) * 1e-3).astype(np.float32)}
+        tensors, meta, residual = compress_update(trained, received, residual, "int8_block", 128)
+        true_sum += trained["w"] - received["w"]
+        sent_sum += decode(tensors, meta)["w"]
+    # Telescoping: what arrived plus what the client still holds is everything it computed.
+    np.testing.assert_allclose(sent_sum + residual["w"], true_sum, atol=1e-6)
+    assert np.abs(residual["w"]).max() < 2e-5  # at most half a quantisation step
+    without = np.zeros(1000)
+    rng = np.random.default_rng(3)
+    for t in range(20):
+        trained = {"w": received["w"] + (rng.standard_normal(1000) * 1e-3).astype(np.float32)}
+        tensors, meta, _ = compress_update(trained, received, None, "int8_block", 128)
+        without += decode(tensors, meta)["w"]
+    assert np.abs(without - true_sum).max() > np.abs(sent_sum - true_sum).max()
+
+
+def test_the_server_rebuilds_the_clients_parameters_from_the_delta():
+    rng = np.random.default_rng(0)
+    global_params = {"a": rng.standard_normal((4, 4)).astype(np.float32), "b": np.ones(3, np.float32)}
+    trained = {"a": global_params["a"] + 0.01}  # a client that only trains "a" (it misses b's modality)
+    tensors, meta, _ = compress_update(trained, global_params, None, "fp16")
+    update = Update.from_bytes(Update(client_id=2, params=tensors, num_examples=7, compression=meta).to_bytes())
+    assert update.compression == meta
+    rebuilt = apply_update(update.params, update.compression, global_params)
+    assert set(rebuilt) == {"a"} and rebuilt["a"].dtype == np.float32
+    np.testing.assert_allclose(rebuilt["a"], trained["a"], atol=1e-5)
+    assert apply_update(trained, {}, global_params) is trained  # uncompressed: the parameters themselves
+    with pytest.raises(FedmmError, match="compression.kind must be one of"):
+        encode(trained, "int4")
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_round_reads_the_newest_residual_written_before_it_and_keeps_it(tmp_path, on_disk):
+    state = ClientState(tmp_path if on_disk else None)
+    assert state.load_residual(0, 1) is None
+    for rnd in (1, 3, 4):  # client 0 is sampled in rounds 1, 3 and 4
+        state.save_residual(0, rnd, {"r": np.full(2, rnd, np.float32)})
+    assert state.load_residual(0, 4)["r"][0] == 3  # a rerun of round 4 (after a crash) starts from round 3's
+    assert state.load_residual(0, 5)["r"][0] == 4
+    assert state.load_residual(1, 5) is None
+    if on_disk:
+        assert sorted(p.name for p in (tmp_path / "client_0").iterdir()) == [
+            "residual-r3.safetensors", "residual-r4.safetensors"]
+
+
+def test_compressed_run_sends_fewer_bytes_and_learns(tmp_path, capsys):
+    common = [*TINY, "rounds=3", "num_clients=3", "progress=false"]
+    finals = {}
+    for kind in ("none", "int8_block"):
+        assert cli.main(["run", *common, f"compression.kind={kind}", f"output_dir={tmp_path / kind}"]) == 0
+        finals[kind] = [json.loads(l) for l in (tmp_path / kind / "metrics.jsonl").read_text().splitlines()]
+    assert finals["int8_block"][0]["bytes_up"] < 0.5 * finals["none"][0]["bytes_up"]
+    assert finals["int8_block"][0]["bytes_down"] == finals["none"][0]["bytes_down"]  # the global model is exact
+    assert abs(finals["int8_block"][-1]["eval_accuracy"] - finals["none"][-1]["eval_accuracy"]) < 0.05
+    assert cli.main(["run", *common, "compression.kind=int5", f"output_dir={tmp_path / 'bad'}"]) == 2
+    assert "compression.kind must be one of" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_killed_compressed_run_with_error_feedback_resumes_exactly(tmp_path):
+    kill_and_resume(tmp_path, [*TINY, "rounds=4", "num_clients=3", "compression.kind=int8_block"])
