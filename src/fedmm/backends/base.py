@@ -51,6 +51,10 @@ class Backend:
     precision: str = "fp32"  # evaluation autocast on a GPU (the run's `precision`; training gets it per round)
     sized_from: str = ""  # set by meta_model when it had to size the model without the checkpoint's config
 
+    def prepare(self, model: nn.Module, data: MultimodalDataset) -> None:
+        """Called before `model` trains on or is evaluated on `data`: a chance to precompute what stays fixed
+        (the fusion model caches its frozen encoders' features here)."""
+
     def evaluate(self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...],
                  batch_size: int = 256) -> dict[str, float]:
         """Loss and the named metrics over the whole of `data`."""

@@ -7,10 +7,15 @@ Missing modalities: a batch without `input_ids` (or without `pixel_values`) skip
 and uses a zero embedding in their place, so a text-only client never touches (or sends) image parameters.
 
 A frozen text encoder is deterministic (eval mode, no gradients), so its pooled output for a token sequence is
-memoised: data sets such as VQA repeat the same questions thousands of times.
+memoised: data sets such as VQA repeat the same questions thousands of times. When *both* encoders are frozen (and
+`cache_features` is on), `prepare` encodes a data set's texts and images once and later batches carry the cached
+features instead of tokens and pixels, so rounds after the first train only the projections and the head. The cache
+is keyed by the data set and a checksum of the encoders' weights: new weights (another checkpoint, a resumed run in
+a new process) mean new features.
 """
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -50,6 +55,8 @@ class FusionConfig:
     dropout: float = 0.1
     freeze_text: bool = False
     freeze_image: bool = False
+    # With both encoders frozen, encode each data set once and train the head on the cached features.
+    cache_features: bool = True
     # LoRA on the text encoder (peft): lora_r > 0 freezes the text encoder's weights and trains rank-r adapters on
     # the named linear layers instead (BERT: query, key, value, dense). The adapters start identical on every client
     # (they are built from the run's seed), which FFA-LoRA relies on.
@@ -139,23 +146,24 @@ class FusionClassifier(nn.Module):
         return self.image_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                pixel_values: Optional[torch.Tensor] = None, image_index: Optional[torch.Tensor] = None
+                pixel_values: Optional[torch.Tensor] = None, image_index: Optional[torch.Tensor] = None,
+                text_features: Optional[torch.Tensor] = None, image_features: Optional[torch.Tensor] = None
                 ) -> torch.Tensor:
-        """`pixel_values` may hold each distinct image of the batch once; `image_index` then maps rows to them."""
-        if input_ids is None and pixel_values is None:
+        """`pixel_values` may hold each distinct image of the batch once; `image_index` then maps rows to them.
+        `text_features` / `image_features` (the frozen encoders' cached outputs) stand in for tokens / pixels."""
+        if text_features is None and input_ids is not None:
+            text_features = self.encode_text(input_ids, attention_mask)
+        if image_features is None and pixel_values is not None:
+            image_features = self.encode_image(pixel_values)
+            image_features = image_features[image_index] if image_index is not None else image_features
+        if text_features is None and image_features is None:
             raise ValueError("a batch needs at least one modality")
-        if image_index is not None:
-            b = image_index.shape[0]
-        else:
-            b = (input_ids if input_ids is not None else pixel_values).shape[0]
+        b = (text_features if text_features is not None else image_features).shape[0]
         dev = self.classifier.weight.device
-        t = (self.text_proj(self.encode_text(input_ids, attention_mask)) if input_ids is not None
+        t = (self.text_proj(text_features) if text_features is not None
              else torch.zeros(b, self.text_proj.out_features, device=dev))
-        if pixel_values is not None:
-            v = self.image_proj(self.encode_image(pixel_values))
-            v = v[image_index] if image_index is not None else v
-        else:
-            v = torch.zeros(b, self.image_proj.out_features, device=dev)
+        v = (self.image_proj(image_features) if image_features is not None
+             else torch.zeros(b, self.image_proj.out_features, device=dev))
         h = self.dropout(torch.relu(self.norm(self.fusion(torch.cat([t, v], dim=1)))))
         return self.classifier(h)
 
@@ -172,6 +180,9 @@ class FusionBackend(Backend):
             raise FedmmError(f"model.norm must be layernorm or batchnorm (got '{cfg.norm}')")
         self.tokenizer = load_tokenizer(cfg.tokenizer, cfg.text_encoder, "text_encoder")
         self._token_cache: dict[str, list[int]] = {}  # text -> token ids: data sets repeat texts across rounds
+        # id(data set) -> (a weak reference to it, the encoders' weight versions, text features [N, H] | None,
+        # the image ids it uses, their features)
+        self._features: dict[int, tuple] = {}
         mean, std = self.image_stats()
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -259,8 +270,55 @@ class FusionBackend(Backend):
             mask[i, :len(r)] = 1
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
+    @torch.no_grad()
+    def prepare(self, model: nn.Module, data: MultimodalDataset) -> None:
+        """With both encoders frozen, encode `data` once (or find it encoded by these very weights)."""
+        enc = (model.text_encoder, model.image_encoder)
+        if not (self.cfg.cache_features and all(model._frozen(e) for e in enc)):
+            self._features.pop(id(data), None)
+            return
+        # Any write to a weight (loading, an in-place update) moves its storage or bumps its version counter.
+        weights = tuple((p.data_ptr(), p._version) for e in enc for p in e.parameters())
+        cached = self._features.get(id(data))
+        if cached is not None and cached[0]() is data and cached[1] == weights:
+            return
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        text = None
+        if data.texts is not None:
+            chunks = [model.encode_text(*(t.to(device) for t in self.tokenize(list(data.texts[i:i + 256]))))
+                      for i in range(0, len(data), 256)]
+            text = torch.cat(chunks).cpu() if chunks else None
+        ids = image = None
+        if data.images is not None:
+            ids = np.unique(data.image_ids)
+            image = torch.cat([model.encode_image(self._pixels(data, ids[i:i + 256]).to(device)).cpu()
+                               for i in range(0, len(ids), 256)]) if len(ids) else None
+        model.train(was_training)
+        if id(data) not in self._features:  # the entry goes when the data set does
+            weakref.finalize(data, self._features.pop, id(data), None)
+        self._features[id(data)] = (weakref.ref(data), weights, text, ids, image)
+
+    def _pixels(self, data: MultimodalDataset, image_ids: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.stack([data.images[j] for j in image_ids]))
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
+            x = nn.functional.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bilinear",
+                                          antialias=True, align_corners=False)
+        return (x - self._mean) / self._std
+
     def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        batch: dict[str, torch.Tensor] = {}
+        labels = data.labels[idx]
+        batch = {"labels": torch.from_numpy(labels.astype(np.float32) if data.multilabel else labels)}
+        cached = self._features.get(id(data))
+        if cached is not None and cached[0]() is data:  # prepared: the frozen encoders' outputs
+            _, _, text, ids, image = cached
+            if text is not None:
+                batch["text_features"] = text[idx]
+            if image is not None:
+                batch["image_features"] = image[np.searchsorted(ids, data.image_ids[idx])]
+            return batch
         if data.texts is not None:
             batch["input_ids"], batch["attention_mask"] = self.tokenize([data.texts[i] for i in idx])
         if data.images is not None:
@@ -271,12 +329,5 @@ class FusionBackend(Backend):
                 batch["image_index"] = torch.from_numpy(inverse.astype(np.int64))
             else:
                 uniq = data.image_ids[idx]
-            x = torch.from_numpy(np.stack([data.images[j] for j in uniq]))
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)
-            if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
-                x = nn.functional.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bilinear",
-                                              antialias=True, align_corners=False)
-            batch["pixel_values"] = (x - self._mean) / self._std
-        labels = data.labels[idx]
-        batch["labels"] = torch.from_numpy(labels.astype(np.float32) if data.multilabel else labels)
+            batch["pixel_values"] = self._pixels(data, uniq)
         return batch

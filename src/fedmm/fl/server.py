@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -24,7 +24,28 @@ from fedmm.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-FitClients = Callable[[int, list[int], bytes, dict[int, dict[str, Any]]], dict[int, Union[bytes, BaseException]]]
+Reply = Union[bytes, BaseException]
+# A runtime's fit_clients returns {client_id: reply}, or yields (client_id, reply) pairs as replies arrive. Yield in
+# the order of the ids given, so that every runtime aggregates in the same order (float sums depend on it).
+FitClients = Callable[[int, list[int], bytes, dict[int, dict[str, Any]]],
+                      Union[dict[int, Reply], Iterable[tuple[int, Reply]]]]
+
+
+def _in_order(ids: list[int], replies: Union[dict[int, Reply], Iterable[tuple[int, Reply]]]
+              ) -> Iterator[tuple[int, Reply]]:
+    """(client id, reply) for every sampled client: a dict's in the order of `ids`, an iterator's as it yields them;
+    a client that never replied gets a TimeoutError."""
+    if isinstance(replies, dict):
+        for cid in ids:
+            yield cid, replies.get(cid, TimeoutError("no reply"))
+        return
+    seen = set()
+    for cid, reply in replies:
+        seen.add(cid)
+        yield cid, reply
+    for cid in ids:
+        if cid not in seen:
+            yield cid, TimeoutError("no reply")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -73,37 +94,55 @@ class Server:
         configs = self.strategy.configure(rnd, ids, {**self.client_defaults, "lr": lr, "round": rnd,
                                                      "seed": self.cfg.seed})
         payload = params_to_bytes(global_params)
-        replies = fit_clients(rnd, ids, payload, configs)
-        updates, failures = [], {}
-        for cid in ids:
-            reply = replies.get(cid, TimeoutError("no reply"))
-            if isinstance(reply, BaseException):
-                failures[cid] = f"{type(reply).__name__}: {reply}"
-                log.warning("round %d: client %d failed: %s", rnd, cid, failures[cid])
-            else:
+        got = {"ids": [], "examples": 0, "loss": 0.0, "seconds": 0.0, "bytes_up": 0, "all_in": False}
+        failures: dict[int, str] = {}
+
+        def decoded() -> Iterator[Update]:
+            """The successful replies as updates (compressed deltas applied), in arrival order; failures noted."""
+            for cid, reply in _in_order(ids, fit_clients(rnd, ids, payload, configs)):
+                if isinstance(reply, BaseException):
+                    failures[cid] = f"{type(reply).__name__}: {reply}"
+                    log.warning("round %d: client %d failed: %s", rnd, cid, failures[cid])
+                    continue
                 update = Update.from_bytes(reply)
                 update.params = apply_update(update.params, update.compression, global_params)
-                updates.append(update)
-        if len(updates) < self.cfg.min_clients:
-            raise FedmmError(f"round {rnd}: only {len(updates)} of {len(ids)} clients replied, fewer than "
+                got["ids"].append(update.client_id)
+                got["examples"] += update.num_examples
+                got["loss"] += update.metrics.get("train_loss", np.nan) * update.num_examples
+                got["seconds"] += update.metrics.get("seconds", 0.0)
+                got["bytes_up"] += len(reply)
+                yield update
+            got["all_in"] = True
+
+        self.strategy.round_metrics = {}
+        new_params = None
+        if self.strategy.streaming:  # aggregated while the clients reply
+            try:
+                new_params = self.strategy.aggregate(rnd, global_params, decoded())
+            except ValueError:  # no weight at all; a client's own error (before all_in) passes through
+                if not got["all_in"] or len(got["ids"]) >= self.cfg.min_clients:
+                    raise
+        else:
+            updates = list(decoded())
+            if len(updates) >= self.cfg.min_clients:
+                new_params = self.strategy.aggregate(rnd, global_params, updates)
+        if len(got["ids"]) < self.cfg.min_clients:
+            raise FedmmError(f"round {rnd}: only {len(got['ids'])} of {len(ids)} clients replied, fewer than "
                              f"min_clients={self.cfg.min_clients}; completed rounds are kept, fix the clients and "
                              f"resume with resume=<run_dir>")
-        self.strategy.round_metrics = {}
-        new_params = self.strategy.aggregate(rnd, global_params, updates)
         t_eval = time.perf_counter()
         evaluated = rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds
         metrics = self.evaluate(new_params) if evaluated else {}
-        n = sum(u.num_examples for u in updates)
         record: dict[str, Any] = {
             "round": rnd,
-            "num_clients": len(updates),
-            "clients": [u.client_id for u in updates],
-            "num_examples": n,
+            "num_clients": len(got["ids"]),
+            "clients": got["ids"],
+            "num_examples": got["examples"],
             "lr": lr,
-            "train_loss": float(np.sum([u.metrics.get("train_loss", np.nan) * u.num_examples for u in updates]) / n),
+            "train_loss": float(got["loss"] / got["examples"]),
             "bytes_down": len(payload) * len(ids),
-            "bytes_up": sum(len(r) for r in replies.values() if isinstance(r, (bytes, bytearray))),
-            "client_seconds": float(sum(u.metrics.get("seconds", 0.0) for u in updates)),
+            "bytes_up": got["bytes_up"],
+            "client_seconds": float(got["seconds"]),
             "eval_seconds": time.perf_counter() - t_eval,
             **{f"eval_{k}": v for k, v in metrics.items()},
             **{f"strategy_{k}": v for k, v in self.strategy.round_metrics.items()},

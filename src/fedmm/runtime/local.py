@@ -6,7 +6,7 @@ one the distributed runtimes use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from tqdm.auto import tqdm
 
@@ -31,11 +31,11 @@ class LocalRuntime:
         trainer = ClientTrainer(exp.backend, exp.model, progress=exp.progress,
                                 state_dir=exp.rundir.path / "client_state")
 
-        def fit_clients(rnd: int, ids: list[int], payload: bytes, configs: dict[int, dict]) -> dict[int, bytes]:
-            out = {}
+        def fit_clients(rnd: int, ids: list[int], payload: bytes, configs: dict[int, dict]
+                        ) -> Iterator[tuple[int, bytes]]:
+            """One client after the other, each reply handed on before the next client trains."""
             for cid in tqdm(ids, desc=f"round {rnd}/{exp.settings.rounds}", leave=False, unit="client",
                             disable=not exp.progress or None):
-                out[cid] = trainer.fit_bytes(cid, exp.clients[cid], payload, configs[cid], exp.client_val[cid])
-            return out
+                yield cid, trainer.fit_bytes(cid, exp.clients[cid], payload, configs[cid], exp.client_val[cid])
 
         return exp.run_server(fit_clients)

@@ -78,6 +78,7 @@ def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDatas
     steps too). `precision` bf16 / fp16 autocasts on a GPU (fp16 with a gradient scaler).
     """
     t0 = time.perf_counter()
+    backend.prepare(model, data)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
@@ -147,6 +148,7 @@ def positive_weights(labels: np.ndarray) -> np.ndarray:
 def predict(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, batch_size: int = 256
             ) -> tuple[float, np.ndarray]:
     """(mean loss, logits [N, C]) over the whole of `data`."""
+    backend.prepare(model, data)
     was_training = model.training
     model.eval()
     logits, total = [], 0.0

@@ -33,7 +33,12 @@ class Strategy:
 
     `round_metrics` is filled by `aggregate` with what the strategy wants recorded in metrics.jsonl for the round
     (written as `strategy_<name>`).
+
+    A `streaming` strategy reads the updates once, in order, as an iterable: the server then hands them over as they
+    arrive and never holds all K of them (a running sum). Others get a list.
     """
+
+    streaming = False
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -53,6 +58,7 @@ class Strategy:
         return {cid: dict(defaults) for cid in client_ids}
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
+        """The next global parameters. `updates` is a list, or, for a `streaming` strategy, an iterable."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:

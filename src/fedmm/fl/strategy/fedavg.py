@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -9,29 +10,32 @@ from fedmm.fl.params import Params, Update
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 
 
-def weighted_average(global_params: Params, updates: list[tuple[Params, float]]) -> Params:
+def weighted_average(global_params: Params, updates: Iterable[tuple[Params, float]]) -> Params:
     """sum_k w_k * theta_k / sum_k w_k for every key of `global_params`.
 
     A client that did not send a key (it lacks that modality, so it could not train it) counts with the global value
     it received: exactly what classic FedAvg computes when such a client sends its unchanged copy, without the bytes.
-    Accumulates in float64 as a running sum, so memory does not grow with the number of updates.
+    A running float64 sum over an iterable, so the server can feed it updates as they arrive and memory does not
+    grow with the number of clients.
     """
-    total = float(sum(w for _, w in updates))
-    if total <= 0:
-        raise ValueError("aggregation weights must sum to a positive number")
     acc = {k: np.zeros(v.shape, dtype=np.float64) for k, v in global_params.items()}
+    total = 0.0
     for params, w in updates:
+        total += w
         for k in acc:
             acc[k] += w * params.get(k, global_params[k])
+    if total <= 0:
+        raise ValueError("aggregation weights must sum to a positive number")
     return {k: (v / total).astype(global_params[k].dtype) for k, v in acc.items()}
 
 
-def masked_weighted_average(global_params: Params, updates: list[tuple[Params, float]]) -> Params:
+def masked_weighted_average(global_params: Params, updates: Iterable[tuple[Params, float]]) -> Params:
     """For every key, sum_k w_k * theta_k / sum_k w_k over only the clients that sent that key; a key nobody sent
     keeps its global value.
 
     This is what a parameter that belongs to one modality needs: a client without images never trained the image
-    encoder, so its (stale) copy must not pull the average back toward the old global value.
+    encoder, so its (stale) copy must not pull the average back toward the old global value. A running sum, like
+    `weighted_average`.
     """
     acc: dict[str, np.ndarray] = {}
     total: dict[str, float] = {}
@@ -56,5 +60,7 @@ class FedAvgConfig:
 
 @STRATEGIES.register("fedavg", FedAvgConfig)
 class FedAvg(Strategy):
-    def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
-        return weighted_average(global_params, [(u.params, float(u.num_examples)) for u in updates])
+    streaming = True
+
+    def aggregate(self, rnd: int, global_params: Params, updates: Iterable[Update]) -> Params:
+        return weighted_average(global_params, ((u.params, float(u.num_examples)) for u in updates))

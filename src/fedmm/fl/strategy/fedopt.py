@@ -9,7 +9,7 @@ Running statistics (BatchNorm buffers) are not parameters: they take the plain a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -61,14 +61,15 @@ class FedOpt(Strategy):
     """Base of the server-optimizer strategies; `kind` is adam, yogi, adagrad or momentum."""
 
     kind = "adam"
+    streaming = True
 
     def __init__(self, cfg: Any):
         super().__init__(cfg)
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
-    def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
-        avg = weighted_average(global_params, [(u.params, float(u.num_examples)) for u in updates])
+    def aggregate(self, rnd: int, global_params: Params, updates: Iterable[Update]) -> Params:
+        avg = weighted_average(global_params, ((u.params, float(u.num_examples)) for u in updates))
         out: Params = {}
         for k, x0 in global_params.items():
             if k in self.ctx.stat_keys or not np.issubdtype(x0.dtype, np.floating):

@@ -8,6 +8,7 @@ have the modality": FedAvg instead counts them with the stale global value and s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from fedmm.fl.params import Params, Update
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
@@ -21,5 +22,7 @@ class ModalityAvgConfig:
 
 @STRATEGIES.register("modality_avg", ModalityAvgConfig)
 class ModalityAvg(Strategy):
-    def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
-        return masked_weighted_average(global_params, [(u.params, float(u.num_examples)) for u in updates])
+    streaming = True
+
+    def aggregate(self, rnd: int, global_params: Params, updates: Iterable[Update]) -> Params:
+        return masked_weighted_average(global_params, ((u.params, float(u.num_examples)) for u in updates))
