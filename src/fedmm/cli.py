@@ -5,6 +5,8 @@
     fedmm config [key=value ...]          print the composed configuration
     fedmm info [key=value ...]            the model's parameter counts and update size, without any weights
     fedmm prepare mmimdb SOURCE OUT ...   split MM-IMDb (any layout) into per-site folders (--help for options)
+    fedmm flower app OUT [key=value ...]  a Flower App folder for a SuperLink/SuperNode deployment (`flwr run OUT`)
+    fedmm flower certs OUT --host H ...   a CA, the SuperLink's TLS certificate and SuperNode keys for a test
     fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
 
 User errors print one line (`error: ...`) and exit 2; nothing already written is removed.
@@ -88,6 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--on-bad-sample", choices=["error", "skip"], default="error")
     p.add_argument("--val-fraction", type=float, default=0.1, help="of each site's rows, into its val.csv")
     p.add_argument("--test-fraction", type=float, default=0.0, help="of each site's rows, into its test.csv")
+    p = sub.add_parser("flower", help="deploy on Flower: an app folder for `flwr run`, test certificates")
+    fl = p.add_subparsers(dest="flower_command", required=True)
+    q = fl.add_parser("app", help="write a Flower App that runs this fedmm configuration")
+    q.add_argument("out", help="an empty folder")
+    q.add_argument("overrides", nargs="*", help="key=value overrides, as for fedmm run")
+    q = fl.add_parser("certs", help="a test CA, the SuperLink's TLS certificate and SuperNode auth keys")
+    q.add_argument("out", help="an empty folder (keys are written readable by you only)")
+    q.add_argument("--host", action="append", default=[], help="the SuperLink's IP or name as SuperNodes reach it "
+                                                              "(repeat for several)")
+    q.add_argument("--supernodes", type=int, default=2, help="how many SuperNode key pairs to write")
+    q.add_argument("--days", type=int, default=365, help="validity of the certificates")
     p = sub.add_parser("report")
     p.add_argument("run_dir")
     args = parser.parse_args(argv)
@@ -113,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
                            seed=args.seed, modalities=args.modalities, labels_json=args.labels,
                            on_bad_sample=args.on_bad_sample, val_fraction=args.val_fraction,
                            test_fraction=args.test_fraction, min_size=args.min_size)
+            return 0
+        if args.command == "flower":
+            from fedmm.runtime.flower import deploy
+
+            if args.flower_command == "app":
+                out = deploy.write_app(args.out, args.overrides)
+                print(f"wrote {out / 'pyproject.toml'}; run it with: flwr run {out} <superlink-connection> --stream")
+            else:
+                for path in deploy.write_certificates(args.out, args.host, args.supernodes, args.days):
+                    print(path)
             return 0
         if args.command == "report":
             from fedmm.report import write_report

@@ -248,12 +248,43 @@ def build_experiment(settings: Settings) -> Experiment:
                     compression=settings.compression.kind, compression_block=settings.compression.block_size,
                     error_feedback=settings.compression.error_feedback)
     server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p), client_defaults=defaults)
-    client_val = [v.with_modalities(c.modalities) if v is not None else None  # a site scores with what it trains on
-                  for c, v in zip(clients, data.client_val or [None] * len(clients))]
-    return Experiment(settings=settings, rundir=rundir, data=data, clients=clients, client_val=client_val,
-                      backend=backend, model=model,
+    return Experiment(settings=settings, rundir=rundir, data=data, clients=clients,
+                      client_val=_client_val(data, clients), backend=backend, model=model,
                       server=server, params=params, start_round=start,
                       progress=bool(settings.progress) and sys.stderr.isatty())
+
+
+def _client_val(data: TaskData, clients: list[MultimodalDataset]) -> list[Optional[MultimodalDataset]]:
+    """Each site's own validation rows, when the task has them, with the modalities the site trains on."""
+    return [v.with_modalities(c.modalities) if v is not None else None
+            for c, v in zip(clients, data.client_val or [None] * len(clients))]
+
+
+@dataclass
+class Site:
+    """What one client holds when it runs apart from the server (a Flower SuperNode, an NVFlare site)."""
+
+    backend: Backend
+    model: torch.nn.Module
+    train: MultimodalDataset
+    val: Optional[MultimodalDataset]
+
+
+def build_site(settings: Settings, cid: int) -> Site:
+    """Client `cid` of this experiment on its own: its share of the data exactly as `split_clients` gives it to the
+    embedded runtime, and the model with the strategy's travelling keys trainable, so that both runtimes compute
+    the same update for the same global parameters."""
+    _setup_torch(settings)
+    strategy = STRATEGIES.get(settings.strategy.name).factory(settings.strategy)
+    data = load_data(settings)
+    clients = split_clients(settings, data)
+    if not 0 <= cid < len(clients):
+        raise FedmmError(f"partition-id {cid} is out of range: this experiment has {len(clients)} clients "
+                         f"(0..{len(clients) - 1}); fix the SuperNode's --node-config")
+    backend = _build_backend(settings, data)
+    model = backend.build_model(seed=settings.seed).to(resolve_device(settings.device))
+    travelling_keys(backend, model, strategy)
+    return Site(backend=backend, model=model, train=clients[cid], val=_client_val(data, clients)[cid])
 
 
 def run_federated(settings: Settings) -> dict[str, Any]:

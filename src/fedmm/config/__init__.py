@@ -1,2 +1,2 @@
 """Configuration: dataclass schemas, Hydra composition, sweep expansion, validation against the registries."""
-from fedmm.config.load import Settings, load_settings, expand_sweeps  # noqa: F401
+from fedmm.config.load import Settings, load_settings, expand_sweeps, settings_from_yaml  # noqa: F401

@@ -224,5 +224,12 @@ def load_settings(overrides: list[str]) -> Settings:
     return validate(compose_config(overrides))
 
 
+def settings_from_yaml(text: str) -> Settings:
+    """Settings from a saved config.yaml's text (what a server sends its remote clients)."""
+    cfg = OmegaConf.create(text)
+    OmegaConf.set_struct(cfg, True)
+    return validate(cfg)
+
+
 def show_config(overrides: Optional[list[str]] = None) -> str:
     return load_settings(overrides or []).to_yaml()

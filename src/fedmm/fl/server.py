@@ -94,7 +94,8 @@ class Server:
         configs = self.strategy.configure(rnd, ids, {**self.client_defaults, "lr": lr, "round": rnd,
                                                      "seed": self.cfg.seed})
         payload = params_to_bytes(global_params)
-        got = {"ids": [], "examples": 0, "loss": 0.0, "seconds": 0.0, "bytes_up": 0, "all_in": False}
+        got = {"ids": [], "examples": 0, "loss": 0.0, "seconds": 0.0, "max_seconds": 0.0, "bytes_up": 0,
+               "all_in": False}
         failures: dict[int, str] = {}
 
         def decoded() -> Iterator[Update]:
@@ -110,6 +111,7 @@ class Server:
                 got["examples"] += update.num_examples
                 got["loss"] += update.metrics.get("train_loss", np.nan) * update.num_examples
                 got["seconds"] += update.metrics.get("seconds", 0.0)
+                got["max_seconds"] = max(got["max_seconds"], update.metrics.get("seconds", 0.0))
                 got["bytes_up"] += len(reply)
                 yield update
             got["all_in"] = True
@@ -142,7 +144,8 @@ class Server:
             "train_loss": float(got["loss"] / got["examples"]),
             "bytes_down": len(payload) * len(ids),
             "bytes_up": got["bytes_up"],
-            "client_seconds": float(got["seconds"]),
+            "client_seconds": float(got["seconds"]),  # local training, summed over the clients
+            "client_seconds_max": float(got["max_seconds"]),  # the slowest client's (what parallel clients wait for)
             "eval_seconds": time.perf_counter() - t_eval,
             **{f"eval_{k}": v for k, v in metrics.items()},
             **{f"strategy_{k}": v for k, v in self.strategy.round_metrics.items()},

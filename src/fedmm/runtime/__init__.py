@@ -12,3 +12,4 @@ from fedmm.registry import Registry
 RUNTIMES: Registry[Callable] = Registry("runtime")
 
 from fedmm.runtime import local as _local  # noqa: E402,F401
+from fedmm.runtime import flower as _flower  # noqa: E402,F401

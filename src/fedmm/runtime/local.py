@@ -8,9 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from tqdm.auto import tqdm
-
-from fedmm.client.client import ClientTrainer
 from fedmm.runtime import RUNTIMES
 
 if TYPE_CHECKING:
@@ -28,6 +25,10 @@ class LocalRuntime:
         self.cfg = cfg
 
     def run(self, exp: "Experiment") -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        from fedmm.client.client import ClientTrainer
+
         trainer = ClientTrainer(exp.backend, exp.model, progress=exp.progress,
                                 state_dir=exp.rundir.path / "client_state")
 

@@ -1,0 +1,48 @@
+"""The Flower App components of a deployment: `flwr run` loads `server_app` and `client_app` from here.
+
+`fedmm flower app OUT [overrides]` writes a Flower App folder whose pyproject.toml points at them, with the fedmm
+overrides as its run config (`overrides`); `flwr run OUT <superlink> --run-config 'overrides="..."'` changes them
+per run (`resume=<run_dir>` continues a run). The ServerApp builds the experiment from them, exactly as
+`fedmm run` would, and drives fedmm's server loop over the SuperNodes.
+"""
+from __future__ import annotations
+
+import shlex
+
+from fedmm.runtime.flower.env import offline_environment
+
+offline_environment()
+
+from flwr.app import Context  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+from fedmm.runtime.flower import client as _client  # noqa: E402
+
+client_app = _client.client_app
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    from fedmm.cli import _quiet_libraries
+    from fedmm.config import load_settings
+    from fedmm.errors import FedmmError
+    from fedmm.experiment import build_experiment
+    from fedmm.runtime.flower.server import GridClients, client_request
+
+    _quiet_libraries()
+    settings = load_settings(shlex.split(str(context.run_config.get("overrides", ""))) + ["progress=false"])
+    if settings.runtime.name != "flower":
+        raise ValueError(f"this app runs runtime=flower, but its overrides choose runtime={settings.runtime.name}")
+    try:
+        exp = build_experiment(settings)
+        cfg = settings.runtime
+        clients = GridClients(grid, len(exp.clients), exp.server.cfg.min_clients,
+                              client_request(exp.rundir.path, settings.to_yaml(), simulation=False, warm=cfg.warm),
+                              cfg.round_timeout, cfg.connect_timeout)
+        final = exp.run_server(clients)
+    except FedmmError as e:  # one line in the run's log (flwr log / --stream), then Flower marks the run failed
+        print(f"error: {e}", flush=True)
+        raise
+    evals = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("eval_") and k != "eval_seconds")
+    print(f"fedmm: run finished: {exp.rundir.path.resolve()}: {evals}", flush=True)

@@ -1,0 +1,116 @@
+"""The ServerApp side: fedmm's server loop, with a `fit_clients` that reaches the clients through Flower's Grid.
+
+Flower names SuperNodes by random node ids; fedmm's clients are numbered 0..K-1 (their data partition). A `query`
+message asks each SuperNode for its `partition-id` (its node config), so sampling, seeds and aggregation order are
+the embedded runtime's. SuperNodes that connect late are asked before the next round.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedmm.errors import FedmmError
+from fedmm.fl.server import Reply
+from fedmm.runtime.flower.messages import partition_of, query_message, train_message, update_of
+
+log = logging.getLogger(__name__)
+POLL = 0.05  # seconds between pulls for replies
+
+
+def reply_error(reply: Message) -> Optional[Exception]:
+    """A failed reply as an exception (Flower's error reason, which names the client's exception)."""
+    if reply.has_error():
+        return RuntimeError(f"ClientApp error {reply.error.code}: {reply.error.reason}")
+    return None
+
+
+class GridClients:
+    """`fit_clients` over a Flower Grid; `request` is what every train message carries besides the parameters (the
+    run's config.yaml and where client state lives)."""
+
+    def __init__(self, grid: Grid, num_clients: int, min_clients: int, request: dict[str, Any],
+                 round_timeout: float, connect_timeout: float):
+        self.grid = grid
+        self.num_clients = num_clients
+        self.min_clients = min_clients
+        self.request = request
+        self.round_timeout = round_timeout
+        self.nodes: dict[int, int] = {}  # client id (partition-id) -> node id
+        self.asked: set[int] = set()  # node ids already asked for their partition-id
+        self._connect(connect_timeout)
+
+    def _exchange(self, messages: list[Message], timeout: float) -> list[Optional[Message]]:
+        """The reply to each message (None: none within `timeout`). Replies are pulled every `POLL` seconds; Flower's
+        own `send_and_receive` sleeps 3 s between pulls in a deployment, which would add up to 3 s to a round. A
+        reply may come from the SuperLink instead of the node (an error reply for a node that went away), so replies
+        are matched by the message they answer."""
+        sent = list(self.grid.push_messages(messages))
+        pending, replies = set(sent), {}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for m in self.grid.pull_messages(pending):
+                replies[m.metadata.reply_to_message_id] = m
+                pending.discard(m.metadata.reply_to_message_id)
+            if pending:
+                time.sleep(POLL)
+        return [replies.get(i) for i in sent]
+
+    def _ask(self, node_ids: list[int], timeout: float) -> None:
+        self.asked.update(node_ids)
+        for node, reply in zip(node_ids, self._exchange([query_message(n) for n in node_ids], timeout)):
+            error = reply_error(reply) if reply is not None else TimeoutError("no reply")
+            if error is not None:
+                log.warning("SuperNode %s did not say its partition-id: %s", node, error)
+                continue
+            cid = partition_of(reply)
+            if not 0 <= cid < self.num_clients:
+                raise FedmmError(f"SuperNode {node} has partition-id={cid}, but this experiment has "
+                                 f"{self.num_clients} clients (0..{self.num_clients - 1}); fix its --node-config")
+            if self.nodes.get(cid, node) != node:
+                log.warning("partition-id %d: SuperNode %s replaces %s", cid, node, self.nodes[cid])
+            self.nodes[cid] = node
+
+    def _connect(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            new = [n for n in self.grid.get_node_ids() if n not in self.asked]
+            if new:
+                self._ask(new, timeout=max(5.0, deadline - time.monotonic()))
+            if len(self.nodes) >= self.num_clients or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        missing = sorted(set(range(self.num_clients)) - set(self.nodes))
+        if len(self.nodes) < self.min_clients:
+            raise FedmmError(f"only {len(self.nodes)} of {self.num_clients} SuperNodes connected within "
+                             f"runtime.connect_timeout={timeout:g}s (min_clients={self.min_clients}); start "
+                             f"SuperNodes with --node-config 'partition-id=<i>' for clients {missing}")
+        if missing:
+            log.warning("no SuperNode for clients %s yet; they count as failed when sampled", missing)
+
+    def __call__(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, dict[str, Any]]
+                 ) -> dict[int, Reply]:
+        late = [n for n in self.grid.get_node_ids() if n not in self.asked]
+        if late:
+            self._ask(late, timeout=30.0)
+        out: dict[int, Reply] = {}
+        sent = [c for c in ids if c in self.nodes]
+        for cid in ids:
+            if cid not in self.nodes:
+                out[cid] = ConnectionError(f"no SuperNode with partition-id={cid} is connected")
+        messages = [train_message(self.nodes[c], rnd, payload, {**self.request, "config": configs[c]}) for c in sent]
+        for cid, reply in zip(sent, self._exchange(messages, self.round_timeout)):
+            if reply is None:
+                out[cid] = TimeoutError(f"no reply within runtime.round_timeout={self.round_timeout:g}s")
+            else:
+                out[cid] = reply_error(reply) or update_of(reply)
+        return out
+
+
+def client_request(run_dir: Path, settings_yaml: str, simulation: bool, warm: bool) -> dict[str, Any]:
+    return {"settings": settings_yaml, "run": run_dir.name, "state_dir": str(run_dir.resolve() / "client_state"),
+            "simulation": simulation, "warm": warm}

@@ -1,0 +1,125 @@
+"""A long-running fedmm process beside a deployed SuperNode, so that rounds do not pay for importing torch, building
+the model and loading data again.
+
+A deployed SuperNode runs every message in a fresh ClientApp process (Flower's default: isolation from the
+SuperNode, nothing kept). With `runtime.warm` the ClientApp connects to this worker over a Unix socket (only the
+SuperNode's user can reach it: the socket's folder is private, and the connection is authenticated with a key read
+from that folder) and the worker runs `client.fit`, keeping its model and data across rounds. The first ClientApp
+starts the worker; it exits when the SuperNode's process tree is gone or after `FEDMM_WORKER_IDLE` seconds without
+work (default 3600).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from multiprocessing.connection import Client, Listener
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT = 120.0  # seconds for a new worker to listen
+
+
+def worker_dir(node_config: dict[str, Any]) -> Path:
+    folder = node_config.get("worker-dir") or Path(tempfile.gettempdir()) / f"fedmm-flower-{os.getuid()}"
+    folder = Path(str(folder)).expanduser()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def _paths(node_config: dict[str, Any], node_id: int) -> tuple[str, Path, Path]:
+    folder = worker_dir(node_config)
+    stem = f"w{node_id % 10**12}"  # short: Unix socket paths are limited to about 100 characters
+    return str(folder / f"{stem}.sock"), folder / f"{stem}.key", folder / f"{stem}.log"
+
+
+def _start(address: str, keyfile: Path, logfile: Path) -> None:
+    keyfile.unlink(missing_ok=True)
+    fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    if os.path.exists(address):
+        os.unlink(address)
+    with open(logfile, "ab") as log:
+        # its own session: the worker outlives this ClientApp process, and watches the SuperNode side (our parent)
+        subprocess.Popen([sys.executable, "-m", "fedmm.runtime.flower.worker", "--address", address, "--keyfile",
+                          str(keyfile), "--watch-pid", str(os.getppid())], stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _connect(address: str, keyfile: Path):
+    return Client(address, family="AF_UNIX", authkey=keyfile.read_bytes())
+
+
+def call_worker(node_config: dict[str, Any], node_id: int, payload: bytes, request: dict[str, Any]) -> bytes:
+    """`client.fit` in this SuperNode's worker, started on first use; a worker error is raised here, with the
+    worker's traceback, so that Flower reports it to the server as this client's failure."""
+    address, keyfile, logfile = _paths(node_config, node_id)
+    try:
+        conn = _connect(address, keyfile)
+    except (FileNotFoundError, ConnectionRefusedError):
+        _start(address, keyfile, logfile)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                conn = _connect(address, keyfile)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the fedmm worker did not start within {START_TIMEOUT:g}s; see {logfile}")
+                time.sleep(0.1)
+    with conn:
+        conn.send((dict(node_config), payload, request))
+        status, value = conn.recv()
+    if status != "ok":
+        raise RuntimeError(value)
+    return value
+
+
+def _watch(pid: int, idle: float, last: list[float]) -> None:
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        if time.monotonic() - last[0] > idle:
+            os._exit(0)
+
+
+def serve(address: str, keyfile: Path, watch_pid: int, idle: float) -> None:
+    from fedmm.runtime.flower.client import fit  # imported once: torch, the model and the data stay loaded
+
+    last = [time.monotonic()]
+    threading.Thread(target=_watch, args=(watch_pid, idle, last), daemon=True).start()
+    with Listener(address, family="AF_UNIX", authkey=keyfile.read_bytes()) as listener:
+        os.chmod(address, 0o600)
+        print(f"fedmm worker {os.getpid()} listening on {address}", flush=True)
+        while True:
+            with listener.accept() as conn:
+                node_config, payload, request = conn.recv()
+                try:
+                    conn.send(("ok", fit(node_config, payload, request)))
+                except Exception as e:  # noqa: BLE001 - every failure goes back to the ClientApp, named
+                    traceback.print_exc()
+                    conn.send(("error", f"{type(e).__name__}: {e}"))
+                last[0] = time.monotonic()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--address", required=True)
+    p.add_argument("--keyfile", required=True, type=Path)
+    p.add_argument("--watch-pid", required=True, type=int)
+    args = p.parse_args()
+    serve(args.address, args.keyfile, args.watch_pid, float(os.environ.get("FEDMM_WORKER_IDLE", "3600")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""runtime=flower: Flower's simulation engine, and a real SuperLink/SuperNode deployment on 127.0.0.1 with TLS and
+SuperNode authentication (every process stopped by its id, nothing left running)."""
+import json
+import os
+import stat
+import threading
+import time
+import tomllib
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedmm.errors import FedmmError
+
+pytest.importorskip("flwr")
+
+from fedmm.runtime.flower.deploy import write_app, write_certificates  # noqa: E402
+from fedmm.runtime.flower.localnet import LocalDeployment  # noqa: E402
+
+from conftest import fedmm  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _same_globals(a, b):
+    x, y = load_file(a / "global.safetensors"), load_file(b / "global.safetensors")
+    assert x.keys() == y.keys()
+    for k in x:
+        torch.testing.assert_close(x[k], y[k], rtol=0, atol=1e-6, msg=k)
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _tiny(tiny_args, clients):
+    # one torch thread: Ray gives each simulated client one core, and float sums depend on the thread count
+    return tiny_args + [f"num_clients={clients}", "threads=1", "progress=false"]
+
+
+def test_simulation_matches_local(tmp_path, tiny_args):
+    args = _tiny(tiny_args, 3) + ["rounds=2", "compression.kind=int8_block"]
+    fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
+    out = fedmm("run", *args, "runtime=flower", "runtime.cpus=2", f"output_dir={tmp_path / 'flower'}", timeout=300)
+    assert "done in" in out.stdout
+    _same_globals(tmp_path / "local", tmp_path / "flower")
+    local, flower = _metrics(tmp_path / "local"), _metrics(tmp_path / "flower")
+    for a, b in zip(local, flower):
+        assert a["clients"] == b["clients"] and a["bytes_up"] == b["bytes_up"] and a["bytes_down"] == b["bytes_down"]
+        assert a["eval_accuracy"] == b["eval_accuracy"]
+    for name in ("config.yaml", "report.md", "partition.json", "checkpoints/round_0002/global.safetensors"):
+        assert (tmp_path / "flower" / name).exists(), name
+    assert list((tmp_path / "flower" / "client_state").glob("client_*/residual-r2.safetensors"))
+
+
+def test_deployment_with_tls_supernode_auth_and_resume(tmp_path, tiny_args):
+    args = _tiny(tiny_args, 2)
+    fedmm("run", *args, "rounds=3", f"output_dir={tmp_path / 'local'}")
+    run = tmp_path / "flower-run"
+    net = LocalDeployment(tmp_path / "net", num_supernodes=2)
+    try:
+        net.start()
+        pids = [net.superlink.pid] + [p.pid for p in net.supernodes.values()]
+        out = net.run(args + ["rounds=2", f"output_dir={run}"])
+        assert "fedmm: run finished" in out.stdout, out.stdout[-3000:]
+        assert [r["round"] for r in _metrics(run)] == [1, 2]
+        assert all(r["clients"] == [0, 1] and "failures" not in r for r in _metrics(run))
+        assert (run / "global.safetensors").exists() and (run / "report.md").exists()
+        out = net.run([f"resume={run}", "rounds=3"])  # a new Flower run continues the fedmm run
+        assert "resuming" in out.stdout and [r["round"] for r in _metrics(run)] == [1, 2, 3]
+        _same_globals(tmp_path / "local", run)  # the same result as the embedded runtime, over the network
+        assert len(list((tmp_path / "net" / "workers").glob("*.sock"))) == 2  # warm workers served the rounds
+    finally:
+        net.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert net.leftovers() == []
+
+
+def test_run_goes_on_when_a_supernode_dies(tmp_path, tiny_args):
+    run = tmp_path / "run"
+    result = {}
+    with LocalDeployment(tmp_path / "net", num_supernodes=3) as net:
+        job = threading.Thread(target=lambda: result.update(out=net.run(
+            _tiny(tiny_args, 3) + ["rounds=3", "min_clients=2", "runtime.warm=false", f"output_dir={run}"])))
+        job.start()
+        deadline = time.monotonic() + 300
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
+            assert time.monotonic() < deadline and job.is_alive(), "round 1 never finished"
+            time.sleep(0.2)
+        net.kill_supernode(2)
+        job.join(timeout=400)
+        assert not job.is_alive()
+    records = _metrics(run)
+    assert [r["round"] for r in records] == [1, 2, 3]
+    assert records[0]["clients"] == [0, 1, 2]
+    for r in records[1:]:
+        assert r["clients"] == [0, 1] and "Node Unavailable" in r["failures"]["2"]
+    assert "fedmm: run finished" in result["out"].stdout
+
+
+def test_certificates(tmp_path):
+    from cryptography import x509
+
+    files = write_certificates(tmp_path / "pki", ["127.0.0.1", "superlink.example"], supernodes=2)
+    assert len(files) == 8
+    ca = x509.load_pem_x509_certificate((tmp_path / "pki" / "ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((tmp_path / "pki" / "server.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert sans.get_values_for_type(x509.DNSName) == ["superlink.example"]
+    for key in ("ca.key", "server.key", "supernode-0.key", "supernode-1.key"):
+        assert stat.S_IMODE((tmp_path / "pki" / key).stat().st_mode) == 0o600
+    assert (tmp_path / "pki" / "supernode-1.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    with pytest.raises(FedmmError, match="already holds"):
+        write_certificates(tmp_path / "pki", ["127.0.0.1"], 1)
+    with pytest.raises(FedmmError, match="--host"):
+        write_certificates(tmp_path / "other", [], 1)
+
+
+def test_app_folder(tmp_path, tiny_args, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_app(tmp_path / "app", tiny_args + ["output_dir=runs/x", "runtime=local"])
+    toml = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())
+    assert toml["tool"]["flwr"]["app"]["components"]["serverapp"] == "fedmm.runtime.flower.app:server_app"
+    overrides = toml["tool"]["flwr"]["app"]["config"]["overrides"]
+    assert f"output_dir={tmp_path / 'runs' / 'x'}" in overrides and overrides.endswith("runtime=flower")
+    assert "runtime=local" not in overrides
+    with pytest.raises(FedmmError, match="exists"):
+        write_app(tmp_path / "app", tiny_args)
+    with pytest.raises(FedmmError):
+        write_app(tmp_path / "bad", tiny_args + ["rounds=zero"])
+    assert not (tmp_path / "bad").exists()  # checked before anything is written
