@@ -28,7 +28,8 @@ def main(grid: Grid, context: Context) -> None:
     from fedmm.config import load_settings
     from fedmm.errors import FedmmError
     from fedmm.experiment import build_experiment
-    from fedmm.runtime.flower.server import GridClients, client_request
+    from fedmm.runtime.flower.server import GridClients
+    from fedmm.runtime.remote import request_for_clients
 
     _quiet_libraries()
     settings = load_settings(shlex.split(str(context.run_config.get("overrides", ""))) + ["progress=false"])
@@ -37,9 +38,9 @@ def main(grid: Grid, context: Context) -> None:
     try:
         exp = build_experiment(settings)
         cfg = settings.runtime
-        clients = GridClients(grid, len(exp.clients), exp.server.cfg.min_clients,
-                              client_request(exp.rundir.path, settings.to_yaml(), simulation=False, warm=cfg.warm),
-                              cfg.round_timeout, cfg.connect_timeout)
+        request = request_for_clients(exp.rundir.path, settings.to_yaml(), "flower", simulation=False, warm=cfg.warm)
+        clients = GridClients(grid, len(exp.clients), exp.server.cfg.min_clients, request, cfg.round_timeout,
+                              cfg.connect_timeout)
         final = exp.run_server(clients)
     except FedmmError as e:  # one line in the run's log (flwr log / --stream), then Flower marks the run failed
         print(f"error: {e}", flush=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 from flwr.app import Message
@@ -110,7 +109,3 @@ class GridClients:
                 out[cid] = reply_error(reply) or update_of(reply)
         return out
 
-
-def client_request(run_dir: Path, settings_yaml: str, simulation: bool, warm: bool) -> dict[str, Any]:
-    return {"settings": settings_yaml, "run": run_dir.name, "state_dir": str(run_dir.resolve() / "client_state"),
-            "simulation": simulation, "warm": warm}

@@ -23,16 +23,17 @@ def run_simulation(exp: "Experiment", cfg: "FlowerRuntimeConfig") -> dict[str, A
     from flwr.serverapp import Grid, ServerApp
 
     from fedmm.runtime.flower.client import client_app
-    from fedmm.runtime.flower.server import GridClients, client_request
+    from fedmm.runtime.flower.server import GridClients
+    from fedmm.runtime.remote import request_for_clients
 
     result: dict[str, Any] = {}
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        clients = GridClients(grid, len(exp.clients), exp.server.cfg.min_clients,
-                              client_request(exp.rundir.path, exp.settings.to_yaml(), simulation=True, warm=False),
-                              cfg.round_timeout, cfg.connect_timeout)
+        request = request_for_clients(exp.rundir.path, exp.settings.to_yaml(), "flower", simulation=True, warm=False)
+        clients = GridClients(grid, len(exp.clients), exp.server.cfg.min_clients, request, cfg.round_timeout,
+                              cfg.connect_timeout)
         result.update(exp.run_server(clients))
 
     init_args: dict[str, Any] = {"include_dashboard": False}

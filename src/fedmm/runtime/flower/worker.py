@@ -4,7 +4,7 @@ the model and loading data again.
 A deployed SuperNode runs every message in a fresh ClientApp process (Flower's default: isolation from the
 SuperNode, nothing kept). With `runtime.warm` the ClientApp connects to this worker over a Unix socket (only the
 SuperNode's user can reach it: the socket's folder is private, and the connection is authenticated with a key read
-from that folder) and the worker runs `client.fit`, keeping its model and data across rounds. The first ClientApp
+from that folder) and the worker runs `remote.fit`, keeping its model and data across rounds. The first ClientApp
 starts the worker; it exits when the SuperNode's process tree is gone or after `FEDMM_WORKER_IDLE` seconds without
 work (default 3600).
 """
@@ -58,7 +58,7 @@ def _connect(address: str, keyfile: Path):
 
 
 def call_worker(node_config: dict[str, Any], node_id: int, payload: bytes, request: dict[str, Any]) -> bytes:
-    """`client.fit` in this SuperNode's worker, started on first use; a worker error is raised here, with the
+    """`remote.fit` in this SuperNode's worker, started on first use; a worker error is raised here, with the
     worker's traceback, so that Flower reports it to the server as this client's failure."""
     address, keyfile, logfile = _paths(node_config, node_id)
     try:
@@ -94,7 +94,7 @@ def _watch(pid: int, idle: float, last: list[float]) -> None:
 
 
 def serve(address: str, keyfile: Path, watch_pid: int, idle: float) -> None:
-    from fedmm.runtime.flower.client import fit  # imported once: torch, the model and the data stay loaded
+    from fedmm.runtime.remote import fit  # imported once: torch, the model and the data stay loaded
 
     last = [time.monotonic()]
     threading.Thread(target=_watch, args=(watch_pid, idle, last), daemon=True).start()
