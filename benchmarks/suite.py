@@ -3,6 +3,7 @@ one process scales. Every figure is produced here, by the command that the repor
 
     python3 dev.py bench suite              # writes docs/BENCHMARKS.md and docs/benchmarks/suite.json
     python3 dev.py bench suite --quick      # one repeat, smaller runs (a smoke test of the suite itself)
+    python3 dev.py bench suite --only flower  # re-run sections (comma-separated), keep the others' saved figures
 
 Each run is its own `fedmm` process (wall time, start-up and peak memory are the process's). Runs that are compared
 alternate within one repeat, so that drifts in the host's speed hit both sides alike; figures are medians over the
@@ -14,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "suite"
 QUICK = "--quick" in sys.argv
+ONLY = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
 REPEATS = 1 if QUICK else 3
 
 # The overhead job: tiny fusion on synthetic data, a fixed number of samples, 5 rounds of 1 local epoch, against
@@ -184,26 +187,85 @@ def scale() -> list[dict]:
     return rows
 
 
+# One torch thread per client: the distributed runtimes' two clients train at once on the 2 cores (two 2-thread
+# processes on 2 cores slow each other down several-fold).
+FLOWER_JOB = [w for w in WORK if not w.startswith("threads=")] + ["threads=1", "num_clients=2", f"rounds={ROUNDS}",
+                                                                  "partition=iid"]
+
+
+def _round_overheads(records: list[dict], sequential: bool) -> list[float]:
+    """A round's time less client training (all of it when clients train one after the other, as in the embedded
+    runtime; the slowest client's when they train at once) and the server's evaluation: what the runtime adds."""
+    training = "client_seconds" if sequential else "client_seconds_max"
+    return [x["seconds"] - x[training] - x["eval_seconds"] for x in records]
+
+
+def flower() -> list[dict]:
+    """The overhead job (K=2, 5 rounds) on Flower: its simulation engine (`fedmm run runtime=flower`), and a real
+    SuperLink + 2 SuperNodes on 127.0.0.1 (TLS, SuperNode authentication) with fedmm's warm workers against Flower's
+    default (a fresh ClientApp process builds the model and loads the data for every message), side by side."""
+    import tempfile
+
+    from fedmm.runtime.flower.localnet import LocalDeployment
+
+    job = FLOWER_JOB
+    runs: dict[str, list[dict]] = {"runtime=local": [], "runtime=flower (simulation)": [],
+                                   "deployment, fedmm warm workers": [], "deployment, Flower default": []}
+    with tempfile.TemporaryDirectory(prefix="fedmm-bench-") as tmp, LocalDeployment(Path(tmp), 2) as net:
+        for rep in range(REPEATS):
+            runs["runtime=local"].append(fedmm("run", job, f"flower-local-{rep}"))
+            runs["runtime=flower (simulation)"].append(fedmm("run", [*job, "runtime=flower"], f"flower-sim-{rep}"))
+            for name, warm in (("deployment, fedmm warm workers", "true"), ("deployment, Flower default", "false")):
+                run_dir = OUT / f"flower-deploy-{warm}-{rep}"
+                shutil.rmtree(run_dir, ignore_errors=True)
+                t0 = time.perf_counter()
+                net.run([*job, f"runtime.warm={warm}", f"output_dir={run_dir}"])
+                records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                runs[name].append({"wall": time.perf_counter() - t0, "records": records})
+    return [{"runtime": name, "wall_s": median([r["wall"] for r in rs]),
+             "startup_s": median([r["wall"] - sum(x["seconds"] for x in r["records"]) for r in rs]),
+             "first_round_s": median([r["records"][0]["seconds"] for r in rs]),
+             "round_overhead_s": median([median(_round_overheads(r["records"][1:], name == "runtime=local"))
+                                         for r in rs]),
+             "training_s": median([median([x["client_seconds_max"] for x in r["records"]]) for r in rs]),
+             "accuracy": median([r["records"][-1]["eval_accuracy"] for r in rs])} for name, rs in runs.items()]
+
+
+SECTIONS = {"overhead": overhead, "communication": communication, "compression": compression_quality,
+            "feature_cache": feature_cache, "scale": scale, "quality": quality, "flower": flower}
+
+
 def table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
     head = "| " + " | ".join(c[1] for c in cols) + " |\n|" + "---|" * len(cols) + "\n"
     return head + "".join("| " + " | ".join(format(r[c[0]], c[2]) for c in cols) + " |\n" for r in rows)
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed suite still stops the servers it started
     OUT.mkdir(parents=True, exist_ok=True)
+    dest = ROOT / "docs" / "benchmarks"
+    unknown = sorted(set(ONLY or ()) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     t0 = time.perf_counter()
-    results = {"overhead": overhead(), "communication": communication(), "compression": compression_quality(),
-               "feature_cache": feature_cache(), "scale": scale(), "quality": quality()}
+    results = {name: fn() for name, fn in SECTIONS.items() if ONLY is None or name in ONLY}
     meta = {"command": "python3 dev.py bench suite" + (" --quick" if QUICK else ""), "date": date.today().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "repeats": REPEATS, "suite_seconds": time.perf_counter() - t0}
     if QUICK:
         print(json.dumps({**meta, **results}, indent=2))
         return 0
-    dest = ROOT / "docs" / "benchmarks"
     dest.mkdir(parents=True, exist_ok=True)
     jobs = {"work": WORK, "blip": BLIP + BLIP_SIZE, "cache": CACHE, "cache_models": CACHE_MODELS,
             "quality": QUALITY, "quality_jobs": QUALITY_JOBS}
+    if ONLY is not None:  # the other sections keep their saved figures; the re-run is recorded
+        saved = json.loads((dest / "suite.json").read_text())
+        reruns = saved.get("reruns", []) + [{"sections": ONLY, "date": meta["date"], "machine": meta["machine"],
+                                             "command": f"python3 dev.py bench suite --only {','.join(ONLY)}",
+                                             "seconds": meta["suite_seconds"]}]
+        meta = {k: saved[k] for k in meta}
+        results = {**{k: saved[k] for k in SECTIONS if k in saved}, **results}
+        meta["reruns"] = reruns
     (dest / "suite.json").write_text(json.dumps({**meta, **jobs, **results}, indent=2) + "\n")
     (ROOT / "docs" / "BENCHMARKS.md").write_text(report(meta, results))
     print((ROOT / "docs" / "BENCHMARKS.md").read_text())
@@ -238,12 +300,19 @@ def report(meta: dict, r: dict) -> str:
     qual = table(r["quality"], [("model", "model", "s"), ("metric", "metric", "s"),
                                 ("federated", "federated", ".3f"), ("centralized", "centralized", ".3f"),
                                 ("ratio", "ratio", ".3f")])
+    fl = table(r["flower"], [("runtime", "runtime", "s"), ("wall_s", "wall (s)", ".1f"),
+                             ("startup_s", "start-up (s)", ".1f"), ("first_round_s", "round 1 (s)", ".2f"),
+                             ("round_overhead_s", "overhead per later round (s)", ".2f"),
+                             ("training_s", "client training per round (s)", ".2f"),
+                             ("accuracy", "accuracy", ".3f")]) if "flower" in r else "(not yet measured)\n"
+    reruns = "".join(f"\nSection(s) {', '.join(x['sections'])} re-run on {x['date']} with `{x['command']}` "
+                     f"({x['seconds'] / 60:.1f} minutes, {x['machine']})." for x in meta.get("reruns", []))
     shapes = "; ".join(sorted({f"{x['model']}: {x['shapes']}" for x in r["communication"]}))
     return f"""# Benchmarks
 
 Produced by `{meta['command']}` on {meta['date']} ({meta['machine']}); the suite took
 {meta['suite_seconds'] / 60:.1f} minutes. Medians over {meta['repeats']} repeats where a row says so; compared runs
-alternate within each repeat. Raw figures: [benchmarks/suite.json](benchmarks/suite.json).
+alternate within each repeat. Raw figures: [benchmarks/suite.json](benchmarks/suite.json).{reruns}
 
 ## Runtime overhead: `runtime=local` against `fedmm centralized`
 
@@ -255,8 +324,8 @@ training and server evaluation (serialising, decoding and aggregating updates); 
 rounds (imports, data, model). Accuracy after 5 rounds / epochs: with more clients FedAvg needs more rounds.
 
 {over}
-Target: within 10% of centralized (ratio <= 1.10). Flower's simulation engine and NVFlare's simulator on the same
-work are not yet measured (their runtimes are issues 6 and 8).
+Target: within 10% of centralized (ratio <= 1.10). The same work on Flower is in the Flower section below; NVFlare's
+simulator is not yet measured (its runtime is issue 8).
 
 ## Communication per client per round
 
@@ -298,10 +367,28 @@ sample-epochs (`{' '.join(QUALITY)}` plus each job's settings in suite.json). Ra
 {qual}
 Target: at least 0.98 (the FedUMM paper reports 80.2 vs 82.4, 0.973).
 
+## Flower: simulation and a real deployment
+
+The overhead job with K=2 (`{' '.join(FLOWER_JOB)}`: one torch thread per client, as the clients of the
+distributed runtimes train at once), side by side in each repeat: the embedded runtime (its clients train one after
+the other); `runtime=flower` (Flower's simulation engine, Ray, in one command); and a real
+SuperLink with 2 SuperNodes on 127.0.0.1 with TLS and SuperNode authentication (`fedmm.runtime.flower.localnet`,
+the README's deployment commands), driven by `flwr run`, with fedmm's warm workers (`runtime.warm=true`, the
+default) and with Flower's default behaviour (`runtime.warm=false`: the same app, but each message's fresh ClientApp
+process imports torch, builds the model and loads the data). Overhead per round = a round's time less client
+training (the slowest client's where clients train at once) and the server's evaluation, median over rounds
+2-{ROUNDS}; start-up = wall time outside the
+rounds (for a deployment: from `flwr run` to its end, SuperLink and SuperNodes already running).
+
+{fl}
+A deployed round has a floor that no app can remove: a SuperNode that finds no message sleeps 3 s before asking
+again, and every message starts a new ClientApp process. fedmm pulls replies every 0.05 s instead of the 3 s of
+Flower's `send_and_receive`.
+
 ## Not yet measured
 
 - GPU throughput of full-size `blip_vqa` (no GPU machine was lent to this task).
-- Flower and NVFlare start-up and per-round overhead (issues 6 and 8).
+- NVFlare's start-up and per-round overhead (issue 8).
 """
 
 
