@@ -7,6 +7,8 @@
     fedmm prepare mmimdb SOURCE OUT ...   split MM-IMDb (any layout) into per-site folders (--help for options)
     fedmm flower app OUT [key=value ...]  a Flower App folder for a SuperLink/SuperNode deployment (`flwr run OUT`)
     fedmm flower certs OUT --host H ...   a CA, the SuperLink's TLS certificate and SuperNode keys for a test
+    fedmm export nvflare OUT [key=value ...] [--site NAME[=DATA_ROOT] ...]
+                                          an NVFlare job folder (`nvflare job submit -j OUT`)
     fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
 
 User errors print one line (`error: ...`) and exit 2; nothing already written is removed.
@@ -101,6 +103,14 @@ def main(argv: list[str] | None = None) -> int:
                                                               "(repeat for several)")
     q.add_argument("--supernodes", type=int, default=2, help="how many SuperNode key pairs to write")
     q.add_argument("--days", type=int, default=365, help="validity of the certificates")
+    p = sub.add_parser("export", help="a job for another federated platform")
+    p.add_argument("platform", choices=["nvflare"])
+    p.add_argument("out", help="an empty folder for the job")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, as for fedmm run; output_dir= is required "
+                                                "(where the run goes on the server's machine)")
+    p.add_argument("--site", action="append", default=[], metavar="NAME[=DATA_ROOT]",
+                   help="client i is the i-th site (its name in the provisioned project); DATA_ROOT is its data "
+                        "folder there (default: the config's task.root). Default: site-1..site-K")
     p = sub.add_parser("report")
     p.add_argument("run_dir")
     args = parser.parse_args(argv)
@@ -136,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for path in deploy.write_certificates(args.out, args.host, args.supernodes, args.days):
                     print(path)
+            return 0
+        if args.command == "export":
+            from fedmm.runtime.nvflare.job import export_job
+
+            out = export_job(args.out, args.overrides, args.site)
+            print(f"wrote the NVFlare job {out}; submit it with: nvflare job submit -j {out} --startup-kit <admin kit>")
             return 0
         if args.command == "report":
             from fedmm.report import write_report

@@ -280,7 +280,8 @@ def build_site(settings: Settings, cid: int) -> Site:
     clients = split_clients(settings, data)
     if not 0 <= cid < len(clients):
         raise FedmmError(f"partition-id {cid} is out of range: this experiment has {len(clients)} clients "
-                         f"(0..{len(clients) - 1}); fix the SuperNode's --node-config")
+                         f"(0..{len(clients) - 1}); fix the site's partition-id (Flower: the SuperNode's --node-config, "
+                         f"NVFlare: the job's --partition-id)")
     backend = _build_backend(settings, data)
     model = backend.build_model(seed=settings.seed).to(resolve_device(settings.device))
     travelling_keys(backend, model, strategy)
@@ -289,10 +290,13 @@ def build_site(settings: Settings, cid: int) -> Site:
 
 def run_federated(settings: Settings) -> dict[str, Any]:
     t0 = time.perf_counter()
-    exp = build_experiment(settings)
     runtime = RUNTIMES.get(settings.runtime.name).factory(settings.runtime)
-    final = runtime.run(exp)
-    _summary(exp.rundir, final, time.perf_counter() - t0)
+    if hasattr(runtime, "run_settings"):  # it builds the experiment where its server runs (another process)
+        rundir, final = runtime.run_settings(settings)
+    else:
+        exp = build_experiment(settings)
+        rundir, final = exp.rundir, runtime.run(exp)
+    _summary(rundir, final, time.perf_counter() - t0)
     return final
 
 

@@ -129,7 +129,9 @@ class Server:
             if len(updates) >= self.cfg.min_clients:
                 new_params = self.strategy.aggregate(rnd, global_params, updates)
         if len(got["ids"]) < self.cfg.min_clients:
-            raise FedmmError(f"round {rnd}: only {len(got['ids'])} of {len(ids)} clients replied, fewer than "
+            first = next(iter(failures.items()), None)
+            why = f" (client {first[0]}: {first[1]})" if first else ""
+            raise FedmmError(f"round {rnd}: only {len(got['ids'])} of {len(ids)} clients replied{why}, fewer than "
                              f"min_clients={self.cfg.min_clients}; completed rounds are kept, fix the clients and "
                              f"resume with resume=<run_dir>")
         t_eval = time.perf_counter()

@@ -8,8 +8,6 @@ SuperExec and ClientApp children included, and fedmm's warm worker, which watche
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +16,9 @@ from typing import Optional
 
 from fedmm.runtime.flower.deploy import write_app, write_certificates
 from fedmm.runtime.flower.env import OFFLINE
+from fedmm.runtime.processes import free_port, kill_session, marked, stop_marked
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalDeployment:
@@ -99,38 +92,21 @@ class LocalDeployment:
         return self.flwr("run", str(app), "local", "--stream", timeout=timeout)
 
     def kill_supernode(self, i: int) -> None:
-        _kill(self.supernodes.pop(i))
+        kill_session(self.supernodes.pop(i))
 
     def stop(self) -> None:
         for i in list(self.supernodes):
             self.kill_supernode(i)
         if self.superlink is not None:
-            _kill(self.superlink)
+            kill_session(self.superlink)
             self.superlink = None
         # What Flower detaches (SuperExec, ServerApp, ClientApp processes) and fedmm's warm workers exit when the
         # process they watch is gone, within seconds; anything still carrying this deployment's FLWR_HOME is killed.
-        deadline = time.monotonic() + 10.0
-        while (left := self.leftovers()) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in left:
-            _signal_group(pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_marked("FLWR_HOME", self.env["FLWR_HOME"])
 
     def leftovers(self) -> list[int]:
-        """Ids of live processes started for this deployment (Linux: they carry its FLWR_HOME)."""
-        mark = f"FLWR_HOME={self.env['FLWR_HOME']}".encode()
-        pids = []
-        for proc in Path("/proc").glob("[0-9]*"):
-            try:
-                if mark in (proc / "environ").read_bytes().split(b"\0") and int(proc.name) != os.getpid():
-                    if (proc / "stat").read_text().split(") ", 1)[1][0] != "Z":
-                        pids.append(int(proc.name))
-            except (OSError, IndexError):
-                continue
-        return pids
+        """Ids of live processes started for this deployment."""
+        return marked("FLWR_HOME", self.env["FLWR_HOME"])
 
     def __enter__(self) -> "LocalDeployment":
         return self.start()
@@ -138,15 +114,3 @@ class LocalDeployment:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-
-def _signal_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the process's whole session (it leads it: start_new_session), then reap it."""
-    _signal_group(proc.pid)
-    proc.wait(timeout=30)

@@ -1,0 +1,47 @@
+"""runtime=nvflare: the same experiment as an NVIDIA FLARE job.
+
+- `fedmm run runtime=nvflare ...` runs the job in NVFlare's simulator.
+- `fedmm export nvflare OUT [overrides] --site NAME[=DATA_ROOT] ...` writes the job folder for a provisioned system
+  (`nvflare job submit -j OUT`, or the admin console).
+
+The server side is `FedmmController`, an NVFlare ModelController that runs fedmm's server loop with fedmm's
+strategies unchanged; the client side is a Client API script running fedmm's client logic on the site's data. Only
+the travelling (trainable or adapter) tensors move, as fedmm's safetensors bytes. NVFlare is an optional dependency
+(`pip install fedmm[nvflare]`); nothing here imports it until an NVFlare job is built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fedmm.runtime import RUNTIMES
+
+if TYPE_CHECKING:
+    from fedmm.config import Settings
+    from fedmm.rundir import RunDir
+
+NVFLARE_VERSION = "2.9.0"
+
+
+@dataclass
+class NVFlareRuntimeConfig:
+    name: str = "nvflare"
+    round_timeout: int = 600  # seconds a round waits for its clients' results (0 = forever)
+    threads: int = 0  # simulator: clients running at once (0 = all)
+    workspace: str = ""  # simulator workspace ('' = <run_dir>/nvflare)
+    # NVFlare's polling, the fixed cost of a round (docs/BENCHMARKS.md): seconds between the server's checks of a
+    # round's results (NVFlare's default 0.5), and how long a site waits before asking for its next task (2)
+    task_check_period: float = 0.1
+    task_request_interval: float = 0.1
+
+
+@RUNTIMES.register("nvflare", NVFlareRuntimeConfig)
+class NVFlareRuntime:
+    def __init__(self, cfg: NVFlareRuntimeConfig):
+        self.cfg = cfg
+
+    def run_settings(self, settings: "Settings") -> tuple["RunDir", dict[str, Any]]:
+        """The experiment is built where NVFlare runs the server (the simulator's server process), not here."""
+        from fedmm.runtime.nvflare.job import run_simulator
+
+        return run_simulator(settings, self.cfg)

@@ -1,0 +1,80 @@
+"""The server side of an NVFlare job: fedmm's server loop inside a ModelController.
+
+NVFlare calls `run()` in the server's job process. It builds the experiment from the job's configuration (the
+run's config.yaml, as `fedmm run` would) and hands fedmm's server loop a `fit_clients` that sends the global
+parameters to the sampled sites with `send_model_and_wait`. Sites are the job's site names, client i being
+`sites[i]`; each site's round config travels in the task's meta.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.workflows.model_controller import ModelController
+
+from fedmm.fl.server import Reply
+
+ERROR_FILE = "error.txt"  # a run that stopped on a user error says why here (the job's own log has it too)
+
+
+class FedmmController(ModelController):
+    def __init__(self, config: str, sites: list[str], simulation: bool = False, round_timeout: int = 600,
+                 task_check_period: float = 0.1):
+        # resilient: a failed site is recorded by fedmm's server loop (min_clients decides), never a panic here;
+        # no NVFlare persistor: fedmm writes its own checkpoints into the run directory
+        super().__init__(persistor_id="", ignore_result_error=True, allow_empty_global_weights=True,
+                         task_check_period=task_check_period)
+        self.config = config
+        self.sites = list(sites)
+        self.simulation = bool(simulation)
+        self.round_timeout = int(round_timeout)
+        self.request: dict[str, Any] = {}
+
+    def run(self) -> None:
+        from fedmm.config.load import settings_from_yaml
+        from fedmm.errors import FedmmError
+        from fedmm.experiment import build_experiment
+        from fedmm.runtime.remote import request_for_clients
+
+        settings = settings_from_yaml(self.config)
+        try:
+            exp = build_experiment(settings)
+            if len(exp.clients) != len(self.sites):
+                raise FedmmError(f"the job names {len(self.sites)} sites but the experiment has {len(exp.clients)} "
+                                 f"clients; export it again with one --site per client")
+            self.request = request_for_clients(exp.rundir.path, settings.to_yaml(), "nvflare",
+                                               simulation=self.simulation)
+            final = exp.run_server(self.fit_clients)
+        except FedmmError as e:  # one line where the run's outputs go, then NVFlare ends the job
+            out = Path(settings.resume or settings.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / ERROR_FILE).write_text(f"{e}\n")
+            self.panic(f"error: {e}")
+            return
+        evals = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("eval_") and k != "eval_seconds")
+        self.info(f"fedmm: run finished: {exp.rundir.path.resolve()}: {evals}")
+
+    def fit_clients(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, dict[str, Any]]
+                    ) -> dict[int, Reply]:
+        targets = [self.sites[c] for c in ids]
+        request = {**self.request, "configs": {self.sites[c]: configs[c] for c in ids}}
+        task = FLModel(params={"global": np.frombuffer(payload, dtype=np.uint8)}, current_round=rnd,
+                       meta={"fedmm": json.dumps(request)})
+        results = self.send_model_and_wait(task_name="train", data=task, targets=targets,
+                                           timeout=self.round_timeout)
+        by_site = {r.meta.get("client_name"): r for r in results}
+        out: dict[int, Reply] = {}
+        for cid, site in zip(ids, targets):
+            result = by_site.get(site)
+            if result is None:
+                out[cid] = RuntimeError(f"site {site}: no result (its script failed or the round timed out after "
+                                        f"{self.round_timeout}s; the site's log has the details)")
+            elif result.meta.get("error"):
+                out[cid] = RuntimeError(f"site {site}: {result.meta['error']}")
+            else:
+                out[cid] = np.asarray(result.params["update"], dtype=np.uint8).tobytes()
+        return out
+

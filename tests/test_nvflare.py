@@ -1,0 +1,88 @@
+"""runtime=nvflare: NVFlare's simulator against the embedded runtime, and the exported job on a POC system (real
+server and site processes with mutual TLS on 127.0.0.1, stopped by their ids), a failing site included."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("nvflare")
+
+from fedmm.runtime.nvflare.poc import PocSystem  # noqa: E402
+
+from conftest import fedmm  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_globals(a, b):
+    x, y = load_file(a / "global.safetensors"), load_file(b / "global.safetensors")
+    assert x.keys() == y.keys()
+    for k in x:
+        torch.testing.assert_close(x[k], y[k], rtol=0, atol=1e-6, msg=k)
+
+
+def _tiny(tiny_args, clients):
+    return tiny_args + [f"num_clients={clients}", "threads=1", "progress=false"]
+
+
+def test_simulator_matches_local(tmp_path, tiny_args):
+    args = _tiny(tiny_args, 3) + ["rounds=2", "strategy=fedadam"]  # a server optimizer: fedmm's strategy runs
+    fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
+    out = fedmm("run", *args, "runtime=nvflare", f"output_dir={tmp_path / 'nvflare'}", timeout=400)
+    assert "done in" in out.stdout
+    _same_globals(tmp_path / "local", tmp_path / "nvflare")
+    for a, b in zip(_metrics(tmp_path / "local"), _metrics(tmp_path / "nvflare"), strict=True):
+        assert a["clients"] == b["clients"] and a["bytes_up"] == b["bytes_up"] and a["bytes_down"] == b["bytes_down"]
+    for name in ("config.yaml", "report.md", "checkpoints/round_0002/global.safetensors"):
+        assert (tmp_path / "nvflare" / name).exists(), name
+
+
+def test_export_rejects_bad_sites(tmp_path, tiny_args):
+    out = fedmm("export", "nvflare", str(tmp_path / "job"), *_tiny(tiny_args, 2), f"output_dir={tmp_path / 'run'}",
+                "--site", "a", check=False)
+    assert out.returncode == 2 and "error: 1 sites for 2 clients; give one --site per client" in out.stderr
+    out = fedmm("export", "nvflare", str(tmp_path / "job"), *_tiny(tiny_args, 1), f"output_dir={tmp_path / 'run'}",
+                "--site", "a=/data", check=False)
+    assert out.returncode == 2 and "reads no data folder" in out.stderr
+    assert not (tmp_path / "job").exists()
+
+
+def test_exported_job_on_a_poc_system(tmp_path, tiny_args):
+    args = _tiny(tiny_args, 2) + ["rounds=2"]
+    fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
+    run, failing = tmp_path / "poc-run", tmp_path / "poc-failing"
+    fedmm("export", "nvflare", str(tmp_path / "job"), *args, f"output_dir={run}", "--site", "hospital-a",
+          "--site", "hospital-b")
+    fedmm("export", "nvflare", str(tmp_path / "bad-job"), *args, "min_clients=2", f"output_dir={failing}",
+          "--site", "hospital-a", "--site", "hospital-b")
+    bad_site = tmp_path / "bad-job" / "app_hospital-b" / "config" / "config_fed_client.json"
+    bad_site.write_text(bad_site.read_text().replace("--partition-id=1", "--partition-id=7"))  # a misconfigured site
+
+    poc = PocSystem(tmp_path / "poc", ["hospital-a", "hospital-b"])
+    try:
+        poc.start()
+        pids = [int(p.read_text()) for p in poc.workspace.rglob("pid.fl")]
+        assert len(pids) == 3  # the server and the two sites
+        assert poc.wait(poc.submit(tmp_path / "job"), timeout=300) == "COMPLETED"
+        assert [r["round"] for r in _metrics(run)] == [1, 2]
+        assert all(r["clients"] == [0, 1] and "failures" not in r for r in _metrics(run))
+        _same_globals(tmp_path / "local", run)  # the embedded runtime's result, from real NVFlare processes
+        assert (run / "report.md").exists() and (run / "checkpoints" / "round_0002" / "global.safetensors").exists()
+
+        state = poc.wait(poc.submit(tmp_path / "bad-job"), timeout=300)  # ends, named and explained; no hang
+        assert state != "COMPLETED"
+        error = (failing / "error.txt").read_text()
+        assert "round 1: only 1 of 2 clients replied (client 1: RuntimeError: site hospital-b: FedmmError: " \
+               "partition-id 7 is out of range" in error, error
+    finally:
+        poc.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert poc.leftovers() == []
