@@ -280,8 +280,8 @@ def build_site(settings: Settings, cid: int) -> Site:
     clients = split_clients(settings, data)
     if not 0 <= cid < len(clients):
         raise FedmmError(f"partition-id {cid} is out of range: this experiment has {len(clients)} clients "
-                         f"(0..{len(clients) - 1}); fix the site's partition-id (Flower: the SuperNode's --node-config, "
-                         f"NVFlare: the job's --partition-id)")
+                         f"(0..{len(clients) - 1}); fix the site's partition-id (Flower: the SuperNode's "
+                         f"--node-config, NVFlare: the job's --partition-id)")
     backend = _build_backend(settings, data)
     model = backend.build_model(seed=settings.seed).to(resolve_device(settings.device))
     travelling_keys(backend, model, strategy)

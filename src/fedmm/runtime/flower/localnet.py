@@ -8,6 +8,7 @@ SuperExec and ClientApp children included, and fedmm's warm worker, which watche
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -109,7 +110,11 @@ class LocalDeployment:
         return marked("FLWR_HOME", self.env["FLWR_HOME"])
 
     def __enter__(self) -> "LocalDeployment":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # nothing half-started is left running
+            self.stop()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()

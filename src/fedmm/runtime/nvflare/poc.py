@@ -105,7 +105,7 @@ class PocSystem:
     def __enter__(self) -> "PocSystem":
         try:
             return self.start()
-        except BaseException:
+        except BaseException:  # nothing half-started is left running
             self.stop()
             raise
 
