@@ -3,7 +3,7 @@ one process scales. Every figure is produced here, by the command that the repor
 
     python3 dev.py bench suite              # writes docs/BENCHMARKS.md and docs/benchmarks/suite.json
     python3 dev.py bench suite --quick      # one repeat, smaller runs (a smoke test of the suite itself)
-    python3 dev.py bench suite --only flower  # re-run sections (comma-separated), keep the others' saved figures
+    python3 dev.py bench suite --only runtimes  # re-run sections (comma-separated), keep the others' saved figures
 
 Each run is its own `fedmm` process (wall time, start-up and peak memory are the process's). Runs that are compared
 alternate within one repeat, so that drifts in the host's speed hit both sides alike; figures are medians over the
@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 from datetime import date
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def scale() -> list[dict]:
 
 # One torch thread per client: the distributed runtimes' two clients train at once on the 2 cores (two 2-thread
 # processes on 2 cores slow each other down several-fold).
-FLOWER_JOB = [w for w in WORK if not w.startswith("threads=")] + ["threads=1", "num_clients=2", f"rounds={ROUNDS}",
+RUNTIME_JOB = [w for w in WORK if not w.startswith("threads=")] + ["threads=1", "num_clients=2", f"rounds={ROUNDS}",
                                                                   "partition=iid"]
 
 
@@ -200,29 +201,60 @@ def _round_overheads(records: list[dict], sequential: bool) -> list[float]:
     return [x["seconds"] - x[training] - x["eval_seconds"] for x in records]
 
 
-def flower() -> list[dict]:
-    """The overhead job (K=2, 5 rounds) on Flower: its simulation engine (`fedmm run runtime=flower`), and a real
-    SuperLink + 2 SuperNodes on 127.0.0.1 (TLS, SuperNode authentication) with fedmm's warm workers against Flower's
-    default (a fresh ClientApp process builds the model and loads the data for every message), side by side."""
+def _deployed_run(run: Callable[[Path], None], name: str) -> dict:
+    """A run on a running deployment: its wall time (from submission to its end) and records."""
+    run_dir = OUT / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    run(run_dir)
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"wall": time.perf_counter() - t0, "records": records}
+
+
+def runtimes() -> list[dict]:
+    """The overhead job with K=2 on every runtime, side by side in each repeat: the embedded one; Flower's simulation
+    engine and a real SuperLink + 2 SuperNodes on 127.0.0.1 (TLS, SuperNode authentication) with fedmm's warm
+    workers; NVFlare's simulator and the exported job on a POC system on 127.0.0.1 (mutual TLS). Two reference rows
+    run in the first repeat only (they are slow and only show what fedmm's defaults save): Flower's default
+    (`runtime.warm=false`: a fresh ClientApp process builds the model and loads the data for every message) and
+    NVFlare's default polling intervals."""
     import tempfile
 
     from fedmm.runtime.flower.localnet import LocalDeployment
+    from fedmm.runtime.nvflare.job import export_job
+    from fedmm.runtime.nvflare.poc import PocSystem
 
-    job = FLOWER_JOB
-    runs: dict[str, list[dict]] = {"runtime=local": [], "runtime=flower (simulation)": [],
-                                   "deployment, fedmm warm workers": [], "deployment, Flower default": []}
-    with tempfile.TemporaryDirectory(prefix="fedmm-bench-") as tmp, LocalDeployment(Path(tmp), 2) as net:
+    job = RUNTIME_JOB
+    nvflare_polling = ["runtime.task_check_period=0.5", "runtime.task_request_interval=2"]
+    runs: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="fedmm-bench-") as tmp, LocalDeployment(Path(tmp) / "flower", 2) as net, \
+            PocSystem(Path(tmp) / "nvflare", ["site-1", "site-2"]) as poc:
+        def flower(warm: str) -> Callable[[Path], None]:
+            return lambda run_dir: net.run([*job, f"runtime.warm={warm}", f"output_dir={run_dir}"])
+
+        def nvflare(rep: int) -> Callable[[Path], None]:
+            def submit(run_dir: Path) -> None:
+                export_job(Path(tmp) / f"job-{rep}", [*job, f"output_dir={run_dir}"], [])
+                if (state := poc.wait(poc.submit(Path(tmp) / f"job-{rep}"))) != "COMPLETED":
+                    raise SystemExit(f"the POC job ended {state}; see {poc.workspace}")
+            return submit
+
         for rep in range(REPEATS):
-            runs["runtime=local"].append(fedmm("run", job, f"flower-local-{rep}"))
-            runs["runtime=flower (simulation)"].append(fedmm("run", [*job, "runtime=flower"], f"flower-sim-{rep}"))
-            for name, warm in (("deployment, fedmm warm workers", "true"), ("deployment, Flower default", "false")):
-                run_dir = OUT / f"flower-deploy-{warm}-{rep}"
-                shutil.rmtree(run_dir, ignore_errors=True)
-                t0 = time.perf_counter()
-                net.run([*job, f"runtime.warm={warm}", f"output_dir={run_dir}"])
-                records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-                runs[name].append({"wall": time.perf_counter() - t0, "records": records})
-    return [{"runtime": name, "wall_s": median([r["wall"] for r in rs]),
+            batch = {
+                "runtime=local": lambda: fedmm("run", job, f"rt-local-{rep}"),
+                "Flower: simulation": lambda: fedmm("run", [*job, "runtime=flower"], f"rt-flower-sim-{rep}"),
+                "Flower: deployment, warm workers": lambda: _deployed_run(flower("true"), f"rt-flower-warm-{rep}"),
+                "NVFlare: simulator": lambda: fedmm("run", [*job, "runtime=nvflare"], f"rt-nvflare-sim-{rep}"),
+                "NVFlare: POC system, exported job": lambda: _deployed_run(nvflare(rep), f"rt-nvflare-poc-{rep}"),
+            }
+            if rep == 0:  # the reference rows
+                batch["Flower: deployment, Flower default"] = lambda: _deployed_run(flower("false"),
+                                                                                    "rt-flower-default")
+                batch["NVFlare: simulator, NVFlare's default polling"] = lambda: fedmm(
+                    "run", [*job, "runtime=nvflare", *nvflare_polling], "rt-nvflare-sim-default")
+            for name, measure in batch.items():
+                runs.setdefault(name, []).append(measure())
+    return [{"runtime": name, "runs": len(rs), "wall_s": median([r["wall"] for r in rs]),
              "startup_s": median([r["wall"] - sum(x["seconds"] for x in r["records"]) for r in rs]),
              "first_round_s": median([r["records"][0]["seconds"] for r in rs]),
              "round_overhead_s": median([median(_round_overheads(r["records"][1:], name == "runtime=local"))
@@ -232,7 +264,7 @@ def flower() -> list[dict]:
 
 
 SECTIONS = {"overhead": overhead, "communication": communication, "compression": compression_quality,
-            "feature_cache": feature_cache, "scale": scale, "quality": quality, "flower": flower}
+            "feature_cache": feature_cache, "scale": scale, "quality": quality, "runtimes": runtimes}
 
 
 def table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
@@ -300,11 +332,12 @@ def report(meta: dict, r: dict) -> str:
     qual = table(r["quality"], [("model", "model", "s"), ("metric", "metric", "s"),
                                 ("federated", "federated", ".3f"), ("centralized", "centralized", ".3f"),
                                 ("ratio", "ratio", ".3f")])
-    fl = table(r["flower"], [("runtime", "runtime", "s"), ("wall_s", "wall (s)", ".1f"),
-                             ("startup_s", "start-up (s)", ".1f"), ("first_round_s", "round 1 (s)", ".2f"),
-                             ("round_overhead_s", "overhead per later round (s)", ".2f"),
-                             ("training_s", "client training per round (s)", ".2f"),
-                             ("accuracy", "accuracy", ".3f")]) if "flower" in r else "(not yet measured)\n"
+    runtime_cols = [("runtime", "runtime", "s"), ("wall_s", "wall (s)", ".1f"),
+                    ("startup_s", "start-up (s)", ".1f"), ("first_round_s", "round 1 (s)", ".2f"),
+                    ("round_overhead_s", "overhead per later round (s)", ".2f"),
+                    ("training_s", "client training per round (s)", ".2f"), ("accuracy", "accuracy", ".3f")]
+    rt = table(r["runtimes"], runtime_cols[:1] + [("runs", "runs", "d")] + runtime_cols[1:]) \
+        if "runtimes" in r else "(not yet measured)\n"
     reruns = "".join(f"\nSection(s) {', '.join(x['sections'])} re-run on {x['date']} with `{x['command']}` "
                      f"({x['seconds'] / 60:.1f} minutes, {x['machine']})." for x in meta.get("reruns", []))
     shapes = "; ".join(sorted({f"{x['model']}: {x['shapes']}" for x in r["communication"]}))
@@ -324,8 +357,8 @@ training and server evaluation (serialising, decoding and aggregating updates); 
 rounds (imports, data, model). Accuracy after 5 rounds / epochs: with more clients FedAvg needs more rounds.
 
 {over}
-Target: within 10% of centralized (ratio <= 1.10). The same work on Flower is in the Flower section below; NVFlare's
-simulator is not yet measured (its runtime is issue 8).
+Target: within 10% of centralized (ratio <= 1.10). The same work on Flower and NVFlare is in
+[the runtimes section](#the-same-job-on-flower-and-nvflare) below.
 
 ## Communication per client per round
 
@@ -367,28 +400,37 @@ sample-epochs (`{' '.join(QUALITY)}` plus each job's settings in suite.json). Ra
 {qual}
 Target: at least 0.98 (the FedUMM paper reports 80.2 vs 82.4, 0.973).
 
-## Flower: simulation and a real deployment
+## The same job on Flower and NVFlare
 
-The overhead job with K=2 (`{' '.join(FLOWER_JOB)}`: one torch thread per client, as the clients of the
-distributed runtimes train at once), side by side in each repeat: the embedded runtime (its clients train one after
-the other); `runtime=flower` (Flower's simulation engine, Ray, in one command); and a real
-SuperLink with 2 SuperNodes on 127.0.0.1 with TLS and SuperNode authentication (`fedmm.runtime.flower.localnet`,
-the README's deployment commands), driven by `flwr run`, with fedmm's warm workers (`runtime.warm=true`, the
-default) and with Flower's default behaviour (`runtime.warm=false`: the same app, but each message's fresh ClientApp
-process imports torch, builds the model and loads the data). Overhead per round = a round's time less client
-training (the slowest client's where clients train at once) and the server's evaluation, median over rounds
-2-{ROUNDS}; start-up = wall time outside the
-rounds (for a deployment: from `flwr run` to its end, SuperLink and SuperNodes already running).
+The overhead job with K=2 (`{' '.join(RUNTIME_JOB)}`: one torch thread per client, as the clients of the
+distributed runtimes train at once), side by side in each repeat:
+- the embedded runtime (its clients train one after the other);
+- Flower 1.41: `runtime=flower` (its simulation engine, Ray, in one command), and a real SuperLink with 2 SuperNodes
+  on 127.0.0.1 with TLS and SuperNode authentication (`fedmm.runtime.flower.localnet`, the README's deployment
+  commands) driven by `flwr run`, with fedmm's warm workers (`runtime.warm=true`, the default);
+- NVFlare 2.9: `runtime=nvflare` (its simulator, in one command; the server and each site are processes), and the
+  job that `fedmm export nvflare` writes, submitted with `nvflare job submit` to a POC system on 127.0.0.1 (a server
+  and 2 sites with mutual TLS, `fedmm.runtime.nvflare.poc`);
+- two reference rows, run once: Flower's default behaviour (`runtime.warm=false`: the same app, but each message's
+  fresh ClientApp process imports torch, builds the model and loads the data), and NVFlare's default polling
+  intervals (`runtime.task_check_period=0.5 runtime.task_request_interval=2` instead of fedmm's 0.1 s each).
 
-{fl}
-A deployed round has a floor that no app can remove: a SuperNode that finds no message sleeps 3 s before asking
-again, and every message starts a new ClientApp process. fedmm pulls replies every 0.05 s instead of the 3 s of
-Flower's `send_and_receive`.
+Overhead per round = a round's time less client training (the slowest client's where clients train at once) and
+the server's evaluation, median over rounds 2-{ROUNDS}; start-up = wall time outside the rounds (for a deployment:
+from `flwr run` or `nvflare job submit` to the run's end, the servers and clients already running).
+
+{rt}
+- A deployed Flower round has a floor that no app can remove: a SuperNode that finds no message sleeps 3 s before
+  asking again, and every message starts a new ClientApp process. fedmm pulls replies every 0.05 s instead of the
+  3 s of Flower's `send_and_receive`.
+- An NVFlare site's client script stays in its receive loop for the whole job (the in-process Client API), so the
+  model and data are built once per site, in round 1. fedmm shortens NVFlare's polling in every job it builds (the
+  server's check for results, a site's wait before asking for its next task); what is left per round is mostly
+  the in-process Client API's result check every 0.5 s (a constant in NVFlare 2.9) and the task exchange.
 
 ## Not yet measured
 
 - GPU throughput of full-size `blip_vqa` (no GPU machine was lent to this task).
-- NVFlare's start-up and per-round overhead (issue 8).
 """
 
 

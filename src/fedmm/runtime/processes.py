@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from typing import Any
 
 
 def free_port() -> int:
@@ -57,3 +58,24 @@ def stop_marked(key: str, value: str, grace: float = 10.0) -> None:
         time.sleep(0.5)
     for pid in left:
         kill_group(pid)
+
+
+class LocalSystem:
+    """A local test system as a context manager: `start()` on entry, `stop()` on exit, and never a half-started
+    system left running when `start()` fails."""
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -17,12 +17,12 @@ from typing import Optional
 
 from fedmm.runtime.flower.deploy import write_app, write_certificates
 from fedmm.runtime.flower.env import OFFLINE
-from fedmm.runtime.processes import free_port, kill_session, marked, stop_marked
+from fedmm.runtime.processes import LocalSystem, free_port, kill_session, marked, stop_marked
 
 BIN = Path(sys.executable).parent
 
 
-class LocalDeployment:
+class LocalDeployment(LocalSystem):
     def __init__(self, root: Path, num_supernodes: int, extra_env: Optional[dict[str, str]] = None):
         self.root = Path(root)
         self.num_supernodes = num_supernodes
@@ -108,14 +108,4 @@ class LocalDeployment:
     def leftovers(self) -> list[int]:
         """Ids of live processes started for this deployment."""
         return marked("FLWR_HOME", self.env["FLWR_HOME"])
-
-    def __enter__(self) -> "LocalDeployment":
-        try:
-            return self.start()
-        except BaseException:  # nothing half-started is left running
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedmm.runtime.processes import free_port, marked, stop_marked
+from fedmm.runtime.processes import LocalSystem, free_port, marked, stop_marked
 
 BIN = Path(sys.executable).parent
 PROJECT = "fedmm_poc"
@@ -34,7 +34,7 @@ def allow_fedmm(site_dir: Path) -> None:
     path.write_text(json.dumps(resources, indent=2))
 
 
-class PocSystem:
+class PocSystem(LocalSystem):
     def __init__(self, root: Path, sites: list[str]):
         self.root = Path(root)
         self.sites = list(sites)
@@ -101,13 +101,3 @@ class PocSystem:
 
     def leftovers(self) -> list[int]:
         return marked("NVFLARE_POC_WORKSPACE", str(self.workspace))
-
-    def __enter__(self) -> "PocSystem":
-        try:
-            return self.start()
-        except BaseException:  # nothing half-started is left running
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
