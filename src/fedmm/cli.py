@@ -43,6 +43,7 @@ def _quiet_libraries() -> None:
 def _run(args: argparse.Namespace) -> int:
     from fedmm.config import expand_sweeps, load_settings
     from fedmm.experiment import run_centralized, run_federated
+    from fedmm.report import eval_summary
 
     job = run_federated if args.command == "run" else run_centralized
     if not args.multirun:
@@ -60,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
         results.append((combo, final))
     print("\nsweep results:")
     for i, (combo, final) in enumerate(results):
-        evals = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("eval_") and k != "eval_seconds")
+        evals = eval_summary(final)
         print(f"  {root / str(i)}: {' '.join(combo)} -> {evals}")
     return 0
 

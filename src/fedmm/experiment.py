@@ -28,7 +28,7 @@ from fedmm.fl.params import Params
 from fedmm.fl.sampling import num_sampled
 from fedmm.fl.server import FitClients, Server, ServerConfig, scheduled_lr
 from fedmm.fl.strategy import STRATEGIES, Strategy, StrategyContext
-from fedmm.report import write_report
+from fedmm.report import eval_summary, write_report
 from fedmm.fl.compression import check_kind
 from fedmm.rundir import RunDir
 from fedmm.runtime import RUNTIMES
@@ -301,7 +301,7 @@ def run_federated(settings: Settings) -> dict[str, Any]:
 
 
 def _summary(rundir: RunDir, final: dict[str, Any], seconds: float) -> None:
-    evals = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("eval_") and k != "eval_seconds")
+    evals = eval_summary(final)
     _out(f"done in {seconds:.1f}s: {evals}")
     _out(f"outputs: {rundir.path}/ (metrics.jsonl, global.safetensors, report.md, metrics.png)")
 

@@ -8,6 +8,16 @@ from fedmm.rundir import RunDir
 TABLE_KEYS = ("num_clients", "train_loss", "bytes_up", "bytes_down", "seconds")
 
 
+def is_eval_metric(key: str) -> bool:
+    """An evaluation figure of a metrics record (eval_seconds is a timing)."""
+    return key.startswith("eval_") and key != "eval_seconds"
+
+
+def eval_summary(metrics: dict) -> str:
+    """A run's final evaluation in one line: `eval_loss=0.1234, eval_accuracy=0.9876`."""
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if is_eval_metric(k))
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
@@ -20,7 +30,7 @@ def plot_metrics(records: list[dict], step: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evals = sorted({k for r in records for k in r if k.startswith("eval_") and k != "eval_seconds"})
+    evals = sorted({k for r in records for k in r if is_eval_metric(k)})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     xs = [r[step] for r in records]
     axes[0].plot(xs, [r.get("train_loss") for r in records], marker="o", label="train_loss")
@@ -46,7 +56,7 @@ def write_report(run_dir: str | Path, title: str = "fedmm run") -> Path:
     rd = RunDir(run_dir)
     records = rd.read_metrics()
     step = "epoch" if records and "epoch" in records[0] else "round"
-    evals = sorted({k for r in records for k in r if k.startswith("eval_") and k != "eval_seconds"})
+    evals = sorted({k for r in records for k in r if is_eval_metric(k)})
     cols = [step] + [k for k in TABLE_KEYS if any(k in r for r in records)] + evals
     lines = [f"# {title}", "", f"Run directory: `{rd.path}`", ""]
     if records:

@@ -28,6 +28,7 @@ def main(grid: Grid, context: Context) -> None:
     from fedmm.config import load_settings
     from fedmm.errors import FedmmError
     from fedmm.experiment import build_experiment
+    from fedmm.report import eval_summary
     from fedmm.runtime.flower.server import GridClients
     from fedmm.runtime.remote import request_for_clients
 
@@ -45,5 +46,5 @@ def main(grid: Grid, context: Context) -> None:
     except FedmmError as e:  # one line in the run's log (flwr log / --stream), then Flower marks the run failed
         print(f"error: {e}", flush=True)
         raise
-    evals = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("eval_") and k != "eval_seconds")
+    evals = eval_summary(final)
     print(f"fedmm: run finished: {exp.rundir.path.resolve()}: {evals}", flush=True)

@@ -37,6 +37,7 @@ class FedmmController(ModelController):
         from fedmm.config.load import settings_from_yaml
         from fedmm.errors import FedmmError
         from fedmm.experiment import build_experiment
+        from fedmm.report import eval_summary
         from fedmm.runtime.remote import request_for_clients
 
         settings = settings_from_yaml(self.config)
@@ -54,7 +55,7 @@ class FedmmController(ModelController):
             (out / ERROR_FILE).write_text(f"{e}\n")
             self.panic(f"error: {e}")
             return
-        evals = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("eval_") and k != "eval_seconds")
+        evals = eval_summary(final)
         self.info(f"fedmm: run finished: {exp.rundir.path.resolve()}: {evals}")
 
     def fit_clients(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, dict[str, Any]]
