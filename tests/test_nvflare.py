@@ -43,6 +43,18 @@ def test_simulator_matches_local(tmp_path, tiny_args):
         assert (tmp_path / "nvflare" / name).exists(), name
 
 
+def test_simulator_runs_janus_pro_in_the_one_environment(tmp_path):
+    """The seed needed a separate environment for Janus; here it is one more backend, and only its adapters move."""
+    run = tmp_path / "janus"
+    fedmm("run", "runtime=nvflare", "model=januspro_tiny", "task=easyvqa_gen", "num_clients=2", "rounds=1",
+          "max_train_samples=100", "max_eval_samples=20", "threads=1", "progress=false", "modality.text_only=[]",
+          "modality.image_only=[]", f"output_dir={run}", timeout=400)
+    params = load_file(run / "global.safetensors")
+    assert params and all(".lora_" in k and "language_model" in k for k in params)
+    adapter_bytes = sum(t.numel() * t.element_size() for t in params.values())
+    assert all(adapter_bytes <= r["bytes_up"] / r["num_clients"] < adapter_bytes + 4096 for r in _metrics(run))
+
+
 def test_export_rejects_bad_sites(tmp_path, tiny_args):
     out = fedmm("export", "nvflare", str(tmp_path / "job"), *_tiny(tiny_args, 2), f"output_dir={tmp_path / 'run'}",
                 "--site", "a", check=False)
