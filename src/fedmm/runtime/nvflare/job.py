@@ -124,9 +124,11 @@ def export_job(out: str | Path, overrides: list[str], sites: list[str]) -> Path:
         raise FedmmError("give output_dir=<folder on the server's machine> (where the run directory goes)")
     if any("=" in s for s in sites) and not hasattr(settings.task, "root"):
         raise FedmmError(f"task {settings.task.name} reads no data folder; give --site NAME without =DATA_ROOT")
-    if settings.task.name != "mmimdb" and sites and len(sites) != _num_clients(settings):
-        raise FedmmError(f"{len(sites)} sites for {_num_clients(settings)} clients; give one --site per client")
-    n = len(sites) or _num_clients(settings)
+    # MM-IMDb has a client per site folder: counting them reads the data, so a --site list is trusted here (the
+    # controller checks it when the job starts)
+    n = len(sites) if sites and settings.task.name == "mmimdb" else _num_clients(settings)
+    if sites and len(sites) != n:
+        raise FedmmError(f"{len(sites)} sites for {n} clients; give one --site per client")
     names = [s.partition("=")[0] for s in sites] or [f"site-{i + 1}" for i in range(n)]
     roots = [{"data-root": s.partition("=")[2]} for s in sites] or [{}] * n
     cfg = settings.runtime if settings.runtime.name == "nvflare" else NVFlareRuntimeConfig()  # resume= of another
