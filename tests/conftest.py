@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -25,3 +26,26 @@ def fedmm(*args: str, cwd: Path | None = None, check: bool = True, timeout: int 
 @pytest.fixture
 def tiny_args():
     return list(TINY)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_globals(a: Path, b: Path, atol: float = 1e-6) -> None:
+    """Two runs ended with the same global model (to atol)."""
+    import torch
+    from safetensors.torch import load_file
+
+    x, y = load_file(a / "global.safetensors"), load_file(b / "global.safetensors")
+    assert x.keys() == y.keys()
+    for k in x:
+        torch.testing.assert_close(x[k], y[k], rtol=0, atol=atol, msg=k)
+
+
+def assert_stopped(pids: list[int], system) -> None:
+    """Every process a local test system started is gone, the ones it detached included."""
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert system.leftovers() == []

@@ -1,15 +1,11 @@
 """runtime=flower: Flower's simulation engine, and a real SuperLink/SuperNode deployment on 127.0.0.1 with TLS and
 SuperNode authentication (every process stopped by its id, nothing left running)."""
-import json
-import os
 import stat
 import threading
 import time
 import tomllib
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from fedmm.errors import FedmmError
 
@@ -18,20 +14,9 @@ pytest.importorskip("flwr")
 from fedmm.runtime.flower.deploy import write_app, write_certificates  # noqa: E402
 from fedmm.runtime.flower.localnet import LocalDeployment  # noqa: E402
 
-from conftest import fedmm  # noqa: E402
+from conftest import assert_stopped, fedmm, metrics, same_globals  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def _same_globals(a, b):
-    x, y = load_file(a / "global.safetensors"), load_file(b / "global.safetensors")
-    assert x.keys() == y.keys()
-    for k in x:
-        torch.testing.assert_close(x[k], y[k], rtol=0, atol=1e-6, msg=k)
-
-
-def _metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _tiny(tiny_args, clients):
@@ -44,8 +29,8 @@ def test_simulation_matches_local(tmp_path, tiny_args):
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
     out = fedmm("run", *args, "runtime=flower", "runtime.cpus=2", f"output_dir={tmp_path / 'flower'}", timeout=300)
     assert "done in" in out.stdout
-    _same_globals(tmp_path / "local", tmp_path / "flower")
-    local, flower = _metrics(tmp_path / "local"), _metrics(tmp_path / "flower")
+    same_globals(tmp_path / "local", tmp_path / "flower")
+    local, flower = metrics(tmp_path / "local"), metrics(tmp_path / "flower")
     for a, b in zip(local, flower):
         assert a["clients"] == b["clients"] and a["bytes_up"] == b["bytes_up"] and a["bytes_down"] == b["bytes_down"]
         assert a["eval_accuracy"] == b["eval_accuracy"]
@@ -64,19 +49,16 @@ def test_deployment_with_tls_supernode_auth_and_resume(tmp_path, tiny_args):
         pids = [net.superlink.pid] + [p.pid for p in net.supernodes.values()]
         out = net.run(args + ["rounds=2", f"output_dir={run}"])
         assert "fedmm: run finished" in out.stdout, out.stdout[-3000:]
-        assert [r["round"] for r in _metrics(run)] == [1, 2]
-        assert all(r["clients"] == [0, 1] and "failures" not in r for r in _metrics(run))
+        assert [r["round"] for r in metrics(run)] == [1, 2]
+        assert all(r["clients"] == [0, 1] and "failures" not in r for r in metrics(run))
         assert (run / "global.safetensors").exists() and (run / "report.md").exists()
         out = net.run([f"resume={run}", "rounds=3"])  # a new Flower run continues the fedmm run
-        assert "resuming" in out.stdout and [r["round"] for r in _metrics(run)] == [1, 2, 3]
-        _same_globals(tmp_path / "local", run)  # the same result as the embedded runtime, over the network
+        assert "resuming" in out.stdout and [r["round"] for r in metrics(run)] == [1, 2, 3]
+        same_globals(tmp_path / "local", run)  # the same result as the embedded runtime, over the network
         assert len(list((tmp_path / "net" / "workers").glob("*.sock"))) == 2  # warm workers served the rounds
     finally:
         net.stop()
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-    assert net.leftovers() == []
+    assert_stopped(pids, net)
 
 
 def test_run_goes_on_when_a_supernode_dies(tmp_path, tiny_args):
@@ -93,7 +75,7 @@ def test_run_goes_on_when_a_supernode_dies(tmp_path, tiny_args):
         net.kill_supernode(2)
         job.join(timeout=400)
         assert not job.is_alive()
-    records = _metrics(run)
+    records = metrics(run)
     assert [r["round"] for r in records] == [1, 2, 3]
     assert records[0]["clients"] == [0, 1, 2]
     for r in records[1:]:

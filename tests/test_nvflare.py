@@ -1,30 +1,16 @@
 """runtime=nvflare: NVFlare's simulator against the embedded runtime, and the exported job on a POC system (real
 server and site processes with mutual TLS on 127.0.0.1, stopped by their ids), a failing site included."""
-import json
-import os
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 pytest.importorskip("nvflare")
 
 from fedmm.runtime.nvflare.poc import PocSystem  # noqa: E402
 
-from conftest import fedmm  # noqa: E402
+from conftest import assert_stopped, fedmm, metrics, same_globals  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def _metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _same_globals(a, b):
-    x, y = load_file(a / "global.safetensors"), load_file(b / "global.safetensors")
-    assert x.keys() == y.keys()
-    for k in x:
-        torch.testing.assert_close(x[k], y[k], rtol=0, atol=1e-6, msg=k)
 
 
 def _tiny(tiny_args, clients):
@@ -36,8 +22,8 @@ def test_simulator_matches_local(tmp_path, tiny_args):
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
     out = fedmm("run", *args, "runtime=nvflare", f"output_dir={tmp_path / 'nvflare'}", timeout=400)
     assert "done in" in out.stdout
-    _same_globals(tmp_path / "local", tmp_path / "nvflare")
-    for a, b in zip(_metrics(tmp_path / "local"), _metrics(tmp_path / "nvflare"), strict=True):
+    same_globals(tmp_path / "local", tmp_path / "nvflare")
+    for a, b in zip(metrics(tmp_path / "local"), metrics(tmp_path / "nvflare"), strict=True):
         assert a["clients"] == b["clients"] and a["bytes_up"] == b["bytes_up"] and a["bytes_down"] == b["bytes_down"]
     for name in ("config.yaml", "report.md", "checkpoints/round_0002/global.safetensors"):
         assert (tmp_path / "nvflare" / name).exists(), name
@@ -52,7 +38,7 @@ def test_simulator_runs_janus_pro_in_the_one_environment(tmp_path):
     params = load_file(run / "global.safetensors")
     assert params and all(".lora_" in k and "language_model" in k for k in params)
     adapter_bytes = sum(t.numel() * t.element_size() for t in params.values())
-    assert all(adapter_bytes <= r["bytes_up"] / r["num_clients"] < adapter_bytes + 4096 for r in _metrics(run))
+    assert all(adapter_bytes <= r["bytes_up"] / r["num_clients"] < adapter_bytes + 4096 for r in metrics(run))
 
 
 def test_export_rejects_bad_sites(tmp_path, tiny_args):
@@ -82,9 +68,9 @@ def test_exported_job_on_a_poc_system(tmp_path, tiny_args):
         pids = [int(p.read_text()) for p in poc.workspace.rglob("pid.fl")]
         assert len(pids) == 3  # the server and the two sites
         assert poc.wait(poc.submit(tmp_path / "job"), timeout=300) == "COMPLETED"
-        assert [r["round"] for r in _metrics(run)] == [1, 2]
-        assert all(r["clients"] == [0, 1] and "failures" not in r for r in _metrics(run))
-        _same_globals(tmp_path / "local", run)  # the embedded runtime's result, from real NVFlare processes
+        assert [r["round"] for r in metrics(run)] == [1, 2]
+        assert all(r["clients"] == [0, 1] and "failures" not in r for r in metrics(run))
+        same_globals(tmp_path / "local", run)  # the embedded runtime's result, from real NVFlare processes
         assert (run / "report.md").exists() and (run / "checkpoints" / "round_0002" / "global.safetensors").exists()
 
         state = poc.wait(poc.submit(tmp_path / "bad-job"), timeout=300)  # ends, named and explained; no hang
@@ -94,7 +80,4 @@ def test_exported_job_on_a_poc_system(tmp_path, tiny_args):
                "partition-id 7 is out of range" in error, error
     finally:
         poc.stop()
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-    assert poc.leftovers() == []
+    assert_stopped(pids, poc)
