@@ -31,7 +31,7 @@ COMMON = ["task=synthetic", "task.num_train=3000", "task.num_val=300", "task.num
 
 def main() -> int:
     from fedmm.config import load_settings
-    from fedmm.experiment import run_federated
+    from fedmm.api import run_federated
 
     out_root = ROOT / "benchmarks" / "results" / "strategies"
     rows = []

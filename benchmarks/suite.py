@@ -24,6 +24,8 @@ from typing import Callable
 from datetime import date
 from pathlib import Path
 
+from fedmm.rundir import RunDir  # the benchmarks read runs as fedmm writes them
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "suite"
 QUICK = "--quick" in sys.argv
@@ -74,7 +76,7 @@ def fedmm(command: str, args: list[str], name: str) -> dict:
     wall = time.perf_counter() - t0
     if status != 0:
         raise SystemExit(f"fedmm {command} {' '.join(args)} failed:\n{proc.stderr.read().decode()[-2000:]}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = RunDir(run_dir).read_metrics()  # fedmm.record defines the columns read below
     return {"wall": wall, "peak_mb": usage.ru_maxrss / 1024, "records": records}
 
 
@@ -209,7 +211,7 @@ def _deployed_run(run: Callable[[Path], None], name: str) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     run(run_dir)
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = RunDir(run_dir).read_metrics()
     return {"wall": time.perf_counter() - t0, "records": records}
 
 

@@ -1,14 +1,19 @@
 """What a client computes besides training: FedProx's proximal term, FedMAP's self-assessment, its modalities."""
+from dataclasses import replace
+
 import numpy as np
 
-from fedmm.backends.base import get_params
 from fedmm.backends.fusion import FusionBackend
-from fedmm.client.client import ClientTrainer, label_statistics, local_split
+from fedmm.client.client import ClientTrainer
 from fedmm.config import load_settings
 from fedmm.data.tasks import load_task
-from fedmm.experiment import travelling_keys
-from fedmm.fl.params import Update, params_to_bytes
+from fedmm.experiment.assemble import travelling_keys
+from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.strategy.fedmap import label_statistics, local_split
+from fedmm.fl.update import Update
+from fedmm.params import params_to_bytes
 from fedmm.fl.strategy import STRATEGIES
+from fedmm.modelops import get_params
 
 
 def _setup(*over):
@@ -18,7 +23,7 @@ def _setup(*over):
     return backend, backend.build_model(seed=0), data.train
 
 
-CONFIG = dict(lr=0.01, local_epochs=2, batch_size=16, weight_decay=0.0, seed=3, round=1)
+CONFIG = FitInstructions(round=1, seed=3, lr=0.01, local_epochs=2, batch_size=16, weight_decay=0.0)
 
 
 def test_local_split_is_fixed_and_disjoint_and_label_statistics_by_hand():
@@ -39,8 +44,9 @@ def test_client_reports_fedmap_statistics_and_its_real_modalities():
     backend, model, data = _setup()
     text_only = data.with_modalities(frozenset({"text"}))
     payload = params_to_bytes(get_params(model, backend.trainable_keys(model)))
-    cfg = dict(CONFIG, client_stats=True, val_fraction=0.25, score_metric="accuracy")
-    up = Update.from_bytes(ClientTrainer(backend, model, progress=False).fit_bytes(2, text_only, payload, cfg))
+    cfg = replace(CONFIG, strategy="fedmap", strategy_options={"val_fraction": 0.25, "score_metric": "accuracy"})
+    wire = cfg.to_json()  # as a remote runtime delivers them
+    up = Update.from_bytes(ClientTrainer(backend, model, progress=False).fit_bytes(2, text_only, payload, wire))
     assert up.modalities == frozenset({"text"})
     assert up.num_examples == 72  # the held-out quarter is not trained on
     for key in ("f1_before", "p_k", "c_k", "val_loss", "grad_norm", "diversity", "imbalance_ratio"):
@@ -57,7 +63,8 @@ def test_proximal_term_keeps_the_client_near_the_global_model():
         keys = backend.trainable_keys(model)
         start = get_params(model, keys)
         trainer = ClientTrainer(backend, model, progress=False)
-        up = trainer.fit(0, data, params_to_bytes(start), dict(CONFIG, prox_mu=mu))
+        up = trainer.fit(0, data, params_to_bytes(start),
+                         replace(CONFIG, strategy="fedprox", strategy_options={"prox_mu": mu}))
         drift[mu] = sum(float(np.sum((up.params[k] - start[k]) ** 2)) for k in keys if "running" not in k)
     assert drift[10.0] < 0.8 * drift[0.0]
 

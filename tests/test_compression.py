@@ -11,7 +11,8 @@ from fedmm import cli
 from fedmm.client.state import ClientState
 from fedmm.errors import FedmmError
 from fedmm.fl.compression import SCALE, apply_update, compress_update, decode, encode
-from fedmm.fl.params import Update, params_to_bytes
+from fedmm.fl.update import Update
+from fedmm.params import params_to_bytes
 from test_cli import kill_and_resume
 
 

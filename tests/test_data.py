@@ -5,8 +5,8 @@ from fedmm.backends.fusion import FusionBackend
 from fedmm.config import load_settings
 from fedmm.data.dataset import subsample
 from fedmm.data.tasks import load_task
-from fedmm.fl.server import scheduled_lr
-from fedmm.train.loop import evaluate, train_epochs
+from fedmm.schedule import scheduled_lr
+from fedmm.train.loop import train_epochs
 
 
 def test_synthetic_is_deterministic_and_real_arrays_and_strings():
@@ -27,9 +27,9 @@ def test_losing_a_modality_measurably_hurts():
     model = backend.build_model(seed=0)
     train_epochs(model, backend, data.train, epochs=6, batch_size=32, lr=3e-3, weight_decay=0.0, seed=0,
                  progress=False)
-    both = evaluate(model, backend, data.test, ("accuracy",))["accuracy"]
-    text_only = evaluate(model, backend, data.test.with_modalities({"text"}), ("accuracy",))["accuracy"]
-    image_only = evaluate(model, backend, data.test.with_modalities({"image"}), ("accuracy",))["accuracy"]
+    both = backend.evaluate(model, data.test, ("accuracy",))["accuracy"]
+    text_only = backend.evaluate(model, data.test.with_modalities({"text"}), ("accuracy",))["accuracy"]
+    image_only = backend.evaluate(model, data.test.with_modalities({"image"}), ("accuracy",))["accuracy"]
     assert both > 0.8
     assert text_only < both - 0.3 and image_only < both - 0.3
 

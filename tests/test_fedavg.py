@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedmm.fl.params import Update
+from fedmm.fl.update import Update
 from fedmm.fl.strategy.fedavg import FedAvg, FedAvgConfig, weighted_average
 
 

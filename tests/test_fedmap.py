@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fedmm.errors import FedmmError
-from fedmm.fl.params import Update
+from fedmm.fl.update import Update
 from fedmm.fl.strategy import StrategyContext
 from fedmm.fl.strategy.fedmap import (FEATURES, FedMAP, FedMAPConfig, candidate_mixes, client_features, gate, kl,
                                       softmax, teacher_features, zscore)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedmm.backends.base import get_params, set_params
+from fedmm.modelops import get_params, set_params
 from fedmm.backends.fusion import FusionBackend, FusionConfig, SafeBatchNorm1d
 from fedmm.config import load_settings
 from fedmm.data.tasks import load_task
@@ -98,7 +98,7 @@ def test_tiny_tokenizer_covers_plain_text_without_unknown_tokens():
 
 
 def test_batches_cover_every_example_and_never_end_with_a_single_one():
-    from fedmm.train.loop import batch_indices
+    from fedmm.modelops import batch_indices
 
     for n in (1, 2, 31, 32, 33, 65):
         batches = list(batch_indices(n, 32, np.random.default_rng(0)))

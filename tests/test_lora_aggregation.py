@@ -1,7 +1,7 @@
 """LoRA aggregation: naive averaging of A and B is not averaging B @ A; FFA-LoRA and the product re-factoring are."""
 import numpy as np
 
-from fedmm.fl.params import Update
+from fedmm.fl.update import Update
 from fedmm.fl.strategy.lora import LoraExact, LoraExactConfig, lora_pairs, product_average
 
 A, B = "enc.q.lora_A.default.weight", "enc.q.lora_B.default.weight"

@@ -63,7 +63,6 @@ def test_pos_weight_enters_the_loss_and_tuned_metrics_use_validation_thresholds(
     from fedmm.config import load_settings
     from fedmm.data.tasks import load_task
     from fedmm.experiment import server_metrics
-    from fedmm.train.loop import predict
 
     s = load_settings(["task=synthetic_multilabel", "model=fusion_tiny", "task.num_train=40", "task.num_val=30",
                        "task.num_test=30"])
@@ -78,8 +77,8 @@ def test_pos_weight_enters_the_loss_and_tuned_metrics_use_validation_thresholds(
     assert torch.isclose(loss, by_hand, atol=1e-5)
 
     out = server_metrics(model, backend, data, data.test, batch_size=16)
-    _, val_logits = predict(model, backend, data.val)
-    _, test_logits = predict(model, backend, data.test)
+    _, val_logits = backend.predict(model, data.val)
+    _, test_logits = backend.predict(model, data.test)
     t = M.tune_thresholds(M.sigmoid(val_logits), data.val.labels)
     expected = M.compute(data.metrics, test_logits, data.test.labels, thresholds=t)
     assert all(np.isclose(out[f"{k}_tuned"], v) for k, v in expected.items())

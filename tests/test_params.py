@@ -1,6 +1,8 @@
 import numpy as np
 
-from fedmm.fl.params import Update, load_params, params_from_bytes, params_to_bytes, save_params
+from fedmm.fl.update import Update
+
+from fedmm.params import load_params, params_from_bytes, params_to_bytes, save_params
 from fedmm.rundir import RunDir, flatten_state, unflatten_state
 
 

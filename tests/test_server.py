@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fedmm.errors import FedmmError
-from fedmm.fl.params import Update
+from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.update import Update
 from fedmm.fl.server import Server, ServerConfig
 from fedmm.fl.strategy import STRATEGIES
 from fedmm.fl.strategy.fedavg import FedAvg, FedAvgConfig, weighted_average
@@ -19,7 +20,8 @@ def reply(cid: int) -> bytes:
 
 def server(strategy, num_clients=4, min_clients=1) -> Server:
     cfg = ServerConfig(num_clients=num_clients, per_round=num_clients, min_clients=min_clients, rounds=1, seed=0)
-    return Server(strategy, cfg, evaluate=lambda p: {"accuracy": 0.5}, client_defaults={"lr": 0.1})
+    instructions = FitInstructions(round=0, seed=0, lr=0.1, local_epochs=1, batch_size=8, weight_decay=0.0)
+    return Server(strategy, cfg, evaluate=lambda p: {"accuracy": 0.5}, instructions=instructions)
 
 
 class Recording(FedAvg):

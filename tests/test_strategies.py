@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fedmm.fl.params import Update
+from fedmm.fl.update import Update
 from fedmm.fl.strategy import STRATEGIES, StrategyContext
 from fedmm.fl.strategy.fedavg import masked_weighted_average, weighted_average
 from fedmm.fl.strategy.fedopt import adaptive_step, momentum_step
@@ -120,5 +120,12 @@ def test_modality_avg_averages_each_key_over_its_senders_only():
 
 
 def test_fedprox_asks_clients_for_the_proximal_term():
-    cfgs = make("fedprox", mu=0.5).configure(1, [0, 3], {"lr": 0.1})
-    assert cfgs == {0: {"lr": 0.1, "prox_mu": 0.5}, 3: {"lr": 0.1, "prox_mu": 0.5}}
+    from fedmm.fl.instructions import FitInstructions
+
+    base = FitInstructions(round=1, seed=0, lr=0.1, local_epochs=1, batch_size=8, weight_decay=0.0,
+                           strategy="fedprox", strategy_options={"other": 1})
+    cfgs = make("fedprox", mu=0.5).configure(1, [0, 3], base)
+    assert set(cfgs) == {0, 3}
+    assert all(c.strategy_options == {"other": 1, "prox_mu": 0.5} and c.lr == 0.1 for c in cfgs.values())
+    assert base.strategy_options == {"other": 1}  # the run's template is not changed
+    assert FitInstructions.from_json(cfgs[0].to_json()) == cfgs[0]  # what a remote client reads back

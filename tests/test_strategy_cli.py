@@ -55,12 +55,11 @@ def test_strategy_config_errors_are_one_line(tmp_path, capsys):
 def test_fedmap_scores_candidates_on_the_validation_split_with_the_server_model(tmp_path):
     import numpy as np
 
-    from fedmm.backends.base import get_params
     from fedmm.config import load_settings
-    from fedmm.experiment import build_experiment
-    from fedmm.train.loop import evaluate
+    from fedmm.experiment import build_server
+    from fedmm.modelops import get_params
 
-    exp = build_experiment(load_settings([*TINY, "strategy=fedmap", f"output_dir={tmp_path}/run"]))
+    exp = build_server(load_settings([*TINY, "strategy=fedmap", f"output_dir={tmp_path}/run"]))
     ctx = exp.server.strategy.ctx
     assert ctx.metric == "accuracy" and ctx.run_dir == tmp_path / "run"
     exp.backend.build_model = None  # candidates are evaluated in the server's one model, never a new one
@@ -68,5 +67,5 @@ def test_fedmap_scores_candidates_on_the_validation_split_with_the_server_model(
     scored = ctx.evaluate_val(shifted)
     loaded = get_params(exp.model, list(shifted))
     assert all(np.array_equal(loaded[k], shifted[k]) for k in shifted)
-    assert scored == evaluate(exp.model, exp.backend, exp.data.val, exp.data.metrics)
-    assert scored != evaluate(exp.model, exp.backend, exp.data.test, exp.data.metrics)
+    assert scored == exp.backend.evaluate(exp.model, exp.data.val, exp.data.metrics)
+    assert scored != exp.backend.evaluate(exp.model, exp.data.test, exp.data.metrics)

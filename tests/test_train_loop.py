@@ -9,8 +9,9 @@ from torch import nn
 from fedmm.backends.base import Backend
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
-from fedmm.fl.server import scheduled_lr
-from fedmm.train.loop import resolve_device, train_epochs
+from fedmm.modelops import resolve_device
+from fedmm.schedule import scheduled_lr
+from fedmm.train.loop import train_epochs
 
 
 class TextLengthBackend(Backend):
@@ -62,8 +63,10 @@ def test_learning_rate_warm_up_then_schedule():
     cos = [scheduled_lr(1.0, r, 6, "cosine", warmup=2) for r in range(1, 7)]
     assert cos[:2] == [1 / 3, 2 / 3] and cos[2] == 1.0 and math.isclose(cos[-1], 0.1)  # decays over rounds 3..6
     assert scheduled_lr(1.0, 1, 4, "cosine") == 1.0  # no warm-up: the schedule starts at lr
-    with pytest.raises(FedmmError, match="lr_schedule"):
-        scheduled_lr(1.0, 1, 4, "linear")
+    from fedmm.config import load_settings
+
+    with pytest.raises(FedmmError, match="lr_schedule must be one of constant, cosine"):  # checked once, at load
+        load_settings(["task=synthetic", "model=fusion_tiny", "lr_schedule=linear"])
 
 
 def test_device_names():

@@ -16,34 +16,20 @@ User errors print one line (`error: ...`) and exit 2; nothing already written is
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
+from fedmm.console import quiet_libraries
 from fedmm.errors import FedmmError
 
 USAGE = __doc__.split("\n\n")[1]
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def _run(args: argparse.Namespace) -> int:
+    from fedmm.api import run_centralized, run_federated
     from fedmm.config import expand_sweeps, load_settings
-    from fedmm.experiment import run_centralized, run_federated
-    from fedmm.report import eval_summary
+    from fedmm.record import eval_summary
 
     job = run_federated if args.command == "run" else run_centralized
     if not args.multirun:
@@ -115,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report")
     p.add_argument("run_dir")
     args = parser.parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         if args.command in ("run", "centralized"):
             return _run(args)
@@ -126,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "info":
             from fedmm.config import load_settings
-            from fedmm.info import model_summary
+            from fedmm.experiment.info import model_summary
 
             print(model_summary(load_settings(args.overrides)))
             return 0

@@ -1,16 +1,22 @@
-"""Registries through which users add tasks, backends, strategies and runtimes.
+"""The four registries through which tasks, backends, strategies and runtimes are added, in one leaf module.
 
 An entry is a factory plus the dataclass that holds its options. Registering is one line:
 
-    @backends.register("my_model", MyModelConfig)
+    @BACKENDS.register("my_model", MyModelConfig)
     class MyModelBackend(Backend): ...
 
 after which `model=my_model` (and `model.<field>=...` overrides, validated against the dataclass) work from the CLI
 without any YAML file.
+
+Why a leaf: the configuration validates names against these registries, and must not import what they list (the
+runtimes import the assembly layer, which imports the configuration). So each registry names the modules of its
+built-in entries and imports them the first time someone asks it for a name; registering modules import only this
+one. A user's module registers when it is imported, exactly like a built-in one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
 from fedmm.errors import FedmmError
@@ -23,27 +29,54 @@ class Entry(Generic[T]):
     name: str
     factory: T
     config_cls: type
+    hooks: dict[str, Callable] = field(default_factory=dict)  # optional extras a kind defines (a task's site count)
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()):
         self.kind = kind
+        self._builtins = builtins  # modules that register the built-in entries, imported on first use
+        self._loaded = False
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, config_cls: type) -> Callable[[T], T]:
+    def register(self, name: str, config_cls: type, **hooks: Callable) -> Callable[[T], T]:
         def deco(factory: T) -> T:
-            self._entries[name] = Entry(name, factory, config_cls)
+            self._entries[name] = Entry(name, factory, config_cls, dict(hooks))
             return factory
 
         return deco
 
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self._builtins:
+                importlib.import_module(module)
+
     def get(self, name: str) -> Entry[T]:
+        self._load()
         if name not in self._entries:
             raise FedmmError(f"unknown {self.kind} '{name}'; choose one of: {', '.join(sorted(self._entries))}")
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: Any) -> bool:
+        self._load()
         return name in self._entries
+
+
+# factory(cfg, seed, centralized=False) -> TaskData; hook `site_count(cfg) -> int` for tasks with per-site folders
+TASKS: Registry[Callable] = Registry("task", ("fedmm.data.easyvqa", "fedmm.data.synthetic", "fedmm.data.mmimdb",
+                                              "fedmm.data.vqav2"))
+# factory(cfg, num_labels, multilabel) -> Backend
+BACKENDS: Registry[Callable] = Registry("model", ("fedmm.backends.fusion", "fedmm.backends.blip_vqa",
+                                                  "fedmm.backends.januspro", "fedmm.backends.hf_vlm"))
+# factory(cfg) -> Strategy
+STRATEGIES: Registry[Callable] = Registry("strategy", tuple(f"fedmm.fl.strategy.{m}" for m in (
+    "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmap", "lora", "median",
+    "modality_avg", "trimmed_mean")))
+# factory(cfg) -> Runtime (fedmm.runtime.base)
+RUNTIMES: Registry[Callable] = Registry("runtime", ("fedmm.runtime.local", "fedmm.runtime.flower",
+                                                    "fedmm.runtime.nvflare"))

@@ -1,21 +1,34 @@
-"""report.md and metrics.png from a run directory's metrics.jsonl (works on finished and interrupted runs)."""
+"""What a person reads of a run: the per-round table in the terminal while it runs, and report.md with metrics.png
+from its metrics.jsonl afterwards (finished and interrupted runs alike). Column names come from `fedmm.record`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from fedmm.console import say
+from fedmm.record import SUMMARY_COLUMNS, eval_metrics, step_key
 from fedmm.rundir import RunDir
 
-TABLE_KEYS = ("num_clients", "train_loss", "bytes_up", "bytes_down", "seconds")
 
+class RoundTable:
+    """The per-round (per-epoch) table printed in the terminal: `step` is `round` or `epoch`."""
 
-def is_eval_metric(key: str) -> bool:
-    """An evaluation figure of a metrics record (eval_seconds is a timing)."""
-    return key.startswith("eval_") and key != "eval_seconds"
+    def __init__(self, step: str, metric_names: tuple[str, ...]):
+        self.step = step
+        self.cols = ["train_loss", "eval_loss"] + [f"eval_{m}" for m in metric_names]
+        self.printed = False
 
-
-def eval_summary(metrics: dict) -> str:
-    """A run's final evaluation in one line: `eval_loss=0.1234, eval_accuracy=0.9876`."""
-    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if is_eval_metric(k))
+    def __call__(self, r: dict[str, Any]) -> None:
+        federated = self.step == "round"
+        if not self.printed:
+            head = f"{self.step:>6} " + (f"{'clients':>7} " if federated else "")
+            head += " ".join(f"{c:>{max(13, len(c))}}" for c in self.cols)
+            say(head + (f" {'MB up':>8} {'MB down':>8}" if federated else "") + f" {'sec':>6}")
+            self.printed = True
+        vals = " ".join(f"{r[c]:>{max(13, len(c))}.4f}" if c in r else f"{'':>{max(13, len(c))}}" for c in self.cols)
+        comm = f" {r['bytes_up'] / 1e6:>8.2f} {r['bytes_down'] / 1e6:>8.2f}" if federated else ""
+        clients = f"{r['clients_replied']:>7} " if federated else ""
+        say(f"{r[self.step]:>6} {clients}{vals}{comm} {r['seconds']:>6.1f}")
 
 
 def _fmt(v) -> str:
@@ -30,7 +43,7 @@ def plot_metrics(records: list[dict], step: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evals = sorted({k for r in records for k in r if is_eval_metric(k)})
+    evals = eval_metrics(records)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     xs = [r[step] for r in records]
     axes[0].plot(xs, [r.get("train_loss") for r in records], marker="o", label="train_loss")
@@ -55,9 +68,9 @@ def plot_metrics(records: list[dict], step: str, path: Path) -> None:
 def write_report(run_dir: str | Path, title: str = "fedmm run") -> Path:
     rd = RunDir(run_dir)
     records = rd.read_metrics()
-    step = "epoch" if records and "epoch" in records[0] else "round"
-    evals = sorted({k for r in records for k in r if is_eval_metric(k)})
-    cols = [step] + [k for k in TABLE_KEYS if any(k in r for r in records)] + evals
+    step = step_key(records)
+    evals = eval_metrics(records)
+    cols = [step] + [k for k in SUMMARY_COLUMNS if any(k in r for r in records)] + evals
     lines = [f"# {title}", "", f"Run directory: `{rd.path}`", ""]
     if records:
         last = records[-1]

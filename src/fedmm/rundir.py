@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from fedmm.fl.params import Params, atomic_write_bytes, load_params, params_from_bytes, params_to_bytes, save_params
+from fedmm.errors import FedmmError
+from fedmm.params import Params, atomic_write_bytes, load_params, params_from_bytes, params_to_bytes, save_params
 
 
 def flatten_state(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -120,3 +122,19 @@ class RunDir:
         state = json.loads((last / "state.json").read_text())
         arrays = params_from_bytes((last / "strategy.safetensors").read_bytes())
         return state["round"], load_params(last / "global.safetensors"), unflatten_state(arrays, state["strategy"])
+
+
+def open_run_dir(resume: Optional[str], output_dir: Optional[str], kind: str, config_yaml: str) -> RunDir:
+    """The run directory of a new run (`output_dir`, default runs/<timestamp>[-<kind>]) with its config.yaml
+    written, or the one `resume` continues. A folder that already holds a run is never reused by a new one."""
+    if resume:
+        return RunDir(resume)
+    if output_dir:
+        path = Path(output_dir).expanduser()
+    else:
+        path = Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S-%f") + ("" if kind == "run" else f"-{kind}"))
+    if (path / "metrics.jsonl").exists():
+        raise FedmmError(f"{path} already holds a run; choose another output_dir, or continue it with resume={path}")
+    rd = RunDir(path).create()
+    rd.write_text("config.yaml", config_yaml)
+    return rd

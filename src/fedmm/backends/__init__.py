@@ -1,6 +1,3 @@
-"""Model families. Each backend module registers itself in `BACKENDS`."""
+"""Model families. Each backend module registers itself in `BACKENDS` (fedmm.registry lists the built-in modules
+and imports them on first use)."""
 from fedmm.backends.base import BACKENDS, Backend  # noqa: F401
-from fedmm.backends import fusion as _fusion  # noqa: E402,F401
-from fedmm.backends import blip_vqa as _blip_vqa  # noqa: E402,F401
-from fedmm.backends import januspro as _januspro  # noqa: E402,F401
-from fedmm.backends import hf_vlm as _hf_vlm  # noqa: E402,F401

@@ -5,7 +5,6 @@ which modality each key belongs to (what modality-aware aggregation and clients 
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 import torch
@@ -13,9 +12,8 @@ from torch import nn
 
 from fedmm import metrics as M
 from fedmm.data.dataset import MultimodalDataset
-from fedmm.registry import Registry
-
-Params = dict[str, np.ndarray]
+from fedmm.modelops import autocast, batch_indices, to_device
+from fedmm.registry import BACKENDS  # noqa: F401  (re-exported: backends register here)
 
 
 class Backend:
@@ -58,10 +56,25 @@ class Backend:
     def evaluate(self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...],
                  batch_size: int = 256) -> dict[str, float]:
         """Loss and the named metrics over the whole of `data`."""
-        from fedmm.train.loop import predict
-
-        loss, logits = predict(model, self, data, batch_size)
+        loss, logits = self.predict(model, data, batch_size)
         return {"loss": loss, **M.compute(metric_names, logits, data.labels)}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, data: MultimodalDataset, batch_size: int = 256) -> tuple[float, np.ndarray]:
+        """(mean loss, logits [N, C]) over the whole of `data`, in evaluation mode."""
+        self.prepare(model, data)
+        was_training = model.training
+        model.eval()
+        logits, total = [], 0.0
+        device = next(model.parameters()).device
+        for idx in batch_indices(len(data), batch_size):
+            batch = to_device(self.collate(data, idx), device)
+            with autocast(device, self.precision):
+                loss, out = self.loss(model, batch)
+            total += loss.item() * len(idx)
+            logits.append(out.float().cpu().numpy())
+        model.train(was_training)
+        return total / max(len(data), 1), np.concatenate(logits) if logits else np.zeros((0, self.num_labels))
 
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**{k: v for k, v in batch.items() if k != "labels"})
@@ -95,22 +108,3 @@ class Backend:
     def client_keys(self, model: nn.Module, modalities: frozenset[str]) -> list[str]:
         """The trainable keys a client with these modalities trains and sends."""
         return [k for k in self.trainable_keys(model) if self.key_modality(k) in modalities | {"shared"}]
-
-
-def get_params(model: nn.Module, keys: list[str]) -> Params:
-    state = model.state_dict()
-    return {k: state[k].detach().cpu().numpy().copy() for k in keys}
-
-
-def set_params(model: nn.Module, params: Params) -> None:
-    """Copy `params` into the model in place (keys not given keep their values)."""
-    state = model.state_dict()
-    with torch.no_grad():
-        for k, v in params.items():
-            if k not in state:
-                raise KeyError(f"parameter {k} is not in the model")
-            state[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
-
-
-# factory(cfg, num_labels, multilabel) -> Backend
-BACKENDS: Registry[Callable[..., Backend]] = Registry("model")

@@ -28,6 +28,7 @@ from fedmm.backends.base import BACKENDS, Backend
 from fedmm.backends.loading import from_pretrained, image_stats, load_tokenizer
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
+from fedmm.modelops import inject_lora, normalized_pixels
 
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512)
@@ -227,24 +228,13 @@ class FusionBackend(Backend):
             for enc, frozen in ((text, cfg.freeze_text or cfg.lora_r > 0), (image, cfg.freeze_image)):
                 enc.requires_grad_(not frozen)
             if cfg.lora_r > 0:
-                text = self._add_lora(text)
+                text = inject_lora(text, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                                   "the text encoder", "BERT's are query, key, value, dense")
             model = FusionClassifier(text, image, cfg, self.num_labels)
         return model.train()
 
     def meta_model(self) -> FusionClassifier:
         return self.build_model(meta=True)
-
-    def _add_lora(self, text: nn.Module) -> nn.Module:
-        from peft import LoraConfig, inject_adapter_in_model
-
-        cfg = self.cfg
-        try:
-            return inject_adapter_in_model(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                      lora_dropout=cfg.lora_dropout,
-                                                      target_modules=list(cfg.lora_targets)), text)
-        except ValueError as e:
-            raise FedmmError(f"model.lora_targets {list(cfg.lora_targets)} do not match the text encoder's linear "
-                             f"layers ({str(e).splitlines()[0][:120]}); BERT's are query, key, value, dense") from None
 
     def key_modality(self, key: str) -> str:
         if key.startswith(("text_encoder.", "text_proj.")):
@@ -301,12 +291,8 @@ class FusionBackend(Backend):
         self._features[id(data)] = (weakref.ref(data), weights, text, ids, image)
 
     def _pixels(self, data: MultimodalDataset, image_ids: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.stack([data.images[j] for j in image_ids]))
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
-            x = nn.functional.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bilinear",
-                                          antialias=True, align_corners=False)
-        return (x - self._mean) / self._std
+        return normalized_pixels(np.stack([data.images[j] for j in image_ids]), self.cfg.image_size, self._mean,
+                                 self._std, mode="bilinear")
 
     def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
         labels = data.labels[idx]

@@ -20,6 +20,7 @@ from fedmm.backends.base import Backend
 from fedmm.backends.loading import from_pretrained, image_stats, load_tokenizer
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
+from fedmm.modelops import autocast, batch_indices, inject_lora, normalized_pixels, to_device
 
 
 @dataclass
@@ -86,17 +87,9 @@ class LoraVQABackend(Backend):
         return self.cfg.lora_targets
 
     def _add_lora(self, model: nn.Module) -> nn.Module:
-        from peft import LoraConfig, inject_adapter_in_model
-
         cfg = self.cfg
-        targets = self.lora_targets(model)
         model.requires_grad_(False)
-        try:
-            return inject_adapter_in_model(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                      lora_dropout=cfg.lora_dropout, target_modules=targets), model)
-        except ValueError as e:
-            raise FedmmError(f"model.lora_targets '{targets}' matches no linear layer of {cfg.name} "
-                             f"({str(e).splitlines()[0][:120]})") from None
+        return inject_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, self.lora_targets(model), cfg.name)
 
     def build_model(self, seed: int = 0) -> nn.Module:
         cls = self.model_class()
@@ -125,13 +118,9 @@ class LoraVQABackend(Backend):
         if data.texts is None or data.images is None:
             raise FedmmError(f"{self.cfg.name} needs both the image and the question; clients that miss a modality "
                              f"need a fusion model")
-        x = torch.from_numpy(np.stack([data.images[j] for j in data.image_ids[idx]])).permute(0, 3, 1, 2)
-        x = x.float().div_(255.0)
-        if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
-            x = nn.functional.interpolate(x, size=(self.cfg.image_size,) * 2, mode="bicubic", antialias=True,
-                                          align_corners=False)
         mean, std = self._pixel_stats
-        return (x - mean) / std
+        return normalized_pixels(np.stack([data.images[j] for j in data.image_ids[idx]]), self.cfg.image_size,
+                                 mean, std, mode="bicubic")
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], pos_weight: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -140,8 +129,6 @@ class LoraVQABackend(Backend):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...],
                  batch_size: int = 256) -> dict[str, float]:
-        from fedmm.train.loop import autocast, batch_indices, to_device
-
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from fedmm.fl.params import Params, load_params, save_params
+from fedmm.params import Params, load_params, save_params
 
 _NAME = re.compile(r"^residual-r(\d+)\.safetensors$")
 

@@ -20,14 +20,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedmm.backends import BACKENDS
-from fedmm.config.schema import PartitionConfig, Schema
-from fedmm.data.tasks import TASKS
+from fedmm.config.schema import PRECISIONS, PartitionConfig, Schema
 from fedmm.errors import FedmmError
-from fedmm.fl.server import LR_SCHEDULES
-from fedmm.train.loop import PRECISIONS
-from fedmm.fl.strategy import STRATEGIES
-from fedmm.runtime import RUNTIMES
+from fedmm.registry import BACKENDS, RUNTIMES, STRATEGIES, TASKS
+from fedmm.schedule import LR_SCHEDULES
 
 GROUPS = {"task": TASKS, "model": BACKENDS, "strategy": STRATEGIES, "runtime": RUNTIMES}
 PRESETS = Path(__file__).resolve().parent.parent / "presets"

@@ -7,6 +7,8 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # the `precision` values (autocast dtypes on a GPU)
+
 
 @dataclass
 class PartitionConfig:

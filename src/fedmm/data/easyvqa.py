@@ -15,7 +15,7 @@ import numpy as np
 
 from fedmm.data.dataset import MultimodalDataset, TaskData
 from fedmm.data.images import read_rgb
-from fedmm.data.tasks import TASKS
+from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedmm.data.dataset import MultimodalDataset, TaskData
-from fedmm.data.tasks import TASKS
+from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
 
 PALETTE = np.array([[220, 40, 40], [40, 180, 60], [50, 80, 220], [230, 200, 40], [170, 60, 200], [40, 200, 210],

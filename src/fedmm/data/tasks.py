@@ -1,23 +1,26 @@
-"""Tasks: where the samples come from, the label space, and which metrics the server reports."""
+"""Tasks: where the samples come from, the label space, and which metrics the server reports. Tasks register in
+`fedmm.registry.TASKS`; this module asks them for their data and whether they bring their own sites."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Optional
 
 from fedmm.data.dataset import TaskData
-from fedmm.registry import Registry
-
-# factory(config dataclass, seed, centralized=False) -> TaskData
-TASKS: Registry[Callable[..., TaskData]] = Registry("task")
+from fedmm.registry import TASKS
 
 
-def load_task(cfg, seed: int, centralized: bool = False) -> TaskData:
+def load_task(cfg: Any, seed: int, centralized: bool = False) -> TaskData:
     """`centralized` asks a task whose training data sits in per-site folders for the union of the sites, with
     every modality, in `train` (the centralized baseline) instead of per-site `clients`. Other tasks ignore it."""
     return TASKS.get(cfg.name).factory(cfg, seed, centralized=centralized)
 
 
-# Built-in tasks register themselves on import.
-from fedmm.data import easyvqa as _easyvqa  # noqa: E402,F401
-from fedmm.data import synthetic as _synthetic  # noqa: E402,F401
-from fedmm.data import mmimdb as _mmimdb  # noqa: E402,F401
-from fedmm.data import vqav2 as _vqav2  # noqa: E402,F401
+def has_sites(cfg: Any) -> bool:
+    """Whether the task's data comes in per-site folders (one client each) rather than being partitioned."""
+    return "site_count" in TASKS.get(cfg.name).hooks
+
+
+def site_count(cfg: Any) -> Optional[int]:
+    """How many per-site folders the task's data has, from the folders alone (no data read); None for a task
+    whose training split fedmm partitions."""
+    counter = TASKS.get(cfg.name).hooks.get("site_count")
+    return counter(cfg) if counter else None

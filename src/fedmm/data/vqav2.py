@@ -31,7 +31,7 @@ import numpy as np
 from fedmm.data.bad_samples import BadSamples
 from fedmm.data.dataset import MultimodalDataset, TaskData
 from fedmm.data.images import ImageFiles
-from fedmm.data.tasks import TASKS
+from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
 
 ANSWER_TYPES = ("yes/no", "number", "other")

@@ -20,7 +20,7 @@ import json
 import numpy as np
 
 from fedmm.errors import FedmmError
-from fedmm.fl.params import Params
+from fedmm.params import Params
 
 KINDS = ("none", "fp16", "bf16", "int8", "int8_block")
 SCALE = ".__scale__"  # suffix of the tensor holding a quantised tensor's scales

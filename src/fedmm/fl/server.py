@@ -1,33 +1,36 @@
 """The server's round loop, shared by every runtime.
 
-A runtime supplies one function, `fit_clients(round, client_ids, payload, configs) -> {client_id: bytes | error}`,
-that delivers the serialized global parameters to the sampled clients and returns their serialized updates. All
-the rest (sampling, configuring, aggregating, evaluating, checkpointing, byte accounting) happens here, so every
-runtime produces the same results for the same seed.
+A runtime supplies one function, `fit_clients(round, client_ids, payload, instructions) -> {client_id: bytes |
+error}`, that delivers the serialized global parameters and each client's `FitInstructions` to the sampled clients
+and returns their serialized updates. All the rest (sampling, instructing, aggregating, evaluating, checkpointing,
+byte accounting, the metrics record) happens here, so every runtime produces the same results for the same seed.
 """
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
 from fedmm.errors import FedmmError
 from fedmm.fl.compression import apply_update
-from fedmm.fl.params import Params, Update, params_to_bytes
+from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.sampling import sample_clients
 from fedmm.fl.strategy.base import Strategy
+from fedmm.fl.update import Update
+from fedmm.params import Params, params_to_bytes
+from fedmm.record import RoundRecord
 from fedmm.rundir import RunDir
+from fedmm.schedule import scheduled_lr
 
 log = logging.getLogger(__name__)
 
 Reply = Union[bytes, BaseException]
 # A runtime's fit_clients returns {client_id: reply}, or yields (client_id, reply) pairs as replies arrive. Yield in
 # the order of the ids given, so that every runtime aggregates in the same order (float sums depend on it).
-FitClients = Callable[[int, list[int], bytes, dict[int, dict[str, Any]]],
+FitClients = Callable[[int, list[int], bytes, dict[int, FitInstructions]],
                       Union[dict[int, Reply], Iterable[tuple[int, Reply]]]]
 
 
@@ -48,23 +51,6 @@ def _in_order(ids: list[int], replies: Union[dict[int, Reply], Iterable[tuple[in
             yield cid, TimeoutError("no reply")
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def scheduled_lr(lr: float, rnd: int, rounds: int, schedule: str, warmup: int = 0) -> float:
-    """The clients' learning rate in round `rnd` (1-based): after `warmup` rounds of linear warm-up (lr * rnd /
-    (warmup + 1), so no round trains at 0), constant, or cosine-decayed from lr to lr / 10 over the remaining rounds,
-    which steadies the last rounds of non-IID training."""
-    if schedule not in LR_SCHEDULES:
-        raise FedmmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got '{schedule}')")
-    if rnd <= warmup:
-        return lr * rnd / (warmup + 1)
-    rnd, rounds = rnd - warmup, rounds - warmup
-    if schedule == "constant" or rounds <= 1:
-        return lr
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (rnd - 1) / (rounds - 1))))
-
-
 @dataclass
 class ServerConfig:
     num_clients: int
@@ -79,20 +65,22 @@ class ServerConfig:
 
 
 class Server:
+    """The round loop. `instructions` is what every client is told before the schedule and the strategy adjust
+    it for a round (its `round` and `lr` are replaced each round)."""
+
     def __init__(self, strategy: Strategy, cfg: ServerConfig, evaluate: Callable[[Params], dict[str, float]],
-                 client_defaults: dict[str, Any]):
+                 instructions: FitInstructions):
         self.strategy = strategy
         self.cfg = cfg
         self.evaluate = evaluate
-        self.client_defaults = client_defaults
+        self.instructions = instructions
 
     def run_round(self, rnd: int, global_params: Params, fit_clients: FitClients) -> tuple[Params, dict[str, Any]]:
         t0 = time.perf_counter()
         ids = sample_clients(self.cfg.num_clients, self.cfg.per_round, self.cfg.seed, rnd)
-        lr = scheduled_lr(float(self.client_defaults["lr"]), rnd, self.cfg.rounds, self.cfg.lr_schedule,
+        lr = scheduled_lr(self.instructions.lr, rnd, self.cfg.rounds, self.cfg.lr_schedule,
                           self.cfg.lr_warmup_rounds)
-        configs = self.strategy.configure(rnd, ids, {**self.client_defaults, "lr": lr, "round": rnd,
-                                                     "seed": self.cfg.seed})
+        configs = self.strategy.configure(rnd, ids, replace(self.instructions, round=rnd, lr=lr))
         payload = params_to_bytes(global_params)
         got = {"ids": [], "examples": 0, "loss": 0.0, "seconds": 0.0, "max_seconds": 0.0, "bytes_up": 0,
                "all_in": False}
@@ -137,25 +125,14 @@ class Server:
         t_eval = time.perf_counter()
         evaluated = rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds
         metrics = self.evaluate(new_params) if evaluated else {}
-        record: dict[str, Any] = {
-            "round": rnd,
-            "num_clients": len(got["ids"]),
-            "clients": got["ids"],
-            "num_examples": got["examples"],
-            "lr": lr,
-            "train_loss": float(got["loss"] / got["examples"]),
-            "bytes_down": len(payload) * len(ids),
-            "bytes_up": got["bytes_up"],
-            "client_seconds": float(got["seconds"]),  # local training, summed over the clients
-            "client_seconds_max": float(got["max_seconds"]),  # the slowest client's (what parallel clients wait for)
-            "eval_seconds": time.perf_counter() - t_eval,
-            **{f"eval_{k}": v for k, v in metrics.items()},
-            **{f"strategy_{k}": v for k, v in self.strategy.round_metrics.items()},
-        }
-        if failures:
-            record["failures"] = failures
-        record["seconds"] = time.perf_counter() - t0
-        return new_params, record
+        record = RoundRecord(
+            round=rnd, clients_sampled=len(ids), clients_replied=len(got["ids"]), clients=got["ids"],
+            num_examples=got["examples"], lr=lr, train_loss=float(got["loss"] / got["examples"]),
+            bytes_down=len(payload) * len(ids), bytes_up=got["bytes_up"], client_seconds=float(got["seconds"]),
+            client_seconds_max=float(got["max_seconds"]), eval_seconds=time.perf_counter() - t_eval,
+            eval=metrics, strategy=dict(self.strategy.round_metrics), failures=failures,
+            seconds=time.perf_counter() - t0)
+        return new_params, record.to_json()
 
     def run(self, rundir: RunDir, global_params: Params, start_round: int, fit_clients: FitClients,
             on_round: Optional[Callable[[dict[str, Any]], None]] = None) -> Params:

@@ -6,12 +6,10 @@ one the distributed runtimes use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Iterator
 
-from fedmm.runtime import RUNTIMES
-
-if TYPE_CHECKING:
-    from fedmm.experiment import Experiment
+from fedmm.registry import RUNTIMES
+from fedmm.runtime.base import Runtime, RunResult, serve
 
 
 @dataclass
@@ -20,23 +18,23 @@ class LocalRuntimeConfig:
 
 
 @RUNTIMES.register("local", LocalRuntimeConfig)
-class LocalRuntime:
-    def __init__(self, cfg: LocalRuntimeConfig):
-        self.cfg = cfg
+class LocalRuntime(Runtime):
+    def run(self, settings) -> RunResult:
+        return serve(settings, connect=in_process_clients)
 
-    def run(self, exp: "Experiment") -> dict[str, Any]:
-        from tqdm.auto import tqdm
 
-        from fedmm.client.client import ClientTrainer
+def in_process_clients(fed):
+    """`fit_clients` that trains the sampled clients one after the other in this process, each reply handed on
+    before the next client trains."""
+    from tqdm.auto import tqdm
 
-        trainer = ClientTrainer(exp.backend, exp.model, progress=exp.progress,
-                                state_dir=exp.rundir.path / "client_state")
+    from fedmm.client.client import ClientTrainer
 
-        def fit_clients(rnd: int, ids: list[int], payload: bytes, configs: dict[int, dict]
-                        ) -> Iterator[tuple[int, bytes]]:
-            """One client after the other, each reply handed on before the next client trains."""
-            for cid in tqdm(ids, desc=f"round {rnd}/{exp.settings.rounds}", leave=False, unit="client",
-                            disable=not exp.progress or None):
-                yield cid, trainer.fit_bytes(cid, exp.clients[cid], payload, configs[cid], exp.client_val[cid])
+    trainer = ClientTrainer(fed.backend, fed.model, progress=fed.progress, state_dir=fed.rundir.path / "client_state")
 
-        return exp.run_server(fit_clients)
+    def fit_clients(rnd: int, ids: list[int], payload: bytes, instructions: dict) -> Iterator[tuple[int, bytes]]:
+        for cid in tqdm(ids, desc=f"round {rnd}/{fed.settings.rounds}", leave=False, unit="client",
+                        disable=not fed.progress or None):
+            yield cid, trainer.fit_bytes(cid, fed.clients[cid], payload, instructions[cid], fed.client_val[cid])
+
+    return fit_clients

@@ -11,7 +11,10 @@ Its site settings (a Flower node config, an NVFlare site's script arguments) are
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedmm.experiment.server import Federation
 
 _SITE: dict[str, Any] = {}  # the one client this process serves: {"key": ..., "site": Site, "trainer": ClientTrainer}
 
@@ -33,11 +36,11 @@ def state_dir(site_config: dict[str, Any], request: dict[str, Any]) -> Path:
 
 
 def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) -> bytes:
-    """One round of local training for this site's client (`request["config"]` is its round config); the model and
-    data of the last call are reused while the experiment is the same."""
+    """One round of local training for this site's client (`request["config"]` is its `FitInstructions` as JSON);
+    the model and data of the last call are reused while the experiment is the same."""
     from fedmm.client.client import ClientTrainer
     from fedmm.config.load import settings_from_yaml
-    from fedmm.experiment import build_site
+    from fedmm.experiment.site import build_site
 
     cid = partition_id(site_config)
     key = (request["settings"], cid, str(site_config.get("data-root", "")), str(state_dir(site_config, request)))
@@ -57,8 +60,10 @@ def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) ->
     return _SITE["trainer"].fit_bytes(cid, site.train, payload, request["config"], site.val)
 
 
-def request_for_clients(run_dir: Path, settings_yaml: str, runtime: str, simulation: bool, **extra: Any
-                        ) -> dict[str, Any]:
-    """What every round's message carries besides the parameters and the client's round config."""
-    return {"settings": settings_yaml, "run": run_dir.name, "state_dir": str(run_dir.resolve() / "client_state"),
-            "runtime": runtime, "simulation": simulation, **extra}
+def request_for_clients(fed: "Federation", runtime: str, simulation: bool, **extra: Any) -> dict[str, Any]:
+    """What every round's message to a remote client carries besides the parameters and its instructions: the
+    run's config.yaml (from which the site builds its share of the experiment) and where client state lives."""
+    run_dir = fed.rundir.path
+    return {"settings": fed.settings.to_yaml(), "run": run_dir.name,
+            "state_dir": str(run_dir.resolve() / "client_state"), "runtime": runtime, "simulation": simulation,
+            **extra}

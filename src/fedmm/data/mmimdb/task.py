@@ -18,7 +18,7 @@ from fedmm.data.dataset import MODALITIES, MultimodalDataset, TaskData, concat
 from fedmm.data.mmimdb.layout import SeedLayout, find_layout, poster_folder, read_labels, read_modalities, \
     resolve_labels
 from fedmm.data.mmimdb.records import read_csv, to_dataset
-from fedmm.data.tasks import TASKS
+from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
 
 METRICS = ("micro_f1", "macro_f1", "weighted_f1", "samples_f1")
@@ -70,7 +70,12 @@ def _server_split(layout: SeedLayout, name: str, labels: tuple[str, ...], cfg: M
     return to_dataset(rows, labels, frozenset(MODALITIES), cfg.image_size, bad, labels_file) if rows else None
 
 
-@TASKS.register("mmimdb", MMIMDbConfig)
+def count_sites(cfg: MMIMDbConfig) -> int:
+    """The number of `client_<i>` folders: one client each."""
+    return len(find_layout(cfg.root).clients)
+
+
+@TASKS.register("mmimdb", MMIMDbConfig, site_count=count_sites)
 def load_mmimdb(cfg: MMIMDbConfig, seed: int, centralized: bool = False) -> TaskData:
     if cfg.image_size < 8:
         raise FedmmError(f"task.image_size must be at least 8 (got {cfg.image_size})")

@@ -1,5 +1,3 @@
-"""Server strategies, one per module; each registers itself in `STRATEGIES`."""
-from fedmm.fl.strategy.base import STRATEGIES, Strategy, StrategyContext  # noqa: F401
-from fedmm.fl.strategy import (  # noqa: E402,F401
-    fedadagrad, fedadam, fedavg, fedavgm, fedmap, fedprox, fedyogi, lora, median, modality_avg, trimmed_mean,
-)
+"""Server strategies, one per module; each registers itself in `STRATEGIES` (fedmm.registry lists the built-in
+modules and imports them on first use)."""
+from fedmm.fl.strategy.base import STRATEGIES, ClientHook, LocalRound, Strategy, StrategyContext  # noqa: F401

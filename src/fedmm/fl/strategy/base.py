@@ -1,12 +1,25 @@
-"""The Strategy interface shared by every runtime."""
+"""The Strategy interface shared by every runtime, and `ClientHook`, the client side a strategy may bring along.
+
+A strategy is one module: the server side (`configure`, `aggregate`, `state_dict`) and, when it needs the clients to
+do more than train (FedProx's proximal term, FedMAP's self-scoring), a `ClientHook` subclass set as its
+`client_hook`. The server loop hands the client a `FitInstructions` whose `strategy_options` the strategy filled in
+`configure`; the client builds the strategy's hook from them and calls it around local training.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from fedmm.fl.params import Params, Update
-from fedmm.registry import Registry
+from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.update import Update
+from fedmm.params import Params
+from fedmm.registry import STRATEGIES  # noqa: F401  (re-exported: strategies register here)
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedmm.data.dataset import MultimodalDataset
 
 
 @dataclass
@@ -24,6 +37,41 @@ class StrategyContext:
     seed: int = 0
 
 
+@dataclass
+class LocalRound:
+    """One client's round as its strategy's hook sees it. The hook may replace `train` and `val` before training
+    and adds what the client should report to `metrics`."""
+
+    cid: int
+    model: "torch.nn.Module"
+    train: "MultimodalDataset"
+    val: "Optional[MultimodalDataset]"  # the site's own validation rows, when it has some
+    instructions: FitInstructions
+    score: Callable[["MultimodalDataset", str], dict[str, float]]  # the model's loss and one metric on a data set
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class ClientHook:
+    """A strategy's client-side work in one round, built from its `strategy_options`. The default does nothing.
+
+    `before_training` runs after the global parameters are loaded; `on_step(params)` before every optimizer step
+    with the trained parameters (their gradients set, unscaled; parameters without a gradient, such as a missing
+    modality's encoder, have `grad` None); `after_training` before the update is taken from the model.
+    """
+
+    def __init__(self, options: dict[str, Any]):
+        self.options = options
+
+    def before_training(self, run: LocalRound) -> None:
+        pass
+
+    def on_step(self, params: list["torch.nn.Parameter"]) -> None:
+        pass
+
+    def after_training(self, run: LocalRound) -> None:
+        pass
+
+
 class Strategy:
     """Decides what each sampled client is asked to do and how their updates become the next global parameters.
 
@@ -39,6 +87,7 @@ class Strategy:
     """
 
     streaming = False
+    client_hook: type[ClientHook] = ClientHook  # the client side (see ClientHook)
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -53,9 +102,16 @@ class Strategy:
         their shared initial values (FFA-LoRA's A matrices): the experiment then freezes them everywhere."""
         return True
 
-    def configure(self, rnd: int, client_ids: list[int], defaults: dict[str, Any]) -> dict[int, dict[str, Any]]:
-        """Per-client training config for this round (by default the run's lr, local_epochs, ...)."""
-        return {cid: dict(defaults) for cid in client_ids}
+    def configure(self, rnd: int, client_ids: list[int], base: FitInstructions) -> dict[int, FitInstructions]:
+        """Each sampled client's instructions for this round: by default `base` (the run's lr after the schedule,
+        local_epochs, ...); a strategy that asks more of its clients sets `strategy_options` (see `ask`)."""
+        return {cid: base for cid in client_ids}
+
+    @staticmethod
+    def ask(client_ids: list[int], base: FitInstructions, **options: Any) -> dict[int, FitInstructions]:
+        """`base` with `options` (JSON values) for this strategy's ClientHook, for every client."""
+        asked = replace(base, strategy_options={**base.strategy_options, **options})
+        return {cid: asked for cid in client_ids}
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
         """The next global parameters. `updates` is a list, or, for a `streaming` strategy, an iterable."""
@@ -66,7 +122,3 @@ class Strategy:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
-
-
-# factory(cfg) -> Strategy
-STRATEGIES: Registry[Callable[..., Strategy]] = Registry("strategy")

@@ -6,7 +6,9 @@ from typing import Iterable
 
 import numpy as np
 
-from fedmm.fl.params import Params, Update
+from fedmm.fl.update import Update
+
+from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 
 

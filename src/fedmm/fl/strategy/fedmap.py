@@ -1,8 +1,8 @@
 """FedMAP's learned modality-aware aggregation (seed 000's `ModalityAwareAggregation`), with its config keys.
 
 Per round:
-1. Every client reports, besides its weights, what it measured on a held-out slice of its own data (see
-   fedmm.client.client): score before (`f1_before`) and after (`p_k`) local training, the gain `c_k`, validation
+1. Every client reports, besides its weights, what it measured on its own validation rows or, when it has none, a
+   held-out slice of its own data (`SelfScoring`, the client side, below): score before (`f1_before`) and after (`p_k`) local training, the gain `c_k`, validation
    loss, mean gradient norm, label diversity and imbalance, its example count and its real modalities.
 2. `client_features` builds the 10-column row per client; `zscore` standardises each column across the round's
    clients and clips at `z_clip`. A small MLP (the student) scores each row; a softmax over clients gives weights.
@@ -36,9 +36,12 @@ import torch
 from torch import nn
 
 from fedmm.errors import FedmmError
-from fedmm.fl.params import Params, Update, atomic_write_bytes, params_from_bytes, params_to_bytes, bytes_metadata
-from fedmm.fl.strategy.base import STRATEGIES, Strategy, StrategyContext
+from fedmm.data.dataset import MultimodalDataset
+from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.strategy.base import STRATEGIES, ClientHook, LocalRound, Strategy, StrategyContext
 from fedmm.fl.strategy.fedavg import masked_weighted_average
+from fedmm.fl.update import Update
+from fedmm.params import Params, atomic_write_bytes, bytes_metadata, params_from_bytes, params_to_bytes
 
 FEATURES = ("c_k", "p_k", "m_img", "m_txt", "n_k", "diversity", "modality_div", "val_loss", "grad_norm",
             "imbalance_ratio")
@@ -152,11 +155,65 @@ class AggregatorMLP(nn.Module):
         return self.fc2(torch.relu(self.fc1(x))).view(-1)
 
 
+def local_split(data: MultimodalDataset, fraction: float, seed: int, cid: int
+                ) -> tuple[MultimodalDataset, MultimodalDataset | None]:
+    """(train, val): a fixed `fraction` of the client's examples held out for its own scoring, the same in every
+    round. Clients too small to spare two examples keep everything for training and report no scores."""
+    n_val = int(round(fraction * len(data)))
+    if n_val < 1 or len(data) - n_val < 2:
+        return data, None
+    order = np.random.default_rng([seed, cid, 11]).permutation(len(data))
+    return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
+
+
+def label_statistics(data: MultimodalDataset) -> dict[str, float]:
+    """diversity: entropy of the label distribution over log(number of labels), 1 = uniform;
+    imbalance_ratio: the most frequent label's share, from 1 / labels (balanced) to 1 (a single label)."""
+    counts = data.label_counts().astype(np.float64)
+    if counts.sum() <= 0 or len(counts) < 2:
+        return {"diversity": 0.0, "imbalance_ratio": 1.0}
+    p = counts / counts.sum()
+    nz = p[p > 0]
+    return {"diversity": float(-(nz * np.log(nz)).sum() / np.log(len(p))), "imbalance_ratio": float(p.max())}
+
+
+# -- the client side --------------------------------------------------------------------------------------------
+
+class SelfScoring(ClientHook):
+    """What a FedMAP client measures besides training: its score on its own validation rows (or, without any, a
+    held-out `val_fraction` of its data, not trained on) before and after training, the mean gradient norm over
+    its optimizer steps, and its label statistics."""
+
+    def before_training(self, run: LocalRound) -> None:
+        self.metric = str(self.options["score_metric"])
+        self.steps, self.norm_sum = 0, 0.0
+        if run.val is None:
+            run.train, run.val = local_split(run.train, float(self.options["val_fraction"]),
+                                             run.instructions.seed, run.cid)
+        if run.val is not None:
+            run.metrics["f1_before"] = run.score(run.val, self.metric)[self.metric]
+
+    def on_step(self, params: list[torch.nn.Parameter]) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            self.norm_sum += torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+        self.steps += 1
+
+    def after_training(self, run: LocalRound) -> None:
+        run.metrics["grad_norm"] = self.norm_sum / max(self.steps, 1)
+        run.metrics.update(label_statistics(run.train))
+        if run.val is not None:
+            after = run.score(run.val, self.metric)
+            run.metrics.update(p_k=after[self.metric], c_k=after[self.metric] - run.metrics["f1_before"],
+                               val_loss=after["loss"])
+
+
 # -- the strategy -----------------------------------------------------------------------------------------------
 
 @STRATEGIES.register("fedmap", FedMAPConfig)
 class FedMAP(Strategy):
     cfg: FedMAPConfig
+    client_hook = SelfScoring
 
     def __init__(self, cfg: FedMAPConfig):
         if cfg.input_dim != len(FEATURES):
@@ -189,9 +246,8 @@ class FedMAP(Strategy):
         if self.path is not None and self.path.exists():
             self._load_file(self.path)
 
-    def configure(self, rnd: int, client_ids: list[int], defaults: dict[str, Any]) -> dict[int, dict[str, Any]]:
-        extra = {"client_stats": True, "val_fraction": self.cfg.client_val_fraction, "score_metric": self.ctx.metric}
-        return {cid: {**defaults, **extra} for cid in client_ids}
+    def configure(self, rnd: int, client_ids: list[int], base: FitInstructions) -> dict[int, FitInstructions]:
+        return self.ask(client_ids, base, val_fraction=self.cfg.client_val_fraction, score_metric=self.ctx.metric)
 
     def _score(self, global_params: Params, updates: list[Update], weights: np.ndarray) -> tuple[Params, float]:
         params = masked_weighted_average(global_params, [(u.params, float(w)) for u, w in zip(updates, weights)])

@@ -13,7 +13,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from fedmm.fl.params import Params, Update
+from fedmm.fl.update import Update
+
+from fedmm.params import Params
 from fedmm.fl.strategy.base import Strategy
 from fedmm.fl.strategy.fedavg import weighted_average
 

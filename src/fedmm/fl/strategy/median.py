@@ -10,7 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from fedmm.fl.params import Params, Update
+from fedmm.fl.update import Update
+
+from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from fedmm.fl.params import Params, Update
+from fedmm.fl.update import Update
+
+from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 from fedmm.fl.strategy.fedavg import masked_weighted_average
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedmm.errors import FedmmError
-from fedmm.fl.params import Params, Update
+from fedmm.fl.update import Update
+from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 from fedmm.fl.strategy.median import coordinatewise
 

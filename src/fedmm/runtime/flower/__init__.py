@@ -10,12 +10,9 @@ dependency (`pip install fedmm[flower]`); nothing here imports it until a Flower
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from fedmm.runtime import RUNTIMES
-
-if TYPE_CHECKING:
-    from fedmm.experiment import Experiment
+from fedmm.registry import RUNTIMES
+from fedmm.runtime.base import Runtime, RunResult
 
 
 @dataclass
@@ -29,11 +26,8 @@ class FlowerRuntimeConfig:
 
 
 @RUNTIMES.register("flower", FlowerRuntimeConfig)
-class FlowerRuntime:
-    def __init__(self, cfg: FlowerRuntimeConfig):
-        self.cfg = cfg
-
-    def run(self, exp: "Experiment") -> dict[str, Any]:
+class FlowerRuntime(Runtime):
+    def run(self, settings) -> RunResult:
         from fedmm.runtime.flower.simulation import run_simulation
 
-        return run_simulation(exp, self.cfg)
+        return run_simulation(settings, self.cfg)

@@ -24,27 +24,19 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    from fedmm.cli import _quiet_libraries
     from fedmm.config import load_settings
+    from fedmm.console import quiet_libraries, say
     from fedmm.errors import FedmmError
-    from fedmm.experiment import build_experiment
-    from fedmm.report import eval_summary
-    from fedmm.runtime.flower.server import GridClients
-    from fedmm.runtime.remote import request_for_clients
+    from fedmm.runtime.base import serve
+    from fedmm.runtime.flower.server import grid_clients
 
-    _quiet_libraries()
+    quiet_libraries()
     settings = load_settings(shlex.split(str(context.run_config.get("overrides", ""))) + ["progress=false"])
     if settings.runtime.name != "flower":
         raise ValueError(f"this app runs runtime=flower, but its overrides choose runtime={settings.runtime.name}")
     try:
-        exp = build_experiment(settings)
-        cfg = settings.runtime
-        request = request_for_clients(exp.rundir.path, settings.to_yaml(), "flower", simulation=False, warm=cfg.warm)
-        clients = GridClients(grid, len(exp.clients), exp.server.cfg.min_clients, request, cfg.round_timeout,
-                              cfg.connect_timeout)
-        final = exp.run_server(clients)
+        serve(settings, grid_clients(grid, settings.runtime, simulation=False, warm=settings.runtime.warm),
+              announce=say)
     except FedmmError as e:  # one line in the run's log (flwr log / --stream), then Flower marks the run failed
         print(f"error: {e}", flush=True)
         raise
-    evals = eval_summary(final)
-    print(f"fedmm: run finished: {exp.rundir.path.resolve()}: {evals}", flush=True)

@@ -14,6 +14,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedmm.errors import FedmmError
+from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.server import Reply
 from fedmm.runtime.flower.messages import partition_of, query_message, train_message, update_of
 
@@ -91,7 +92,7 @@ class GridClients:
         if missing:
             log.warning("no SuperNode for clients %s yet; they count as failed when sampled", missing)
 
-    def __call__(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, dict[str, Any]]
+    def __call__(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, "FitInstructions"]
                  ) -> dict[int, Reply]:
         late = [n for n in self.grid.get_node_ids() if n not in self.asked]
         if late:
@@ -101,7 +102,8 @@ class GridClients:
         for cid in ids:
             if cid not in self.nodes:
                 out[cid] = ConnectionError(f"no SuperNode with partition-id={cid} is connected")
-        messages = [train_message(self.nodes[c], rnd, payload, {**self.request, "config": configs[c]}) for c in sent]
+        messages = [train_message(self.nodes[c], rnd, payload, {**self.request, "config": configs[c].to_json()})
+                    for c in sent]
         for cid, reply in zip(sent, self._exchange(messages, self.round_timeout)):
             if reply is None:
                 out[cid] = TimeoutError(f"no reply within runtime.round_timeout={self.round_timeout:g}s")
@@ -109,3 +111,14 @@ class GridClients:
                 out[cid] = reply_error(reply) or update_of(reply)
         return out
 
+
+def grid_clients(grid: Grid, cfg: Any, simulation: bool, warm: bool):
+    """`connect` for `fedmm.runtime.base.serve`: the federation's clients as SuperNodes of `grid`."""
+    from fedmm.runtime.remote import request_for_clients
+
+    def connect(fed) -> GridClients:
+        request = request_for_clients(fed, "flower", simulation=simulation, warm=warm)
+        return GridClients(grid, len(fed.clients), fed.server.cfg.min_clients, request, cfg.round_timeout,
+                           cfg.connect_timeout)
+
+    return connect

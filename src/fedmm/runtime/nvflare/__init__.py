@@ -12,13 +12,9 @@ the travelling (trainable or adapter) tensors move, as fedmm's safetensors bytes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from fedmm.runtime import RUNTIMES
-
-if TYPE_CHECKING:
-    from fedmm.config import Settings
-    from fedmm.rundir import RunDir
+from fedmm.registry import RUNTIMES
+from fedmm.runtime.base import Runtime, RunResult
 
 NVFLARE_VERSION = "2.9.0"
 
@@ -36,12 +32,9 @@ class NVFlareRuntimeConfig:
 
 
 @RUNTIMES.register("nvflare", NVFlareRuntimeConfig)
-class NVFlareRuntime:
-    def __init__(self, cfg: NVFlareRuntimeConfig):
-        self.cfg = cfg
-
-    def run_settings(self, settings: "Settings") -> tuple["RunDir", dict[str, Any]]:
-        """The experiment is built where NVFlare runs the server (the simulator's server process), not here."""
+class NVFlareRuntime(Runtime):
+    def run(self, settings) -> RunResult:
+        """The federation is built where NVFlare runs the server (the simulator's server process), not here."""
         from fedmm.runtime.nvflare.job import run_simulator
 
         return run_simulator(settings, self.cfg)

@@ -15,6 +15,7 @@ import numpy as np
 from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
+from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.server import Reply
 
 ERROR_FILE = "error.txt"  # a run that stopped on a user error says why here (the job's own log has it too)
@@ -36,32 +37,32 @@ class FedmmController(ModelController):
     def run(self) -> None:
         from fedmm.config.load import settings_from_yaml
         from fedmm.errors import FedmmError
-        from fedmm.experiment import build_experiment
-        from fedmm.report import eval_summary
-        from fedmm.runtime.remote import request_for_clients
+        from fedmm.runtime.base import serve
 
         settings = settings_from_yaml(self.config)
         try:
-            exp = build_experiment(settings)
-            if len(exp.clients) != len(self.sites):
-                raise FedmmError(f"the job names {len(self.sites)} sites but the experiment has {len(exp.clients)} "
-                                 f"clients; export it again with one --site per client")
-            self.request = request_for_clients(exp.rundir.path, settings.to_yaml(), "nvflare",
-                                               simulation=self.simulation)
-            final = exp.run_server(self.fit_clients)
+            serve(settings, self.connect, announce=self.info)
         except FedmmError as e:  # one line where the run's outputs go, then NVFlare ends the job
             out = Path(settings.resume or settings.output_dir)
             out.mkdir(parents=True, exist_ok=True)
             (out / ERROR_FILE).write_text(f"{e}\n")
             self.panic(f"error: {e}")
-            return
-        evals = eval_summary(final)
-        self.info(f"fedmm: run finished: {exp.rundir.path.resolve()}: {evals}")
 
-    def fit_clients(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, dict[str, Any]]
+    def connect(self, fed) -> "FedmmController":
+        """`connect` for `fedmm.runtime.base.serve`: the job's sites are the federation's clients, in order."""
+        from fedmm.errors import FedmmError
+        from fedmm.runtime.remote import request_for_clients
+
+        if len(fed.clients) != len(self.sites):
+            raise FedmmError(f"the job names {len(self.sites)} sites but the experiment has {len(fed.clients)} "
+                             f"clients; export it again with one --site per client")
+        self.request = request_for_clients(fed, "nvflare", simulation=self.simulation)
+        return self.fit_clients
+
+    def fit_clients(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, FitInstructions]
                     ) -> dict[int, Reply]:
         targets = [self.sites[c] for c in ids]
-        request = {**self.request, "configs": {self.sites[c]: configs[c] for c in ids}}
+        request = {**self.request, "configs": {self.sites[c]: configs[c].to_json() for c in ids}}
         task = FLModel(params={"global": np.frombuffer(payload, dtype=np.uint8)}, current_round=rnd,
                        meta={"fedmm": json.dumps(request)})
         results = self.send_model_and_wait(task_name="train", data=task, targets=targets,

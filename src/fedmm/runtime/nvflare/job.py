@@ -11,7 +11,7 @@ from fedmm.errors import FedmmError
 
 if TYPE_CHECKING:
     from fedmm.config import Settings
-    from fedmm.rundir import RunDir
+    from fedmm.runtime.base import RunResult
     from fedmm.runtime.nvflare import NVFlareRuntimeConfig
 
 CLIENT_SCRIPT = Path(__file__).resolve().parent / "client_script.py"
@@ -51,15 +51,6 @@ def build_job(settings_yaml: str, sites: list[str], site_configs: list[dict[str,
     return job
 
 
-def _num_clients(settings: "Settings") -> int:
-    """How many clients the experiment has, without loading its data when the run config says so."""
-    from fedmm.experiment import DEFAULT_CLIENTS, load_data
-
-    if settings.task.name == "mmimdb":  # one client per site folder
-        return len(load_data(settings).clients)
-    return settings.num_clients or DEFAULT_CLIENTS
-
-
 def _quiet_console(folder: str) -> Path:
     """NVFlare's default logging with warnings and errors only on the console, beside fedmm's round table; the
     workspace's log files keep everything. (A file outside the workspace: the simulator empties that first.)"""
@@ -75,16 +66,19 @@ def _quiet_console(folder: str) -> Path:
     return path
 
 
-def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> tuple["RunDir", dict[str, Any]]:
-    from fedmm.experiment import prepare_output
+def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> "RunResult":
+    from fedmm.experiment.assemble import count_clients
     from fedmm.fl.sampling import num_sampled
+    from fedmm.runtime.base import RunResult
     from fedmm.runtime.nvflare.controller import ERROR_FILE
+    from fedmm.rundir import open_run_dir
 
     require_nvflare()
-    n = _num_clients(settings)
+    n = count_clients(settings)
     if settings.threads == 0:  # the sites share this machine: a share of its cores each, not all of them each
         settings.cfg.threads = max(1, (os.cpu_count() or 1) // min(cfg.threads or n, n))
-    rundir = prepare_output(settings, "run")  # the controller continues it (config.yaml written, nothing else)
+    # the controller continues it (config.yaml written, nothing else)
+    rundir = open_run_dir(settings.resume, settings.output_dir, "run", settings.to_yaml())
     settings.cfg.output_dir = str(rundir.path.resolve())
     if settings.resume:
         settings.cfg.resume = str(rundir.path.resolve())
@@ -102,13 +96,15 @@ def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> tuple["R
     if not records or records[-1].get("round") != settings.rounds:
         raise FedmmError(f"the NVFlare job ended after {len(records)} of {settings.rounds} rounds; its log is "
                          f"{workspace}/server/simulate_job/log.txt (completed rounds are kept: resume={rundir.path})")
-    return rundir, records[-1]
+    return RunResult(rundir, records[-1])
 
 
 def export_job(out: str | Path, overrides: list[str], sites: list[str]) -> Path:
     """A job folder for `nvflare job submit`. `sites` are NAME or NAME=DATA_ROOT, client i being the i-th site
     (default site-1..site-K); DATA_ROOT is where that site keeps its data (its `--data-root`)."""
     from fedmm.config import load_settings
+    from fedmm.data.tasks import has_sites
+    from fedmm.experiment.assemble import count_clients
     from fedmm.runtime.nvflare import NVFlareRuntimeConfig
 
     out = Path(out)
@@ -124,9 +120,9 @@ def export_job(out: str | Path, overrides: list[str], sites: list[str]) -> Path:
         raise FedmmError("give output_dir=<folder on the server's machine> (where the run directory goes)")
     if any("=" in s for s in sites) and not hasattr(settings.task, "root"):
         raise FedmmError(f"task {settings.task.name} reads no data folder; give --site NAME without =DATA_ROOT")
-    # MM-IMDb has a client per site folder: counting them reads the data, so a --site list is trusted here (the
-    # controller checks it when the job starts)
-    n = len(sites) if sites and settings.task.name == "mmimdb" else _num_clients(settings)
+    # a task with per-site folders: they live at the sites, so a --site list is trusted here (the controller checks
+    # it when the job starts)
+    n = len(sites) if sites and has_sites(settings.task) else count_clients(settings)
     if sites and len(sites) != n:
         raise FedmmError(f"{len(sites)} sites for {n} clients; give one --site per client")
     names = [s.partition("=")[0] for s in sites] or [f"site-{i + 1}" for i in range(n)]

@@ -1,0 +1,147 @@
+"""The one assembly path: validated settings -> the data, clients, backend, model and travelling keys a role needs.
+
+Every role goes through `assemble`: the server (`build_server`), a remote site (`build_site`), the centralized
+baseline and `fedmm info`. So a site builds exactly the model and data share the embedded runtime gives that client,
+and both compute the same update for the same global parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, Optional
+
+import torch
+
+from fedmm.backends.base import Backend
+from fedmm.config import Settings
+from fedmm.data.dataset import MultimodalDataset, TaskData, subsample
+from fedmm.data.modality import assign_modalities, client_modalities
+from fedmm.data.partition import dirichlet_partition, iid_partition
+from fedmm.data.tasks import load_task, site_count
+from fedmm.errors import FedmmError
+from fedmm.fl.strategy.base import Strategy
+from fedmm.modelops import resolve_device
+from fedmm.registry import BACKENDS, STRATEGIES
+
+Role = Literal["server", "site", "centralized", "info"]
+DEFAULT_CLIENTS = 4
+
+
+def load_data(settings: Settings, centralized: bool = False) -> TaskData:
+    data = load_task(settings.task, settings.seed, centralized=centralized)
+    if data.tune_thresholds and not (data.train.multilabel and len(data.val)):
+        raise FedmmError("task.tune_thresholds needs a multilabel task with a server validation split "
+                         "(MM-IMDb: server_val.csv next to server_test.csv)")
+    if data.pos_weight and not data.train.multilabel:
+        raise FedmmError("task.pos_weight is for multilabel tasks (it weights each label's positive term)")
+    limit, seed = settings.max_train_samples, settings.seed
+    clients = data.clients
+    if clients is not None and limit:  # the same share of every site
+        total = sum(len(c) for c in clients)
+        clients = tuple(subsample(c, max(2, round(limit * len(c) / total)), seed + k) for k, c in enumerate(clients))
+    return replace(data, train=subsample(data.train, limit, seed), clients=clients,
+                   val=subsample(data.val, settings.max_eval_samples, seed + 1),
+                   test=subsample(data.test, settings.max_eval_samples, seed + 2))
+
+
+def count_clients(settings: Settings, sites: Optional[int] = None) -> int:
+    """The number of clients: one per site folder for a task that has them (`sites`, when already counted, else
+    counted from the folders), else `num_clients` (default 4). The one place this is worked out."""
+    sites = sites if sites is not None else site_count(settings.task)
+    if sites is None:
+        return settings.num_clients or DEFAULT_CLIENTS
+    if settings.num_clients not in (None, sites):
+        raise FedmmError(f"the task's data holds {sites} client folders but num_clients={settings.num_clients}; "
+                         f"set num_clients={sites} or null, or start from experiment=mmimdb, which takes the "
+                         f"clients and their modalities from the folders")
+    return sites
+
+
+def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]:
+    """The clients' training data: the task's own sites, or the training split partitioned over the clients. The
+    run's modality settings then take modalities away (on top of what a site lacks)."""
+    if data.clients is not None:
+        parts = list(data.clients)
+        n = count_clients(settings, sites=len(parts))
+    else:
+        n, train, p = count_clients(settings, sites=None), data.train, settings.partition
+        if p.name == "iid":
+            idx = iid_partition(len(train), n, settings.seed)
+        elif p.name == "dirichlet":
+            idx = dirichlet_partition(train.partition_labels(), n, p.alpha, settings.seed, min_size=p.min_size,
+                                      max_tries=p.max_tries)
+        else:
+            raise FedmmError(f"unknown partition '{p.name}'; choose iid or dirichlet")
+        parts = [train.subset(i) for i in idx]
+    mods = assign_modalities(n, client_modalities(settings.modality.text_only, settings.modality.image_only),
+                             settings.modality.missing_rate, settings.modality.drop, settings.seed)
+    empty = [k for k, (part, m) in enumerate(zip(parts, mods)) if not m & part.modalities]
+    if empty:
+        raise FedmmError(f"client {empty[0]} would have no modality left: its data has only "
+                         f"{'+'.join(sorted(parts[empty[0]].modalities))}, and the modality settings take that away")
+    return [part.with_modalities(m & part.modalities) for part, m in zip(parts, mods)]
+
+
+def client_val(data: TaskData, clients: list[MultimodalDataset]) -> list[Optional[MultimodalDataset]]:
+    """Each site's own validation rows, when the task has them, with the modalities the site trains on."""
+    return [v.with_modalities(c.modalities) if v is not None else None
+            for c, v in zip(clients, data.client_val or [None] * len(clients))]
+
+
+def build_backend(settings: Settings, data: TaskData, check_metrics: bool = True) -> Backend:
+    """The backend for the task's label space; with `check_metrics`, one that can report the task's metrics (`fedmm
+    info` only sizes the model, whichever task is configured)."""
+    backend = BACKENDS.get(settings.model.name).factory(settings.model, data.train.num_labels, data.train.multilabel)
+    backend.precision = settings.precision
+    unsupported = [m for m in data.metrics if m not in backend.metrics] if check_metrics else []
+    if unsupported:
+        other = ("a generative one such as model=blip_vqa_tiny" if "vqa_accuracy" in unsupported
+                 else "a classifier such as model=fusion_tiny")
+        raise FedmmError(f"model {settings.model.name} cannot report {', '.join(unsupported)}, which task "
+                         f"{settings.task.name} asks for; choose {other}")
+    return backend
+
+
+def build_strategy(settings: Settings) -> Strategy:
+    return STRATEGIES.get(settings.strategy.name).factory(settings.strategy)  # checks its config first
+
+
+def travelling_keys(backend: Backend, model: torch.nn.Module, strategy: Optional[Strategy]) -> list[str]:
+    """The trainable keys the strategy lets travel; parameters it keeps at their shared initial values (FFA-LoRA's
+    A matrices) are frozen here, so that no client trains them."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and strategy is not None and not strategy.travels(name):
+            p.requires_grad_(False)
+    return backend.trainable_keys(model)
+
+
+@dataclass
+class Parts:
+    """What `assemble` builds. `clients` and `client_val` are None for the centralized and info roles; `strategy`
+    is None for the centralized role; `model` is on the meta device for the info role."""
+
+    settings: Settings
+    data: TaskData
+    backend: Backend
+    model: torch.nn.Module
+    keys: list[str]  # the travelling (federated) or trained (centralized) state-dict keys
+    strategy: Optional[Strategy] = None
+    clients: Optional[list[MultimodalDataset]] = None
+    client_val: Optional[list[Optional[MultimodalDataset]]] = None
+
+
+def assemble(settings: Settings, role: Role) -> Parts:
+    """Data, clients, backend and model for `role`. The model is built from `seed` on the configured device (the
+    meta device for `info`, which needs shapes only); the strategy's frozen tensors are frozen."""
+    if settings.threads > 0 and role != "info":
+        torch.set_num_threads(settings.threads)
+    strategy = build_strategy(settings) if role in ("server", "site") else None
+    data = load_data(settings, centralized=role == "centralized")
+    clients = split_clients(settings, data) if role in ("server", "site") else None
+    backend = build_backend(settings, data, check_metrics=role != "info")
+    if role == "info":
+        model = backend.meta_model()
+    else:
+        model = backend.build_model(seed=settings.seed).to(resolve_device(settings.device))
+    keys = travelling_keys(backend, model, strategy)
+    return Parts(settings=settings, data=data, backend=backend, model=model, keys=keys, strategy=strategy,
+                 clients=clients, client_val=client_val(data, clients) if clients is not None else None)

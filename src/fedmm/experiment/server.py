@@ -1,0 +1,140 @@
+"""The server side of a federated experiment, built once for every runtime: `build_server` assembles it, opens the
+run directory (resuming from its last checkpoint), and wires the strategy and the server loop; `Federation.run`
+drives the rounds with the runtime's way of reaching clients."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from fedmm import metrics as M
+from fedmm.backends.base import Backend
+from fedmm.config import Settings
+from fedmm.config.schema import CompressionConfig
+from fedmm.console import say
+from fedmm.data.dataset import MultimodalDataset, TaskData
+from fedmm.data.summary import format_partition, partition_summary
+from fedmm.experiment.assemble import assemble
+from fedmm.fl.compression import check_kind
+from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.sampling import num_sampled
+from fedmm.fl.server import FitClients, Server, ServerConfig
+from fedmm.fl.strategy.base import StrategyContext
+from fedmm.modelops import get_params, set_params
+from fedmm.params import Params
+from fedmm.report import RoundTable, write_report
+from fedmm.rundir import RunDir, open_run_dir
+
+
+def server_metrics(model: torch.nn.Module, backend: Backend, data: TaskData, split: MultimodalDataset,
+                   batch_size: int) -> dict[str, float]:
+    """Loss and the task's metrics on `split`; with `tune_thresholds`, also `<metric>_tuned` at per-label
+    thresholds tuned on the validation split (never on the split being scored)."""
+    if not data.tune_thresholds or split is data.val:
+        return backend.evaluate(model, split, data.metrics, batch_size)
+    loss, logits = backend.predict(model, split, batch_size)
+    out = {"loss": loss, **M.compute(data.metrics, logits, split.labels)}
+    _, val_logits = backend.predict(model, data.val, batch_size)
+    thresholds = M.tune_thresholds(M.sigmoid(val_logits), data.val.labels)
+    out.update({f"{k}_tuned": v for k, v in M.compute(data.metrics, logits, split.labels, thresholds).items()})
+    return out
+
+
+def table_metrics(data: TaskData) -> tuple[str, ...]:
+    """The metrics the terminal table shows (metrics.jsonl has all of them)."""
+    return data.metrics + ((f"{data.metrics[0]}_tuned",) if data.tune_thresholds else ())
+
+
+def progress_bars(settings: Settings) -> bool:
+    return bool(settings.progress) and sys.stderr.isatty()
+
+
+@dataclass
+class Federation:
+    """The server's side of one run: its data, clients (the embedded runtime trains them here; remote runtimes
+    only count them), the one model instance, and the server loop positioned at `start_round`."""
+
+    settings: Settings
+    rundir: RunDir
+    data: TaskData
+    clients: list[MultimodalDataset]
+    client_val: list[Optional[MultimodalDataset]]  # each site's own validation rows, when the task has them
+    backend: Backend
+    model: torch.nn.Module
+    server: Server
+    params: Params
+    start_round: int
+    progress: bool
+
+    def run(self, fit_clients: FitClients) -> dict[str, Any]:
+        """The remaining rounds, then report.md; returns the last round's record."""
+        if self.start_round > self.settings.rounds:
+            say(f"nothing to do: {self.rundir.path} already completed {self.start_round - 1} rounds "
+                f"(rounds={self.settings.rounds}); pass rounds=N to continue further")
+        table = RoundTable("round", table_metrics(self.data))
+        self.params = self.server.run(self.rundir, self.params, self.start_round, fit_clients, on_round=table)
+        records = self.rundir.read_metrics()
+        s = self.settings
+        write_report(self.rundir.path, title=f"fedmm run: {s.task.name} / {s.model.name} / {s.strategy.name}")
+        return records[-1] if records else {}
+
+
+def instructions(settings: Settings, data: TaskData) -> FitInstructions:
+    """What every client is told, before the schedule (lr) and the strategy adjust it for a round."""
+    return FitInstructions(round=0, seed=settings.seed, lr=float(settings.lr), local_epochs=settings.local_epochs,
+                           batch_size=settings.batch_size, weight_decay=settings.weight_decay,
+                           grad_accum_steps=settings.grad_accum_steps, precision=settings.precision,
+                           pos_weight=data.pos_weight, compression=CompressionConfig(**OmegaConf.to_container(settings.compression)),
+                           strategy=settings.strategy.name)
+
+
+def build_server(settings: Settings) -> Federation:
+    check_kind(settings.compression.kind, settings.compression.block_size)
+    parts = assemble(settings, "server")
+    data, clients, backend, model, strategy = parts.data, parts.clients, parts.backend, parts.model, parts.strategy
+    rundir = open_run_dir(settings.resume, settings.output_dir, "run", settings.to_yaml())
+    summary = partition_summary(clients)
+    rundir.write_json("partition.json", summary)
+    say(f"task {settings.task.name}: {sum(map(len, clients))} train / {len(data.val)} val / {len(data.test)} test "
+        f"examples over {len(clients)} clients")
+    say(format_partition(summary))
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in model.parameters())
+    say(f"model {settings.model.name}: trainable {n_train:,} / {n_total:,} ({100 * n_train / n_total:.2f}%) on "
+        f"{next(model.parameters()).device}")
+
+    def evaluate_on(split: MultimodalDataset, global_params: Params) -> dict[str, float]:
+        """Server-side evaluation with the one model instance the clients also use."""
+        set_params(model, global_params)
+        return server_metrics(model, backend, data, split, settings.eval_batch_size)
+
+    param_names = {n for n, _ in model.named_parameters()}
+    strategy.setup(StrategyContext(evaluate_val=(lambda p: evaluate_on(data.val, p)) if len(data.val) else None,
+                                   metric=data.metrics[0], stat_keys=frozenset(set(parts.keys) - param_names),
+                                   run_dir=rundir.path, seed=settings.seed))
+    params, start = get_params(model, parts.keys), 1
+    if settings.resume:
+        ckpt = rundir.latest_checkpoint()
+        if ckpt is not None:
+            last, params, state = ckpt
+            strategy.load_state_dict(state)
+            start = last + 1
+            say(f"resuming {rundir.path} after round {last}")
+        rundir.truncate_metrics("round", start - 1)
+        rundir.write_text("config.yaml", settings.to_yaml())
+
+    per_round = num_sampled(len(clients), settings.clients_per_round, settings.client_fraction,
+                            settings.min_clients)
+    server_cfg = ServerConfig(num_clients=len(clients), per_round=per_round,
+                              min_clients=min(settings.min_clients, per_round), rounds=settings.rounds,
+                              seed=settings.seed, eval_every=max(1, settings.eval_every),
+                              keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule,
+                              lr_warmup_rounds=settings.lr_warmup_rounds)
+    server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p),
+                    instructions=instructions(settings, data))
+    return Federation(settings=settings, rundir=rundir, data=data, clients=clients, client_val=parts.client_val,
+                      backend=backend, model=model, server=server, params=params, start_round=start,
+                      progress=progress_bars(settings))

@@ -1,0 +1,38 @@
+"""The round contract: what a client is told to do in one round, as one typed object with its defaults stated once.
+
+The server loop fills it from the run's settings (`lr` after the schedule), the strategy adds what it asks of the
+client (`strategy_options`, read on the client by the strategy's own `ClientHook`), and every runtime carries it
+as the JSON of `to_json()`; the client reads it back with `from_json()`. Nothing else builds or reads a client's
+round configuration.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fedmm.config.schema import CompressionConfig
+
+
+@dataclass
+class FitInstructions:
+    round: int  # 1-based; with `seed` and the client id it seeds the client's batch order and dropout
+    seed: int  # the run's seed
+    lr: float  # this round's learning rate, after the schedule
+    local_epochs: int  # passes over the client's training data
+    batch_size: int
+    weight_decay: float  # AdamW's
+    grad_accum_steps: int = 1  # batches per optimizer step
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast on a GPU
+    pos_weight: bool = False  # multilabel: weight positives by the client's own negatives / positives
+    compression: CompressionConfig = field(default_factory=CompressionConfig)  # how the update travels up
+    strategy: str = "fedavg"  # the strategy's registered name: its ClientHook does the client-side work
+    strategy_options: dict[str, Any] = field(default_factory=dict)  # what the strategy asks (JSON values)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "FitInstructions":
+        data = dict(data)
+        data["compression"] = CompressionConfig(**data.get("compression", {}))
+        return cls(**data)
