@@ -9,7 +9,7 @@ figures as `strategy_<name>`. `num_clients` is kept as an alias of `clients_repl
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 
 def _f(unit: str, help: str, **kw: Any) -> Any:
@@ -28,7 +28,7 @@ class RoundRecord:
     lr: float = _f("", "the clients' learning rate this round, after the schedule")
     train_loss: float = _f("", "the clients' training loss, example-weighted")
     bytes_down: int = _f("bytes", "serialized global parameters sent, summed over the sampled clients")
-    bytes_up: int = _f("bytes", "serialized updates received, summed over the clients that replied")
+    bytes_up: int = _f("bytes", "serialized updates received, summed over the replies (rejected ones included)")
     client_seconds: float = _f("s", "local training time, summed over the clients")
     client_seconds_max: float = _f("s", "the slowest client's training time (what parallel clients wait for)")
     eval_seconds: float = _f("s", "server evaluation time")
@@ -38,18 +38,26 @@ class RoundRecord:
     strategy: dict[str, Any] = _f("", "the strategy's own figures, written as strategy_<name>",
                                   default_factory=dict)
     failures: dict[int, str] = _f("", "client id -> why it failed (only when some did)", default_factory=dict)
+    rejected: dict[int, str] = _f("", "client id -> why the server refused its update (only when it did)",
+                                  default_factory=dict)
+    clipped: dict[int, float] = _f("", "client id -> its update norm before clipping to norm_bound (only when some)",
+                                   default_factory=dict)
+    norm_bound: Optional[float] = _f("", "this round's bound on update norms (only with max_update_norm)",
+                                     default=None)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"round": self.round, "clients_sampled": self.clients_sampled,
                                "clients_replied": self.clients_replied, "num_clients": self.clients_replied}
         for f in fields(self):
-            if f.name in out or f.name in ("eval", "strategy", "failures", "seconds"):
+            if f.name in out or f.name in ("eval", "strategy", "failures", "rejected", "clipped", "norm_bound",
+                                           "seconds"):
                 continue
             out[f.name] = getattr(self, f.name)
         out.update(prefixed("eval", self.eval))
         out.update(prefixed("strategy", self.strategy))
-        if self.failures:
-            out["failures"] = self.failures
+        for name in ("failures", "rejected", "clipped", "norm_bound"):  # only when there is something to say
+            if getattr(self, name):
+                out[name] = getattr(self, name)
         out["seconds"] = self.seconds
         return out
 

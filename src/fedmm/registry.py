@@ -76,7 +76,7 @@ BACKENDS: Registry[Callable] = Registry("model", ("fedmm.backends.fusion", "fedm
 # factory(cfg) -> Strategy
 STRATEGIES: Registry[Callable] = Registry("strategy", tuple(f"fedmm.fl.strategy.{m}" for m in (
     "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmap", "lora", "median",
-    "modality_avg", "trimmed_mean")))
+    "modality_avg", "trimmed_mean", "krum", "bulyan")))
 # factory(cfg) -> Runtime (fedmm.runtime.base)
 RUNTIMES: Registry[Callable] = Registry("runtime", ("fedmm.runtime.local", "fedmm.runtime.flower",
                                                     "fedmm.runtime.nvflare"))

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from omegaconf import OmegaConf
 
 from fedmm import metrics as M
 from fedmm.backends.base import Backend
@@ -23,6 +22,7 @@ from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.sampling import num_sampled
 from fedmm.fl.server import FitClients, Server, ServerConfig
 from fedmm.fl.strategy.base import StrategyContext
+from fedmm.fl.validation import Expected
 from fedmm.modelops import get_params, set_params
 from fedmm.params import Params
 from fedmm.report import RoundTable, write_report
@@ -87,7 +87,7 @@ def instructions(settings: Settings, data: TaskData) -> FitInstructions:
     return FitInstructions(round=0, seed=settings.seed, lr=float(settings.lr), local_epochs=settings.local_epochs,
                            batch_size=settings.batch_size, weight_decay=settings.weight_decay,
                            grad_accum_steps=settings.grad_accum_steps, precision=settings.precision,
-                           pos_weight=data.pos_weight, compression=CompressionConfig(**OmegaConf.to_container(settings.compression)),
+                           pos_weight=data.pos_weight, compression=settings.typed("compression", CompressionConfig),
                            strategy=settings.strategy.name)
 
 
@@ -132,9 +132,12 @@ def build_server(settings: Settings) -> Federation:
                               min_clients=min(settings.min_clients, per_round), rounds=settings.rounds,
                               seed=settings.seed, eval_every=max(1, settings.eval_every),
                               keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule,
-                              lr_warmup_rounds=settings.lr_warmup_rounds)
+                              lr_warmup_rounds=settings.lr_warmup_rounds, max_update_norm=settings.max_update_norm,
+                              norm_bound=settings.norm_bound)
+    expected = {cid: Expected(keys=frozenset(backend.client_keys(model, c.modalities)), modalities=c.modalities,
+                              max_examples=len(c)) for cid, c in enumerate(clients)}
     server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p),
-                    instructions=instructions(settings, data))
+                    instructions=instructions(settings, data), expected=expected)
     return Federation(settings=settings, rundir=rundir, data=data, clients=clients, client_val=parts.client_val,
                       backend=backend, model=model, server=server, params=params, start_round=start,
                       progress=progress_bars(settings))

@@ -18,14 +18,15 @@ def weighted_average(global_params: Params, updates: Iterable[tuple[Params, floa
     A client that did not send a key (it lacks that modality, so it could not train it) counts with the global value
     it received: exactly what classic FedAvg computes when such a client sends its unchanged copy, without the bytes.
     A running float64 sum over an iterable, so the server can feed it updates as they arrive and memory does not
-    grow with the number of clients.
+    grow with the number of clients. Each product w_k * theta_k is taken in float64 too: in the update's own dtype
+    a float16 value times a few thousand examples overflows (20.0 x 5,000 > 65,504).
     """
     acc = {k: np.zeros(v.shape, dtype=np.float64) for k, v in global_params.items()}
     total = 0.0
     for params, w in updates:
         total += w
         for k in acc:
-            acc[k] += w * params.get(k, global_params[k])
+            acc[k] += np.multiply(w, params.get(k, global_params[k]), dtype=np.float64)
     if total <= 0:
         raise ValueError("aggregation weights must sum to a positive number")
     return {k: (v / total).astype(global_params[k].dtype) for k, v in acc.items()}
@@ -45,7 +46,7 @@ def masked_weighted_average(global_params: Params, updates: Iterable[tuple[Param
         for k, v in params.items():
             if k not in acc:
                 acc[k], total[k] = np.zeros(v.shape, dtype=np.float64), 0.0
-            acc[k] += w * v
+            acc[k] += np.multiply(w, v, dtype=np.float64)
             total[k] += w
     out = dict(global_params)
     for k, v in acc.items():

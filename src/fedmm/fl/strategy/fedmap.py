@@ -2,8 +2,9 @@
 
 Per round:
 1. Every client reports, besides its weights, what it measured on its own validation rows or, when it has none, a
-   held-out slice of its own data (`SelfScoring`, the client side, below): score before (`f1_before`) and after (`p_k`) local training, the gain `c_k`, validation
-   loss, mean gradient norm, label diversity and imbalance, its example count and its real modalities.
+   held-out slice of its own data (`SelfScoring`, the client side, below): score before (`f1_before`) and after
+   (`p_k`) local training, the gain `c_k`, validation loss, mean gradient norm, label diversity and imbalance, its
+   example count and its real modalities.
 2. `client_features` builds the 10-column row per client; `zscore` standardises each column across the round's
    clients and clips at `z_clip`. A small MLP (the student) scores each row; a softmax over clients gives weights.
 3. The teacher searches `n_trials_per_round` mixing vectors over 7 teacher features (`teacher_features`): each gives

@@ -47,7 +47,8 @@ def adaptive_step(kind: str, x: np.ndarray, delta: np.ndarray, m: np.ndarray, v:
         v = beta2 * v + (1 - beta2) * d2
     else:
         raise ValueError(f"unknown adaptive optimizer '{kind}'")
-    return x + lr * m / (np.sqrt(v) + tau), m, v
+    with np.errstate(invalid="ignore", over="ignore"):  # the caller refuses non-finite state
+        return x + lr * m / (np.sqrt(v) + tau), m, v
 
 
 @dataclass
@@ -73,6 +74,8 @@ class FedOpt(Strategy):
     def aggregate(self, rnd: int, global_params: Params, updates: Iterable[Update]) -> Params:
         avg = weighted_average(global_params, ((u.params, float(u.num_examples)) for u in updates))
         out: Params = {}
+        m_new: dict[str, np.ndarray] = {}
+        v_new: dict[str, np.ndarray] = {}
         for k, x0 in global_params.items():
             if k in self.ctx.stat_keys or not np.issubdtype(x0.dtype, np.floating):
                 out[k] = avg[k]
@@ -81,12 +84,18 @@ class FedOpt(Strategy):
             delta = avg[k].astype(np.float64) - x
             m = self.m.get(k, np.zeros_like(x))
             if self.kind == "momentum":
-                x, self.m[k] = momentum_step(x, delta, m, self.cfg.server_lr, self.cfg.momentum)
+                x, m_new[k] = momentum_step(x, delta, m, self.cfg.server_lr, self.cfg.momentum)
             else:
                 v = self.v.get(k, np.full_like(x, self.cfg.tau ** 2))
-                x, self.m[k], self.v[k] = adaptive_step(self.kind, x, delta, m, v, self.cfg.server_lr,
-                                                        self.cfg.beta1, self.cfg.beta2, self.cfg.tau)
+                x, m_new[k], v_new[k] = adaptive_step(self.kind, x, delta, m, v, self.cfg.server_lr,
+                                                      self.cfg.beta1, self.cfg.beta2, self.cfg.tau)
             out[k] = x.astype(x0.dtype)
+        # The moments are kept only when finite: one bad round must not poison every later one.
+        if all(np.isfinite(a).all() for a in (*m_new.values(), *v_new.values())):
+            self.m.update(m_new)
+            self.v.update(v_new)
+        else:
+            raise ValueError(f"round {rnd}: non-finite server optimizer state; the moments are left as they were")
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -18,12 +18,17 @@ from fedmm.fl.strategy.base import STRATEGIES, Strategy
 
 def coordinatewise(global_params: Params, updates: list[Params], reduce: Callable[[np.ndarray], np.ndarray]
                    ) -> Params:
-    """Apply `reduce` over axis 0 of the stacked values of each key, among the updates that hold that key."""
+    """Apply `reduce` over axis 0 of the stacked values of each key, among the updates that hold that key. Values
+    must be finite (the server's validation sees to it): sorting puts NaN last, so a NaN would be taken for the
+    largest value and could surface in the result; a direct call with one raises ValueError instead."""
     out = dict(global_params)
     for k, g in global_params.items():
         values = [p[k] for p in updates if k in p]
         if values:
-            out[k] = reduce(np.stack(values).astype(np.float64)).astype(g.dtype)
+            stack = np.stack(values).astype(np.float64)
+            if not np.isfinite(stack).all():
+                raise ValueError(f"non-finite client values in {k}; validate updates first (fedmm.fl.validation)")
+            out[k] = reduce(stack).astype(g.dtype)
     return out
 
 

@@ -1,5 +1,9 @@
 """Coordinate-wise trimmed mean (Yin et al., 2018): per coordinate, drop the `beta` fraction of largest and of
-smallest client values, and average the rest. Between the mean (beta=0) and the median (beta near 0.5)."""
+smallest client values, and average the rest. Between the mean (beta=0) and the median (beta near 0.5).
+
+How many values go from each end, of n: floor(beta * n), but at least one whenever beta > 0 and n >= 3 (so the
+default beta=0.1 trims with 5 clients, where floor(0.5) = 0 would trim nothing and one x1e6 update would move the
+model as far as under FedAvg), and at most (n - 1) // 2 (at least one value stays)."""
 from __future__ import annotations
 
 import math
@@ -14,10 +18,18 @@ from fedmm.fl.strategy.base import STRATEGIES, Strategy
 from fedmm.fl.strategy.median import coordinatewise
 
 
+def trim_count(n: int, beta: float) -> int:
+    """Values dropped from each end of n (see the module docstring)."""
+    cut = int(math.floor(beta * n))
+    if beta > 0 and n >= 3:
+        cut = max(cut, 1)
+    return min(cut, (n - 1) // 2)
+
+
 def trimmed_mean(global_params: Params, updates: list[Params], beta: float) -> Params:
     def reduce(stack: np.ndarray) -> np.ndarray:
         n = stack.shape[0]
-        cut = min(int(math.floor(beta * n)), (n - 1) // 2)  # always keep at least one value
+        cut = trim_count(n, beta)
         return np.sort(stack, axis=0)[cut:n - cut].mean(axis=0)
 
     return coordinatewise(global_params, updates, reduce)
