@@ -25,7 +25,8 @@ def _tiny(tiny_args, clients):
 
 
 def test_simulation_matches_local(tmp_path, tiny_args):
-    args = _tiny(tiny_args, 3) + ["rounds=2", "compression.kind=int8_block"]
+    # client 1 is Byzantine (sends NaN): both runtimes reject it through the same validation and agree on the rest
+    args = _tiny(tiny_args, 3) + ["rounds=2", "compression.kind=int8_block", "attack=nan", "attack.clients=[1]"]
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
     out = fedmm("run", *args, "runtime=flower", "runtime.cpus=2", f"output_dir={tmp_path / 'flower'}", timeout=300)
     assert "done in" in out.stdout
@@ -34,6 +35,8 @@ def test_simulation_matches_local(tmp_path, tiny_args):
     for a, b in zip(local, flower):
         assert a["clients"] == b["clients"] and a["bytes_up"] == b["bytes_up"] and a["bytes_down"] == b["bytes_down"]
         assert a["eval_accuracy"] == b["eval_accuracy"]
+        assert a["rejected"] == b["rejected"] == {"1": "non-finite values in " + a["rejected"]["1"].split(" in ")[1]}
+        assert a["clients"] == [0, 2]
     for name in ("config.yaml", "report.md", "partition.json", "checkpoints/round_0002/global.safetensors"):
         assert (tmp_path / "flower" / name).exists(), name
     assert list((tmp_path / "flower" / "client_state").glob("client_*/residual-r2.safetensors"))

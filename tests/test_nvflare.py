@@ -18,13 +18,15 @@ def _tiny(tiny_args, clients):
 
 
 def test_simulator_matches_local(tmp_path, tiny_args):
-    args = _tiny(tiny_args, 3) + ["rounds=2", "strategy=fedadam"]  # a server optimizer: fedmm's strategy runs
+    # a server optimizer (fedmm's strategy runs), and client 1 sending NaN: rejected by the same validation
+    args = _tiny(tiny_args, 3) + ["rounds=2", "strategy=fedadam", "attack=nan", "attack.clients=[1]"]
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
     out = fedmm("run", *args, "runtime=nvflare", f"output_dir={tmp_path / 'nvflare'}", timeout=400)
     assert "done in" in out.stdout
     same_globals(tmp_path / "local", tmp_path / "nvflare")
     for a, b in zip(metrics(tmp_path / "local"), metrics(tmp_path / "nvflare"), strict=True):
         assert a["clients"] == b["clients"] and a["bytes_up"] == b["bytes_up"] and a["bytes_down"] == b["bytes_down"]
+        assert a["rejected"] == b["rejected"] and list(a["rejected"]) == ["1"] and "non-finite" in a["rejected"]["1"]
     for name in ("config.yaml", "report.md", "checkpoints/round_0002/global.safetensors"):
         assert (tmp_path / "nvflare" / name).exists(), name
 

@@ -17,7 +17,9 @@ from typing import Optional, Union
 import torch
 
 from fedmm.backends.base import Backend
+from fedmm.client.attacks import attack_update, attacking, flip_labels
 from fedmm.client.state import ClientState
+from fedmm.config.schema import AttackConfig
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.fl.compression import compress_update
 from fedmm.fl.instructions import FitInstructions
@@ -42,11 +44,12 @@ def client_hook(instructions: FitInstructions) -> ClientHook:
 
 class ClientTrainer:
     def __init__(self, backend: Backend, model: torch.nn.Module, progress: bool = True,
-                 state_dir: Optional[Path] = None):
+                 state_dir: Optional[Path] = None, attack: Optional[AttackConfig] = None):
         self.backend = backend
         self.model = model
         self.progress = progress
         self.state = ClientState(state_dir)  # where this process keeps its clients' state (None: in memory)
+        self.attack = attack  # simulated Byzantine behaviour of some clients (fedmm.client.attacks)
 
     def _score(self, data: MultimodalDataset, metric: str, batch_size: int) -> dict[str, float]:
         return self.backend.evaluate(self.model, data, (metric,), batch_size=batch_size)
@@ -62,7 +65,8 @@ class ClientTrainer:
         run = LocalRound(cid=cid, model=self.model, train=data, val=val, instructions=ins,
                          score=lambda d, metric: self._score(d, metric, ins.batch_size))
         hook.before_training(run)
-        train = run.train
+        byzantine = attacking(self.attack, cid, ins.round)
+        train = flip_labels(run.train) if byzantine and self.attack.name == "label_flip" else run.train
         stats = train_epochs(self.model, self.backend, train, epochs=ins.local_epochs, batch_size=ins.batch_size,
                              lr=ins.lr, weight_decay=ins.weight_decay, seed=client_seed(ins.seed, ins.round, cid),
                              desc=f"client {cid}", progress=self.progress, on_step=hook.on_step,
@@ -72,6 +76,8 @@ class ClientTrainer:
         hook.after_training(run)
         keys = self.backend.client_keys(self.model, data.modalities)
         params, compression = get_params(self.model, keys), {}
+        if byzantine:
+            params = attack_update(self.attack, params, received, client_seed(ins.seed, ins.round, cid))
         comp = ins.compression
         if comp.kind != "none":
             residual = self.state.load_residual(cid, ins.round) if comp.error_feedback else None

@@ -7,6 +7,7 @@ its composition API and override grammar, so every Hydra override (`+key=`, `~ke
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +18,18 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from fedmm.config.schema import PRECISIONS, PartitionConfig, Schema
+from fedmm.config.schema import ATTACKS, NORM_BOUNDS, PRECISIONS, AttackConfig, PartitionConfig, Schema
 from fedmm.errors import FedmmError
 from fedmm.registry import BACKENDS, RUNTIMES, STRATEGIES, TASKS
 from fedmm.schedule import LR_SCHEDULES
 
 GROUPS = {"task": TASKS, "model": BACKENDS, "strategy": STRATEGIES, "runtime": RUNTIMES}
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
-OPTION_GROUPS = (*GROUPS, "partition", "experiment")  # groups chosen with group=option
+RUN_GROUPS = {"partition": PartitionConfig, "attack": AttackConfig}  # run-level groups with presets, one schema each
+OPTION_GROUPS = (*GROUPS, *RUN_GROUPS, "experiment")  # groups chosen with group=option
 # What a resumed run may change: how long and how it reports, never what it computes per round.
 RESUMABLE = {"rounds", "eval_every", "eval_batch_size", "keep_checkpoints", "threads", "progress"}
 
@@ -50,9 +52,13 @@ class Settings:
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(self.cfg, resolve=True)
 
+    def typed(self, key: str, cls: type) -> Any:
+        """A run-level node (compression, attack, ...) as its dataclass."""
+        return cls(**OmegaConf.to_container(self.cfg[key], resolve=True))
+
 
 def _schema_for(group: str, name: str) -> type:
-    return PartitionConfig if group == "partition" else GROUPS[group].get(name).config_cls
+    return RUN_GROUPS[group] if group in RUN_GROUPS else GROUPS[group].get(name).config_cls
 
 
 def _register_store() -> None:
@@ -65,7 +71,7 @@ def _register_store() -> None:
         node = OmegaConf.load(path)
         node.pop("sweep", None)  # what `-m` expands (see experiment_sweep), not a setting
         cs.store(group="experiment", name=path.stem, node=node, package="_global_")
-    for group in (*GROUPS, "partition"):
+    for group in (*GROUPS, *RUN_GROUPS):
         names = {p.stem: p for p in sorted((PRESETS / group).glob("*.yaml"))}
         if group in GROUPS:
             names.update({n: None for n in GROUPS[group].names() if n not in names})
@@ -119,6 +125,11 @@ def _typed(group: str, node: Any) -> Any:
 
 
 def validate(cfg: DictConfig) -> Settings:
+    defaults = OmegaConf.structured(Schema)
+    with open_dict(cfg):  # a run saved by an older fedmm lacks newer run-level keys: they take their defaults
+        for key in defaults.keys():
+            if key not in cfg and key not in GROUPS:
+                cfg[key] = defaults[key]
     try:
         OmegaConf.resolve(cfg)
         OmegaConf.merge(OmegaConf.structured(Schema), OmegaConf.masked_copy(cfg, [
@@ -131,7 +142,28 @@ def validate(cfg: DictConfig) -> Settings:
         raise FedmmError(f"precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
     if cfg.grad_accum_steps < 1 or cfg.lr_warmup_rounds < 0:
         raise FedmmError("grad_accum_steps must be at least 1 and lr_warmup_rounds at least 0")
+    _check_trust(cfg)
     return Settings(cfg=cfg, **{g: _typed(g, cfg[g]) for g in GROUPS})
+
+
+def _check_trust(cfg: DictConfig) -> None:
+    bound = cfg.max_update_norm
+    if bound is not None and bound != "auto":
+        try:
+            ok = math.isfinite(float(bound)) and float(bound) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise FedmmError(f"max_update_norm must be null, auto or a positive number (got '{bound}')")
+    if cfg.norm_bound not in NORM_BOUNDS:
+        raise FedmmError(f"norm_bound must be one of {', '.join(NORM_BOUNDS)} (got '{cfg.norm_bound}')")
+    a = cfg.attack
+    if a.name not in ATTACKS:
+        raise FedmmError(f"unknown attack '{a.name}'; choose one of: {', '.join(ATTACKS)}")
+    if a.name != "none" and not a.clients:
+        raise FedmmError(f"attack={a.name} needs attack.clients=[ids], the clients that misbehave")
+    if a.std < 0 or a.start_round < 1:
+        raise FedmmError("attack.std must be >= 0 and attack.start_round at least 1")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -139,16 +171,23 @@ def compose_config(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="fedmm.conf", version_base=None):
-            return compose(config_name="config", overrides=list(overrides))
+            return compose(config_name="config", overrides=_quote_choices(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise FedmmError(_one_line(e)) from None
     finally:
         GlobalHydra.instance().clear()
 
 
+def _quote_choices(overrides: list[str]) -> list[str]:
+    """`attack=nan` chooses the preset named nan: quoted, so that Hydra does not read a float (nan, inf)."""
+    return [f"{o.partition('=')[0]}='{o.partition('=')[2]}'"
+            if o.partition("=")[0] in OPTION_GROUPS and o.partition("=")[2].lower() in ("nan", "inf", "-inf")
+            else o for o in overrides]
+
+
 def _parse(overrides: list[str]):
     try:
-        return OverridesParser.create().parse_overrides(overrides=list(overrides))
+        return OverridesParser.create().parse_overrides(overrides=_quote_choices(overrides))
     except HydraException as e:
         raise FedmmError(_one_line(e)) from None
 

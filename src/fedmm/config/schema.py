@@ -33,6 +33,22 @@ class CompressionConfig:
     error_feedback: bool = True  # clients add what their previous messages lost before compressing
 
 
+ATTACKS = ("none", "nan", "inf", "scale", "sign_flip", "gaussian", "label_flip", "shape")
+NORM_BOUNDS = ("clip", "reject")
+
+
+@dataclass
+class AttackConfig:
+    """Simulated Byzantine clients (robustness research and tests): applied inside the chosen clients after local
+    training, before the update is serialised, so it travels the real wire path of every runtime."""
+
+    name: str = "none"  # none | nan | inf | scale | sign_flip | gaussian | label_flip | shape
+    clients: List[int] = field(default_factory=list)  # the client ids that misbehave
+    scale: float = 1e6  # scale: the delta is multiplied by it; sign_flip: the flipped delta too, when > 0
+    std: float = 1.0  # gaussian: the update is the global model plus N(0, std^2) noise
+    start_round: int = 1  # the first round in which the clients misbehave
+
+
 @dataclass
 class Schema:
     task: Any = MISSING
@@ -42,6 +58,11 @@ class Schema:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     modality: ModalityConfig = field(default_factory=ModalityConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    # Bound on each client's update norm (L2 over the delta of all its travelling tensors): null = off, a number,
+    # or auto = AUTO_NORM_MULTIPLE (fedmm.fl.validation) x the round's median update norm
+    max_update_norm: Optional[Any] = None
+    norm_bound: str = "clip"  # clip (scale the delta down to the bound) | reject (drop the update)
     num_clients: Optional[int] = None  # default 4; tasks with per-site folders (mmimdb): one per folder
     clients_per_round: Optional[int] = None  # a count; when null, client_fraction of num_clients
     client_fraction: float = 1.0

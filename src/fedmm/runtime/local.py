@@ -29,8 +29,10 @@ def in_process_clients(fed):
     from tqdm.auto import tqdm
 
     from fedmm.client.client import ClientTrainer
+    from fedmm.config.schema import AttackConfig
 
-    trainer = ClientTrainer(fed.backend, fed.model, progress=fed.progress, state_dir=fed.rundir.path / "client_state")
+    trainer = ClientTrainer(fed.backend, fed.model, progress=fed.progress, state_dir=fed.rundir.path / "client_state",
+                            attack=fed.settings.typed("attack", AttackConfig))
 
     def fit_clients(rnd: int, ids: list[int], payload: bytes, instructions: dict) -> Iterator[tuple[int, bytes]]:
         for cid in tqdm(ids, desc=f"round {rnd}/{fed.settings.rounds}", leave=False, unit="client",

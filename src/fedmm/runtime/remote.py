@@ -6,16 +6,22 @@ Its site settings (a Flower node config, an NVFlare site's script arguments) are
 - `data-root`: where this site's data is, replacing the config's `task.root` (MM-IMDb: the folder `fedmm prepare`
   wrote, of which a site needs only its own `client_<i>/`); a task that fedmm partitions (easy-VQA, synthetic) gives
   each site its share of the configured split;
-- `state-dir`: where its clients' state (error-feedback residuals) lives, default `~/.fedmm/<runtime>-state`.
+- `state-dir`: where its clients' state (error-feedback residuals) lives, default `~/.fedmm/<runtime>-state`
+  (see `state_dir`: the site decides, never the server).
 """
 from __future__ import annotations
 
+import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     from fedmm.experiment.server import Federation
 
+SITE_STATE_ENV = "FEDMM_SITE_STATE_DIR"
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _SITE: dict[str, Any] = {}  # the one client this process serves: {"key": ..., "site": Site, "trainer": ClientTrainer}
 
 
@@ -27,12 +33,32 @@ def partition_id(site_config: dict[str, Any]) -> int:
 
 
 def state_dir(site_config: dict[str, Any], request: dict[str, Any]) -> Path:
-    """The run directory's `client_state/` when the client runs beside the server (simulation), else
-    `<state-dir>/<run>/` on the site's machine."""
-    if request["simulation"] and "state-dir" not in site_config:
-        return Path(request["state_dir"])
-    default = Path.home() / ".fedmm" / f"{request.get('runtime', 'remote')}-state"
-    return Path(str(site_config.get("state-dir", default))).expanduser() / request["run"]
+    """Where this site keeps its clients' state, decided by the site, never by the server: its `state-dir` setting
+    (one folder per run below it), else $FEDMM_SITE_STATE_DIR (what fedmm's simulations set for the sites they
+    start: the run directory's client_state/), else ~/.fedmm/<runtime>-state/<run>. The run's name comes from the
+    server and must be a plain folder name."""
+    if "state-dir" not in site_config and os.environ.get(SITE_STATE_ENV):
+        return Path(os.environ[SITE_STATE_ENV])
+    run, runtime = str(request.get("run", "")), str(request.get("runtime", ""))
+    if not SAFE_NAME.fullmatch(run) or run in (".", ".."):
+        raise ValueError(f"the server named the run {run[:40]!r}, which is not a plain folder name; refused")
+    default = Path.home() / ".fedmm" / f"{runtime if runtime in ('flower', 'nvflare') else 'remote'}-state"
+    return Path(str(site_config.get("state-dir", default))).expanduser() / run
+
+
+@contextmanager
+def simulated_sites_state(folder: Path) -> Iterator[None]:
+    """For a simulation's sites, started on this machine by fedmm itself: their state goes to `folder` (the run
+    directory's client_state/), set as their own environment, which the processes they run in inherit."""
+    old = os.environ.get(SITE_STATE_ENV)
+    os.environ[SITE_STATE_ENV] = str(Path(folder).resolve())
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(SITE_STATE_ENV, None)
+        else:
+            os.environ[SITE_STATE_ENV] = old
 
 
 def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) -> bytes:
@@ -40,6 +66,7 @@ def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) ->
     the model and data of the last call are reused while the experiment is the same."""
     from fedmm.client.client import ClientTrainer
     from fedmm.config.load import settings_from_yaml
+    from fedmm.config.schema import AttackConfig
     from fedmm.experiment.site import build_site
 
     cid = partition_id(site_config)
@@ -53,17 +80,27 @@ def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) ->
             cfg = OmegaConf.create(text)
             cfg.task.root = str(site_config["data-root"])
             text = OmegaConf.to_yaml(cfg)
-        site = build_site(settings_from_yaml(text), cid)
+        settings = settings_from_yaml(text)
+        site = build_site(settings, cid)
         _SITE.update(key=key, site=site, trainer=ClientTrainer(site.backend, site.model, progress=False,
-                                                               state_dir=state_dir(site_config, request)))
+                                                               state_dir=state_dir(site_config, request),
+                                                               attack=settings.typed("attack", AttackConfig)))
     site = _SITE["site"]
     return _SITE["trainer"].fit_bytes(cid, site.train, payload, request["config"], site.val)
 
 
 def request_for_clients(fed: "Federation", runtime: str, simulation: bool, **extra: Any) -> dict[str, Any]:
     """What every round's message to a remote client carries besides the parameters and its instructions: the
-    run's config.yaml (from which the site builds its share of the experiment) and where client state lives."""
-    run_dir = fed.rundir.path
-    return {"settings": fed.settings.to_yaml(), "run": run_dir.name,
-            "state_dir": str(run_dir.resolve() / "client_state"), "runtime": runtime, "simulation": simulation,
-            **extra}
+    run's settings as a site needs them (`site_settings`: no server paths) and the run's name."""
+    return {"settings": site_settings(fed.settings), "run": fed.rundir.path.name, "runtime": runtime,
+            "simulation": simulation, **extra}
+
+
+def site_settings(settings) -> str:
+    """The run's config.yaml without what only the server's machine has (output_dir, resume)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(settings.to_yaml())
+    cfg.output_dir = None
+    cfg.resume = None
+    return OmegaConf.to_yaml(cfg)

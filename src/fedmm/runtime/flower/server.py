@@ -2,7 +2,9 @@
 
 Flower names SuperNodes by random node ids; fedmm's clients are numbered 0..K-1 (their data partition). A `query`
 message asks each SuperNode for its `partition-id` (its node config), so sampling, seeds and aggregation order are
-the embedded runtime's. SuperNodes that connect late are asked before the next round.
+the embedded runtime's. SuperNodes that connect late are asked before the next round. A partition-id belongs to the
+first SuperNode that claims it while that one stays connected: a second claimant is refused (a site cannot take
+over another's place), and takes over only once the first is gone.
 """
 from __future__ import annotations
 
@@ -71,8 +73,13 @@ class GridClients:
             if not 0 <= cid < self.num_clients:
                 raise FedmmError(f"SuperNode {node} has partition-id={cid}, but this experiment has "
                                  f"{self.num_clients} clients (0..{self.num_clients - 1}); fix its --node-config")
-            if self.nodes.get(cid, node) != node:
-                log.warning("partition-id %d: SuperNode %s replaces %s", cid, node, self.nodes[cid])
+            held = self.nodes.get(cid, node)
+            if held != node and held in self.grid.get_node_ids():
+                log.warning("partition-id %d: SuperNode %s claims it, but SuperNode %s holds it and is connected; "
+                            "refused (the run goes on with %s)", cid, node, held, held)
+                continue
+            if held != node:
+                log.warning("partition-id %d: SuperNode %s takes over from %s, which is gone", cid, node, held)
             self.nodes[cid] = node
 
     def _connect(self, timeout: float) -> None:

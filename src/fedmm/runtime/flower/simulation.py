@@ -29,6 +29,7 @@ def run_simulation(settings: "Settings", cfg: "FlowerRuntimeConfig") -> "RunResu
     from fedmm.runtime.base import serve
     from fedmm.runtime.flower.client import client_app
     from fedmm.runtime.flower.server import grid_clients
+    from fedmm.runtime.remote import simulated_sites_state
 
     fed = build_server(settings)
     result: list["RunResult"] = []
@@ -46,9 +47,10 @@ def run_simulation(settings: "Settings", cfg: "FlowerRuntimeConfig") -> "RunResu
     if cfg.cpus > 0:
         init_args["num_cpus"] = cfg.cpus
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    flwr.simulation.run_simulation(server_app, client_app, num_supernodes=len(fed.clients),
-                                   backend_config={"client_resources": {"num_cpus": cfg.cpus_per_client},
-                                                   "init_args": init_args})
+    with simulated_sites_state(fed.rundir.path / "client_state"):
+        flwr.simulation.run_simulation(server_app, client_app, num_supernodes=len(fed.clients),
+                                       backend_config={"client_resources": {"num_cpus": cfg.cpus_per_client},
+                                                       "init_args": init_args})
     if errors:
         raise errors[0]
     if not result:

@@ -11,8 +11,10 @@ work (default 3600).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
+import stat
 import subprocess
 import sys
 import tempfile
@@ -27,10 +29,33 @@ START_TIMEOUT = 120.0  # seconds for a new worker to listen
 
 
 def worker_dir(node_config: dict[str, Any]) -> Path:
+    """The private folder of the worker's socket and key: created with mode 0700, and refused when it exists as
+    anything but a folder of this user that only this user can reach (on a shared host, whoever made it first could
+    otherwise talk to the worker)."""
     folder = node_config.get("worker-dir") or Path(tempfile.gettempdir()) / f"fedmm-flower-{os.getuid()}"
     folder = Path(str(folder)).expanduser()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.mkdir(folder, 0o700)
+        os.chmod(folder, 0o700)
+    except FileExistsError:
+        st = os.lstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise PermissionError(f"the fedmm worker folder {folder} exists but is not a private folder of this user "
+                                  f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); remove it, or set the "
+                                  f"SuperNode's node config worker-dir to a folder of your own") from None
     return folder
+
+
+def pack(meta: dict[str, Any], blob: bytes = b"") -> bytes:
+    """One message between the ClientApp and the worker: a 4-byte length, that much JSON, then raw bytes. No
+    pickle: a peer can send data, never code."""
+    head = json.dumps(meta).encode()
+    return len(head).to_bytes(4, "big") + head + blob
+
+
+def unpack(frame: bytes) -> tuple[dict[str, Any], bytes]:
+    n = int.from_bytes(frame[:4], "big")
+    return json.loads(frame[4:4 + n]), frame[4 + n:]
 
 
 def _paths(node_config: dict[str, Any], node_id: int) -> tuple[str, Path, Path]:
@@ -75,11 +100,11 @@ def call_worker(node_config: dict[str, Any], node_id: int, payload: bytes, reque
                     raise RuntimeError(f"the fedmm worker did not start within {START_TIMEOUT:g}s; see {logfile}")
                 time.sleep(0.1)
     with conn:
-        conn.send((dict(node_config), payload, request))
-        status, value = conn.recv()
-    if status != "ok":
-        raise RuntimeError(value)
-    return value
+        conn.send_bytes(pack({"node_config": dict(node_config), "request": request}, payload))
+        reply, update = unpack(conn.recv_bytes())
+    if reply.get("status") != "ok":
+        raise RuntimeError(reply.get("message", "the fedmm worker failed"))
+    return update
 
 
 def _watch(pid: int, idle: float, last: list[float]) -> None:
@@ -103,12 +128,12 @@ def serve(address: str, keyfile: Path, watch_pid: int, idle: float) -> None:
         print(f"fedmm worker {os.getpid()} listening on {address}", flush=True)
         while True:
             with listener.accept() as conn:
-                node_config, payload, request = conn.recv()
                 try:
-                    conn.send(("ok", fit(node_config, payload, request)))
+                    meta, payload = unpack(conn.recv_bytes())
+                    conn.send_bytes(pack({"status": "ok"}, fit(meta["node_config"], payload, meta["request"])))
                 except Exception as e:  # noqa: BLE001 - every failure goes back to the ClientApp, named
                     traceback.print_exc()
-                    conn.send(("error", f"{type(e).__name__}: {e}"))
+                    conn.send_bytes(pack({"status": "error", "message": f"{type(e).__name__}: {e}"}))
                 last[0] = time.monotonic()
 
 

@@ -71,6 +71,7 @@ def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> "RunResu
     from fedmm.fl.sampling import num_sampled
     from fedmm.runtime.base import RunResult
     from fedmm.runtime.nvflare.controller import ERROR_FILE
+    from fedmm.runtime.remote import simulated_sites_state
     from fedmm.rundir import open_run_dir
 
     require_nvflare()
@@ -88,7 +89,7 @@ def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> "RunResu
                     min_clients=min(settings.min_clients, per_round))
     workspace = Path(cfg.workspace or rundir.path / "nvflare").resolve()
     (rundir.path / ERROR_FILE).unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, simulated_sites_state(rundir.path / "client_state"):
         job.simulator_run(str(workspace), threads=cfg.threads or n, log_config=str(_quiet_console(tmp)))
     if (rundir.path / ERROR_FILE).exists():
         raise FedmmError((rundir.path / ERROR_FILE).read_text().strip())
@@ -110,9 +111,14 @@ def export_job(out: str | Path, overrides: list[str], sites: list[str]) -> Path:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FedmmError(f"{out} is not empty; choose a new folder for the job")
-    # paths are the server's: made absolute here, as the job runs in NVFlare's own workspace
-    overrides = [f"{o.split('=', 1)[0]}={Path(o.split('=', 1)[1]).expanduser().resolve()}"
-                 if o.startswith(("output_dir=", "resume=")) else o for o in overrides if not o.startswith("runtime=")]
+    # output_dir and resume are paths on the server's machine, kept as given: the job carries no path of the
+    # machine that exported it, and a relative one would land in NVFlare's workspace
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in ("output_dir", "resume") and value and not value.startswith(("/", "~")):
+            raise FedmmError(f"{key}={value} is relative; give the absolute path on the server's machine "
+                             f"(or one under ~, the server user's home)")
+    overrides = [o for o in overrides if not o.startswith("runtime=")]
     if not any(o.startswith("resume=") for o in overrides):  # a resumed run keeps its config
         overrides.append("runtime=nvflare")
     settings = load_settings(overrides)
