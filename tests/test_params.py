@@ -41,7 +41,7 @@ def test_strategy_state_roundtrip_through_checkpoint(tmp_path):
     rd.save_checkpoint(2, {"w": np.ones(2, np.float32)}, state, keep=2)
     rd.save_checkpoint(3, {"w": np.full(2, 2.0, np.float32)}, state, keep=2)
     assert [p.name for p in rd.checkpoints()] == ["round_0002", "round_0003"]
-    rnd, params, back = rd.latest_checkpoint()
+    rnd, params, back, _ = rd.latest_checkpoint()
     assert rnd == 3 and params["w"][0] == 2.0
     assert back["step"] == 3 and back["hist"] == [1.0, 2.0]
     np.testing.assert_array_equal(back["m"]["w"], state["m"]["w"])

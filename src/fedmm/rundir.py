@@ -6,13 +6,27 @@
     global.safetensors   the latest global trainable parameters (written atomically)
     checkpoints/round_0003/{global.safetensors, strategy.safetensors, state.json}
     report.md, metrics.png
+    metrics.set-aside.jsonl  records of rounds that a resume recomputed (never deleted)
+    .fedmm-run, .lock    fedmm's marker (this folder is a run fedmm made) and the one-writer lock
 
-Everything is written so that a crash at any moment leaves a consistent directory: files are replaced atomically and
-a checkpoint folder appears only once complete.
+What is guaranteed:
+- One writer: `run` and `resume` hold an exclusive lock on the folder for their whole life; a second process gets
+  one line naming the holder's pid and touches nothing.
+- A crash at any moment leaves a consistent directory: files are replaced atomically, each metrics record is
+  fsynced, and a checkpoint folder appears only once complete. Each checkpoint records the sha256 of its files; a
+  damaged or incomplete newest checkpoint makes resume fall back to the newest intact one, saying so.
+- A run's identity is fixed: the settings that define the experiment are stored in every checkpoint, and a resume
+  whose settings differ is refused with the keys named.
+- Nothing is deleted that fedmm did not write: a new run refuses a non-empty folder without fedmm's marker, a torn
+  last metrics line is dropped with a warning, a damaged earlier line is an error naming it, and the records of
+  rounds a resume recomputes are set aside, not destroyed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +34,18 @@ from typing import Any, Optional
 
 import numpy as np
 
+from filelock import FileLock, Timeout
+
+from fedmm.console import say
 from fedmm.errors import FedmmError
-from fedmm.params import Params, atomic_write_bytes, load_params, params_from_bytes, params_to_bytes, save_params
+from fedmm.params import Params, atomic_write_bytes, params_from_bytes, params_to_bytes, save_params
+
+
+log = logging.getLogger(__name__)
+MARKER = ".fedmm-run"
+LOCK_ENV = "FEDMM_RUN_LOCKED"  # the run directory this process (or its parent) holds the lock of
+_HELD: list[FileLock] = []  # locks held until the process exits
+CURRENT: list[Path] = []  # the run directories this process opened, newest last (where error.txt goes)
 
 
 def flatten_state(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -59,6 +83,7 @@ class RunDir:
 
     def create(self) -> "RunDir":
         self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / MARKER).touch()
         return self
 
     def write_text(self, name: str, text: str) -> None:
@@ -72,36 +97,62 @@ class RunDir:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+            os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The records. A torn last line (a crash while writing it) is dropped with a warning; a damaged line before
+        it is an error that names the line (nothing is guessed, nothing deleted)."""
         if not self.metrics_path.exists():
             return []
+        lines = self.metrics_path.read_text(errors="replace").splitlines()
         out = []
-        for line in self.metrics_path.read_text().splitlines():
+        for i, line in enumerate(lines):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a crash
-                break
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                out.append(record)
+            except ValueError:
+                if i == len(lines) - 1:
+                    log.warning("%s: its last line is cut short (a crash while writing it); that record is ignored",
+                                self.metrics_path)
+                    break
+                raise FedmmError(f"{self.metrics_path} line {i + 1} is damaged ({line[:40]!r}); repair or remove "
+                                 f"that line, then try again") from None
         return out
 
-    def truncate_metrics(self, key: str, last: int) -> None:
-        """Keep only the records with record[key] <= last (rounds recomputed after a resume are written again)."""
-        kept = [r for r in self.read_metrics() if r.get(key, 0) <= last]
-        self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+    def set_aside_metrics(self, key: str, last: int) -> None:
+        """Keep the records with record[key] <= last; the later ones (rounds a resume recomputes) are appended to
+        metrics.set-aside.jsonl, never destroyed."""
+        records = self.read_metrics()
+        kept = [r for r in records if r.get(key, 0) <= last]
+        later = [r for r in records if r.get(key, 0) > last]
+        if later:
+            with open(self.path / "metrics.set-aside.jsonl", "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in later))
+                f.flush()
+                os.fsync(f.fileno())
+        if self.metrics_path.exists():  # also drops a torn last line for good (after the warning)
+            self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
     # -- parameters and checkpoints -----------------------------------------------------------------------------
     def save_global(self, params: Params) -> None:
         save_params(self.path / "global.safetensors", params)
 
-    def save_checkpoint(self, rnd: int, params: Params, strategy_state: dict[str, Any], keep: int = 0) -> None:
+    def save_checkpoint(self, rnd: int, params: Params, strategy_state: dict[str, Any], keep: int = 0,
+                        identity: Optional[dict[str, Any]] = None) -> None:
         final = self.ckpt_root / f"round_{rnd:04d}"
         tmp = self.ckpt_root / f".round_{rnd:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_params(tmp / "global.safetensors", params)
+        weights = params_to_bytes(params)
         arrays, rest = flatten_state(strategy_state)
-        atomic_write_bytes(tmp / "strategy.safetensors", params_to_bytes(arrays))
-        (tmp / "state.json").write_text(json.dumps({"round": rnd, "strategy": rest}, indent=2))
+        state_bytes = params_to_bytes(arrays)
+        atomic_write_bytes(tmp / "global.safetensors", weights)
+        atomic_write_bytes(tmp / "strategy.safetensors", state_bytes)
+        meta = {"round": rnd, "strategy": rest, "identity": identity or {},
+                "sha256": {"global.safetensors": _sha(weights), "strategy.safetensors": _sha(state_bytes)}}
+        atomic_write_bytes(tmp / "state.json", json.dumps(meta, indent=2).encode())
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         self.save_global(params)
@@ -114,27 +165,93 @@ class RunDir:
             return []
         return sorted(p for p in self.ckpt_root.iterdir() if p.is_dir() and p.name.startswith("round_"))
 
-    def latest_checkpoint(self) -> Optional[tuple[int, Params, dict[str, Any]]]:
-        ckpts = self.checkpoints()
-        if not ckpts:
-            return None
-        last = ckpts[-1]
-        state = json.loads((last / "state.json").read_text())
-        arrays = params_from_bytes((last / "strategy.safetensors").read_bytes())
-        return state["round"], load_params(last / "global.safetensors"), unflatten_state(arrays, state["strategy"])
+    def _load(self, folder: Path) -> tuple[int, Params, dict[str, Any], dict[str, Any]]:
+        """(round, params, strategy state, identity) of one checkpoint, verified; ValueError saying what is wrong."""
+        try:
+            meta = json.loads((folder / "state.json").read_text())
+            blobs = {name: (folder / name).read_bytes() for name in ("global.safetensors", "strategy.safetensors")}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{type(e).__name__}: {str(e)[:80]}") from None
+        for name, digest in meta.get("sha256", {}).items():
+            if _sha(blobs[name]) != digest:
+                raise ValueError(f"{name} does not match its checksum")
+        try:
+            params, arrays = params_from_bytes(blobs["global.safetensors"]), params_from_bytes(
+                blobs["strategy.safetensors"])
+        except Exception as e:  # noqa: BLE001 - a damaged file, whatever safetensors says about it
+            raise ValueError(f"unreadable safetensors ({str(e)[:80]})") from None
+        return int(meta["round"]), params, unflatten_state(arrays, meta["strategy"]), meta.get("identity", {})
+
+    def latest_checkpoint(self) -> Optional[tuple[int, Params, dict[str, Any], dict[str, Any]]]:
+        """(round, params, strategy state, identity) of the newest intact checkpoint; a damaged newer one is
+        skipped with one line saying so (and left where it is)."""
+        for folder in reversed(self.checkpoints()):
+            try:
+                return self._load(folder)
+            except (ValueError, KeyError) as e:
+                say(f"checkpoint {folder.name} is damaged ({e}); falling back to the one before")
+        return None
+
+    # -- one writer ---------------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the folder's lock until this process exits; another holder is a one-line error naming its pid.
+        Processes this one starts for the same run (a simulator's server) inherit the hold."""
+        if os.environ.get(LOCK_ENV) == str(self.path.resolve()):
+            return
+        lock = FileLock(str(self.path / ".lock"), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            pid = (self.path / ".lock.pid").read_text().strip() if (self.path / ".lock.pid").exists() else "?"
+            raise FedmmError(f"{self.path} is in use by another fedmm process (pid {pid}); wait for it to finish, "
+                             f"or choose another output_dir") from None
+        (self.path / ".lock.pid").write_text(f"{os.getpid()}\n")
+        _HELD.append(lock)
+        os.environ[LOCK_ENV] = str(self.path.resolve())
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def open_run_dir(resume: Optional[str], output_dir: Optional[str], kind: str, config_yaml: str) -> RunDir:
     """The run directory of a new run (`output_dir`, default runs/<timestamp>[-<kind>]) with its config.yaml
-    written, or the one `resume` continues. A folder that already holds a run is never reused by a new one."""
+    written, or the one `resume` continues, locked for this process. A folder that already holds a run, or that
+    holds anything fedmm did not write, is never used by a new run."""
     if resume:
-        return RunDir(resume)
+        rd = RunDir(resume)
+        rd.lock()
+        CURRENT.append(rd.path)
+        return rd
     if output_dir:
         path = Path(output_dir).expanduser()
     else:
         path = Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S-%f") + ("" if kind == "run" else f"-{kind}"))
+    check_output_dir(path)
     if (path / "metrics.jsonl").exists():
         raise FedmmError(f"{path} already holds a run; choose another output_dir, or continue it with resume={path}")
-    rd = RunDir(path).create()
+    if path.is_dir() and any(path.iterdir()) and not (path / MARKER).exists():
+        raise FedmmError(f"{path} is not empty and was not made by fedmm; choose a new or empty output_dir")
+    try:
+        rd = RunDir(path).create()
+    except OSError as e:
+        raise FedmmError(f"cannot create output_dir {path} ({e.strerror}); choose a folder you can write") from None
+    rd.lock()
+    CURRENT.append(rd.path)
     rd.write_text("config.yaml", config_yaml)
     return rd
+
+
+def check_output_dir(path: Path) -> None:
+    """A usable folder name: printable, each part a valid file name, not under a system folder, not a file."""
+    text = str(path)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise FedmmError(f"output_dir {text!r} holds a control character; choose a plain folder name")
+    if any(len(part.encode()) > 255 for part in path.parts):
+        raise FedmmError("output_dir has a name longer than 255 bytes; choose a shorter folder name")
+    resolved = path.expanduser().absolute()
+    if any(resolved == Path(p) or Path(p) in resolved.parents for p in ("/proc", "/sys", "/dev")):
+        raise FedmmError(f"output_dir {text} is under a system folder; choose a folder of your own")
+    for p in (resolved, *resolved.parents):
+        if p.exists() and not p.is_dir():
+            raise FedmmError(f"output_dir {text}: {p} is a file, not a folder; choose another output_dir")

@@ -12,6 +12,8 @@ import torch
 from fedmm import metrics as M
 from fedmm.backends.base import Backend
 from fedmm.config import Settings
+from fedmm.config.load import identity
+from fedmm.errors import FedmmError
 from fedmm.config.schema import CompressionConfig
 from fedmm.console import say
 from fedmm.data.dataset import MultimodalDataset, TaskData
@@ -68,6 +70,7 @@ class Federation:
     params: Params
     start_round: int
     progress: bool
+    identity: dict[str, Any]  # the settings every checkpoint records and a resume must match
 
     def run(self, fit_clients: FitClients) -> dict[str, Any]:
         """The remaining rounds, then report.md; returns the last round's record."""
@@ -75,7 +78,8 @@ class Federation:
             say(f"nothing to do: {self.rundir.path} already completed {self.start_round - 1} rounds "
                 f"(rounds={self.settings.rounds}); pass rounds=N to continue further")
         table = RoundTable("round", table_metrics(self.data))
-        self.params = self.server.run(self.rundir, self.params, self.start_round, fit_clients, on_round=table)
+        self.params = self.server.run(self.rundir, self.params, self.start_round, fit_clients, on_round=table,
+                                      identity=self.identity)
         records = self.rundir.read_metrics()
         s = self.settings
         write_report(self.rundir.path, title=f"fedmm run: {s.task.name} / {s.model.name} / {s.strategy.name}")
@@ -91,11 +95,31 @@ def instructions(settings: Settings, data: TaskData) -> FitInstructions:
                            strategy=settings.strategy.name)
 
 
+def resume_point(rundir: RunDir, settings: Settings):
+    """The newest intact checkpoint of the run `settings` resume, after checking that they still describe the same
+    experiment and do not end before it: before anything in the folder changes."""
+    ckpt = rundir.latest_checkpoint()
+    if ckpt is None:
+        return None
+    last, _, _, saved = ckpt
+    now = identity(settings)
+    changed = sorted(k for k in set(saved) | set(now) if saved and saved.get(k) != now.get(k))
+    if changed:
+        k, more = changed[0], f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise FedmmError(f"cannot resume {rundir.path}: its settings changed since round {last} ({k}: "
+                         f"{saved.get(k)!r} -> {now.get(k)!r}{more}); restore config.yaml, or start a new run")
+    if settings.rounds < last:
+        raise FedmmError(f"cannot resume {rundir.path} with rounds={settings.rounds}: it already completed {last} "
+                         f"rounds; give rounds={last} or more")
+    return ckpt
+
+
 def build_server(settings: Settings) -> Federation:
     check_kind(settings.compression.kind, settings.compression.block_size)
     parts = assemble(settings, "server")
     data, clients, backend, model, strategy = parts.data, parts.clients, parts.backend, parts.model, parts.strategy
     rundir = open_run_dir(settings.resume, settings.output_dir, "run", settings.to_yaml())
+    ckpt = resume_point(rundir, settings) if settings.resume else None
     summary = partition_summary(clients)
     rundir.write_json("partition.json", summary)
     say(f"task {settings.task.name}: {sum(map(len, clients))} train / {len(data.val)} val / {len(data.test)} test "
@@ -117,13 +141,12 @@ def build_server(settings: Settings) -> Federation:
                                    run_dir=rundir.path, seed=settings.seed))
     params, start = get_params(model, parts.keys), 1
     if settings.resume:
-        ckpt = rundir.latest_checkpoint()
         if ckpt is not None:
-            last, params, state = ckpt
+            last, params, state, _ = ckpt
             strategy.load_state_dict(state)
             start = last + 1
             say(f"resuming {rundir.path} after round {last}")
-        rundir.truncate_metrics("round", start - 1)
+        rundir.set_aside_metrics("round", start - 1)
         rundir.write_text("config.yaml", settings.to_yaml())
 
     per_round = num_sampled(len(clients), settings.clients_per_round, settings.client_fraction,
@@ -140,4 +163,4 @@ def build_server(settings: Settings) -> Federation:
                     instructions=instructions(settings, data), expected=expected)
     return Federation(settings=settings, rundir=rundir, data=data, clients=clients, client_val=parts.client_val,
                       backend=backend, model=model, server=server, params=params, start_round=start,
-                      progress=progress_bars(settings))
+                      progress=progress_bars(settings), identity=identity(settings))

@@ -170,11 +170,15 @@ class Server:
         return new_params, record.to_json()
 
     def run(self, rundir: RunDir, global_params: Params, start_round: int, fit_clients: FitClients,
-            on_round: Optional[Callable[[dict[str, Any]], None]] = None) -> Params:
+            on_round: Optional[Callable[[dict[str, Any]], None]] = None,
+            identity: Optional[dict[str, Any]] = None) -> Params:
+        """Rounds `start_round`..`rounds`, each recorded and checkpointed (with the run's `identity`, the settings
+        a resume must match)."""
         for rnd in range(start_round, self.cfg.rounds + 1):
             global_params, record = self.run_round(rnd, global_params, fit_clients)
             rundir.append_metrics(record)
-            rundir.save_checkpoint(rnd, global_params, self.strategy.state_dict(), keep=self.cfg.keep_checkpoints)
+            rundir.save_checkpoint(rnd, global_params, self.strategy.state_dict(), keep=self.cfg.keep_checkpoints,
+                                   identity=identity)
             if on_round:
                 on_round(record)
         return global_params
