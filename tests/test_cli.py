@@ -26,7 +26,7 @@ from fedmm.config import expand_sweeps
     (["task=easyvqa", "task.root=/no/such/folder", "model=fusion_tiny"], "/no/such/folder"),
     (["resume=/no/such/run"], "/no/such/run/config.yaml not found"),
     (["seed=1,2"], "add -m"),
-    (["partition.alpha=0"], "partition.alpha must be > 0"),
+    (["partition.alpha=0"], "partition.alpha=0.0 is out of range: it must be a finite number > 0"),
     (["lr_schedule=linear"], "lr_schedule must be one of constant, cosine"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, expected):

@@ -11,15 +11,21 @@
                                           an NVFlare job folder (`nvflare job submit -j OUT`)
     fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
 
-User errors print one line (`error: ...`) and exit 2; nothing already written is removed.
+User errors print one line (`error: ...`) and exit 2; nothing already written is removed. Anything unexpected (a
+bug) prints one line too, exits 1, and leaves its traceback in the run directory's error.txt (or a temporary file;
+FEDMM_DEBUG=1 prints it instead). Ctrl-C exits 130 and SIGTERM 143, each with one line naming the run to resume.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from datetime import datetime
 from pathlib import Path
 
+from fedmm import rundir
 from fedmm.console import quiet_libraries
 from fedmm.errors import FedmmError
 
@@ -102,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     args = parser.parse_args(argv)
     quiet_libraries()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command in ("run", "centralized"):
             return _run(args)
@@ -150,10 +158,44 @@ def main(argv: list[str] | None = None) -> int:
     except FedmmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; completed rounds are kept (continue with resume=<run_dir>)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        run = rundir.CURRENT[-1] if rundir.CURRENT else "<run_dir>"
+        print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; completed rounds are kept "
+              f"(continue with resume={run})", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback in a file
+        if os.environ.get("FEDMM_DEBUG") == "1":
+            raise
+        where = _save_traceback()
+        print(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+              f" (a bug, not your input: please report it with {where}; FEDMM_DEBUG=1 prints the traceback)",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: completed rounds are kept, one line says how to resume."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _save_traceback() -> str:
+    """The current exception's traceback in the run directory's error.txt (or a temporary file); its path."""
+    import tempfile
+    import traceback
+
+    text = traceback.format_exc()
+    for folder in ([rundir.CURRENT[-1]] if rundir.CURRENT else []) + [Path(tempfile.gettempdir())]:
+        try:
+            name = "error.txt" if folder != Path(tempfile.gettempdir()) else f"fedmm-error-{os.getpid()}.txt"
+            (Path(folder) / name).write_text(text)
+            return str(Path(folder) / name)
+        except OSError:
+            continue
+    return "the traceback (it could not be saved)"
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from fedmm.config.schema import ATTACKS, NORM_BOUNDS, PRECISIONS, AttackConfig, PartitionConfig, Schema
+from fedmm.config.schema import ATTACKS, BOUNDS, NORM_BOUNDS, PRECISIONS, AttackConfig, PartitionConfig, Schema
 from fedmm.errors import FedmmError
+from fedmm.rundir import check_output_dir
 from fedmm.registry import BACKENDS, RUNTIMES, STRATEGIES, TASKS
 from fedmm.schedule import LR_SCHEDULES
 
@@ -57,6 +58,19 @@ class Settings:
         return cls(**OmegaConf.to_container(self.cfg[key], resolve=True))
 
 
+def identity(settings: Settings) -> dict[str, Any]:
+    """The settings that define what the experiment computes (all but how long it runs and how it reports), flat
+    as dotted keys: stored in every checkpoint, and what a resume must match."""
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    skip = RESUMABLE | {"resume", "output_dir"}
+    return {k: v for k, v in flat(OmegaConf.to_container(settings.cfg, resolve=True)).items()
+            if k.split(".")[0] not in skip}
+
+
 def _schema_for(group: str, name: str) -> type:
     return RUN_GROUPS[group] if group in RUN_GROUPS else GROUPS[group].get(name).config_cls
 
@@ -87,6 +101,11 @@ def _register_store() -> None:
 
 def _one_line(e: BaseException) -> str:
     msg = str(e).strip()
+    cause = e.__cause__
+    m = re.match(r"Error merging override (\S+?)=", msg)
+    if m and cause is not None:  # say why: Hydra's own message names only the override
+        why = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        return f"bad value for '{m.group(1)}': {why}"
     m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' is not in struct", msg)
     if m:
         return f"unknown option '{m.group(1)}'; `fedmm config` prints every option"
@@ -140,10 +159,18 @@ def validate(cfg: DictConfig) -> Settings:
         raise FedmmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got '{cfg.lr_schedule}')")
     if cfg.precision not in PRECISIONS:
         raise FedmmError(f"precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
-    if cfg.grad_accum_steps < 1 or cfg.lr_warmup_rounds < 0:
-        raise FedmmError("grad_accum_steps must be at least 1 and lr_warmup_rounds at least 0")
+    _check_bounds(cfg)
     _check_trust(cfg)
-    return Settings(cfg=cfg, **{g: _typed(g, cfg[g]) for g in GROUPS})
+    if cfg.output_dir:
+        check_output_dir(Path(str(cfg.output_dir)))
+    return Settings(cfg=cfg, **{g: _typed(g, cfg.get(g)) for g in GROUPS})
+
+
+def _check_bounds(cfg: DictConfig) -> None:
+    for key, bound in BOUNDS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not bound.holds(float(value)):
+            raise FedmmError(f"{key}={value} is out of range: it must be {bound.text(isinstance(value, int))}")
 
 
 def _check_trust(cfg: DictConfig) -> None:
@@ -162,8 +189,6 @@ def _check_trust(cfg: DictConfig) -> None:
         raise FedmmError(f"unknown attack '{a.name}'; choose one of: {', '.join(ATTACKS)}")
     if a.name != "none" and not a.clients:
         raise FedmmError(f"attack={a.name} needs attack.clients=[ids], the clients that misbehave")
-    if a.std < 0 or a.start_round < 1:
-        raise FedmmError("attack.std must be >= 0 and attack.start_round at least 1")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
@@ -230,7 +255,13 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FedmmError(f"cannot resume: {path} not found; resume= takes a run directory written by `fedmm run`")
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - YAML's own errors are many; one line names the file and the problem
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FedmmError(f"cannot resume: {path} is not valid YAML ({first[:120]}); restore it") from None
+    if not isinstance(cfg, DictConfig):
+        raise FedmmError(f"cannot resume: {path} does not hold a fedmm configuration; restore it")
     OmegaConf.set_struct(cfg, True)
     for o in _parse(overrides):
         key = o.key_or_group

@@ -4,11 +4,13 @@ a federated run writes `round` (`fedmm.record.EpochRecord`), and follows the sam
 epochs."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from fedmm.config import Settings
 from fedmm.console import say
+from fedmm.errors import FedmmError
 from fedmm.experiment.assemble import assemble
 from fedmm.experiment.server import progress_bars, server_metrics, table_metrics
 from fedmm.modelops import get_params
@@ -38,6 +40,9 @@ def train_centralized(settings: Settings) -> tuple[Any, dict[str, Any]]:
                              desc=f"epoch {epoch}/{epochs}", progress=progress_bars(settings), optimizer=optimizer,
                              pos_weight=pos_weight, grad_accum_steps=settings.grad_accum_steps,
                              precision=settings.precision)
+        if not math.isfinite(stats["train_loss"]):
+            raise FedmmError(f"epoch {epoch}: the training loss is {stats['train_loss']} (diverged); nothing of "
+                             f"this epoch was written; lower lr (now {settings.lr})")
         metrics = server_metrics(model, backend, data, data.test, settings.eval_batch_size)
         record = EpochRecord(epoch=epoch, num_examples=len(data.train), lr=optimizer.param_groups[0]["lr"],
                              train_loss=stats["train_loss"], eval=metrics, seconds=time.perf_counter() - t).to_json()
