@@ -4,6 +4,7 @@ one process scales. Every figure is produced here, by the command that the repor
     python3 dev.py bench suite              # writes docs/BENCHMARKS.md and docs/benchmarks/suite.json
     python3 dev.py bench suite --quick      # one repeat, smaller runs (a smoke test of the suite itself)
     python3 dev.py bench suite --only runtimes  # re-run sections (comma-separated), keep the others' saved figures
+    python3 dev.py bench suite --render     # docs/BENCHMARKS.md again from suite.json (no runs)
 
 Each run is its own `fedmm` process (wall time, start-up and peak memory are the process's). Runs that are compared
 alternate within one repeat, so that drifts in the host's speed hit both sides alike; figures are medians over the
@@ -280,6 +281,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed suite still stops the servers it started
     OUT.mkdir(parents=True, exist_ok=True)
     dest = ROOT / "docs" / "benchmarks"
+    if "--render" in sys.argv:  # docs/BENCHMARKS.md again from the saved figures (after a change of its text)
+        saved = json.loads((dest / "suite.json").read_text())
+        meta = {k: saved[k] for k in ("command", "date", "machine", "repeats", "suite_seconds", "reruns") if k in saved}
+        (ROOT / "docs" / "BENCHMARKS.md").write_text(report(meta, {k: saved[k] for k in SECTIONS if k in saved}))
+        return 0
     unknown = sorted(set(ONLY or ()) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -350,6 +356,9 @@ def report(meta: dict, r: dict) -> str:
 Produced by `{meta['command']}` on {meta['date']} ({meta['machine']}); the suite took
 {meta['suite_seconds'] / 60:.1f} minutes. Medians over {meta['repeats']} repeats where a row says so; compared runs
 alternate within each repeat. Raw figures: [benchmarks/suite.json](benchmarks/suite.json).{reruns}
+Other pages, each written by its own script: [strategies on missing modalities](benchmarks/strategies.md)
+(`python3 dev.py bench strategies`) and [robustness to Byzantine clients](benchmarks/robustness.md)
+(`python3 dev.py bench robustness`).
 
 ## Runtime overhead: `runtime=local` against `fedmm centralized`
 

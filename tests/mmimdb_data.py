@@ -29,8 +29,10 @@ def movies(n: int, seed: int = 0) -> list[dict]:
         for k, g in enumerate(genres):
             img[k * h // 2:(k + 1) * h // 2] = COLOURS[g]
         img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
+        # a plot of hundreds of words, as in MM-IMDb; the genre words come early, within what a 64-token encoder reads
         words = list(rng.choice(FILLER, size=8)) + [WORDS[g] for g in genres]
         rng.shuffle(words)
+        words += list(rng.choice(FILLER, size=int(rng.integers(150, 400))))
         out.append({"id": f"tt{1000000 + i:07d}", "genres": genres, "image": img,
                     "plots": ["short " + WORDS[genres[0]], " ".join(words)]})  # the longest plot is the real one
     return out

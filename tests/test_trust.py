@@ -204,7 +204,7 @@ def test_attack_needs_its_clients_and_a_known_name():
 
 
 @pytest.mark.slow
-def test_cli_runs_reject_a_byzantine_client_and_stop_cleanly_on_a_diverged_federation(tmp_path, tiny_args):
+def test_cli_runs_reject_a_byzantine_client_and_stop_cleanly_when_every_client_is(tmp_path, tiny_args):
     from conftest import fedmm, metrics
 
     fedmm("run", *tiny_args, "num_clients=5", "rounds=2", "attack=nan", "attack.clients=[1]", "progress=false",
@@ -214,8 +214,8 @@ def test_cli_runs_reject_a_byzantine_client_and_stop_cleanly_on_a_diverged_feder
     from safetensors.numpy import load_file
 
     assert all(np.isfinite(v).all() for v in load_file(tmp_path / "nan" / "global.safetensors").values())
-    out = fedmm("run", *tiny_args, "rounds=2", "lr=inf", "progress=false", f"output_dir={tmp_path / 'inf'}",
-                check=False)
+    out = fedmm("run", *tiny_args, "rounds=2", "attack=inf", "attack.clients=[0,1,2,3]", "progress=false",
+                f"output_dir={tmp_path / 'inf'}", check=False)
     assert out.returncode == 2 and out.stderr.count("error:") == 1 and "Traceback" not in out.stderr
     assert "only 0 of 4 clients replied with a valid update" in out.stderr
     assert not (tmp_path / "inf" / "global.safetensors").exists()

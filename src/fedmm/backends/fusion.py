@@ -27,6 +27,7 @@ from torch import nn
 from fedmm.backends.base import BACKENDS, Backend
 from fedmm.backends.loading import from_pretrained, image_stats, load_tokenizer
 from fedmm.data.dataset import MultimodalDataset
+from fedmm.console import say
 from fedmm.errors import FedmmError
 from fedmm.modelops import inject_lora, normalized_pixels
 
@@ -181,6 +182,7 @@ class FusionBackend(Backend):
             raise FedmmError(f"model.norm must be layernorm or batchnorm (got '{cfg.norm}')")
         self.tokenizer = load_tokenizer(cfg.tokenizer, cfg.text_encoder, "text_encoder")
         self._token_cache: dict[str, list[int]] = {}  # text -> token ids: data sets repeat texts across rounds
+        self.max_length = cfg.max_text_length  # capped at the text encoder's positions when the model is built
         # id(data set) -> (a weak reference to it, the encoders' weight versions, text features [N, H] | None,
         # the image ids it uses, their features)
         self._features: dict[int, tuple] = {}
@@ -222,6 +224,11 @@ class FusionBackend(Backend):
                 image = pretrained(ResNetModel, cfg.image_encoder, "image encoder", "image_encoder")
             else:
                 image = ResNetModel(ResNetConfig(**dict(cfg.image_config or RESNET18)))
+            positions = getattr(text.config, "max_position_embeddings", None)
+            if positions and cfg.max_text_length > positions and self.max_length > positions:
+                say(f"model.max_text_length={cfg.max_text_length} exceeds the text encoder's {positions} positions: "
+                    f"texts are cut at {positions} tokens")
+            self.max_length = min(cfg.max_text_length, positions or cfg.max_text_length)
             if text.get_input_embeddings().num_embeddings < len(self.tokenizer):
                 raise FedmmError(f"tokenizer has {len(self.tokenizer)} tokens but the text encoder only "
                                  f"{text.get_input_embeddings().num_embeddings}; set model.tokenizer to match")
@@ -250,7 +257,7 @@ class FusionBackend(Backend):
         if missing:
             if len(cache) > 1_000_000:
                 cache.clear()
-            enc = self.tokenizer(missing, truncation=True, max_length=self.cfg.max_text_length)["input_ids"]
+            enc = self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]
             cache.update(zip(missing, enc))
         rows = [cache[t] for t in texts]
         ids = np.full((len(rows), max(map(len, rows))), self.tokenizer.pad_token_id or 0, dtype=np.int64)

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fedmm.errors import FedmmError
+
+# Pixels an image may have (a decompression bomb is a few KB on disk and gigabytes decoded); posters and VQA
+# images are under one megapixel.
+MAX_PIXELS = 40_000_000
 
 
 def read_rgb(source: str | Path | bytes, size: int | None = None, name: str | None = None) -> np.ndarray:
@@ -17,11 +22,19 @@ def read_rgb(source: str | Path | bytes, size: int | None = None, name: str | No
     `name` is what errors call the image (default: the path)."""
     name = name or str(source if not isinstance(source, bytes) else "image bytes")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            im = im.convert("RGB")
-            if size and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise FedmmError(f"image {name} has {im.width} x {im.height} pixels, over fedmm's cap of "
+                                     f"{MAX_PIXELS:,}; resize or remove the file")
+                im = im.convert("RGB")
+                if size and im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                return np.asarray(im, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise FedmmError(f"image {name} is too large to decode safely ({str(e)[:100]}); resize or remove the "
+                         f"file") from None
     except FileNotFoundError:
         raise FedmmError(f"image file not found: {name}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -22,7 +22,7 @@ from PIL import Image
 from fedmm.data.bad_samples import BadSamples
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.data.modality import assign_modalities, parse_client_modalities
-from fedmm.data.mmimdb.records import Record, decode_images
+from fedmm.data.mmimdb.records import Record, decode_images, inside
 from fedmm.data.mmimdb.sources import SPLITS, read_source
 from fedmm.data.partition import dirichlet_partition, iid_partition
 from fedmm.data.summary import format_partition, partition_summary
@@ -32,9 +32,10 @@ OUTPUTS = ("dataset", "all_in_one_dataset")
 POSTERS = Path("all_in_one_dataset") / "mmimdb_posters"
 
 
-def check_records(records: list[Record], labels: tuple[str, ...], bad: BadSamples, labels_from: str
-                  ) -> list[Record]:
-    """The records whose genres are all known and whose poster decodes in full."""
+def check_records(records: list[Record], labels: tuple[str, ...], bad: BadSamples, labels_from: str,
+                  source: Path) -> list[Record]:
+    """The records whose genres are all known and whose poster lies inside `source` and decodes in full (prepare
+    links or copies posters into OUT: never a file from elsewhere)."""
     known = set(labels)
     kept = []
     for r in records:
@@ -43,6 +44,8 @@ def check_records(records: list[Record], labels: tuple[str, ...], bad: BadSample
             bad(f"{r.where}: genre '{unknown[0]}' is not in {labels_from}")
         elif r.image is None:
             bad(f"{r.where}: no image")
+        elif isinstance(r.image, Path) and not inside(r.image, source):
+            bad(f"{r.where}: its poster {r.image} lies outside {source}")
         else:
             kept.append(r)
     checked = decode_images([r.image for r in kept], size=8)  # a full decode; the small copy is thrown away
@@ -109,7 +112,9 @@ def prepare_mmimdb(source: str, out: str, num_clients: int, partition: str = "ii
 
     bad = BadSamples(on_bad_sample, option="--on-bad-sample")
     src = read_source(source, bad, labels_json)
-    rows = {s: check_records(src.splits[s], src.labels, bad, src.labels_from) for s in SPLITS}
+    root = Path(source).expanduser()
+    root = root if root.is_dir() else root.parent
+    rows = {s: check_records(src.splits[s], src.labels, bad, src.labels_from, root) for s in SPLITS}
     bad.warn(str(source))
     if src.dropped_tags:
         print("dropped genre tags outside MM-IMDb's 23: " +

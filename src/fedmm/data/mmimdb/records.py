@@ -34,6 +34,15 @@ class Record:
     where: str  # "dataset/client_0/train.csv line 3": what error messages call this row
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` stays inside `folder` once `..` and symbolic links are followed (an absolute name, a
+    `../../x` or a link pointing elsewhere do not)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL byte in the name
+        return False
+
+
 def split_genres(value: str) -> tuple[str, ...]:
     """'Drama|Romance' -> ('Drama', 'Romance'); surrounding spaces and empty parts are dropped."""
     return tuple(g.strip() for g in value.split("|") if g.strip())
@@ -59,6 +68,9 @@ def read_csv(path: Path, bad: BadSamples, posters: Optional[Path], show: Optiona
             for row in reader:
                 where = f"{name} line {reader.line_num}"
                 img = (row["img_name"] or "").strip()
+                if posters is not None and img and not inside(posters / img, posters):
+                    bad(f"{where}: img_name '{img[:80]}' points outside the posters folder {posters}")
+                    continue
                 rows.append(Record(id=(row.get("id") or "").strip() or Path(img).stem or str(len(rows)),
                                    text=row["text"] or "",
                                    genres=split_genres(row["labels"] or ""),
@@ -87,8 +99,11 @@ def decode_images(sources: Sequence[Path | bytes], size: Optional[int]) -> list[
 
 
 def to_dataset(records: Sequence[Record], label_names: tuple[str, ...], modalities: frozenset[str],
-               image_size: int, bad: BadSamples, labels_file: str = "labels.json") -> MultimodalDataset:
-    """Multi-hot labels, texts and a poster table (one row per record) for the rows that pass the checks."""
+               image_size: int, bad: BadSamples, labels_file: str = "labels.json",
+               max_text_chars: int = 20_000) -> MultimodalDataset:
+    """Multi-hot labels, texts (cut at `max_text_chars`: the text encoder reads a few hundred tokens at most, and
+    tokenising a multi-megabyte text costs gigabytes) and a poster table (one row per record) for the rows that pass
+    the checks."""
     index = {g: i for i, g in enumerate(label_names)}
     keep, labels = [], []
     for r in records:
@@ -119,5 +134,5 @@ def to_dataset(records: Sequence[Record], label_names: tuple[str, ...], modaliti
     return MultimodalDataset(
         labels=np.stack(labels) if labels else np.zeros((0, len(label_names)), dtype=np.float32),
         label_names=label_names,
-        texts=[r.text for r in keep] if "text" in modalities else None,
+        texts=[r.text[:max_text_chars] for r in keep] if "text" in modalities else None,
         images=images, image_ids=None if images is None else np.arange(len(keep), dtype=np.int64))

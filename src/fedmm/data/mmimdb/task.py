@@ -31,7 +31,8 @@ class MMIMDbConfig:
     labels_json: str = ""  # "" = $LABELS_JSON_PATH, then next to the data, then the first under server_data/
     image_dir: str = ""  # posters folder, when neither the CSV's folder nor all_in_one_dataset/ has one
     image_size: int = 224  # posters are decoded once, at load, and held at image_size x image_size
-    on_bad_sample: str = "error"  # error | skip (a missing/corrupt poster, an unknown genre, an empty CSV)
+    on_bad_sample: str = "error"  # error | skip (a missing/corrupt/oversized poster, an unknown genre, an empty CSV)
+    max_text_chars: int = 20_000  # plots are cut here before tokenising (the encoder reads a few hundred tokens)
     pos_weight: bool = False  # BCE weights positives by negatives/positives of each client's training labels
     tune_thresholds: bool = False  # also report *_tuned metrics at per-genre thresholds tuned on server_val.csv
 
@@ -49,7 +50,7 @@ def load_site(folder: Path, labels: tuple[str, ...], cfg: MMIMDbConfig, bad: Bad
         if not path.is_file():
             return None
         rows = read_csv(path, bad, posters, show=project)
-        return to_dataset(rows, labels, mods, cfg.image_size, bad, labels_file) if rows else None
+        return to_dataset(rows, labels, mods, cfg.image_size, bad, labels_file, cfg.max_text_chars) if rows else None
 
     if not (folder / "train.csv").is_file():
         raise FedmmError(f"{folder} has no train.csv; every client folder needs one")
@@ -67,7 +68,8 @@ def _server_split(layout: SeedLayout, name: str, labels: tuple[str, ...], cfg: M
         return None
     posters = poster_folder(layout.server, layout.project, cfg.image_dir)
     rows = read_csv(path, bad, posters, show=layout.project)
-    return to_dataset(rows, labels, frozenset(MODALITIES), cfg.image_size, bad, labels_file) if rows else None
+    return (to_dataset(rows, labels, frozenset(MODALITIES), cfg.image_size, bad, labels_file, cfg.max_text_chars)
+            if rows else None)
 
 
 def count_sites(cfg: MMIMDbConfig) -> int:
@@ -77,8 +79,10 @@ def count_sites(cfg: MMIMDbConfig) -> int:
 
 @TASKS.register("mmimdb", MMIMDbConfig, site_count=count_sites)
 def load_mmimdb(cfg: MMIMDbConfig, seed: int, centralized: bool = False) -> TaskData:
-    if cfg.image_size < 8:
-        raise FedmmError(f"task.image_size must be at least 8 (got {cfg.image_size})")
+    if not 8 <= cfg.image_size <= 2048:
+        raise FedmmError(f"task.image_size must be in [8, 2048] (got {cfg.image_size})")
+    if cfg.max_text_chars < 1:
+        raise FedmmError(f"task.max_text_chars must be at least 1 (got {cfg.max_text_chars})")
     bad = BadSamples(cfg.on_bad_sample)
     layout = find_layout(cfg.root)
     labels_path = resolve_labels(cfg.labels_json, layout)

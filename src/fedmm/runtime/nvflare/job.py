@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 CLIENT_SCRIPT = Path(__file__).resolve().parent / "client_script.py"
 JOB_NAME = "fedmm"
+PARTIAL_MARKER = ".fedmm-export"  # marks OUT.partial as fedmm's own, so that only fedmm's is ever removed
 
 
 def require_nvflare() -> None:
@@ -136,7 +137,12 @@ def export_job(out: str | Path, overrides: list[str], sites: list[str]) -> Path:
     cfg = settings.runtime if settings.runtime.name == "nvflare" else NVFlareRuntimeConfig()  # resume= of another
     job = build_job(settings.to_yaml(), names, roots, simulation=False, cfg=cfg, min_clients=settings.min_clients)
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():  # left by an export that stopped half-way: only fedmm's own is removed
+        if not (tmp / PARTIAL_MARKER).exists():
+            raise FedmmError(f"{tmp} exists and was not made by fedmm; move it away, or choose another OUT")
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    (tmp / PARTIAL_MARKER).touch()
     job.export_job(str(tmp))
     out.mkdir(parents=True, exist_ok=True)
     for child in (tmp / JOB_NAME).iterdir():
