@@ -2,14 +2,15 @@
 
 Attacks (`attack=...`, applied inside the attacking clients after training, through the real wire path) against
 FedAvg, FedAvg with `max_update_norm=auto`, the coordinate-wise median and trimmed mean, Krum, Bulyan and FedMAP,
-with 1 of 5 and 2 of 10 clients attacking, beside the clean run. Synthetic task (fusion_tiny, 12 rounds: clean
+with 1 of 5 and 2 of 10 clients attacking, beside the clean run: the synthetic task (fusion_tiny, 12 rounds; clean
 FedAvg leaves a 0.65 plateau at round 9), and easy-VQA with the default model (fusion_minilm, 3,000 training
-questions, 6 rounds, 1 of 5 attacking) for the attacks that pass validation. `nan`, `inf` and `shape` updates
-are refused by the server's validation before any strategy sees them, whatever the strategy. A defence "holds" when
-its accuracy under attack is at most 2 points below the clean FedAvg run of the same setting.
+questions, 6 rounds, 1 of 5 attacking: scale, sign_flip and label_flip against four defences). `nan`, `inf` and
+`shape` updates are refused by the server's validation before any strategy sees them, whatever the strategy. A
+defence "holds" when its accuracy under attack is at most 2 points below the clean FedAvg run of the same setting.
 
     python3 dev.py bench robustness            # writes docs/benchmarks/robustness.{json,md}
     python3 dev.py bench robustness --render   # robustness.md again from robustness.json
+    python3 dev.py bench robustness --continue # keep the runs an interrupted benchmark finished
 
 Run directories go to benchmarks/results/robustness/ (not committed).
 """
@@ -43,8 +44,8 @@ SYNTHETIC = ["task=synthetic", "model=fusion_tiny", "task.num_train=3000", "task
              "lr=0.003", "lr_schedule=constant", "progress=false"]
 EASYVQA = ["max_train_samples=3000", "max_eval_samples=2000", "rounds=6", "partition=iid", "modality.text_only=[]",
            "modality.image_only=[]", "progress=false"]
-EASYVQA_ATTACKS = ["none", "scale", "sign_flip", "gaussian", "label_flip"]
-EASYVQA_DEFENCES = ["fedavg", "fedavg + max_update_norm=auto", "median", "trimmed_mean", "krum"]
+EASYVQA_ATTACKS = ["none", "scale", "sign_flip", "label_flip"]
+EASYVQA_DEFENCES = ["fedavg", "fedavg + max_update_norm=auto", "median", "krum"]
 # (label, clients, attacking clients, Byzantine clients the Krum family is told to tolerate)
 SETTINGS = [("1 of 5", 5, [1], 1), ("2 of 10", 10, [1, 6], 2)]
 # The issue's own check: the default synthetic job, 5 clients, 3 rounds, client 1 scaling its update by 1e6.
@@ -56,14 +57,21 @@ def run(overrides: list[str], name: str) -> dict:
     from fedmm.errors import FedmmError
 
     run_dir = OUT / name
+    done = run_dir / "result.json"
+    if "--continue" in sys.argv and done.exists():
+        return json.loads(done.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             final = run_federated(load_settings([*overrides, f"output_dir={run_dir}"]))
     except FedmmError as e:
-        return {"accuracy": None, "error": str(e), "seconds": time.perf_counter() - t0}
-    return {"accuracy": final.get("eval_accuracy"), "seconds": time.perf_counter() - t0}
+        result = {"accuracy": None, "error": str(e), "seconds": time.perf_counter() - t0}
+    else:
+        result = {"accuracy": final.get("eval_accuracy"), "seconds": time.perf_counter() - t0}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result))
+    return result
 
 
 def defence_args(defence: str, f: int) -> list[str]:

@@ -134,3 +134,26 @@ def test_centralized_baseline(tmp_path):
 def test_config_command_prints_composed_config():
     proc = fedmm("config", "model=fusion_tiny", "rounds=7")
     assert "rounds: 7" in proc.stdout and "tokenizer: tiny" in proc.stdout
+
+
+def test_each_subcommand_has_its_own_help_a_version_and_quiet(tmp_path):
+    out = fedmm("run", "--help").stdout
+    assert out.startswith("usage: fedmm run [-h] [-m] [-q] [overrides ...]") and "federated training" in out
+    assert "fedmm centralized" not in out and "groups are chosen with group=option" in out
+    assert fedmm("flower", "app", "--help").stdout.startswith("usage: fedmm flower app")
+    assert fedmm("report", "--help").stdout.startswith("usage: fedmm report")
+    from fedmm import __version__
+
+    assert fedmm("--version").stdout.strip() == f"fedmm {__version__}"
+    quiet = fedmm("-q", "run", *TINY, "rounds=1", f"output_dir={tmp_path / 'q'}")
+    assert quiet.stdout == "" and quiet.stderr == "" and (tmp_path / "q" / "metrics.jsonl").exists()
+
+
+def test_the_default_jobs_modality_masks_stay_with_its_task(tmp_path):
+    from fedmm.config import load_settings
+
+    assert load_settings([]).modality.text_only == [2]  # the default job: easy-VQA, client 2 text-only
+    s = load_settings(["task=synthetic", "model=fusion_tiny", "num_clients=2"])
+    assert list(s.modality.text_only) == [] and list(s.modality.image_only) == []
+    proc = fedmm("run", "num_clients=2", "rounds=1", f"output_dir={tmp_path / 'x'}", check=False)
+    assert proc.returncode == 2 and "clear it with modality.text_only=[] modality.image_only=[]" in proc.stderr

@@ -276,3 +276,12 @@ def test_export_never_removes_a_partial_folder_it_did_not_make(tmp_path):
     proc = fedmm("export", "nvflare", str(tmp_path / "job"), *TINY, f"output_dir={tmp_path}/run", check=False)
     _refused(proc, "job.partial exists and was not made by fedmm")
     assert (partial / "notes.txt").read_text() == "mine"
+
+
+def test_a_checkpoint_whose_record_was_lost_is_computed_again(tmp_path, capsys):
+    rd = RunDir(tmp_path).create()
+    for r in (1, 2, 3):
+        rd.append_metrics({"round": r})
+        rd.save_checkpoint(r, {"w": np.full(2, float(r), np.float32)}, {})
+    assert rd.latest_checkpoint(up_to=2)[0] == 2
+    assert "round_0003 has no record in metrics.jsonl" in capsys.readouterr().out

@@ -18,6 +18,7 @@ FEDMM_DEBUG=1 prints it instead). Ctrl-C exits 130 and SIGTERM 143, each with on
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -25,8 +26,8 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from fedmm import rundir
-from fedmm.console import quiet_libraries
+from fedmm import console, rundir
+from fedmm.console import quiet_libraries, say
 from fedmm.errors import FedmmError
 
 USAGE = __doc__.split("\n\n")[1]
@@ -45,32 +46,49 @@ def _run(args: argparse.Namespace) -> int:
     base = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("output_dir=")), None)
     root = Path(base or Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S") + "-sweep"))
     settings = [load_settings(c + [f"output_dir={root / str(i)}"]) for i, c in enumerate(combos)]  # check all first
-    print(f"sweep: {len(combos)} jobs under {root}/", flush=True)
+    say(f"sweep: {len(combos)} jobs under {root}/")
     results = []
     for i, (combo, s) in enumerate(zip(combos, settings)):
-        print(f"\n[{i + 1}/{len(combos)}] {' '.join(combo)}", flush=True)
+        say(f"\n[{i + 1}/{len(combos)}] {' '.join(combo)}")
         final = job(s)
         results.append((combo, final))
-    print("\nsweep results:")
+    say("\nsweep results:")
     for i, (combo, final) in enumerate(results):
         evals = eval_summary(final)
-        print(f"  {root / str(i)}: {' '.join(combo)} -> {evals}")
+        say(f"  {root / str(i)}: {' '.join(combo)} -> {evals}")
     return 0
 
 
+GROUPS_HELP = """configuration: key=value overrides; groups are chosen with group=option (task, model, strategy,
+partition, attack, runtime, experiment); `fedmm config` prints every value, `fedmm config --help` the groups."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    from fedmm import __version__
+
     parser = argparse.ArgumentParser(prog="fedmm", description="Federated fine-tuning of multimodal models.",
                                      usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "centralized"):
-        p = sub.add_parser(name)
+    parser.add_argument("--version", action="version", version=f"fedmm {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def verb(name: str, text: str, parent=sub, prog: str = "fedmm", **kw) -> argparse.ArgumentParser:
+        """A subcommand with its own usage line (not the top-level one) and help."""
+        return parent.add_parser(name, prog=f"{prog} {name}", help=text, description=text,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    for name, text in (("run", "federated training (the default job with no overrides)"),
+                       ("centralized", "the centralized baseline on the same data and model")):
+        p = verb(name, text, epilog=GROUPS_HELP)
         p.add_argument("-m", "--multirun", action="store_true", help="sweep: one job per combination of a=1,2 ...")
+        p.add_argument("-q", "--quiet", action="store_true", dest="quiet_here", help="print errors only")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 model=fusion_tiny")
-    p = sub.add_parser("config")
-    p.add_argument("overrides", nargs="*")
-    p = sub.add_parser("info", help="parameter counts and update size of the configured model (no weights needed)")
-    p.add_argument("overrides", nargs="*")
-    p = sub.add_parser("prepare", help="write a data set as per-site folders (the seed's layout)")
+    p = verb("config", "print the composed configuration", epilog=GROUPS_HELP)
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p = verb("info", "parameter counts and update size of the configured model (no weights needed)",
+             epilog=GROUPS_HELP)
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p = verb("prepare", "write a data set as per-site folders (the seed's layout)")
     p.add_argument("dataset", choices=["mmimdb"])
     p.add_argument("source", help="the data as you have it: the original release, a Parquet export, or the "
                                   "seed's layout")
@@ -85,18 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--on-bad-sample", choices=["error", "skip"], default="error")
     p.add_argument("--val-fraction", type=float, default=0.1, help="of each site's rows, into its val.csv")
     p.add_argument("--test-fraction", type=float, default=0.0, help="of each site's rows, into its test.csv")
-    p = sub.add_parser("flower", help="deploy on Flower: an app folder for `flwr run`, test certificates")
-    fl = p.add_subparsers(dest="flower_command", required=True)
-    q = fl.add_parser("app", help="write a Flower App that runs this fedmm configuration")
+    p = verb("flower", "deploy on Flower: an app folder for `flwr run`, test certificates")
+    fl = p.add_subparsers(dest="flower_command", required=True, metavar="COMMAND")
+    q = verb("app", "write a Flower App that runs this fedmm configuration", parent=fl, prog="fedmm flower")
     q.add_argument("out", help="an empty folder")
     q.add_argument("overrides", nargs="*", help="key=value overrides, as for fedmm run")
-    q = fl.add_parser("certs", help="a test CA, the SuperLink's TLS certificate and SuperNode auth keys")
+    q = verb("certs", "a test CA, the SuperLink's TLS certificate and SuperNode auth keys", parent=fl,
+             prog="fedmm flower")
     q.add_argument("out", help="an empty folder (keys are written readable by you only)")
     q.add_argument("--host", action="append", default=[], help="the SuperLink's IP or name as SuperNodes reach it "
                                                               "(repeat for several)")
     q.add_argument("--supernodes", type=int, default=2, help="how many SuperNode key pairs to write")
     q.add_argument("--days", type=int, default=365, help="validity of the certificates")
-    p = sub.add_parser("export", help="a job for another federated platform")
+    p = verb("export", "a job for another federated platform")
     p.add_argument("platform", choices=["nvflare"])
     p.add_argument("out", help="an empty folder for the job")
     p.add_argument("overrides", nargs="*", help="key=value overrides, as for fedmm run; output_dir= is required "
@@ -104,10 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--site", action="append", default=[], metavar="NAME[=DATA_ROOT]",
                    help="client i is the i-th site (its name in the provisioned project); DATA_ROOT is its data "
                         "folder there (default: the config's task.root). Default: site-1..site-K")
-    p = sub.add_parser("report")
-    p.add_argument("run_dir")
+    p = verb("report", "(re)write report.md and metrics.png of a run")
+    p.add_argument("run_dir", help="a run directory written by fedmm")
     args = parser.parse_args(argv)
     quiet_libraries()
+    if args.quiet or getattr(args, "quiet_here", False):
+        console.QUIET = True
+        logging.getLogger().setLevel(logging.ERROR)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -5,8 +5,12 @@ import logging
 import os
 
 
+QUIET = False  # `fedmm -q`: errors only
+
+
 def say(msg: str = "") -> None:
-    print(msg, flush=True)
+    if not QUIET:
+        print(msg, flush=True)
 
 
 def quiet_libraries() -> None:

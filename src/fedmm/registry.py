@@ -51,6 +51,7 @@ class Registry(Generic[T]):
             self._loaded = True
             for module in self._builtins:
                 importlib.import_module(module)
+            load_entry_point_plugins()
 
     def get(self, name: str) -> Entry[T]:
         self._load()
@@ -65,6 +66,40 @@ class Registry(Generic[T]):
     def __contains__(self, name: Any) -> bool:
         self._load()
         return name in self._entries
+
+
+ENTRY_POINTS = "fedmm.plugins"  # installed packages name their registering modules in this entry-point group
+_PLUGINS_LOADED: set[str] = set()
+
+
+def load_plugins(modules: Any) -> None:
+    """Import the user's modules (the `plugins=[...]` option), so that what they register is selectable and
+    validated like a built-in; a module that cannot be imported is a one-line error."""
+    for name in list(modules or []):
+        name = str(name)
+        if name in _PLUGINS_LOADED:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - whatever the user's module raised, named in one line
+            raise FedmmError(f"plugin module '{name}' cannot be imported ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:120] if str(e) else ''}); install it or put it on PYTHONPATH, "
+                             f"or fix plugins=") from None
+        _PLUGINS_LOADED.add(name)
+
+
+def load_entry_point_plugins() -> None:
+    """The modules installed packages declare in the `fedmm.plugins` entry-point group, imported once."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINTS):
+        if ep.value not in _PLUGINS_LOADED:
+            _PLUGINS_LOADED.add(ep.value)
+            try:
+                ep.load()
+            except Exception as e:  # noqa: BLE001
+                raise FedmmError(f"plugin '{ep.name}' ({ep.value}, entry point {ENTRY_POINTS}) fails to load "
+                                 f"({type(e).__name__}: {str(e)[:120]}); fix or uninstall its package") from None
 
 
 # factory(cfg, seed, centralized=False) -> TaskData; hook `site_count(cfg) -> int` for tasks with per-site folders

@@ -182,10 +182,14 @@ class RunDir:
             raise ValueError(f"unreadable safetensors ({str(e)[:80]})") from None
         return int(meta["round"]), params, unflatten_state(arrays, meta["strategy"]), meta.get("identity", {})
 
-    def latest_checkpoint(self) -> Optional[tuple[int, Params, dict[str, Any], dict[str, Any]]]:
-        """(round, params, strategy state, identity) of the newest intact checkpoint; a damaged newer one is
-        skipped with one line saying so (and left where it is)."""
+    def latest_checkpoint(self, up_to: Optional[int] = None
+                          ) -> Optional[tuple[int, Params, dict[str, Any], dict[str, Any]]]:
+        """(round, params, strategy state, identity) of the newest intact checkpoint (of round `up_to` at most); a
+        damaged newer one is skipped with one line saying so (and left where it is)."""
         for folder in reversed(self.checkpoints()):
+            if up_to is not None and int(folder.name.split("_")[1]) > up_to:
+                say(f"checkpoint {folder.name} has no record in metrics.jsonl; resuming from an earlier one")
+                continue
             try:
                 return self._load(folder)
             except (ValueError, KeyError) as e:

@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from fedmm.config.schema import ATTACKS, BOUNDS, NORM_BOUNDS, PRECISIONS, AttackConfig, PartitionConfig, Schema
 from fedmm.errors import FedmmError
 from fedmm.rundir import check_output_dir
-from fedmm.registry import BACKENDS, RUNTIMES, STRATEGIES, TASKS
+from fedmm.registry import BACKENDS, RUNTIMES, STRATEGIES, TASKS, load_plugins
 from fedmm.schedule import LR_SCHEDULES
 
 GROUPS = {"task": TASKS, "model": BACKENDS, "strategy": STRATEGIES, "runtime": RUNTIMES}
@@ -85,6 +85,8 @@ def _register_store() -> None:
         node = OmegaConf.load(path)
         node.pop("sweep", None)  # what `-m` expands (see experiment_sweep), not a setting
         cs.store(group="experiment", name=path.stem, node=node, package="_global_")
+    for path in sorted((PRESETS / "task_defaults").glob("*.yaml")):  # what the default job adds to a task
+        cs.store(group="task_defaults", name=path.stem, node=OmegaConf.load(path), package="_global_")
     for group in (*GROUPS, *RUN_GROUPS):
         names = {p.stem: p for p in sorted((PRESETS / group).glob("*.yaml"))}
         if group in GROUPS:
@@ -280,9 +282,14 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
 
 
 def load_settings(overrides: list[str]) -> Settings:
+    for o in _parse(overrides):
+        if o.key_or_group == "plugins" and not o.is_sweep_override():
+            load_plugins(o.value())
     resume = [o for o in _parse(overrides) if o.key_or_group == "resume" and o.value()]
     if resume:
-        return validate(_resume_config(Path(str(resume[-1].value())).expanduser(), overrides))
+        cfg = _resume_config(Path(str(resume[-1].value())).expanduser(), overrides)
+        load_plugins(cfg.get("plugins"))
+        return validate(cfg)
     sweep = experiment_sweep(overrides)
     if sweep:
         raise FedmmError(f"this experiment is a sweep over {', '.join(o.split('=')[0] for o in sweep)}: add -m to "
@@ -294,6 +301,7 @@ def settings_from_yaml(text: str) -> Settings:
     """Settings from a saved config.yaml's text (what a server sends its remote clients)."""
     cfg = OmegaConf.create(text)
     OmegaConf.set_struct(cfg, True)
+    load_plugins(cfg.get("plugins"))
     return validate(cfg)
 
 

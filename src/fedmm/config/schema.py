@@ -97,6 +97,10 @@ class Schema:
     # or auto = AUTO_NORM_MULTIPLE (fedmm.fl.validation) x the round's median update norm
     max_update_norm: Optional[Any] = None
     norm_bound: str = "clip"  # clip (scale the delta down to the bound) | reject (drop the update)
+    # Python modules imported before the configuration is composed, so that the tasks, backends, strategies and
+    # runtimes they register are selectable (sites import them too); installed packages can use the entry-point
+    # group fedmm.plugins instead
+    plugins: List[str] = field(default_factory=list)
     num_clients: Optional[int] = None  # default 4; tasks with per-site folders (mmimdb): one per folder
     clients_per_round: Optional[int] = None  # a count; when null, client_fraction of num_clients
     client_fraction: float = 1.0

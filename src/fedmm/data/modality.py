@@ -49,7 +49,8 @@ def assign_modalities(num_clients: int, explicit: Mapping[int, frozenset[str]], 
                       seed: int) -> list[frozenset[str]]:
     for cid in explicit:
         if not 0 <= cid < num_clients:
-            raise FedmmError(f"modality settings name client {cid}, but clients are 0..{num_clients - 1}")
+            raise FedmmError(f"modality settings name client {cid}, but clients are 0..{num_clients - 1}; clear it "
+                             f"with modality.text_only=[] modality.image_only=[] (or name existing clients)")
     if not 0.0 <= missing_rate <= 1.0:
         raise FedmmError(f"modality.missing_rate must be in [0, 1] (got {missing_rate})")
     if drop not in ("image", "text", "random"):

@@ -15,6 +15,7 @@ from fedmm.config import Settings
 from fedmm.config.load import identity
 from fedmm.errors import FedmmError
 from fedmm.config.schema import CompressionConfig
+from fedmm import console
 from fedmm.console import say
 from fedmm.data.dataset import MultimodalDataset, TaskData
 from fedmm.data.summary import format_partition, partition_summary
@@ -51,7 +52,7 @@ def table_metrics(data: TaskData) -> tuple[str, ...]:
 
 
 def progress_bars(settings: Settings) -> bool:
-    return bool(settings.progress) and sys.stderr.isatty()
+    return bool(settings.progress) and sys.stderr.isatty() and not console.QUIET
 
 
 @dataclass
@@ -98,7 +99,8 @@ def instructions(settings: Settings, data: TaskData) -> FitInstructions:
 def resume_point(rundir: RunDir, settings: Settings):
     """The newest intact checkpoint of the run `settings` resume, after checking that they still describe the same
     experiment and do not end before it: before anything in the folder changes."""
-    ckpt = rundir.latest_checkpoint()
+    recorded = max((r.get("round", 0) for r in rundir.read_metrics()), default=0)  # a damaged line stops here
+    ckpt = rundir.latest_checkpoint(up_to=recorded)  # a round whose record was lost is computed again
     if ckpt is None:
         return None
     last, _, _, saved = ckpt
