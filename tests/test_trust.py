@@ -219,3 +219,23 @@ def test_cli_runs_reject_a_byzantine_client_and_stop_cleanly_when_every_client_i
     assert out.returncode == 2 and out.stderr.count("error:") == 1 and "Traceback" not in out.stderr
     assert "only 0 of 4 clients replied with a valid update" in out.stderr
     assert not (tmp_path / "inf" / "global.safetensors").exists()
+
+
+
+def test_fedmap_never_keeps_a_non_finite_aggregator():
+    import torch
+
+    from fedmm.fl.strategy.base import StrategyContext
+
+    entry = STRATEGIES.get("fedmap")
+    s = entry.factory(entry.config_cls(n_trials_per_round=1))
+    s.setup(StrategyContext(evaluate_val=lambda p: {"accuracy": 0.5}, metric="accuracy"))
+    ups = [Update(client_id=i, params={"w": np.full(2, float(i), np.float32)}, num_examples=5 + i,
+                  metrics={"f1_before": 0.1, "p_k": 0.2 + i / 10, "c_k": 0.1, "val_loss": 1.0 + i, "grad_norm": 1.0,
+                           "diversity": 0.5, "imbalance_ratio": 0.5}, modalities=frozenset({"image", "text"}))
+           for i in range(3)]
+    before = {k: v.clone() for k, v in s.student.state_dict().items()}
+    s.optimizer.param_groups[0]["lr"] = float("inf")  # the distillation step now makes the student non-finite
+    out = s.aggregate(1, {"w": np.zeros(2, np.float32)}, ups)
+    assert all(torch.equal(v, before[k]) for k, v in s.student.state_dict().items())  # restored, not kept
+    assert np.isfinite(out["w"]).all()

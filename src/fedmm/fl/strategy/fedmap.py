@@ -275,9 +275,12 @@ class FedMAP(Strategy):
         logp = torch.log_softmax(self.student(x), dim=0)
         t = torch.from_numpy(teacher)
         loss = torch.sum(t * (torch.log(t.clamp_min(1e-12)) - logp)) + cfg.entropy_coeff * torch.sum(logp.exp() * logp)
+        snapshot = self._student_state()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
+        if not all(torch.isfinite(p).all() for p in self.student.parameters()):  # never keep a broken aggregator
+            self._load_student_state(snapshot)
         with torch.no_grad():
             student = torch.softmax(self.student(x), dim=0).numpy()
         student_params, student_score = self._score(global_params, updates, student)
