@@ -30,3 +30,25 @@ def test_epoch_record_and_step_key():
 
 def test_architecture_page_lists_every_column():
     assert describe() in (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+
+
+def test_report_has_the_run_summary_and_human_units(tmp_path):
+    import json
+
+    from fedmm.report import write_report
+    from fedmm.rundir import RunDir
+
+    rd = RunDir(tmp_path).create()
+    rd.write_text("config.yaml", "task: {name: synthetic}\nmodel: {name: fusion}\nstrategy: {name: median}\n"
+                                 "runtime: {name: local}\npartition: {name: iid}\nseed: 7\nnum_clients: 2\n")
+    rd.write_text("partition.json", json.dumps([{"num_examples": 30, "modalities": ["image", "text"]},
+                                                {"num_examples": 20, "modalities": ["text"]}]))
+    for r in (1, 2):
+        rd.append_metrics({"round": r, "clients_replied": 2, "train_loss": 1.0 / r, "bytes_up": 2_500_000,
+                           "bytes_down": 1_000_000, "lr": 0.01, "seconds": 1.234, "eval_accuracy": 0.5 * r})
+    text = write_report(tmp_path).read_text()
+    assert ("Task `synthetic`, model `fusion`, strategy `median`, 2 clients, partition iid, seed 7, runtime `local`."
+            in text)
+    assert "| 1 | 20 | text |" in text
+    assert "| 2 | 2 | 0.5000 | 2.50 MB | 1.00 MB | 1.2 s | 1.0000 |" in text
+    assert (tmp_path / "metrics.png").stat().st_size > 0

@@ -31,10 +31,45 @@ class RoundTable:
         say(f"{r[self.step]:>6} {clients}{vals}{comm} {r['seconds']:>6.1f}")
 
 
-def _fmt(v) -> str:
+def _fmt(v, column: str = "") -> str:
+    """Human units: bytes as MB, seconds to 0.1 s, other floats to 4 decimals."""
+    if column.startswith("bytes_") and isinstance(v, (int, float)):
+        return f"{v / 1e6:.2f} MB"
+    if column == "seconds" and isinstance(v, (int, float)):
+        return f"{v:.1f} s"
     if isinstance(v, float):
         return f"{v:.4f}"
     return str(v)
+
+
+def config_summary(rd: RunDir) -> list[str]:
+    """One line of what the run was (task, model, strategy, clients, partition, seed, runtime) and the partition
+    table, from config.yaml and partition.json when they are there."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    lines = []
+    cfg_path, part_path = rd.path / "config.yaml", rd.path / "partition.json"
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(cfg_path)) if cfg_path.exists() else None
+        parts = json.loads(part_path.read_text()) if part_path.exists() else None
+    except Exception:  # noqa: BLE001 - a damaged file only costs the summary, never the report
+        return lines
+    if isinstance(cfg, dict):
+        name = (lambda key: (cfg.get(key) or {}).get("name", "?") if isinstance(cfg.get(key), dict) else "?")
+        partition = cfg.get("partition") or {}
+        how = partition.get("name", "?") + (f" (alpha {partition.get('alpha')})" if partition.get("name") ==
+                                             "dirichlet" else "")
+        clients = len(parts) if isinstance(parts, list) else cfg.get("num_clients")
+        lines += [f"Task `{name('task')}`, model `{name('model')}`, strategy `{name('strategy')}`, {clients} clients, "
+                  f"partition {how}, seed {cfg.get('seed')}, runtime `{name('runtime')}`.", ""]
+    if isinstance(parts, list) and parts and all(isinstance(p, dict) for p in parts):
+        lines += ["| client | examples | modalities |", "|---|---|---|"]
+        lines += [f"| {i} | {p.get('num_examples', '')} | {'+'.join(p.get('modalities', []))} |"
+                  for i, p in enumerate(parts)]
+        lines += [""]
+    return lines
 
 
 def plot_metrics(records: list[dict], step: str, path: Path) -> None:
@@ -43,8 +78,13 @@ def plot_metrics(records: list[dict], step: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     evals = eval_metrics(records)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    comm = any("bytes_up" in r for r in records)
+    fig, axes = plt.subplots(1, 3 if comm else 2, figsize=(15 if comm else 10, 3.6))
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds and epochs are whole numbers
     xs = [r[step] for r in records]
     axes[0].plot(xs, [r.get("train_loss") for r in records], marker="o", label="train_loss")
     if "eval_loss" in evals:
@@ -60,6 +100,16 @@ def plot_metrics(records: list[dict], step: str, path: Path) -> None:
     axes[1].set_title("server evaluation (test split)")
     if len(evals) > 1:
         axes[1].legend()
+    if comm:  # what travelled each round, and the learning rate the clients used
+        axes[2].plot(xs, [r.get("bytes_up", 0) / 1e6 for r in records], marker="o", label="MB up")
+        axes[2].plot(xs, [r.get("bytes_down", 0) / 1e6 for r in records], marker="o", label="MB down")
+        axes[2].set_xlabel(step)
+        axes[2].set_title("communication (MB) and lr")
+        axes[2].set_ylim(bottom=0)
+        axes[2].legend(loc="upper left")
+        lr = axes[2].twinx()
+        lr.plot(xs, [r.get("lr") for r in records], color="grey", linestyle="--", label="lr")
+        lr.set_ylabel("lr")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -71,12 +121,12 @@ def write_report(run_dir: str | Path, title: str = "fedmm run") -> Path:
     step = step_key(records)
     evals = eval_metrics(records)
     cols = [step] + [k for k in SUMMARY_COLUMNS if any(k in r for r in records)] + evals
-    lines = [f"# {title}", "", f"Run directory: `{rd.path}`", ""]
+    lines = [f"# {title}", "", f"Run directory: `{rd.path}`", "", *config_summary(rd)]
     if records:
         last = records[-1]
         lines += ["Final: " + ", ".join(f"{k} = {_fmt(last[k])}" for k in evals if k in last), ""]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |" for r in records]
+        lines += ["| " + " | ".join(_fmt(r.get(c, ""), c) for c in cols) + " |" for r in records]
         plot_metrics(records, step, rd.path / "metrics.png")
         lines += ["", "![metrics](metrics.png)"]
     else:
