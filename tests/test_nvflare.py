@@ -78,7 +78,8 @@ def test_exported_job_on_a_poc_system(tmp_path, tiny_args):
         state = poc.wait(poc.submit(tmp_path / "bad-job"), timeout=300)  # ends, named and explained; no hang
         assert state != "COMPLETED"
         error = (failing / "error.txt").read_text()
-        assert "round 1: only 1 of 2 clients replied (client 1: RuntimeError: site hospital-b: FedmmError: " \
+        assert "round 1: only 1 of 2 clients replied with a valid update (client 1: RuntimeError: site hospital-b: " \
+               "FedmmError: " \
                "partition-id 7 is out of range" in error, error
     finally:
         poc.stop()
