@@ -7,6 +7,10 @@ FedAvg leaves a 0.65 plateau at round 9), and easy-VQA with the default model (f
 questions, 6 rounds, 1 of 5 attacking: scale, sign_flip and label_flip against four defences). `nan`, `inf` and
 `shape` updates are refused by the server's validation before any strategy sees them, whatever the strategy. A
 defence "holds" when its accuracy under attack is at most 2 points below the clean FedAvg run of the same setting.
+"stopped": the run ended with a one-line error instead of writing a broken model (the aggregate was not finite).
+Read the synthetic numbers with their plateau in mind: the model first reaches about 0.63 and later jumps to 0.99,
+so a run near 0.63 has not yet made that jump within 12 rounds (Krum, which keeps one update per round, learns
+slower even on clean data); one seed per cell.
 
     python3 dev.py bench robustness            # writes docs/benchmarks/robustness.{json,md}
     python3 dev.py bench robustness --render   # robustness.md again from robustness.json

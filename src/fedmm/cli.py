@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise FedmmError(f"{args.run_dir} has no metrics.jsonl; give a run directory written by fedmm")
             print(write_report(args.run_dir))
             return 0
-    except FedmmError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except FedmmError as e:  # one line, whatever a quoted value held
+        print(f"error: {str(e).replace(chr(13), ' ').replace(chr(10), ' ')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         run = rundir.CURRENT[-1] if rundir.CURRENT else "<run_dir>"

@@ -22,7 +22,9 @@ class BadSamples:
         self.skipped: list[str] = []
 
     def __call__(self, message: str) -> None:
-        """Report one bad sample: raise (policy error) or count it (policy skip)."""
+        """Report one bad sample: raise (policy error) or count it (policy skip). The message quotes the data, which
+        may hold line breaks: they are escaped, so the report stays one line."""
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         if self.policy == "error":
             raise FedmmError(f"{message}; fix or remove it, or pass {self.option}=skip to skip bad samples")
         self.skipped.append(message)
