@@ -70,6 +70,7 @@ class Registry(Generic[T]):
 
 ENTRY_POINTS = "fedmm.plugins"  # installed packages name their registering modules in this entry-point group
 _PLUGINS_LOADED: set[str] = set()
+_ENTRY_POINTS_SCANNED = False
 
 
 def load_plugins(modules: Any) -> None:
@@ -90,6 +91,10 @@ def load_plugins(modules: Any) -> None:
 
 def load_entry_point_plugins() -> None:
     """The modules installed packages declare in the `fedmm.plugins` entry-point group, imported once."""
+    global _ENTRY_POINTS_SCANNED
+    if _ENTRY_POINTS_SCANNED:
+        return
+    _ENTRY_POINTS_SCANNED = True
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINTS):

@@ -111,14 +111,7 @@ def compress_update(trained: Params, received: Params, residual: Params | None, 
 
 
 def apply_delta(delta: Params, global_params: Params) -> Params:
-    """The global parameters plus a decoded delta, in the global dtypes (only for the keys of `delta`)."""
+    """The global parameters plus a decoded delta, in the global dtypes (only for the keys of `delta`): how the
+    server rebuilds a compressed update's parameters (`fedmm.fl.validation.check_reply` checks shapes first)."""
     return {k: (global_params[k].astype(np.float32) + d).astype(global_params[k].dtype) for k, d in delta.items()}
 
-
-def apply_update(tensors: Params, metadata: dict[str, str], global_params: Params) -> Params:
-    """The client's parameters as the server reconstructs them: the global ones it was sent plus the decoded delta
-    (only for the keys the client sent). Uncompressed updates are the parameters themselves. The server goes
-    through `fedmm.fl.validation.check_reply`, which also checks every shape before adding."""
-    if "fedmm_compression" not in metadata:
-        return tensors
-    return apply_delta(decode(tensors, metadata), global_params)

@@ -89,11 +89,10 @@ def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) ->
     return _SITE["trainer"].fit_bytes(cid, site.train, payload, request["config"], site.val)
 
 
-def request_for_clients(fed: "Federation", runtime: str, simulation: bool, **extra: Any) -> dict[str, Any]:
+def request_for_clients(fed: "Federation", runtime: str, **extra: Any) -> dict[str, Any]:
     """What every round's message to a remote client carries besides the parameters and its instructions: the
     run's settings as a site needs them (`site_settings`: no server paths) and the run's name."""
-    return {"settings": site_settings(fed.settings), "run": fed.rundir.path.name, "runtime": runtime,
-            "simulation": simulation, **extra}
+    return {"settings": site_settings(fed.settings), "run": fed.rundir.path.name, "runtime": runtime, **extra}
 
 
 def site_settings(settings) -> str:

@@ -35,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
     if settings.runtime.name != "flower":
         raise ValueError(f"this app runs runtime=flower, but its overrides choose runtime={settings.runtime.name}")
     try:
-        serve(settings, grid_clients(grid, settings.runtime, simulation=False, warm=settings.runtime.warm),
+        serve(settings, grid_clients(grid, settings.runtime, warm=settings.runtime.warm),
               announce=say)
     except FedmmError as e:  # one line in the run's log (flwr log / --stream), then Flower marks the run failed
         print(f"error: {e}", flush=True)

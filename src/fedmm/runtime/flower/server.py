@@ -119,12 +119,12 @@ class GridClients:
         return out
 
 
-def grid_clients(grid: Grid, cfg: Any, simulation: bool, warm: bool):
+def grid_clients(grid: Grid, cfg: Any, warm: bool):
     """`connect` for `fedmm.runtime.base.serve`: the federation's clients as SuperNodes of `grid`."""
     from fedmm.runtime.remote import request_for_clients
 
     def connect(fed) -> GridClients:
-        request = request_for_clients(fed, "flower", simulation=simulation, warm=warm)
+        request = request_for_clients(fed, "flower", warm=warm)
         return GridClients(grid, len(fed.clients), fed.server.cfg.min_clients, request, cfg.round_timeout,
                            cfg.connect_timeout)
 

@@ -39,7 +39,7 @@ def run_simulation(settings: "Settings", cfg: "FlowerRuntimeConfig") -> "RunResu
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            result.append(serve(settings, grid_clients(grid, cfg, simulation=True, warm=False), federation=fed))
+            result.append(serve(settings, grid_clients(grid, cfg, warm=False), federation=fed))
         except FedmmError as e:  # raised here, in the user's process, after Flower has shut down
             errors.append(e)
 

@@ -22,7 +22,7 @@ ERROR_FILE = "error.txt"  # a run that stopped on a user error says why here (th
 
 
 class FedmmController(ModelController):
-    def __init__(self, config: str, sites: list[str], simulation: bool = False, round_timeout: int = 600,
+    def __init__(self, config: str, sites: list[str], round_timeout: int = 600,
                  task_check_period: float = 0.1):
         # resilient: a failed site is recorded by fedmm's server loop (min_clients decides), never a panic here;
         # no NVFlare persistor: fedmm writes its own checkpoints into the run directory
@@ -30,7 +30,6 @@ class FedmmController(ModelController):
                          task_check_period=task_check_period)
         self.config = config
         self.sites = list(sites)
-        self.simulation = bool(simulation)
         self.round_timeout = int(round_timeout)
         self.request: dict[str, Any] = {}
 
@@ -56,7 +55,7 @@ class FedmmController(ModelController):
         if len(fed.clients) != len(self.sites):
             raise FedmmError(f"the job names {len(self.sites)} sites but the experiment has {len(fed.clients)} "
                              f"clients; export it again with one --site per client")
-        self.request = request_for_clients(fed, "nvflare", simulation=self.simulation)
+        self.request = request_for_clients(fed, "nvflare")
         return self.fit_clients
 
     def fit_clients(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, FitInstructions]

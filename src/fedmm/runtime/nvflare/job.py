@@ -29,7 +29,7 @@ def require_nvflare() -> None:
                          f"(nvflare=={NVFLARE_VERSION})") from None
 
 
-def build_job(settings_yaml: str, sites: list[str], site_configs: list[dict[str, Any]], simulation: bool,
+def build_job(settings_yaml: str, sites: list[str], site_configs: list[dict[str, Any]],
               cfg: "NVFlareRuntimeConfig", min_clients: int):
     """The FedJob: FedmmController on the server, the client script on each site with its own arguments. The script
     goes into each site's custom/ folder (NVFlare finds it there by name); fedmm itself is installed at the sites."""
@@ -41,7 +41,7 @@ def build_job(settings_yaml: str, sites: list[str], site_configs: list[dict[str,
 
     job = FedJob(name=JOB_NAME, min_clients=min_clients)
     job.set_app_packages(["fedmm"])  # never copied into the job's custom/ folders
-    job.to_server(FedmmController(config=settings_yaml, sites=sites, simulation=simulation,
+    job.to_server(FedmmController(config=settings_yaml, sites=sites,
                                   round_timeout=cfg.round_timeout, task_check_period=cfg.task_check_period))
     job.to_server({"server": {"task_request_interval": cfg.task_request_interval}})
     for i, (site, extra) in enumerate(zip(sites, site_configs)):
@@ -86,7 +86,7 @@ def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> "RunResu
         settings.cfg.resume = str(rundir.path.resolve())
     sites = [f"site-{i + 1}" for i in range(n)]
     per_round = num_sampled(n, settings.clients_per_round, settings.client_fraction, settings.min_clients)
-    job = build_job(settings.to_yaml(), sites, [{}] * n, simulation=True, cfg=cfg,
+    job = build_job(settings.to_yaml(), sites, [{}] * n, cfg=cfg,
                     min_clients=min(settings.min_clients, per_round))
     workspace = Path(cfg.workspace or rundir.path / "nvflare").resolve()
     (rundir.path / ERROR_FILE).unlink(missing_ok=True)
@@ -135,7 +135,7 @@ def export_job(out: str | Path, overrides: list[str], sites: list[str]) -> Path:
     names = [s.partition("=")[0] for s in sites] or [f"site-{i + 1}" for i in range(n)]
     roots = [{"data-root": s.partition("=")[2]} for s in sites] or [{}] * n
     cfg = settings.runtime if settings.runtime.name == "nvflare" else NVFlareRuntimeConfig()  # resume= of another
-    job = build_job(settings.to_yaml(), names, roots, simulation=False, cfg=cfg, min_clients=settings.min_clients)
+    job = build_job(settings.to_yaml(), names, roots, cfg=cfg, min_clients=settings.min_clients)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():  # left by an export that stopped half-way: only fedmm's own is removed
         if not (tmp / PARTIAL_MARKER).exists():
