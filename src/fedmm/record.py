@@ -44,19 +44,23 @@ class RoundRecord:
                                    default_factory=dict)
     norm_bound: Optional[float] = _f("", "this round's bound on update norms (only with max_update_norm)",
                                      default=None)
+    dp_epsilon: Optional[float] = _f("", "privacy=dp: the epsilon spent by all rounds so far, at privacy.delta "
+                                     "(dp-accounting's RDP accountant)", default=None)
+    dp_noise_multiplier: Optional[float] = _f("", "privacy=dp: the noise std on this round's sum over clip_norm "
+                                              "(local mode: of the clients that contributed)", default=None)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"round": self.round, "clients_sampled": self.clients_sampled,
                                "clients_replied": self.clients_replied, "num_clients": self.clients_replied}
         for f in fields(self):
             if f.name in out or f.name in ("eval", "strategy", "failures", "rejected", "clipped", "norm_bound",
-                                           "seconds"):
+                                           "dp_epsilon", "dp_noise_multiplier", "seconds"):
                 continue
             out[f.name] = getattr(self, f.name)
         out.update(prefixed("eval", self.eval))
         out.update(prefixed("strategy", self.strategy))
-        for name in ("failures", "rejected", "clipped", "norm_bound"):  # only when there is something to say
-            if getattr(self, name):
+        for name in ("failures", "rejected", "clipped", "norm_bound", "dp_epsilon", "dp_noise_multiplier"):
+            if getattr(self, name) or (name.startswith("dp_") and getattr(self, name) is not None):
                 out[name] = getattr(self, name)
         out["seconds"] = self.seconds
         return out
@@ -79,7 +83,7 @@ class EpochRecord:
 
 
 # What the terminal table and report.md show besides the step and the evaluation figures.
-SUMMARY_COLUMNS = ("clients_replied", "train_loss", "bytes_up", "bytes_down", "seconds")
+SUMMARY_COLUMNS = ("clients_replied", "train_loss", "bytes_up", "bytes_down", "dp_epsilon", "seconds")
 
 
 def prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,8 @@ class RoundTable:
     def __call__(self, r: dict[str, Any]) -> None:
         federated = self.step == "round"
         if not self.printed:
+            if "dp_epsilon" in r:  # privacy=dp: the privacy spent so far, every round
+                self.cols.append("dp_epsilon")
             head = f"{self.step:>6} " + (f"{'clients':>7} " if federated else "")
             head += " ".join(f"{c:>{max(13, len(c))}}" for c in self.cols)
             say(head + (f" {'MB up':>8} {'MB down':>8}" if federated else "") + f" {'sec':>6}")
@@ -124,7 +126,8 @@ def write_report(run_dir: str | Path, title: str = "fedmm run") -> Path:
     lines = [f"# {title}", "", f"Run directory: `{rd.path}`", "", *config_summary(rd)]
     if records:
         last = records[-1]
-        lines += ["Final: " + ", ".join(f"{k} = {_fmt(last[k])}" for k in evals if k in last), ""]
+        final = [k for k in evals if k in last] + (["dp_epsilon"] if "dp_epsilon" in last else [])
+        lines += ["Final: " + ", ".join(f"{k} = {_fmt(last[k])}" for k in final), ""]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_fmt(r.get(c, ""), c) for c in cols) + " |" for r in records]
         plot_metrics(records, step, rd.path / "metrics.png")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
 from fedmm.backends.base import Backend
@@ -23,6 +24,7 @@ from fedmm.config.schema import AttackConfig
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.fl.compression import compress_update
 from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.privacy import privatize
 from fedmm.fl.strategy.base import ClientHook, LocalRound
 from fedmm.fl.update import Update
 from fedmm.modelops import get_params, set_params
@@ -78,6 +80,9 @@ class ClientTrainer:
         params, compression = get_params(self.model, keys), {}
         if byzantine:
             params = attack_update(self.attack, params, received, client_seed(ins.seed, ins.round, cid))
+        if ins.dp_clip_norm is not None:  # local DP: clipped and noised here, before anything leaves the site
+            rng = np.random.default_rng(None if ins.dp_noise_seed is None else [ins.dp_noise_seed, ins.round, cid])
+            params = privatize(params, received, ins.dp_clip_norm, ins.dp_noise_std, rng)
         comp = ins.compression
         if comp.kind != "none":
             residual = self.state.load_residual(cid, ins.round) if comp.error_feedback else None

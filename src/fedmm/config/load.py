@@ -21,7 +21,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from fedmm.config.schema import ATTACKS, BOUNDS, NORM_BOUNDS, PRECISIONS, AttackConfig, PartitionConfig, Schema
+from fedmm.config.schema import (ATTACKS, BOUNDS, NORM_BOUNDS, PRECISIONS, PRIVACY, PRIVACY_MODES, AttackConfig,
+                                 PartitionConfig, PrivacyConfig, Schema)
 from fedmm.errors import FedmmError
 from fedmm.rundir import check_output_dir
 from fedmm.registry import BACKENDS, RUNTIMES, STRATEGIES, TASKS, load_plugins
@@ -29,7 +30,8 @@ from fedmm.schedule import LR_SCHEDULES
 
 GROUPS = {"task": TASKS, "model": BACKENDS, "strategy": STRATEGIES, "runtime": RUNTIMES}
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
-RUN_GROUPS = {"partition": PartitionConfig, "attack": AttackConfig}  # run-level groups with presets, one schema each
+# run-level groups with presets, one schema each
+RUN_GROUPS = {"partition": PartitionConfig, "attack": AttackConfig, "privacy": PrivacyConfig}
 OPTION_GROUPS = (*GROUPS, *RUN_GROUPS, "experiment")  # groups chosen with group=option
 # What a resumed run may change: how long and how it reports, never what it computes per round.
 RESUMABLE = {"rounds", "eval_every", "eval_batch_size", "keep_checkpoints", "threads", "progress"}
@@ -191,6 +193,44 @@ def _check_trust(cfg: DictConfig) -> None:
         raise FedmmError(f"unknown attack '{a.name}'; choose one of: {', '.join(ATTACKS)}")
     if a.name != "none" and not a.clients:
         raise FedmmError(f"attack={a.name} needs attack.clients=[ids], the clients that misbehave")
+    _check_privacy(cfg)
+
+
+def _check_privacy(cfg: DictConfig) -> None:
+    """What client-level DP and secure aggregation cannot be combined with, refused before anything runs."""
+    p = cfg.privacy
+    if p.name not in PRIVACY:
+        raise FedmmError(f"unknown privacy '{p.name}'; choose one of: {', '.join(PRIVACY)}")
+    if p.mode not in PRIVACY_MODES:
+        raise FedmmError(f"privacy.mode must be one of {', '.join(PRIVACY_MODES)} (got '{p.mode}')")
+    if p.name == "none" and not p.secure_aggregation:
+        return
+    what = "privacy=dp" if p.name == "dp" else "privacy.secure_aggregation=true"
+    strategy = cfg.strategy.name
+    if not getattr(STRATEGIES.get(strategy).factory, "averages", False):
+        usable = ", ".join(n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n).factory, "averages", False))
+        raise FedmmError(f"strategy={strategy} does not work with {what}: it needs each client's update, which "
+                         f"{'DP noise and clipping hide' if p.name == 'dp' else 'secure aggregation never shows'};"
+                         f" use one that averages: {usable}")
+    if cfg.max_update_norm is not None:
+        raise FedmmError(f"max_update_norm does not work with {what}: "
+                         + ("privacy.clip_norm bounds every update already" if p.name == "dp" else
+                            "the server never sees an update to bound") + "; remove max_update_norm")
+    if not p.secure_aggregation:
+        return
+    if cfg.runtime.name != "flower":
+        raise FedmmError(f"privacy.secure_aggregation=true needs runtime=flower (Flower's SecAgg+); "
+                         f"runtime={cfg.runtime.name} has no secure aggregation: use runtime=flower, or "
+                         f"privacy=dp privacy.mode=central on a server you trust")
+    if p.name == "dp" and p.mode == "central":
+        raise FedmmError("privacy.mode=central needs the server to see each update, which secure aggregation "
+                         "prevents; use privacy.mode=local (each client adds its share of the noise)")
+    if cfg.compression.kind != "none":
+        raise FedmmError(f"compression.kind={cfg.compression.kind} does not work with secure aggregation (it "
+                         f"quantizes the update itself); use compression.kind=none")
+    if cfg.attack.name != "none":
+        raise FedmmError("attack options do not work with secure aggregation (the server cannot see who "
+                         "misbehaves); use attack=none")
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

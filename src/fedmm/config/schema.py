@@ -41,6 +41,11 @@ BOUNDS = {
     "threads": Bound(0, 4096), "partition.alpha": Bound(0, low_open=True), "partition.min_size": Bound(1),
     "partition.max_tries": Bound(1), "modality.missing_rate": Bound(0, 1), "compression.block_size": Bound(1),
     "attack.scale": Bound(), "attack.std": Bound(0), "attack.start_round": Bound(1),
+    "privacy.clip_norm": Bound(0, low_open=True), "privacy.noise_multiplier": Bound(0, low_open=True),
+    "privacy.delta": Bound(0, 1, low_open=True), "privacy.target_epsilon": Bound(0, low_open=True),
+    "privacy.noise_seed": Bound(0, 2**63 - 1), "privacy.secagg_shares": Bound(0, low_open=True),
+    "privacy.secagg_threshold": Bound(0, low_open=True), "privacy.secagg_clip_range": Bound(0, low_open=True),
+    "privacy.secagg_quantization": Bound(2, 2**30),
 }
 
 
@@ -67,6 +72,30 @@ class CompressionConfig:
     error_feedback: bool = True  # clients add what their previous messages lost before compressing
 
 
+@dataclass
+class PrivacyConfig:
+    """Client-level differential privacy (DP-FedAvg, fedmm.fl.privacy) and secure aggregation (Flower's SecAgg+)."""
+
+    name: str = "none"  # none | dp: clip every client's update delta and add Gaussian noise to their sum
+    mode: str = "central"  # central: the server clips and adds the noise (trusted server) | local: each client
+    # clips and adds its share of the noise before sending (distributed DP; what secure aggregation needs)
+    clip_norm: float = 1.0  # C: the L2 bound on each client's update delta, over all its travelling tensors
+    noise_multiplier: float = 1.0  # z: the noise on the sum of clipped deltas has std z * C
+    target_epsilon: Optional[float] = None  # when set, z is solved for: the planned rounds end at this epsilon
+    delta: float = 1e-5  # the delta epsilon is reported at; keep it well below 1 / num_clients
+    noise_seed: Optional[int] = None  # null: the noise comes from a secret key; a number makes it reproducible,
+    # and removable by anyone who knows it: for experiments only
+    secure_aggregation: bool = False  # runtime=flower: the server sees only the sum of updates (SecAgg+)
+    secagg_shares: float = 3  # Flower's num_shares: a count (> 2), or a fraction of the sampled clients (<= 1)
+    secagg_threshold: float = 2  # Flower's reconstruction_threshold: shares needed to rebuild a dropped client's
+    # masks (a count, or a fraction of secagg_shares); clients may drop until fewer than this remain
+    secagg_clip_range: float = 8.0  # Flower's clipping_range: each delta value is clipped to +-this before
+    # quantization
+    secagg_quantization: int = 4194304  # Flower's quantization_range: integer levels over [-clip, clip] (2**22)
+
+
+PRIVACY = ("none", "dp")
+PRIVACY_MODES = ("central", "local")
 ATTACKS = ("none", "nan", "inf", "scale", "sign_flip", "gaussian", "label_flip", "shape")
 NORM_BOUNDS = ("clip", "reject")
 
@@ -93,6 +122,7 @@ class Schema:
     modality: ModalityConfig = field(default_factory=ModalityConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     # Bound on each client's update norm (L2 over the delta of all its travelling tensors): null = off, a number,
     # or auto = AUTO_NORM_MULTIPLE (fedmm.fl.validation) x the round's median update norm
     max_update_norm: Optional[Any] = None

@@ -14,7 +14,7 @@ from fedmm.backends.base import Backend
 from fedmm.config import Settings
 from fedmm.config.load import identity
 from fedmm.errors import FedmmError
-from fedmm.config.schema import CompressionConfig
+from fedmm.config.schema import CompressionConfig, PrivacyConfig
 from fedmm import console
 from fedmm.console import say
 from fedmm.data.dataset import MultimodalDataset, TaskData
@@ -22,6 +22,7 @@ from fedmm.data.summary import format_partition, partition_summary
 from fedmm.experiment.assemble import assemble
 from fedmm.fl.compression import check_kind
 from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.privacy import Accountant, epsilon, noise_for_epsilon
 from fedmm.fl.sampling import num_sampled
 from fedmm.fl.server import FitClients, Server, ServerConfig
 from fedmm.fl.strategy.base import StrategyContext
@@ -116,6 +117,24 @@ def resume_point(rundir: RunDir, settings: Settings):
     return ckpt
 
 
+def accountant(settings: Settings, num_clients: int, per_round: int) -> Optional[Accountant]:
+    """privacy=dp: the run's privacy accountant, its noise multiplier solved for `target_epsilon` when given;
+    announces the plan (None without DP)."""
+    p = settings.typed("privacy", PrivacyConfig)
+    if p.name != "dp":
+        return None
+    rate = per_round / num_clients
+    z = p.noise_multiplier
+    if p.target_epsilon is not None:
+        z = noise_for_epsilon(p.target_epsilon, rate, settings.rounds, p.delta)
+    planned = epsilon([(rate, z)] * settings.rounds, p.delta)
+    sampling = "every client every round" if rate >= 1 else f"Poisson sampling q={rate:.4g}"
+    say(f"privacy: DP-FedAvg, {p.mode} noise, clip_norm={p.clip_norm:g}, noise_multiplier={z:.4g}"
+        f"{' (solved for target_epsilon=%g)' % p.target_epsilon if p.target_epsilon is not None else ''}, "
+        f"{sampling}; epsilon after {settings.rounds} rounds: {planned:.3f} at delta={p.delta:g}")
+    return Accountant(p.clip_norm, z, p.delta, rate, num_clients, local=p.mode == "local", noise_seed=p.noise_seed)
+
+
 def build_server(settings: Settings) -> Federation:
     check_kind(settings.compression.kind, settings.compression.block_size)
     parts = assemble(settings, "server")
@@ -141,16 +160,6 @@ def build_server(settings: Settings) -> Federation:
     strategy.setup(StrategyContext(evaluate_val=(lambda p: evaluate_on(data.val, p)) if len(data.val) else None,
                                    metric=data.metrics[0], stat_keys=frozenset(set(parts.keys) - param_names),
                                    run_dir=rundir.path, seed=settings.seed))
-    params, start = get_params(model, parts.keys), 1
-    if settings.resume:
-        if ckpt is not None:
-            last, params, state, _ = ckpt
-            strategy.load_state_dict(state)
-            start = last + 1
-            say(f"resuming {rundir.path} after round {last}")
-        rundir.set_aside_metrics("round", start - 1)
-        rundir.write_text("config.yaml", settings.to_yaml())
-
     per_round = num_sampled(len(clients), settings.clients_per_round, settings.client_fraction,
                             settings.min_clients)
     server_cfg = ServerConfig(num_clients=len(clients), per_round=per_round,
@@ -159,10 +168,21 @@ def build_server(settings: Settings) -> Federation:
                               keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule,
                               lr_warmup_rounds=settings.lr_warmup_rounds, max_update_norm=settings.max_update_norm,
                               norm_bound=settings.norm_bound)
-    expected = {cid: Expected(keys=frozenset(backend.client_keys(model, c.modalities)), modalities=c.modalities,
-                              max_examples=len(c)) for cid, c in enumerate(clients)}
+    privacy = accountant(settings, len(clients), per_round)
+    local_dp = privacy is not None and privacy.local  # noised clients send every key (fedmm.fl.privacy.privatize)
+    expected = {cid: Expected(keys=None if local_dp else frozenset(backend.client_keys(model, c.modalities)),
+                              modalities=c.modalities, max_examples=len(c)) for cid, c in enumerate(clients)}
     server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p),
-                    instructions=instructions(settings, data), expected=expected)
+                    instructions=instructions(settings, data), expected=expected, privacy=privacy)
+    params, start = get_params(model, parts.keys), 1
+    if settings.resume:
+        if ckpt is not None:
+            last, params, state, _ = ckpt
+            server.load_state_dict(state)
+            start = last + 1
+            say(f"resuming {rundir.path} after round {last}")
+        rundir.set_aside_metrics("round", start - 1)
+        rundir.write_text("config.yaml", settings.to_yaml())
     return Federation(settings=settings, rundir=rundir, data=data, clients=clients, client_val=parts.client_val,
                       backend=backend, model=model, server=server, params=params, start_round=start,
                       progress=progress_bars(settings), identity=identity(settings))

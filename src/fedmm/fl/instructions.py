@@ -8,7 +8,7 @@ round configuration.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from fedmm.config.schema import CompressionConfig
 
@@ -25,6 +25,9 @@ class FitInstructions:
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast on a GPU
     pos_weight: bool = False  # multilabel: weight positives by the client's own negatives / positives
     compression: CompressionConfig = field(default_factory=CompressionConfig)  # how the update travels up
+    dp_clip_norm: Optional[float] = None  # local DP: clip the update delta to this L2 norm before sending
+    dp_noise_std: float = 0.0  # local DP: then add Gaussian noise with this std (the client's share)
+    dp_noise_seed: Optional[int] = None  # local DP: null draws the noise from the OS; a number makes it repeatable
     strategy: str = "fedavg"  # the strategy's registered name: its ClientHook does the client-side work
     strategy_options: dict[str, Any] = field(default_factory=dict)  # what the strategy asks (JSON values)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from fedmm.errors import FedmmError
 from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.privacy import Accountant, Summed, clipped_sum, local_noise_std
 from fedmm.fl.sampling import sample_clients
 from fedmm.fl.strategy.base import Strategy
 from fedmm.fl.update import Update
@@ -30,8 +31,22 @@ log = logging.getLogger(__name__)
 Reply = Union[bytes, BaseException]
 # A runtime's fit_clients returns {client_id: reply}, or yields (client_id, reply) pairs as replies arrive. Yield in
 # the order of the ids given, so that every runtime aggregates in the same order (float sums depend on it).
+# A secure-aggregation runtime returns one `Summed` instead: the server never sees an individual update.
 FitClients = Callable[[int, list[int], bytes, dict[int, FitInstructions]],
-                      Union[dict[int, Reply], Iterable[tuple[int, Reply]]]]
+                      Union[dict[int, Reply], Iterable[tuple[int, Reply]], Summed]]
+
+
+def checked_sum(summed: Summed, global_params: Params, rnd: int) -> Summed:
+    """A secure sum, checked as far as a sum can be: every floating key with the global shape, finite. It cannot
+    be traced to a client, so a bad one stops the round (a client's error cannot be told from the protocol's)."""
+    for k, g in global_params.items():
+        v = summed.delta_sum.get(k)
+        if np.issubdtype(g.dtype, np.floating) and (v is None or v.shape != g.shape or not np.isfinite(v).all()):
+            raise FedmmError(f"round {rnd}: the securely aggregated sum is unusable at {k} (missing, misshapen or "
+                             f"non-finite); nothing of this round was written (resume=<run_dir> continues)")
+    if summed.clients and summed.weight <= 0:
+        raise FedmmError(f"round {rnd}: the securely aggregated weights sum to {summed.weight}")
+    return summed
 
 
 def _in_order(ids: list[int], replies: Union[dict[int, Reply], Iterable[tuple[int, Reply]]]
@@ -69,33 +84,72 @@ class ServerConfig:
 class Server:
     """The round loop. `instructions` is what every client is told before the schedule and the strategy adjust
     it for a round (its `round` and `lr` are replaced each round). Every reply is checked against `expected`
-    (fedmm.fl.validation) before the strategy sees it."""
+    (fedmm.fl.validation) before the strategy sees it.
+
+    With `privacy` (client-level DP, fedmm.fl.privacy) clients are Poisson-sampled, the updates are clipped and
+    summed (or the clients did that and noised their share), and the strategy gets one update: the noised mean.
+    A runtime with secure aggregation returns a `Summed` instead of replies, which takes the same road."""
 
     def __init__(self, strategy: Strategy, cfg: ServerConfig, evaluate: Callable[[Params], dict[str, float]],
-                 instructions: FitInstructions, expected: Optional[dict[int, Expected]] = None):
+                 instructions: FitInstructions, expected: Optional[dict[int, Expected]] = None,
+                 privacy: Optional[Accountant] = None):
         self.strategy = strategy
         self.cfg = cfg
         self.evaluate = evaluate
         self.instructions = instructions
         self.expected = expected or {}  # per client: what its replies may hold (fedmm.fl.validation)
+        self.privacy = privacy
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides the parameters: the strategy's state, and the privacy spent."""
+        state = self.strategy.state_dict()
+        return {**state, "fedmm_privacy": self.privacy.state_dict()} if self.privacy else state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        spent = state.pop("fedmm_privacy", None)
+        if self.privacy and spent:
+            self.privacy.load_state_dict(spent)
+        self.strategy.load_state_dict(state)
+
+    def _configure(self, rnd: int, ids: list[int], lr: float) -> dict[int, FitInstructions]:
+        configs = self.strategy.configure(rnd, ids, replace(self.instructions, round=rnd, lr=lr))
+        dp = self.privacy
+        if dp and dp.local:  # each client clips and adds its share of the noise
+            std = local_noise_std(dp.noise_multiplier, dp.clip_norm, len(ids))
+            configs = {c: replace(ins, dp_clip_norm=dp.clip_norm, dp_noise_std=std, dp_noise_seed=dp.noise_seed)
+                       for c, ins in configs.items()}
+        return configs
 
     def run_round(self, rnd: int, global_params: Params, fit_clients: FitClients) -> tuple[Params, dict[str, Any]]:
         t0 = time.perf_counter()
-        ids = sample_clients(self.cfg.num_clients, self.cfg.per_round, self.cfg.seed, rnd)
+        dp = self.privacy
+        if dp:
+            ids = dp.sample(self.cfg.seed, rnd)
+        else:
+            ids = sample_clients(self.cfg.num_clients, self.cfg.per_round, self.cfg.seed, rnd)
         lr = scheduled_lr(self.instructions.lr, rnd, self.cfg.rounds, self.cfg.lr_schedule,
                           self.cfg.lr_warmup_rounds)
-        configs = self.strategy.configure(rnd, ids, replace(self.instructions, round=rnd, lr=lr))
+        configs = self._configure(rnd, ids, lr)
         payload = params_to_bytes(global_params)
         got = {"ids": [], "examples": 0, "loss": 0.0, "seconds": 0.0, "max_seconds": 0.0, "bytes_up": 0,
                "all_in": False}
         failures: dict[int, str] = {}
         rejected: dict[int, str] = {}
         clipped: dict[int, float] = {}
+        replies = fit_clients(rnd, ids, payload, configs)
+
+        def count(cid: int, num_examples: int, metrics: dict[str, float]) -> None:
+            got["ids"].append(cid)
+            got["examples"] += num_examples
+            got["loss"] += metrics.get("train_loss", np.nan) * num_examples
+            got["seconds"] += metrics.get("seconds", 0.0)
+            got["max_seconds"] = max(got["max_seconds"], metrics.get("seconds", 0.0))
 
         def checked() -> Iterator[Update]:
             """The replies that pass validation, as updates with full tensors, in arrival order; failures and
             rejections noted."""
-            for cid, reply in _in_order(ids, fit_clients(rnd, ids, payload, configs)):
+            for cid, reply in _in_order(ids, replies):
                 if isinstance(reply, BaseException):
                     failures[cid] = f"{type(reply).__name__}: {reply}"
                     log.warning("round %d: client %d failed: %s", rnd, cid, failures[cid])
@@ -117,35 +171,49 @@ class Server:
                         continue
                     if norm > bound:
                         u.params, clipped[u.client_id] = clip_update(u.params, global_params, norm, bound), norm
-                got["ids"].append(u.client_id)
-                got["examples"] += u.num_examples
-                got["loss"] += u.metrics.get("train_loss", np.nan) * u.num_examples
-                got["seconds"] += u.metrics.get("seconds", 0.0)
-                got["max_seconds"] = max(got["max_seconds"], u.metrics.get("seconds", 0.0))
+                count(u.client_id, u.num_examples, u.metrics)
                 yield u
             got["all_in"] = True
 
-        if self.cfg.max_update_norm == "auto":  # the bound needs the round's norms: the updates are held
-            held = list(checked())
-            bound = norm_bound("auto", [delta_norm(u.params, global_params) for u in held])
-            stream = bounded(held, bound)
-        else:
-            bound = norm_bound(self.cfg.max_update_norm, [])
-            stream = bounded(checked(), bound)
-
         self.strategy.round_metrics = {}
-        new_params = None
-        if self.strategy.streaming:  # aggregated while the clients reply
-            try:
-                new_params = self.strategy.aggregate(rnd, global_params, stream)
-            except ValueError:  # no weight at all; a client's own error (before all_in) passes through
-                if not got["all_in"] or len(got["ids"]) >= self.cfg.min_clients:
-                    raise
+        new_params, bound, spent = None, None, {}
+        required = min(self.cfg.min_clients, len(ids)) if dp else self.cfg.min_clients
+        if isinstance(replies, Summed) or dp:  # the strategy sees one update: the (noised) mean
+            if isinstance(replies, Summed):
+                summed = checked_sum(replies, global_params, rnd)
+                failures.update(summed.failures)
+                got["bytes_up"] = summed.bytes_up
+                for cid in summed.clients:
+                    count(cid, int(summed.metrics.get(cid, {}).get("num_examples", 0)), summed.metrics.get(cid, {}))
+                got["examples"] = summed.num_examples
+            else:
+                summed = clipped_sum(bounded(checked(), None), global_params, None if dp.local else dp.clip_norm)
+            if len(summed.clients) >= required:
+                if dp:
+                    mean, z = dp.release(rnd, summed, len(ids), global_params)
+                    spent = {"dp_noise_multiplier": z, "dp_epsilon": dp.epsilon()}
+                else:
+                    mean = summed.mean_update(global_params)
+                new_params = self.strategy.aggregate(rnd, global_params, [mean])
         else:
-            updates = list(stream)
-            if len(updates) >= self.cfg.min_clients:
-                new_params = self.strategy.aggregate(rnd, global_params, updates)
-        if len(got["ids"]) < self.cfg.min_clients:
+            if self.cfg.max_update_norm == "auto":  # the bound needs the round's norms: the updates are held
+                held = list(checked())
+                bound = norm_bound("auto", [delta_norm(u.params, global_params) for u in held])
+                stream = bounded(held, bound)
+            else:
+                bound = norm_bound(self.cfg.max_update_norm, [])
+                stream = bounded(checked(), bound)
+            if self.strategy.streaming:  # aggregated while the clients reply
+                try:
+                    new_params = self.strategy.aggregate(rnd, global_params, stream)
+                except ValueError:  # no weight at all; a client's own error (before all_in) passes through
+                    if not got["all_in"] or len(got["ids"]) >= self.cfg.min_clients:
+                        raise
+            else:
+                updates = list(stream)
+                if len(updates) >= self.cfg.min_clients:
+                    new_params = self.strategy.aggregate(rnd, global_params, updates)
+        if len(got["ids"]) < required:
             first = next(iter({**failures, **rejected}.items()), None)
             why = f" (client {first[0]}: {first[1]})" if first else ""
             raise FedmmError(f"round {rnd}: only {len(got['ids'])} of {len(ids)} clients replied with a valid "
@@ -162,11 +230,13 @@ class Server:
         metrics = self.evaluate(new_params) if evaluated else {}
         record = RoundRecord(
             round=rnd, clients_sampled=len(ids), clients_replied=len(got["ids"]), clients=got["ids"],
-            num_examples=got["examples"], lr=lr, train_loss=float(got["loss"] / got["examples"]),
+            num_examples=got["examples"], lr=lr,
+            train_loss=float(got["loss"] / got["examples"]) if got["examples"] else float("nan"),
             bytes_down=len(payload) * len(ids), bytes_up=got["bytes_up"], client_seconds=float(got["seconds"]),
             client_seconds_max=float(got["max_seconds"]), eval_seconds=time.perf_counter() - t_eval,
             eval=metrics, strategy=dict(self.strategy.round_metrics), failures=failures, rejected=rejected,
-            clipped=clipped, norm_bound=bound, seconds=time.perf_counter() - t0)
+            clipped=clipped, norm_bound=bound, dp_epsilon=spent.get("dp_epsilon"),
+            dp_noise_multiplier=spent.get("dp_noise_multiplier"), seconds=time.perf_counter() - t0)
         return new_params, record.to_json()
 
     def run(self, rundir: RunDir, global_params: Params, start_round: int, fit_clients: FitClients,
@@ -177,7 +247,7 @@ class Server:
         for rnd in range(start_round, self.cfg.rounds + 1):
             global_params, record = self.run_round(rnd, global_params, fit_clients)
             rundir.append_metrics(record)
-            rundir.save_checkpoint(rnd, global_params, self.strategy.state_dict(), keep=self.cfg.keep_checkpoints,
+            rundir.save_checkpoint(rnd, global_params, self.state_dict(), keep=self.cfg.keep_checkpoints,
                                    identity=identity)
             if on_round:
                 on_round(record)

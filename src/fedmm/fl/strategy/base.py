@@ -87,6 +87,9 @@ class Strategy:
     """
 
     streaming = False
+    # True when `aggregate` depends on the updates only through their weighted mean (then post-processes it):
+    # client-level DP and secure aggregation then hand it one update, the (noised) mean, and nothing else changes.
+    averages = False
     client_hook: type[ClientHook] = ClientHook  # the client side (see ClientHook)
 
     def __init__(self, cfg: Any):

@@ -64,6 +64,7 @@ class FedAvgConfig:
 @STRATEGIES.register("fedavg", FedAvgConfig)
 class FedAvg(Strategy):
     streaming = True
+    averages = True
 
     def aggregate(self, rnd: int, global_params: Params, updates: Iterable[Update]) -> Params:
         return weighted_average(global_params, ((u.params, float(u.num_examples)) for u in updates))

@@ -65,6 +65,7 @@ class FedOpt(Strategy):
 
     kind = "adam"
     streaming = True
+    averages = True
 
     def __init__(self, cfg: Any):
         super().__init__(cfg)

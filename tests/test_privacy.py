@@ -1,0 +1,202 @@
+"""Client-level differential privacy (fedmm.fl.privacy): the clipping bound, the noise, the accounting against
+dp-accounting itself, and the runs and refusals a user meets on the command line."""
+import math
+
+import numpy as np
+import pytest
+from dp_accounting import PoissonSampledDpEvent, GaussianDpEvent, SelfComposedDpEvent
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+
+from conftest import fedmm, metrics, same_globals
+from fedmm.fl.privacy import (Accountant, clip_delta, clipped_sum, epsilon, local_noise_std, noise_for_epsilon,
+                              privatize, sample)
+from fedmm.fl.update import Update
+
+G = {"w": np.zeros((40, 25), np.float32), "b": np.zeros(7, np.float32), "steps": np.zeros(1, np.int64)}
+
+
+def _update(cid, scale, rng, keys=("w", "b")):
+    return Update(client_id=cid, params={k: (G[k] + scale * rng.normal(size=G[k].shape)).astype(np.float32)
+                                         for k in keys}, num_examples=10 * (cid + 1))
+
+
+def _norm(delta):
+    return math.sqrt(sum(float(np.sum(d * d)) for d in delta.values()))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.1, 10.0, 1e6])
+def test_clipping_bounds_every_delta_exactly_and_keeps_its_direction(scale):
+    rng = np.random.default_rng(0)
+    u = _update(0, scale, rng)
+    delta, norm = clip_delta(u.params, G, clip_norm=1.5)
+    raw = {k: u.params[k].astype(np.float64) for k in ("w", "b")}
+    assert norm == pytest.approx(_norm(raw))
+    assert _norm(delta) <= 1.5 * (1 + 1e-12)
+    if norm <= 1.5:  # within the bound: untouched
+        assert all(np.array_equal(delta[k], raw[k]) for k in raw)
+    else:  # scaled, never truncated per entry
+        assert _norm(delta) == pytest.approx(1.5, rel=1e-12)
+        np.testing.assert_allclose(delta["w"] / delta["w"].ravel()[0], raw["w"] / raw["w"].ravel()[0], rtol=1e-9)
+    assert "steps" not in delta  # integer buffers are not data the noise could cover; they keep the global value
+
+
+def test_a_key_the_client_did_not_send_counts_as_unchanged():
+    u = _update(0, 5.0, np.random.default_rng(1), keys=("w",))
+    delta, _ = clip_delta(u.params, G, clip_norm=1.0)
+    assert np.array_equal(delta["b"], np.zeros(7)) and _norm(delta) == pytest.approx(1.0)
+
+
+def test_the_sum_is_unweighted_and_the_mean_has_a_fixed_denominator():
+    """Four clients sampled of eight at rate 0.5: the release divides by q * N = 4 whoever replied, and example
+    counts play no part (a weighted mean would differ: the clients hold 10, 20, 30 examples)."""
+    rng = np.random.default_rng(2)
+    ups = [_update(c, 0.01, rng) for c in range(3)]
+    summed = clipped_sum(ups, G, clip_norm=100.0)
+    acc = Accountant(clip_norm=100.0, noise_multiplier=1e-12, delta=1e-5, rate=0.5, num_clients=8, local=False,
+                     noise_seed=3)
+    mean, z = acc.release(1, summed, sampled=4, global_params=G)
+    expect = sum(u.params["w"].astype(np.float64) for u in ups) / 4
+    np.testing.assert_allclose(mean.params["w"], expect, atol=1e-6)
+    assert np.array_equal(mean.params["steps"], G["steps"]) and z == 1e-12 and acc.history == [(0.5, 1e-12)]
+
+
+def test_central_noise_has_the_stated_std():
+    zeros = clipped_sum([], {"w": np.zeros(200_000, np.float32)}, clip_norm=0.7)
+    acc = Accountant(clip_norm=0.7, noise_multiplier=1.3, delta=1e-5, rate=1.0, num_clients=5, local=False)
+    mean, _ = acc.release(1, zeros, sampled=5, global_params={"w": np.zeros(200_000, np.float32)})
+    measured = float(np.std(mean.params["w"].astype(np.float64) * 5))  # undo the denominator q * N = 5
+    assert measured == pytest.approx(1.3 * 0.7, rel=0.01)
+
+
+def test_local_shares_add_up_to_the_central_noise_and_dropouts_are_accounted():
+    g = {"w": np.zeros(100_000, np.float32)}
+    std = local_noise_std(2.0, 0.5, sampled=4)
+    shares = [privatize({"w": g["w"]}, g, 0.5, std, np.random.default_rng(c))["w"].astype(np.float64)
+              for c in range(4)]
+    assert float(np.std(sum(shares))) == pytest.approx(2.0 * 0.5, rel=0.01)
+    noised = privatize({"w": np.ones(100_000, np.float32)}, g, 0.5, 0.0, np.random.default_rng(0))
+    assert _norm({"w": noised["w"].astype(np.float64)}) == pytest.approx(0.5, rel=1e-6)  # clipped on the client
+    acc = Accountant(0.5, 2.0, 1e-5, rate=1.0, num_clients=4, local=True)
+    assert acc.noise_in_sum(sampled=4, contributed=4) == 2.0
+    assert acc.noise_in_sum(sampled=4, contributed=1) == pytest.approx(1.0)  # three shares never arrived
+
+
+def _library_epsilon(rate, z, rounds, delta):
+    acc = RdpAccountant()
+    event = GaussianDpEvent(z) if rate == 1 else PoissonSampledDpEvent(rate, GaussianDpEvent(z))
+    acc.compose(event, rounds)
+    return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("rate,z,rounds,delta", [(1.0, 1.0, 3, 1e-5), (0.1, 1.1, 100, 1e-5), (0.01, 0.8, 1000, 1e-6)])
+def test_epsilon_is_the_accountant_librarys_own_value(rate, z, rounds, delta):
+    eps = epsilon([(rate, z)] * rounds, delta)
+    assert eps == pytest.approx(_library_epsilon(rate, z, rounds, delta), rel=1e-12)
+    pld = PLDAccountant()  # a tighter accountant: RDP's bound is never below it (a wrong event would be)
+    pld.compose(SelfComposedDpEvent(PoissonSampledDpEvent(rate, GaussianDpEvent(z)), rounds))
+    assert pld.get_epsilon(delta) <= eps <= 1.6 * pld.get_epsilon(delta)
+
+
+def test_epsilon_grows_with_rounds_and_falls_with_noise_and_sampling():
+    e = lambda rate, z, t: epsilon([(rate, z)] * t, 1e-5)  # noqa: E731
+    assert e(1, 1.0, 1) < e(1, 1.0, 2) < e(1, 1.0, 10)
+    assert e(1, 2.0, 10) < e(1, 1.0, 10) and e(0.1, 1.0, 10) < e(1, 1.0, 10)
+    # Without sampling T rounds at noise z are one Gaussian mechanism at z / sqrt(T)
+    assert e(1, 1.2, 9) == pytest.approx(e(1, 1.2 / 3, 1), rel=1e-6)
+    assert epsilon([], 1e-5) == 0 and math.isinf(epsilon([(1.0, 0.0)], 1e-5))
+
+
+@pytest.mark.parametrize("target,rate,rounds", [(3.0, 1.0, 3), (1.0, 0.1, 50), (8.0, 0.05, 200)])
+def test_target_epsilon_solves_for_the_noise_and_ends_at_or_below_it(target, rate, rounds):
+    z = noise_for_epsilon(target, rate, rounds, 1e-5)
+    assert epsilon([(rate, z)] * rounds, 1e-5) <= target * (1 + 1e-9)
+    assert epsilon([(rate, z * 0.99)] * rounds, 1e-5) > target  # and not far above what the target needs
+
+
+def test_poisson_sampling_has_the_claimed_rate_and_is_a_function_of_seed_and_round():
+    picks = [sample(50, 0.2, 7, r) for r in range(1, 2001)]
+    assert np.mean([len(p) for p in picks]) == pytest.approx(10, rel=0.03)
+    assert len({len(p) for p in picks}) > 5  # the count varies: independent draws, not a fixed-size sample
+    assert sample(50, 0.2, 7, 3) == picks[2] and sample(50, 0.2, 8, 3) != picks[2]
+    assert sample(6, 1.0, 7, 3) == list(range(6))
+
+
+def test_accountant_state_survives_a_checkpoint():
+    a = Accountant(1.0, 1.0, 1e-5, 0.5, 10, local=False)
+    a.history = [(0.5, 1.0), (0.5, 1.0)]
+    b = Accountant(1.0, 1.0, 1e-5, 0.5, 10, local=False)
+    b.load_state_dict(a.state_dict())
+    assert b.key == a.key and b.epsilon() == a.epsilon() and Accountant(1, 1, 1e-5, 1, 2, False).key != a.key
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def test_a_dp_run_records_increasing_epsilon_and_resumes_counting(tmp_path, tiny_args):
+    dp = ["privacy=dp", "privacy.noise_multiplier=1.0", "privacy.clip_norm=1.0", "privacy.noise_seed=5"]
+    fedmm("run", *tiny_args, *dp, "rounds=3", f"output_dir={tmp_path / 'a'}")
+    eps = [r["dp_epsilon"] for r in metrics(tmp_path / "a")]
+    assert all(math.isfinite(e) for e in eps) and eps[0] < eps[1] < eps[2]
+    assert eps[2] == pytest.approx(_library_epsilon(1.0, 1.0, 3, 1e-5))
+    assert "dp_epsilon" in (tmp_path / "a" / "report.md").read_text()
+    fedmm("run", *tiny_args, *dp, "rounds=2", f"output_dir={tmp_path / 'b'}")
+    out = fedmm("run", "rounds=3", f"resume={tmp_path / 'b'}").stdout
+    assert "dp_epsilon" in out  # the terminal table shows it
+    assert [r["dp_epsilon"] for r in metrics(tmp_path / "b")] == eps
+    same_globals(tmp_path / "a", tmp_path / "b", atol=0)
+
+
+def test_target_epsilon_run_ends_at_or_below_the_target(tmp_path, tiny_args):
+    out = fedmm("run", *tiny_args, "privacy=dp", "privacy.target_epsilon=3", "rounds=3", "num_clients=6",
+                "clients_per_round=3", f"output_dir={tmp_path}").stdout
+    assert "solved for target_epsilon=3" in out and "Poisson sampling q=0.5" in out
+    records = metrics(tmp_path)
+    assert records[-1]["dp_epsilon"] <= 3.0 and records[-1]["dp_epsilon"] > 2.9
+
+
+def test_local_mode_noises_on_the_clients_and_the_server_adds_none(tmp_path, tiny_args):
+    """With local noise the clients send every key (noise on all of them), the server accepts that, and the
+    model moves by the clients' noise only: a run whose shares are tiny matches the unweighted mean closely."""
+    fedmm("run", *tiny_args, "privacy=dp", "privacy.mode=local", "privacy.noise_multiplier=1e-9",
+          "privacy.clip_norm=1e3", "privacy.noise_seed=1", "rounds=1", f"output_dir={tmp_path / 'local'}")
+    fedmm("run", *tiny_args, "privacy=dp", "privacy.noise_multiplier=1e-9", "privacy.clip_norm=1e3",
+          "privacy.noise_seed=1", "rounds=1", f"output_dir={tmp_path / 'central'}")
+    records = metrics(tmp_path / "local")
+    assert records[0]["clients_replied"] == 4 and "rejected" not in records[0]
+    same_globals(tmp_path / "local", tmp_path / "central", atol=1e-5)  # float32 rounding of the clients' sends
+
+
+def test_dp_works_for_a_lora_vlm_and_only_the_adapters_travel(tmp_path):
+    fedmm("run", "task=easyvqa_gen", "model=blip_vqa_tiny", "modality.text_only=[]", "modality.image_only=[]",
+          "max_train_samples=64", "max_eval_samples=16", "num_clients=2", "batch_size=16", "privacy=dp",
+          "privacy.noise_multiplier=0.8", "privacy.clip_norm=0.5", "rounds=2", f"output_dir={tmp_path}",
+          timeout=600)
+    records = metrics(tmp_path)
+    assert records[1]["dp_epsilon"] > records[0]["dp_epsilon"] > 0
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "global.safetensors"), "np") as f:
+        assert f.keys() and all("lora_" in k for k in f.keys())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["privacy=dp", "strategy=median"], "strategy=median does not work with privacy=dp"),
+    (["privacy=dp", "strategy=krum"], "use one that averages: "),
+    (["privacy=dp", "strategy=fedmap"], "strategy=fedmap does not work with privacy=dp"),
+    (["privacy=dp", "max_update_norm=3"], "privacy.clip_norm bounds every update already"),
+    (["privacy=dp", "privacy.mode=nearby"], "privacy.mode must be one of central, local"),
+    (["privacy=dp", "privacy.clip_norm=0"], "privacy.clip_norm=0 is out of range"),
+    (["privacy=dp", "privacy.delta=1.5"], "privacy.delta=1.5 is out of range"),
+    (["privacy=dp", "privacy.target_epsilon=-1"], "privacy.target_epsilon=-1 is out of range"),
+    (["privacy.secure_aggregation=true"], "needs runtime=flower (Flower's SecAgg+); runtime=local"),
+    (["privacy.secure_aggregation=true", "runtime=nvflare"], "runtime=nvflare has no secure aggregation"),
+    (["privacy.secure_aggregation=true", "runtime=flower", "strategy=trimmed_mean"], "never shows"),
+    (["privacy.secure_aggregation=true", "runtime=flower", "compression.kind=int8"], "use compression.kind=none"),
+    (["privacy.secure_aggregation=true", "runtime=flower", "attack=scale", "attack.clients=[1]"], "use attack=none"),
+    (["privacy.secure_aggregation=true", "runtime=flower", "privacy=dp"], "use privacy.mode=local"),
+    (["privacy.secure_aggregation=true", "runtime=flower", "max_update_norm=auto"], "never sees an update"),
+])
+def test_privacy_refusals_are_one_line(tmp_path, tiny_args, args, message):
+    proc = fedmm("run", *tiny_args, *args, f"output_dir={tmp_path / 'x'}", check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
