@@ -13,9 +13,10 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedmm.runtime.flower.messages import query_reply, train_reply, train_request
+from fedmm.runtime.flower.secagg import is_secure, secagg_when_asked, secure_reply, secure_request
 from fedmm.runtime.remote import fit, partition_id
 
-client_app = ClientApp()
+client_app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds pass through Flower's secaggplus_mod
 
 
 @client_app.query()
@@ -25,7 +26,8 @@ def query(msg: Message, context: Context) -> Message:
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
-    payload, request = train_request(msg)
+    secure = is_secure(msg)
+    payload, request = secure_request(msg) if secure else train_request(msg)
     node_config = dict(context.node_config)
     if request["warm"]:
         from fedmm.runtime.flower.worker import call_worker
@@ -33,4 +35,4 @@ def train(msg: Message, context: Context) -> Message:
         update = call_worker(node_config, context.node_id, payload, request)
     else:
         update = fit(node_config, payload, request)
-    return train_reply(msg, update)
+    return secure_reply(msg, payload, update, request["weighted"]) if secure else train_reply(msg, update)

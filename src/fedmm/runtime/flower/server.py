@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedmm.config.schema import PrivacyConfig
 from fedmm.errors import FedmmError
+from fedmm.fl.privacy import Summed
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.server import Reply
 from fedmm.runtime.flower.messages import partition_of, query_message, train_message, update_of
@@ -36,8 +38,9 @@ class GridClients:
     run's config.yaml and where client state lives)."""
 
     def __init__(self, grid: Grid, num_clients: int, min_clients: int, request: dict[str, Any],
-                 round_timeout: float, connect_timeout: float):
+                 round_timeout: float, connect_timeout: float, secure: Optional[tuple[Any, float]] = None):
         self.grid = grid
+        self.secure = secure  # (privacy settings, max_weight) when rounds go through SecAgg+ (secagg.py)
         self.num_clients = num_clients
         self.min_clients = min_clients
         self.request = request
@@ -100,7 +103,7 @@ class GridClients:
             log.warning("no SuperNode for clients %s yet; they count as failed when sampled", missing)
 
     def __call__(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, "FitInstructions"]
-                 ) -> dict[int, Reply]:
+                 ) -> Union[dict[int, Reply], Summed]:
         late = [n for n in self.grid.get_node_ids() if n not in self.asked]
         if late:
             self._ask(late, timeout=30.0)
@@ -109,6 +112,17 @@ class GridClients:
         for cid in ids:
             if cid not in self.nodes:
                 out[cid] = ConnectionError(f"no SuperNode with partition-id={cid} is connected")
+        if self.secure:
+            from fedmm.params import params_from_bytes
+            from fedmm.runtime.flower.secagg import secure_round
+
+            privacy, max_weight = self.secure
+            requests = {c: {**self.request, "config": configs[c].to_json(), "weighted": privacy.name != "dp"}
+                        for c in sent}
+            summed = secure_round(self.grid, {c: self.nodes[c] for c in sent}, rnd, payload, requests,
+                                  params_from_bytes(payload), privacy, max_weight, self.round_timeout)
+            summed.failures.update({c: f"{type(e).__name__}: {e}" for c, e in out.items()})
+            return summed
         messages = [train_message(self.nodes[c], rnd, payload, {**self.request, "config": configs[c].to_json()})
                     for c in sent]
         for cid, reply in zip(sent, self._exchange(messages, self.round_timeout)):
@@ -125,7 +139,10 @@ def grid_clients(grid: Grid, cfg: Any, warm: bool):
 
     def connect(fed) -> GridClients:
         request = request_for_clients(fed, "flower", warm=warm)
+        privacy = fed.settings.typed("privacy", PrivacyConfig)
+        # the protocol's weights: example counts (plain FedAvg), 1 each under DP
+        max_weight = 1.0 if privacy.name == "dp" else float(max(len(c) for c in fed.clients))
         return GridClients(grid, len(fed.clients), fed.server.cfg.min_clients, request, cfg.round_timeout,
-                           cfg.connect_timeout)
+                           cfg.connect_timeout, secure=(privacy, max_weight) if privacy.secure_aggregation else None)
 
     return connect

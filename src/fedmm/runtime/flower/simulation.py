@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     from fedmm.runtime.flower import FlowerRuntimeConfig
 
 
+class _NotRunSimulationDeprecation(logging.Filter):
+    """Flower warns that `run_simulation` will give way to `flwr run`; fedmm chose it (one process, one command),
+    and a user of `fedmm run` can do nothing about the warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
 def run_simulation(settings: "Settings", cfg: "FlowerRuntimeConfig") -> "RunResult":
     require_flower()
     import flwr.simulation
@@ -46,7 +54,10 @@ def run_simulation(settings: "Settings", cfg: "FlowerRuntimeConfig") -> "RunResu
     init_args: dict[str, Any] = {"include_dashboard": False}
     if cfg.cpus > 0:
         init_args["num_cpus"] = cfg.cpus
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.setLevel(logging.WARNING)
+    if not any(isinstance(f, _NotRunSimulationDeprecation) for f in flwr_log.filters):
+        flwr_log.addFilter(_NotRunSimulationDeprecation())
     with simulated_sites_state(fed.rundir.path / "client_state"):
         flwr.simulation.run_simulation(server_app, client_app, num_supernodes=len(fed.clients),
                                        backend_config={"client_resources": {"num_cpus": cfg.cpus_per_client},
