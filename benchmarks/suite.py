@@ -357,8 +357,9 @@ Produced by `{meta['command']}` on {meta['date']} ({meta['machine']}); the suite
 {meta['suite_seconds'] / 60:.1f} minutes. Medians over {meta['repeats']} repeats where a row says so; compared runs
 alternate within each repeat. Raw figures: [benchmarks/suite.json](benchmarks/suite.json).{reruns}
 Other pages, each written by its own script: [strategies on missing modalities](benchmarks/strategies.md)
-(`python3 dev.py bench strategies`) and [robustness to Byzantine clients](benchmarks/robustness.md)
-(`python3 dev.py bench robustness`).
+(`python3 dev.py bench strategies`), [robustness to Byzantine clients](benchmarks/robustness.md)
+(`python3 dev.py bench robustness`) and [privacy against utility, and the cost of SecAgg+](benchmarks/privacy.md)
+(`python3 dev.py bench privacy`).
 
 ## Runtime overhead: `runtime=local` against `fedmm centralized`
 

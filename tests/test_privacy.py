@@ -139,6 +139,8 @@ def test_a_dp_run_records_increasing_epsilon_and_resumes_counting(tmp_path, tiny
     eps = [r["dp_epsilon"] for r in metrics(tmp_path / "a")]
     assert all(math.isfinite(e) for e in eps) and eps[0] < eps[1] < eps[2]
     assert eps[2] == pytest.approx(_library_epsilon(1.0, 1.0, 3, 1e-5))
+    first = metrics(tmp_path / "a")[0]  # the norms that clip_norm=1 cut, for tuning it
+    assert first["clipped"] and all(n > 1.0 for n in first["clipped"].values())
     assert "dp_epsilon" in (tmp_path / "a" / "report.md").read_text()
     fedmm("run", *tiny_args, *dp, "rounds=2", f"output_dir={tmp_path / 'b'}")
     out = fedmm("run", "rounds=3", f"resume={tmp_path / 'b'}").stdout
@@ -200,3 +202,8 @@ def test_privacy_refusals_are_one_line(tmp_path, tiny_args, args, message):
     proc = fedmm("run", *tiny_args, *args, f"output_dir={tmp_path / 'x'}", check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_centralized_refuses_privacy_options(tmp_path, tiny_args):
+    proc = fedmm("centralized", *tiny_args, "privacy=dp", f"output_dir={tmp_path / 'x'}", check=False)
+    assert proc.returncode == 2 and "fedmm centralized has none" in proc.stderr, proc.stderr

@@ -40,7 +40,8 @@ class RoundRecord:
     failures: dict[int, str] = _f("", "client id -> why it failed (only when some did)", default_factory=dict)
     rejected: dict[int, str] = _f("", "client id -> why the server refused its update (only when it did)",
                                   default_factory=dict)
-    clipped: dict[int, float] = _f("", "client id -> its update norm before clipping to norm_bound (only when some)",
+    clipped: dict[int, float] = _f("", "client id -> its update norm before clipping to norm_bound or "
+                                   "privacy.clip_norm (only when some)",
                                    default_factory=dict)
     norm_bound: Optional[float] = _f("", "this round's bound on update norms (only with max_update_norm)",
                                      default=None)

@@ -23,6 +23,9 @@ from fedmm.train.loop import make_optimizer, positive_weights, train_epochs
 
 def train_centralized(settings: Settings) -> tuple[Any, dict[str, Any]]:
     """Train and evaluate every epoch; returns the run directory and the last epoch's record."""
+    if settings.privacy.name != "none" or settings.privacy.secure_aggregation:
+        raise FedmmError("privacy options protect sites in a federated run; fedmm centralized has none (it is the "
+                         "non-private reference): drop the privacy options, or use fedmm run")
     parts = assemble(settings, "centralized")
     data, backend, model = parts.data, parts.backend, parts.model
     rundir = open_run_dir(settings.resume, settings.output_dir, "centralized", settings.to_yaml())

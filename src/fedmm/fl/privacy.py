@@ -27,9 +27,11 @@ at `delta`. No formula is written here: the events go to the library.
 """
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
@@ -113,13 +115,17 @@ def as_update(global_params: Params, delta: dict[str, np.ndarray], num_examples:
     return Update(client_id=client_id, params=params, num_examples=max(1, num_examples))
 
 
-def clipped_sum(updates: Iterable[Update], global_params: Params, clip_norm: Optional[float]) -> Summed:
+def clipped_sum(updates: Iterable[Update], global_params: Params, clip_norm: Optional[float],
+                clipped: Optional[dict[int, float]] = None) -> Summed:
     """The unweighted sum of the updates' deltas, each clipped to `clip_norm` first (None: local mode, where the
-    clients clipped and noised already and the server must not touch the noise)."""
+    clients clipped and noised already and the server must not touch the noise). The norms of the deltas that were
+    clipped go to `clipped` (client id -> norm), which tells a user whether C is too small."""
     keys = _floats(global_params)
     total = Summed({k: np.zeros(global_params[k].shape) for k in keys}, 0.0)
     for u in updates:
-        delta, _ = clip_delta(u.params, global_params, clip_norm if clip_norm is not None else math.inf)
+        delta, norm = clip_delta(u.params, global_params, clip_norm if clip_norm is not None else math.inf)
+        if clipped is not None and clip_norm is not None and norm > clip_norm:
+            clipped[u.client_id] = norm
         for k in keys:
             total.delta_sum[k] += delta[k]
         total.weight += 1.0
@@ -149,9 +155,23 @@ def epsilon(rounds: Sequence[tuple[float, float]], delta: float) -> float:
     from dp_accounting.rdp import RdpAccountant
 
     accountant = RdpAccountant()
-    for (rate, z), count in Counter(rounds).items():
-        accountant.compose(SelfComposedDpEvent(_round_event(rate, z), count))
-    return float(accountant.get_epsilon(delta))
+    with _quiet_accountant():
+        for (rate, z), count in Counter(rounds).items():
+            accountant.compose(SelfComposedDpEvent(_round_event(rate, z), count))
+        return float(accountant.get_epsilon(delta))
+
+
+@contextmanager
+def _quiet_accountant():
+    """dp-accounting logs (through absl) every RDP order whose series it cannot sum and so leaves out, which makes
+    the bound only safer; on a terminal that is a screenful per round."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def noise_for_epsilon(target_epsilon: float, rate: float, rounds: int, delta: float) -> float:
@@ -161,8 +181,9 @@ def noise_for_epsilon(target_epsilon: float, rate: float, rounds: int, delta: fl
     from dp_accounting.mechanism_calibration import LowerEndpointAndGuess
     from dp_accounting.rdp import RdpAccountant
 
-    z = calibrate_dp_mechanism(RdpAccountant, lambda z: SelfComposedDpEvent(_round_event(rate, z), rounds),
-                               target_epsilon, delta, LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4)
+    with _quiet_accountant():
+        z = calibrate_dp_mechanism(RdpAccountant, lambda z: SelfComposedDpEvent(_round_event(rate, z), rounds),
+                                   target_epsilon, delta, LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4)
     return float(z)
 
 

@@ -185,9 +185,9 @@ class Server:
                 got["bytes_up"] = summed.bytes_up
                 for cid in summed.clients:
                     count(cid, int(summed.metrics.get(cid, {}).get("num_examples", 0)), summed.metrics.get(cid, {}))
-                got["examples"] = summed.num_examples
             else:
-                summed = clipped_sum(bounded(checked(), None), global_params, None if dp.local else dp.clip_norm)
+                summed = clipped_sum(bounded(checked(), None), global_params, None if dp.local else dp.clip_norm,
+                                     clipped)
             if len(summed.clients) >= required:
                 if dp:
                     mean, z = dp.release(rnd, summed, len(ids), global_params)
