@@ -69,6 +69,13 @@ def test_central_noise_has_the_stated_std():
     assert measured == pytest.approx(1.3 * 0.7, rel=0.01)
 
 
+def test_noise_never_leaves_a_batchnorm_variance_negative():
+    g = {"bn.running_var": np.full(1000, 0.01, np.float32), "bn.running_mean": np.zeros(1000, np.float32)}
+    acc = Accountant(clip_norm=1.0, noise_multiplier=1.0, delta=1e-5, rate=1.0, num_clients=2, local=False)
+    mean, _ = acc.release(1, clipped_sum([], g, 1.0), sampled=2, global_params=g)
+    assert mean.params["bn.running_var"].min() == 0 and (mean.params["bn.running_mean"] < 0).any()
+
+
 def test_local_shares_add_up_to_the_central_noise_and_dropouts_are_accounted():
     g = {"w": np.zeros(100_000, np.float32)}
     std = local_noise_std(2.0, 0.5, sampled=4)

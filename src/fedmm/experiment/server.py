@@ -3,10 +3,12 @@ run directory (resuming from its last checkpoint), and wires the strategy and th
 drives the rounds with the runtime's way of reaching clients."""
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from fedmm import metrics as M
@@ -117,9 +119,10 @@ def resume_point(rundir: RunDir, settings: Settings):
     return ckpt
 
 
-def accountant(settings: Settings, num_clients: int, per_round: int) -> Optional[Accountant]:
+def accountant(settings: Settings, num_clients: int, per_round: int, values: int) -> Optional[Accountant]:
     """privacy=dp: the run's privacy accountant, its noise multiplier solved for `target_epsilon` when given;
-    announces the plan (None without DP)."""
+    announces the plan, and warns when the noise will outweigh every update (None without DP). `values`: how many
+    floating values are clipped and noised."""
     p = settings.typed("privacy", PrivacyConfig)
     if p.name != "dp":
         return None
@@ -132,6 +135,11 @@ def accountant(settings: Settings, num_clients: int, per_round: int) -> Optional
     say(f"privacy: DP-FedAvg, {p.mode} noise, clip_norm={p.clip_norm:g}, noise_multiplier={z:.4g}"
         f"{' (solved for target_epsilon=%g)' % p.target_epsilon if p.target_epsilon is not None else ''}, "
         f"{sampling}; epsilon after {settings.rounds} rounds: {planned:.3f} at delta={p.delta:g}")
+    ratio = z * math.sqrt(values) / (rate * num_clients)  # noise norm on the mean over its largest signal, C
+    if ratio > 1:
+        say(f"privacy: the noise on each round's mean update is about {ratio:.0f}x clip_norm (over {values:,} values "
+            f"and {rate * num_clients:g} clients per round): expect little learning; client-level DP needs many "
+            f"clients (README: Privacy)")
     return Accountant(p.clip_norm, z, p.delta, rate, num_clients, local=p.mode == "local", noise_seed=p.noise_seed)
 
 
@@ -168,7 +176,8 @@ def build_server(settings: Settings) -> Federation:
                               keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule,
                               lr_warmup_rounds=settings.lr_warmup_rounds, max_update_norm=settings.max_update_norm,
                               norm_bound=settings.norm_bound)
-    privacy = accountant(settings, len(clients), per_round)
+    values = sum(v.size for v in get_params(model, parts.keys).values() if np.issubdtype(v.dtype, np.floating))
+    privacy = accountant(settings, len(clients), per_round, values)
     local_dp = privacy is not None and privacy.local  # noised clients send every key (fedmm.fl.privacy.privatize)
     expected = {cid: Expected(keys=None if local_dp else frozenset(backend.client_keys(model, c.modalities)),
                               modalities=c.modalities, max_examples=len(c)) for cid, c in enumerate(clients)}

@@ -227,7 +227,11 @@ class Accountant:
         mean = {k: v / denominator for k, v in noised.items()}
         if summed.clients or not self.local:
             self.history.append((self.rate, z))
-        return as_update(global_params, mean, summed.num_examples), z
+        update = as_update(global_params, mean, summed.num_examples)
+        for k in update.params:  # noise can push a BatchNorm variance below 0 (NaN outputs); clamping is free
+            if k.endswith("running_var"):  # post-processing, which costs no privacy
+                update.params[k] = np.maximum(update.params[k], 0)
+        return update, z
 
     def epsilon(self) -> float:
         return epsilon(self.history, self.delta)
