@@ -7,7 +7,8 @@ What the client does besides training comes from its strategy's `ClientHook` (Fe
 self-scoring), built from the instructions' `strategy_options`, so a strategy's client side lives in the strategy's
 own module. `pos_weight` (a multilabel task's option) weights the loss by the client's own label frequencies: a
 site knows its own data, not the federation's. A compressed update is the delta, with the client's error-feedback
-residual kept in `ClientState`.
+residual kept in `ClientState`. Under local DP (`privacy.mode=local`) the update is clipped and noised here, before
+it leaves the site (`fedmm.fl.privacy.privatize`).
 """
 from __future__ import annotations
 
