@@ -93,7 +93,6 @@ class _Capture(LegacyStrategy):
         self.proxies = {n: GridClientProxy(n, grid, run_id) for n in fitins}
         self.mean: Optional[list[np.ndarray]] = None
         self.results: list[tuple[int, FitRes]] = []
-        self.failures: list[BaseException] = []
 
     def initialize_parameters(self, client_manager):
         return None
@@ -103,7 +102,6 @@ class _Capture(LegacyStrategy):
 
     def aggregate_fit(self, server_round, results, failures):
         self.results = [(proxy.node_id, res) for proxy, res in results]
-        self.failures = list(failures)
         if results:
             self.mean = parameters_to_ndarrays(results[0][1].parameters)
         return None, {}
