@@ -5,10 +5,14 @@ import logging
 import os
 
 
-QUIET = False  # `fedmm -q`: errors only
+QUIET = False  # `fedmm -q`, and the Python API unless verbose: nothing on stdout
+log = logging.getLogger("fedmm")
 
 
 def say(msg: str = "") -> None:
+    """One line of what a run reports: printed (unless QUIET) and always logged to the `fedmm` logger, so that a
+    program using the API can collect it."""
+    log.info(msg)
     if not QUIET:
         print(msg, flush=True)
 
