@@ -16,9 +16,11 @@ BASE = ["task=synthetic", "model=fusion_tiny", "task.num_train=60", "task.num_va
 GROUP_KEYS = {"partition": ["name", "alpha", "min_size", "max_tries"],
               "modality": ["text_only", "image_only", "missing_rate", "drop"],
               "compression": ["kind", "block_size", "error_feedback"],
-              "attack": ["name", "clients", "scale", "std", "start_round"]}
+              "attack": ["name", "clients", "scale", "std", "start_round"],
+              "privacy": ["name", "mode", "clip_norm", "noise_multiplier", "target_epsilon", "delta", "noise_seed",
+                          "secure_aggregation", "secagg_shares", "secagg_threshold", "secagg_quantization"]}
 KEYS = [f.name for f in fields(Schema) if f.name not in ("task", "model", "strategy", "runtime", *GROUP_KEYS)]
-KEYS += [f"{g}.{k}" for g, ks in GROUP_KEYS.items() for k in ks]
+KEYS += [f"{g}.{k}" for g, ks in GROUP_KEYS.items() for k in ks] + list(GROUP_KEYS)  # `attack=[0]` too
 
 values = st.one_of(
     st.integers(-3, 3), st.integers(-2**40, 2**40), st.sampled_from(["nan", "inf", "-inf", "null", "true", "1e309"]),

@@ -194,6 +194,7 @@ def test_dp_works_for_a_lora_vlm_and_only_the_adapters_travel(tmp_path):
     (["privacy=dp", "strategy=fedmap"], "strategy=fedmap does not work with privacy=dp"),
     (["privacy=dp", "max_update_norm=3"], "privacy.clip_norm bounds every update already"),
     (["privacy=dp", "privacy.mode=nearby"], "privacy.mode must be one of central, local"),
+    (["privacy=[0]"], "privacy takes one option name"),
     (["privacy=dp", "privacy.clip_norm=0"], "privacy.clip_norm=0.0 is out of range"),
     (["privacy=dp", "privacy.delta=1.5"], "privacy.delta=1.5 is out of range"),
     (["privacy=dp", "privacy.target_epsilon=-1"], "privacy.target_epsilon=-1.0 is out of range"),

@@ -16,6 +16,7 @@ one. A user's module registers when it is imported, exactly like a built-in one.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
@@ -76,6 +77,11 @@ _ENTRY_POINTS_SCANNED = False
 def load_plugins(modules: Any) -> None:
     """Import the user's modules (the `plugins=[...]` option), so that what they register is selectable and
     validated like a built-in; a module that cannot be imported is a one-line error."""
+    if isinstance(modules, str):  # plugins=my_module: one module
+        modules = [modules]
+    if modules is not None and not isinstance(modules, Sequence):
+        raise FedmmError(f"plugins must be a list of module names, e.g. plugins=[my_package.my_module] (got "
+                         f"{modules!r})")
     for name in list(modules or []):
         name = str(name)
         if name in _PLUGINS_LOADED:

@@ -234,6 +234,10 @@ def _check_privacy(cfg: DictConfig) -> None:
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
+    for o in _parse(overrides):  # Hydra reads `group=[a,b]` as several options of one group (and crashes on [0])
+        if o.key_or_group in OPTION_GROUPS and isinstance(o.value(), (list, dict)) and not o.is_sweep_override():
+            raise FedmmError(f"{o.key_or_group} takes one option name, e.g. {o.key_or_group}=NAME (got "
+                             f"{o.input_line.partition('=')[2]}); `fedmm config` lists the options")
     _register_store()
     GlobalHydra.instance().clear()
     try:
