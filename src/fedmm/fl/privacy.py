@@ -101,18 +101,18 @@ class Summed:
     failures: dict[int, str] = field(default_factory=dict)
     bytes_up: int = 0
 
-    def mean_update(self, global_params: Params, client_id: int = -1) -> Update:
+    def mean_update(self, global_params: Params) -> Update:
         """The weighted mean delta as one update (global + mean) for the strategy."""
-        return as_update(global_params, {k: v / self.weight for k, v in self.delta_sum.items()},
-                         self.num_examples, client_id)
+        return as_update(global_params, {k: v / self.weight for k, v in self.delta_sum.items()}, self.num_examples)
 
 
-def as_update(global_params: Params, delta: dict[str, np.ndarray], num_examples: int, client_id: int = -1) -> Update:
-    """global + delta (non-floating keys unchanged) as one `Update` of weight `num_examples`."""
+def as_update(global_params: Params, delta: dict[str, np.ndarray], num_examples: int) -> Update:
+    """global + delta (non-floating keys unchanged) as one `Update` of weight `num_examples` (client id -1: the
+    round's aggregate, no one client's)."""
     params = dict(global_params)
     for k, d in delta.items():
         params[k] = (global_params[k].astype(np.float64) + d).astype(global_params[k].dtype)
-    return Update(client_id=client_id, params=params, num_examples=max(1, num_examples))
+    return Update(client_id=-1, params=params, num_examples=max(1, num_examples))
 
 
 def clipped_sum(updates: Iterable[Update], global_params: Params, clip_norm: Optional[float],
