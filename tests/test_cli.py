@@ -1,4 +1,5 @@
 """The command line as a user meets it: clear one-line errors, real runs, sweeps, resume, the baseline."""
+import csv
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import TINY, fedmm
+from conftest import TINY, fedmm, metrics
 from fedmm.config import expand_sweeps
 
 
@@ -72,11 +73,36 @@ def test_acceptance_run_writes_the_run_directory(tmp_path):
     assert "eval_accuracy" in (out / "report.md").read_text()
 
 
-def test_multirun_sweep_runs_every_combination(tmp_path):
-    proc = fedmm("run", "-m", *TINY, "rounds=1", "seed=1,2", "partition=iid,dirichlet", f"output_dir={tmp_path}/sw")
+def test_multirun_sweep_runs_every_combination_and_writes_a_summary(tmp_path):
+    sweep = tmp_path / "sw"
+    proc = fedmm("run", "-m", *TINY, "rounds=1", "seed=1,2", "partition=iid,dirichlet", f"output_dir={sweep}")
     assert "sweep: 4 jobs" in proc.stdout
-    for i in range(4):
-        assert (tmp_path / "sw" / str(i) / "metrics.jsonl").exists()
+    names = ["seed-1_partition-iid", "seed-1_partition-dirichlet", "seed-2_partition-iid", "seed-2_partition-dirichlet"]
+    for name in names:
+        assert (sweep / name / "metrics.jsonl").exists()
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["job"] for r in rows) == sorted(names)
+    for r in rows:  # the summary's figures are each job's own final record
+        final = metrics(sweep / r["job"])[-1]
+        assert r["status"] == "done" and float(r["eval_accuracy"]) == final["eval_accuracy"]
+        assert r["job"] == f"seed-{r['seed']}_partition-{r['partition']}" and float(r["seconds"]) > 0
+    assert (sweep / "summary.png").exists() and "| job |" in (sweep / "summary.md").read_text()
+    (sweep / "summary.csv").unlink()
+    assert fedmm("report", str(sweep)).stdout.strip() == str(sweep / "summary.csv") and (sweep / "summary.csv").exists()
+
+
+def test_a_failed_sweep_job_is_recorded_and_the_others_run(tmp_path):
+    """Job 2 cannot meet min_clients (its only client fails validation): it is recorded as failed, job 1 and 3 run,
+    and the sweep exits 1 with one line."""
+    sweep = tmp_path / "sw"
+    proc = fedmm("run", "-m", *TINY, "rounds=1", "num_clients=2", "attack=none,nan,none", "attack.clients=[0,1]",
+                 "seed=1,2", f"output_dir={sweep}", check=False)
+    with open(sweep / "summary.csv") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert proc.returncode == 1 and "2 of 6 sweep jobs failed" in proc.stderr
+    failed = [j for j, r in rows.items() if r["status"].startswith("failed: round 1: only 0 of 2")]
+    assert sorted(failed) == ["attack-nan_seed-1", "attack-nan_seed-2"] and len(rows) == 6
     assert expand_sweeps(["a=1,2", "b=x,y", "c=3"]) == [
         ["a=1", "b=x", "c=3"], ["a=1", "b=y", "c=3"], ["a=2", "b=x", "c=3"], ["a=2", "b=y", "c=3"]]
 

@@ -6,9 +6,9 @@
     again = fedmm.load_run(result.run_dir)
     base = fedmm.centralized(["task=synthetic", "model=fusion_tiny"], epochs=2)
 
-`run` and `centralized` take the command line's `key=value` overrides as a list, keyword options, or both (a
-keyword is `key=value` with the value in Hydra's grammar: lists, dicts, booleans and None as Hydra reads them;
-dotted keys go in the list). They are quiet: what the command line prints goes to the `fedmm` logger (INFO), and `verbose=True`
+`run` and `centralized` take the command line's `key=value` overrides as a list, keyword options, or both (a keyword
+is `key=value` with the value in Hydra's grammar: lists, dicts, booleans and None as Hydra reads them; dotted keys go
+in the list). They are quiet: what the command line prints goes to the `fedmm` logger (INFO), and `verbose=True`
 prints it too. Errors are `fedmm.errors.FedmmError` with the command line's one-line message.
 
 `run_federated(settings)` and `run_centralized(settings)` are what the `fedmm` command calls; they print and return

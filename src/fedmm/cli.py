@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fedmm import console, rundir
-from fedmm.console import quiet_libraries, say
+from fedmm.console import quiet_libraries
 from fedmm.errors import FedmmError
 
 USAGE = __doc__.split("\n\n")[1]
@@ -36,7 +36,7 @@ USAGE = __doc__.split("\n\n")[1]
 def _run(args: argparse.Namespace) -> int:
     from fedmm.api import run_centralized, run_federated
     from fedmm.config import expand_sweeps, load_settings
-    from fedmm.record import eval_summary
+    from fedmm.sweep import run_sweep
 
     job = run_federated if args.command == "run" else run_centralized
     if not args.multirun:
@@ -45,22 +45,16 @@ def _run(args: argparse.Namespace) -> int:
     combos = [[o for o in c if not o.startswith("output_dir=")] for c in expand_sweeps(args.overrides)]
     base = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("output_dir=")), None)
     root = Path(base or Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S") + "-sweep"))
-    settings = [load_settings(c + [f"output_dir={root / str(i)}"]) for i, c in enumerate(combos)]  # check all first
-    say(f"sweep: {len(combos)} jobs under {root}/")
-    results = []
-    for i, (combo, s) in enumerate(zip(combos, settings)):
-        say(f"\n[{i + 1}/{len(combos)}] {' '.join(combo)}")
-        final = job(s)
-        results.append((combo, final))
-    say("\nsweep results:")
-    for i, (combo, final) in enumerate(results):
-        evals = eval_summary(final)
-        say(f"  {root / str(i)}: {' '.join(combo)} -> {evals}")
-    return 0
+    failed = run_sweep(combos, root, job, load_settings)
+    if failed:
+        print(f"error: {failed} of {len(combos)} sweep jobs failed (their lines above, and summary.csv); the "
+              f"others completed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 GROUPS_HELP = """configuration: key=value overrides; groups are chosen with group=option (task, model, strategy,
-partition, attack, runtime, experiment); `fedmm config` prints every value, `fedmm config --help` the groups."""
+partition, attack, privacy, runtime, experiment); `fedmm config` prints every value, `fedmm config --help` the
+groups."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--site", action="append", default=[], metavar="NAME[=DATA_ROOT]",
                    help="client i is the i-th site (its name in the provisioned project); DATA_ROOT is its data "
                         "folder there (default: the config's task.root). Default: site-1..site-K")
-    p = verb("report", "(re)write report.md and metrics.png of a run")
-    p.add_argument("run_dir", help="a run directory written by fedmm")
+    p = verb("report", "(re)write report.md and metrics.png of a run, or summary.csv/.md of a sweep folder")
+    p.add_argument("run_dir", help="a run directory, or a sweep folder, written by fedmm")
     args = parser.parse_args(argv)
     quiet_libraries()
     if args.quiet or getattr(args, "quiet_here", False):
@@ -174,7 +168,13 @@ def main(argv: list[str] | None = None) -> int:
             from fedmm.report import write_report
 
             if not (Path(args.run_dir) / "metrics.jsonl").exists():
-                raise FedmmError(f"{args.run_dir} has no metrics.jsonl; give a run directory written by fedmm")
+                from fedmm.sweep import JOBS, write_summary
+
+                if (Path(args.run_dir) / JOBS).is_file():  # a sweep folder: its summary
+                    print(write_summary(Path(args.run_dir)))
+                    return 0
+                raise FedmmError(f"{args.run_dir} has no metrics.jsonl; give a run directory or a sweep folder "
+                                 f"written by fedmm")
             print(write_report(args.run_dir))
             return 0
     except FedmmError as e:  # one line, whatever a quoted value held
