@@ -20,8 +20,9 @@ def test_every_strategy_runs_two_rounds(tmp_path):
     fedmm("run", "-m", *TINY, *MISSING, "model.lora_r=2", "rounds=2", f"strategy={','.join(names)}",
           f"output_dir={tmp_path}/sw", timeout=600)
     runs = {}
-    for i, name in enumerate(names):
-        records = [json.loads(l) for l in (tmp_path / "sw" / str(i) / "metrics.jsonl").read_text().splitlines()]
+    for name in names:
+        records = [json.loads(l) for l in (tmp_path / "sw" / f"strategy-{name}" / "metrics.jsonl").read_text()
+                   .splitlines()]
         assert [r["round"] for r in records] == [1, 2], name
         assert all(r["num_clients"] == 4 and "eval_accuracy" in r for r in records), name
         runs[name] = records
@@ -30,7 +31,7 @@ def test_every_strategy_runs_two_rounds(tmp_path):
     # FFA-LoRA sends only the B matrices: fewer bytes both ways than the same run sending A and B.
     assert runs["ffa_lora"][0]["bytes_up"] < runs["lora_exact"][0]["bytes_up"]
     assert runs["ffa_lora"][0]["bytes_down"] < runs["lora_exact"][0]["bytes_down"]
-    assert not any(".lora_A." in k for k in load_file(str(tmp_path / "sw" / str(names.index("ffa_lora")) /
+    assert not any(".lora_A." in k for k in load_file(str(tmp_path / "sw" / "strategy-ffa_lora" /
                                                           "global.safetensors")))
     fedmm("run", *TINY, *MISSING, "num_clients=7", "rounds=2", "strategy=bulyan", f"output_dir={tmp_path}/bulyan")
     records = [json.loads(l) for l in (tmp_path / "bulyan" / "metrics.jsonl").read_text().splitlines()]

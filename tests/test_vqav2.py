@@ -129,4 +129,6 @@ def test_the_papers_grid_is_a_ready_sweep(tmp_path, capsys):
     code = cli.main(["run", "-m", "experiment=fedumm_grid", f"task.root={root}", *BLIP, "num_clients=2", "rounds=1",
                      "local_epochs=1", "partition.min_size=4", f"output_dir={tmp_path / 'grid'}"])
     assert code == 0, capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "grid").iterdir()) == ["0", "1", "2"]
+    assert sorted(p.name for p in (tmp_path / "grid").iterdir() if p.is_dir()) == [
+        "partition.alpha-0.1", "partition.alpha-0.5", "partition.alpha-1.0"]
+    assert (tmp_path / "grid" / "summary.csv").read_text().count("\n") == 4  # a header and three jobs
