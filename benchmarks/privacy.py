@@ -19,8 +19,6 @@ Run directories go to benchmarks/results/privacy/ (not committed).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -55,8 +53,8 @@ SECAGG = [*COMMON, "task=synthetic", "model=fusion_tiny", "rounds=3", "runtime=f
 
 
 def run(overrides: list[str], name: str) -> dict:
-    from fedmm.api import load_settings, run_federated
-    from fedmm.errors import FedmmError
+    """One run through the Python API (quiet), its records kept in result.json for --continue."""
+    import fedmm
 
     run_dir = OUT / name
     done = run_dir / "result.json"
@@ -65,13 +63,10 @@ def run(overrides: list[str], name: str) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            run_federated(load_settings([*overrides, f"output_dir={run_dir}"]))
-    except FedmmError as e:
-        result = {"error": str(e), "seconds": time.perf_counter() - t0}
-    else:
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        result = {"records": records, "seconds": time.perf_counter() - t0}
+        result = {"records": fedmm.run([*overrides, f"output_dir={run_dir}"]).history}
+    except fedmm.FedmmError as e:
+        result = {"error": str(e)}
+    result["seconds"] = time.perf_counter() - t0
     run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result))
     return result
