@@ -119,13 +119,14 @@ def resume_point(rundir: RunDir, settings: Settings):
     return ckpt
 
 
-def accountant(settings: Settings, num_clients: int, per_round: int, values: int) -> Optional[Accountant]:
+def accountant(settings: Settings, num_clients: int, per_round: int, params: Params) -> Optional[Accountant]:
     """privacy=dp: the run's privacy accountant, its noise multiplier solved for `target_epsilon` when given;
-    announces the plan, and warns when the noise will outweigh every update (None without DP). `values`: how many
-    floating values are clipped and noised."""
+    announces the plan, and warns when the noise will outweigh every update (None without DP). `params`: the
+    travelling tensors, whose floating values are clipped and noised."""
     p = settings.typed("privacy", PrivacyConfig)
     if p.name != "dp":
         return None
+    values = sum(v.size for v in params.values() if np.issubdtype(v.dtype, np.floating))
     rate = per_round / num_clients
     z = p.noise_multiplier
     if p.target_epsilon is not None:
@@ -176,14 +177,13 @@ def build_server(settings: Settings) -> Federation:
                               keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule,
                               lr_warmup_rounds=settings.lr_warmup_rounds, max_update_norm=settings.max_update_norm,
                               norm_bound=settings.norm_bound)
-    values = sum(v.size for v in get_params(model, parts.keys).values() if np.issubdtype(v.dtype, np.floating))
-    privacy = accountant(settings, len(clients), per_round, values)
+    params, start = get_params(model, parts.keys), 1
+    privacy = accountant(settings, len(clients), per_round, params)
     local_dp = privacy is not None and privacy.local  # noised clients send every key (fedmm.fl.privacy.privatize)
     expected = {cid: Expected(keys=None if local_dp else frozenset(backend.client_keys(model, c.modalities)),
                               modalities=c.modalities, max_examples=len(c)) for cid, c in enumerate(clients)}
     server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p),
                     instructions=instructions(settings, data), expected=expected, privacy=privacy)
-    params, start = get_params(model, parts.keys), 1
     if settings.resume:
         if ckpt is not None:
             last, params, state, _ = ckpt
