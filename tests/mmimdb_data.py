@@ -141,7 +141,7 @@ def write_vqav2(root: Path, n_images: int = 12, per_image: int = 4, seed: int = 
             colour = list(colours)[k % 3]
             img = np.clip(np.full((40, 56, 3), colours[colour]) + rng.normal(0, 8, (40, 56, 3)), 0, 255)
             (root / split / f"COCO_{split}_{image_id:012d}.jpg").write_bytes(jpeg(img.astype(np.uint8)))
-            for q, (text, answer, kind) in enumerate([("what color is it", colour, "other"),
+            for _q, (text, answer, kind) in enumerate([("what color is it", colour, "other"),
                                                       ("is it red", "yes" if colour == "red" else "no", "yes/no"),
                                                       ("how many shapes", "one", "number"),
                                                       ("is there a dog", "no", "yes/no")][:per_image]):

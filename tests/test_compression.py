@@ -73,7 +73,7 @@ def test_error_feedback_delivers_every_bit_eventually():
     rng = np.random.default_rng(3)
     received = {"w": rng.standard_normal(1000).astype(np.float32)}
     residual, true_sum, sent_sum = None, np.zeros(1000), np.zeros(1000)
-    for t in range(20):
+    for _ in range(20):
         trained = {"w": received["w"] + (rng.standard_normal(1000) * 1e-3).astype(np.float32)}
         tensors, meta, residual = compress_update(trained, received, residual, "int8_block", 128)
         true_sum += trained["w"] - received["w"]
@@ -83,7 +83,7 @@ def test_error_feedback_delivers_every_bit_eventually():
     assert np.abs(residual["w"]).max() < 2e-5  # at most half a quantisation step
     without = np.zeros(1000)
     rng = np.random.default_rng(3)
-    for t in range(20):
+    for _ in range(20):
         trained = {"w": received["w"] + (rng.standard_normal(1000) * 1e-3).astype(np.float32)}
         tensors, meta, _ = compress_update(trained, received, None, "int8_block", 128)
         without += decode(tensors, meta)["w"]

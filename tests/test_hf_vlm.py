@@ -176,7 +176,7 @@ def test_checkpoints_without_a_chat_template_need_a_prompt_template(tmp_path, ch
     shutil.copytree(checkpoint, folder)
     (folder / "chat_template.jinja").unlink()
     with pytest.raises(FedmmError, match="no chat template; give model.prompt_template"):
-        HFVLMBackend(HFVLMConfig(pretrained=str(folder)), 13, False)._templates
+        _ = HFVLMBackend(HFVLMConfig(pretrained=str(folder)), 13, False)._templates
     backend = HFVLMBackend(HFVLMConfig(pretrained=str(folder), prompt_template="{image} {question} answer:"), 13,
                            False)
     assert backend._templates == (("<image> ", " answer:"), ("", "[SEP]"))

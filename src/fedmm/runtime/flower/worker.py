@@ -97,7 +97,8 @@ def call_worker(node_config: dict[str, Any], node_id: int, payload: bytes, reque
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the fedmm worker did not start within {START_TIMEOUT:g}s; see {logfile}")
+                    raise RuntimeError(
+                        f"the fedmm worker did not start within {START_TIMEOUT:g}s; see {logfile}") from None
                 time.sleep(0.1)
     with conn:
         conn.send_bytes(pack({"node_config": dict(node_config), "request": request}, payload))
