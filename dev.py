@@ -8,6 +8,7 @@ installed from requirements.lock (every package pinned with its sha256, pip --re
 without dependencies; it is (re)installed only when pyproject.toml, requirements.lock or this file changed (a stamp
 in .venv records their hash), so the second call starts at once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,8 +70,21 @@ def lock(args: list[str]) -> int:
 
     fedmm's own line (the dev extra names fedmm[...] extras) is dropped: fedmm is installed from the tree."""
     _pip("pip-tools>=7.4")
-    cmd = [str(BIN / "pip-compile"), "-q", "--extra", "dev", "--generate-hashes", "--strip-extras", "--allow-unsafe",
-           "--no-emit-index-url", "--no-emit-find-links", "-o", LOCK.name, "pyproject.toml", *args]
+    cmd = [
+        str(BIN / "pip-compile"),
+        "-q",
+        "--extra",
+        "dev",
+        "--generate-hashes",
+        "--strip-extras",
+        "--allow-unsafe",
+        "--no-emit-index-url",
+        "--no-emit-find-links",
+        "-o",
+        LOCK.name,
+        "pyproject.toml",
+        *args,
+    ]
     rc = subprocess.call(cmd, cwd=ROOT, env=dict(os.environ, CUSTOM_COMPILE_COMMAND="python3 dev.py lock"))
     if rc == 0:
         LOCK.write_text(_without_fedmm(LOCK.read_text()))
@@ -78,7 +92,11 @@ def lock(args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("run", "test", "setup", "bench", "lock", "lint") or (argv[0] == "bench" and len(argv) < 2):
+    if (
+        not argv
+        or argv[0] not in ("run", "test", "setup", "bench", "lock", "lint")
+        or (argv[0] == "bench" and len(argv) < 2)
+    ):
         print("\n".join(__doc__.strip().splitlines()[:3]))
         return 2
     ensure_env()
@@ -89,8 +107,9 @@ def main(argv: list[str]) -> int:
         return lock(argv[1:])
     if argv[0] == "lint":
         ruff = str(BIN / "ruff")
-        return subprocess.call([ruff, "check", "."], cwd=ROOT) or subprocess.call([ruff, "format", "--check", "."],
-                                                                                  cwd=ROOT)
+        return subprocess.call([ruff, "check", "."], cwd=ROOT) or subprocess.call(
+            [ruff, "format", "--check", "."], cwd=ROOT
+        )
     if argv[0] == "run":
         cmd = [str(BIN / "fedmm"), "run", *argv[1:]]
     elif argv[0] == "bench":

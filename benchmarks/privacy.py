@@ -17,6 +17,7 @@ the regime where it is made to work.
 
 Run directories go to benchmarks/results/privacy/ (not committed).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,21 +36,41 @@ EPSILONS = [1.0, 3.0, 8.0, None]
 COMMON = ["partition=iid", "modality.text_only=[]", "modality.image_only=[]", "progress=false", "threads=2"]
 MODELS = {
     # name: (overrides, clip_norm (about half the first round's median update norm), trainable values, metric)
-    "fusion_minilm": (["max_train_samples=3000", "max_eval_samples=1000", "lr_schedule=constant"], 5.0, 444_893,
-                      "eval_accuracy"),
-    "blip_vqa_tiny + LoRA": (["experiment=blip_tiny_easyvqa", "max_train_samples=2000", "max_eval_samples=300"],
-                             2.5, 46_080, "eval_vqa_accuracy"),
+    "fusion_minilm": (
+        ["max_train_samples=3000", "max_eval_samples=1000", "lr_schedule=constant"],
+        5.0,
+        444_893,
+        "eval_accuracy",
+    ),
+    "blip_vqa_tiny + LoRA": (
+        ["experiment=blip_tiny_easyvqa", "max_train_samples=2000", "max_eval_samples=300"],
+        2.5,
+        46_080,
+        "eval_vqa_accuracy",
+    ),
     # where client-level DP is made to work: many clients, a small model
-    "fusion_tiny (synthetic)": (["task=synthetic", "model=fusion_tiny", "task.num_train=20000", "task.num_test=1000",
-                                 "lr_schedule=constant"], 1.0, 28_212, "eval_accuracy"),
+    "fusion_tiny (synthetic)": (
+        ["task=synthetic", "model=fusion_tiny", "task.num_train=20000", "task.num_test=1000", "lr_schedule=constant"],
+        1.0,
+        28_212,
+        "eval_accuracy",
+    ),
 }
 # (label, extra overrides, rounds per model)
-FEDERATIONS = [("K=10, all every round", ["num_clients=10"], {"fusion_minilm": 10, "blip_vqa_tiny + LoRA": 6}),
-               ("K=100, q=0.1", ["num_clients=100", "clients_per_round=10"],
-                {"fusion_minilm": 20, "blip_vqa_tiny + LoRA": 10}),
-               ("K=1000, q=0.1", ["num_clients=1000", "clients_per_round=100"], {"fusion_tiny (synthetic)": 20})]
-SECAGG = [*COMMON, "task=synthetic", "model=fusion_tiny", "rounds=3", "runtime=flower", "runtime.cpus=2",
-          "threads=1"]  # one torch thread per simulated client: Ray gives each one core
+FEDERATIONS = [
+    ("K=10, all every round", ["num_clients=10"], {"fusion_minilm": 10, "blip_vqa_tiny + LoRA": 6}),
+    ("K=100, q=0.1", ["num_clients=100", "clients_per_round=10"], {"fusion_minilm": 20, "blip_vqa_tiny + LoRA": 10}),
+    ("K=1000, q=0.1", ["num_clients=1000", "clients_per_round=100"], {"fusion_tiny (synthetic)": 20}),
+]
+SECAGG = [
+    *COMMON,
+    "task=synthetic",
+    "model=fusion_tiny",
+    "rounds=3",
+    "runtime=flower",
+    "runtime.cpus=2",
+    "threads=1",
+]  # one torch thread per simulated client: Ray gives each one core
 
 
 def run(overrides: list[str], name: str) -> dict:
@@ -97,8 +118,10 @@ def utility_rows() -> list[dict]:
                         row.update(noise_multiplier=z, noise_to_signal=z * clip * math.sqrt(dim) / (q * k) / clip)
                 rows.append(row)
                 acc = row.get("accuracy")
-                print(f"{model} {label} eps={eps}: {'-' if acc is None else f'{acc:.3f}'} "
-                      f"({row['seconds']:.0f} s)", flush=True)
+                print(
+                    f"{model} {label} eps={eps}: {'-' if acc is None else f'{acc:.3f}'} ({row['seconds']:.0f} s)",
+                    flush=True,
+                )
     return rows
 
 
@@ -109,23 +132,34 @@ def secagg_rows() -> list[dict]:
             args = [*SECAGG, f"num_clients={k}"] + (["privacy.secure_aggregation=true"] if secure else [])
             result = run(args, f"secagg-{k}-{'secure' if secure else 'plain'}")
             rec = result.get("records", [])[1:]  # round 1 includes starting Flower's simulation
-            rows.append({"clients": k, "secure": secure, "error": result.get("error"), "seconds": result["seconds"],
-                         "seconds_per_round": sum(r["seconds"] for r in rec) / max(len(rec), 1),
-                         "bytes_up_per_round": sum(r["bytes_up"] for r in rec) / max(len(rec), 1),
-                         "accuracy": rec[-1]["eval_accuracy"] if rec else None})
+            rows.append(
+                {
+                    "clients": k,
+                    "secure": secure,
+                    "error": result.get("error"),
+                    "seconds": result["seconds"],
+                    "seconds_per_round": sum(r["seconds"] for r in rec) / max(len(rec), 1),
+                    "bytes_up_per_round": sum(r["bytes_up"] for r in rec) / max(len(rec), 1),
+                    "accuracy": rec[-1]["eval_accuracy"] if rec else None,
+                }
+            )
             print(f"secagg K={k} secure={secure}: {rows[-1]['seconds_per_round']:.2f} s/round", flush=True)
     return rows
 
 
 def render(saved: dict) -> str:
-    doc = [f"# Privacy and utility\n\n{__doc__.split(chr(10) + chr(10))[0]}\n\n{__doc__.split(chr(10) + chr(10))[1]}\n",
-           f"Command: `{saved['command']}` ({saved['date']}, {saved['machine']}; {saved['seconds'] / 60:.0f} "
-           f"minutes).\n"]
+    doc = [
+        f"# Privacy and utility\n\n{__doc__.split(chr(10) + chr(10))[0]}\n\n{__doc__.split(chr(10) + chr(10))[1]}\n",
+        f"Command: `{saved['command']}` ({saved['date']}, {saved['machine']}; {saved['seconds'] / 60:.0f} minutes).\n",
+    ]
     for model, (over, clip, dim, metric) in MODELS.items():
-        doc += [f"## {model}\n", f"Overrides: `{' '.join([*COMMON, *over])}`, clip_norm={clip:g}, "
-                f"{dim:,} values clipped and noised; `{metric}` at the end.\n",
-                "| federation | rounds | no DP | " + " | ".join(f"epsilon {e:g}" for e in EPSILONS if e) + " |",
-                "|---|---|---|" + "---|" * (len(EPSILONS) - 1)]
+        doc += [
+            f"## {model}\n",
+            f"Overrides: `{' '.join([*COMMON, *over])}`, clip_norm={clip:g}, "
+            f"{dim:,} values clipped and noised; `{metric}` at the end.\n",
+            "| federation | rounds | no DP | " + " | ".join(f"epsilon {e:g}" for e in EPSILONS if e) + " |",
+            "|---|---|---|" + "---|" * (len(EPSILONS) - 1),
+        ]
         for label, _, rounds in FEDERATIONS:
             if model not in rounds:
                 continue
@@ -139,18 +173,25 @@ def render(saved: dict) -> str:
                     return "-"
                 extra = f" (z={r['noise_multiplier']:.2f}, noise/signal {r['noise_to_signal']:.0f})" if e else ""
                 return f"{r['accuracy']:.3f}{extra}"
-            doc.append(f"| {label} | {rounds[model]} | {cell(None)} | "
-                       + " | ".join(cell(e) for e in EPSILONS if e) + " |")
+
+            doc.append(
+                f"| {label} | {rounds[model]} | {cell(None)} | " + " | ".join(cell(e) for e in EPSILONS if e) + " |"
+            )
         doc.append("")
-    doc += ["## The cost of SecAgg+\n", f"Overrides: `{' '.join(SECAGG)}`; rounds 2 and 3 averaged (round 1 "
-            f"includes starting the simulation). Bytes up: plain Flower carries the updates; SecAgg+ carries the "
-            f"public keys, encrypted key shares, masked vectors (int64) and unmasking shares.\n",
-            "| clients | plain: s/round | SecAgg+: s/round | plain: MB up/round | SecAgg+: MB up/round |",
-            "|---|---|---|---|---|"]
+    doc += [
+        "## The cost of SecAgg+\n",
+        f"Overrides: `{' '.join(SECAGG)}`; rounds 2 and 3 averaged (round 1 "
+        f"includes starting the simulation). Bytes up: plain Flower carries the updates; SecAgg+ carries the "
+        f"public keys, encrypted key shares, masked vectors (int64) and unmasking shares.\n",
+        "| clients | plain: s/round | SecAgg+: s/round | plain: MB up/round | SecAgg+: MB up/round |",
+        "|---|---|---|---|---|",
+    ]
     for k in (3, 10):
         p, s = (next(r for r in saved["secagg"] if r["clients"] == k and r["secure"] == x) for x in (False, True))
-        doc.append(f"| {k} | {p['seconds_per_round']:.2f} | {s['seconds_per_round']:.2f} | "
-                   f"{p['bytes_up_per_round'] / 1e6:.2f} | {s['bytes_up_per_round'] / 1e6:.2f} |")
+        doc.append(
+            f"| {k} | {p['seconds_per_round']:.2f} | {s['seconds_per_round']:.2f} | "
+            f"{p['bytes_up_per_round'] / 1e6:.2f} | {s['bytes_up_per_round'] / 1e6:.2f} |"
+        )
     return "\n".join(doc) + "\n"
 
 
@@ -160,10 +201,14 @@ def main() -> int:
         (dest / "privacy.md").write_text(render(json.loads((dest / "privacy.json").read_text())))
         return 0
     rows, secagg = utility_rows(), secagg_rows()
-    saved = {"command": "python3 dev.py bench privacy", "date": date.today().isoformat(),
-             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-             "seconds": round(sum(r["seconds"] for r in [*rows, *secagg]), 1),  # the runs' own time
-             "rows": rows, "secagg": secagg}
+    saved = {
+        "command": "python3 dev.py bench privacy",
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "seconds": round(sum(r["seconds"] for r in [*rows, *secagg]), 1),  # the runs' own time
+        "rows": rows,
+        "secagg": secagg,
+    }
     (dest / "privacy.json").write_text(json.dumps(saved, indent=2) + "\n")
     doc = render(saved)
     (dest / "privacy.md").write_text(doc)

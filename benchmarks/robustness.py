@@ -18,6 +18,7 @@ slower even on clean data); one seed per cell.
 
 Run directories go to benchmarks/results/robustness/ (not committed).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,11 +44,30 @@ DEFENCES = {
     "bulyan": ["strategy=bulyan"],
     "fedmap": ["strategy=fedmap"],
 }
-SYNTHETIC = ["task=synthetic", "model=fusion_tiny", "task.num_train=3000", "task.num_val=300", "task.num_test=1000",
-             "partition=iid", "modality.text_only=[]", "modality.image_only=[]", "rounds=12", "batch_size=32",
-             "lr=0.003", "lr_schedule=constant", "progress=false"]
-EASYVQA = ["max_train_samples=3000", "max_eval_samples=2000", "rounds=6", "partition=iid", "modality.text_only=[]",
-           "modality.image_only=[]", "progress=false"]
+SYNTHETIC = [
+    "task=synthetic",
+    "model=fusion_tiny",
+    "task.num_train=3000",
+    "task.num_val=300",
+    "task.num_test=1000",
+    "partition=iid",
+    "modality.text_only=[]",
+    "modality.image_only=[]",
+    "rounds=12",
+    "batch_size=32",
+    "lr=0.003",
+    "lr_schedule=constant",
+    "progress=false",
+]
+EASYVQA = [
+    "max_train_samples=3000",
+    "max_eval_samples=2000",
+    "rounds=6",
+    "partition=iid",
+    "modality.text_only=[]",
+    "modality.image_only=[]",
+    "progress=false",
+]
 EASYVQA_ATTACKS = ["none", "scale", "sign_flip", "label_flip"]
 EASYVQA_DEFENCES = ["fedavg", "fedavg + max_update_norm=auto", "median", "krum"]
 # (label, clients, attacking clients, Byzantine clients the Krum family is told to tolerate)
@@ -95,8 +115,11 @@ def grid(task: str, base: list[str], attacks: list[str], defences: list[str], se
                 result = run(over, name)
                 rows.append({"task": task, "setting": label, "attack": attack, "defence": defence, **result})
                 acc = result["accuracy"]
-                print(f"{task} {label} {attack:>10} {defence:>30}: "
-                      f"{'-' if acc is None else f'{acc:.3f}'} ({result['seconds']:.0f} s)", flush=True)
+                print(
+                    f"{task} {label} {attack:>10} {defence:>30}: "
+                    f"{'-' if acc is None else f'{acc:.3f}'} ({result['seconds']:.0f} s)",
+                    flush=True,
+                )
     return rows
 
 
@@ -120,16 +143,25 @@ def table(rows: list[dict], task: str, setting: str, attacks: list[str], defence
 def holds(rows: list[dict]) -> list[str]:
     """For each attack, the defences that hold in every synthetic setting whose clean FedAvg run converged (above
     0.9): where clean FedAvg itself is still on the plateau, the comparison cannot rank defences."""
-    cleans = {r["setting"]: r["accuracy"] for r in rows
-              if r["task"] == "synthetic" and r["attack"] == "none" and r["defence"] == "fedavg"}
+    cleans = {
+        r["setting"]: r["accuracy"]
+        for r in rows
+        if r["task"] == "synthetic" and r["attack"] == "none" and r["defence"] == "fedavg"
+    }
     used = sorted(s for s, acc in cleans.items() if acc is not None and acc > 0.9)
-    out = [f"Settings used: {', '.join(used) or 'none'} (clean FedAvg: "
-           f"{', '.join(f'{s} {a:.3f}' for s, a in sorted(cleans.items()))}).", ""]
+    out = [
+        f"Settings used: {', '.join(used) or 'none'} (clean FedAvg: "
+        f"{', '.join(f'{s} {a:.3f}' for s, a in sorted(cleans.items()))}).",
+        "",
+    ]
     for a in ATTACKS[1:]:
         ok = []
         for d in DEFENCES:
-            cells = [r for r in rows if r["task"] == "synthetic" and r["attack"] == a and r["defence"] == d
-                     and r["setting"] in used]
+            cells = [
+                r
+                for r in rows
+                if r["task"] == "synthetic" and r["attack"] == a and r["defence"] == d and r["setting"] in used
+            ]
             if cells and all(r["accuracy"] is not None and r["accuracy"] >= cleans[r["setting"]] - 0.02 for r in cells):
                 ok.append(f"`{d}`")
         out.append(f"- `{a}`: {', '.join(ok) if ok else 'none of them'}")
@@ -138,21 +170,34 @@ def holds(rows: list[dict]) -> list[str]:
 
 def render(saved: dict) -> str:
     rows, check, meta = saved["rows"], saved["check"], saved
-    doc = [f"# Robustness to Byzantine clients\n\n{__doc__.split(chr(10) + chr(10))[1]}\n",
-           f"Command: `{meta['command']}` ({meta['date']}, {meta['machine']}; {meta['seconds'] / 60:.0f} minutes). "
-           f"✓: within 2 points of the clean FedAvg run. Krum and Bulyan are told f = the number of attackers "
-           f"(Bulyan: f = 1, which it needs 7 clients for).\n",
-           "## The issue's check\n",
-           f"`fedmm run {' '.join(CHECK)} attack=scale attack.clients=[1]` (x1e6 updates from client 1):\n",
-           "| run | final test accuracy |", "|---|---|"]
-    doc += [f"| {k} | {'stopped: ' + v['error'] if v['accuracy'] is None else format(v['accuracy'], '.3f')} |"
-            for k, v in check.items()]
+    doc = [
+        f"# Robustness to Byzantine clients\n\n{__doc__.split(chr(10) + chr(10))[1]}\n",
+        f"Command: `{meta['command']}` ({meta['date']}, {meta['machine']}; {meta['seconds'] / 60:.0f} minutes). "
+        f"✓: within 2 points of the clean FedAvg run. Krum and Bulyan are told f = the number of attackers "
+        f"(Bulyan: f = 1, which it needs 7 clients for).\n",
+        "## The issue's check\n",
+        f"`fedmm run {' '.join(CHECK)} attack=scale attack.clients=[1]` (x1e6 updates from client 1):\n",
+        "| run | final test accuracy |",
+        "|---|---|",
+    ]
+    doc += [
+        f"| {k} | {'stopped: ' + v['error'] if v['accuracy'] is None else format(v['accuracy'], '.3f')} |"
+        for k, v in check.items()
+    ]
     doc += ["", "## Which defence holds against which attack (synthetic task)\n", *holds(rows), ""]
     for label, *_ in SETTINGS:
-        doc += [f"## Synthetic task, {label} clients attacking\n", f"Overrides: `{' '.join(SYNTHETIC)}`\n",
-                table(rows, "synthetic", label, ATTACKS, list(DEFENCES)), ""]
-    doc += ["## easy-VQA, default model, 1 of 5 clients attacking\n", f"Overrides: `{' '.join(EASYVQA)}`\n",
-            table(rows, "easyvqa", "1 of 5", EASYVQA_ATTACKS, EASYVQA_DEFENCES), ""]
+        doc += [
+            f"## Synthetic task, {label} clients attacking\n",
+            f"Overrides: `{' '.join(SYNTHETIC)}`\n",
+            table(rows, "synthetic", label, ATTACKS, list(DEFENCES)),
+            "",
+        ]
+    doc += [
+        "## easy-VQA, default model, 1 of 5 clients attacking\n",
+        f"Overrides: `{' '.join(EASYVQA)}`\n",
+        table(rows, "easyvqa", "1 of 5", EASYVQA_ATTACKS, EASYVQA_DEFENCES),
+        "",
+    ]
     return "\n".join(doc)
 
 
@@ -167,13 +212,20 @@ def main() -> int:
     rows = grid("synthetic", SYNTHETIC, attacks, list(DEFENCES), settings)
     if not quick:
         rows += grid("easyvqa", EASYVQA, EASYVQA_ATTACKS, EASYVQA_DEFENCES, SETTINGS[:1])
-    check = {name: run(CHECK + extra, "check-" + name.replace(" + max_update_norm=auto", "-auto"))
-             for name, extra in (
-        ("clean", []), ("scale", ["attack=scale", "attack.clients=[1]"]),
-        ("scale + max_update_norm=auto", ["attack=scale", "attack.clients=[1]", "max_update_norm=auto"]))}
-    meta = {"command": "python3 dev.py bench robustness", "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "seconds": round(sum(r["seconds"] for r in [*rows, *check.values()]), 1)}  # the runs' own time
+    check = {
+        name: run(CHECK + extra, "check-" + name.replace(" + max_update_norm=auto", "-auto"))
+        for name, extra in (
+            ("clean", []),
+            ("scale", ["attack=scale", "attack.clients=[1]"]),
+            ("scale + max_update_norm=auto", ["attack=scale", "attack.clients=[1]", "max_update_norm=auto"]),
+        )
+    }
+    meta = {
+        "command": "python3 dev.py bench robustness",
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "seconds": round(sum(r["seconds"] for r in [*rows, *check.values()]), 1),
+    }  # the runs' own time
     if quick:
         print(json.dumps({"rows": rows, "check": check}, indent=2))
         return 0

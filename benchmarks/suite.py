@@ -10,6 +10,7 @@ Each run is its own `fedmm` process (wall time, start-up and peak memory are the
 alternate within one repeat, so that drifts in the host's speed hit both sides alike; figures are medians over the
 repeats. Run directories go to benchmarks/results/suite/ (not committed).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,20 @@ REPEATS = 1 if QUICK else 3
 
 # The overhead job: tiny fusion on synthetic data, a fixed number of samples, 5 rounds of 1 local epoch, against
 # the centralized baseline doing the same sample-steps (5 epochs over the union of the clients' data).
-WORK = ["task=synthetic", "model=fusion_tiny", "task.num_train=4000", "task.num_val=200", "task.num_test=1000",
-        "modality.text_only=[]", "modality.image_only=[]", "batch_size=32", "lr=0.003", "lr_schedule=constant",
-        "progress=false", "threads=2"]
+WORK = [
+    "task=synthetic",
+    "model=fusion_tiny",
+    "task.num_train=4000",
+    "task.num_val=200",
+    "task.num_test=1000",
+    "modality.text_only=[]",
+    "modality.image_only=[]",
+    "batch_size=32",
+    "lr=0.003",
+    "lr_schedule=constant",
+    "progress=false",
+    "threads=2",
+]
 ROUNDS = 5
 SCALE_K = (10, 100) if QUICK else (10, 100, 500)
 # The compression job: tiny BLIP learning generative easy-VQA (the README's documented run).
@@ -45,20 +57,43 @@ BLIP = ["experiment=blip_tiny_easyvqa", "progress=false", "threads=2"]
 BLIP_SIZE = ["max_train_samples=2000", "max_eval_samples=300", "rounds=4"] if QUICK else []
 # The feature-cache job: both encoders frozen, easy-VQA; the default job's shapes (MiniLM + small ResNet) and
 # bert-base + ResNet-18 shapes (random init: the weights do not matter for time) at 64x64 pixels.
-CACHE = ["task=easyvqa", "model.freeze_text=true", "model.freeze_image=true", "num_clients=2", "rounds=3",
-         "modality.text_only=[]", "modality.image_only=[]", "max_eval_samples=500", "progress=false", "threads=2"]
+CACHE = [
+    "task=easyvqa",
+    "model.freeze_text=true",
+    "model.freeze_image=true",
+    "num_clients=2",
+    "rounds=3",
+    "modality.text_only=[]",
+    "modality.image_only=[]",
+    "max_eval_samples=500",
+    "progress=false",
+    "threads=2",
+]
 CACHE_MODELS = {
     "fusion_minilm": ["model=fusion_minilm", "max_train_samples=4000"],
-    "fusion (bert-base + ResNet-18 shapes)": ["model=fusion", "model.text_encoder=''", "model.image_encoder=''",
-                                              "model.tokenizer=tiny", "model.image_size=64",
-                                              "max_train_samples=1000" if not QUICK else "max_train_samples=200"],
+    "fusion (bert-base + ResNet-18 shapes)": [
+        "model=fusion",
+        "model.text_encoder=''",
+        "model.image_encoder=''",
+        "model.tokenizer=tiny",
+        "model.image_size=64",
+        "max_train_samples=1000" if not QUICK else "max_train_samples=200",
+    ],
 }
 # Federated vs centralized at K=8, Dirichlet alpha=0.5, the same sample-epochs, every client with both modalities.
-QUALITY = ["num_clients=8", "partition=dirichlet", "partition.alpha=0.5", "modality.text_only=[]",
-           "modality.image_only=[]", "progress=false", "threads=2"]
+QUALITY = [
+    "num_clients=8",
+    "partition=dirichlet",
+    "partition.alpha=0.5",
+    "modality.text_only=[]",
+    "modality.image_only=[]",
+    "progress=false",
+    "threads=2",
+]
 QUALITY_JOBS = {
-    "fusion_minilm (the default job's model)": ["rounds=12", "max_train_samples=6000"] if not QUICK else
-    ["rounds=2", "max_train_samples=1000"],
+    "fusion_minilm (the default job's model)": ["rounds=12", "max_train_samples=6000"]
+    if not QUICK
+    else ["rounds=2", "max_train_samples=1000"],
     # lr 0.003 for both arms: at the preset's 0.01 the centralized run (3,000 sequential steps) does not learn
     # (VQA accuracy 0.345, the federated one 0.666), which would make the ratio meaningless
     "blip_vqa_tiny (experiment=blip_tiny_easyvqa lr=0.003)": ["experiment=blip_tiny_easyvqa", "lr=0.003", *BLIP_SIZE],
@@ -70,9 +105,12 @@ def fedmm(command: str, args: list[str], name: str) -> dict:
     run_dir = OUT / name
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "fedmm.cli", command, *args, f"output_dir={run_dir}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ,
-                                                                                    "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmm.cli", command, *args, f"output_dir={run_dir}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if status != 0:
@@ -90,29 +128,45 @@ def overhead() -> list[dict]:
     for k in (2, 8):
         fed_runs, central_runs = [], []
         for rep in range(REPEATS):  # side by side: federated, then centralized, in each repeat
-            fed_runs.append(fedmm("run", [*WORK, f"num_clients={k}", f"rounds={ROUNDS}", "partition=iid"],
-                                  f"overhead-k{k}-fed-{rep}"))
-            central_runs.append(fedmm("centralized", [*WORK, f"num_clients={k}", f"epochs={ROUNDS}"],
-                                      f"overhead-k{k}-central-{rep}"))
+            fed_runs.append(
+                fedmm(
+                    "run", [*WORK, f"num_clients={k}", f"rounds={ROUNDS}", "partition=iid"], f"overhead-k{k}-fed-{rep}"
+                )
+            )
+            central_runs.append(
+                fedmm("centralized", [*WORK, f"num_clients={k}", f"epochs={ROUNDS}"], f"overhead-k{k}-central-{rep}")
+            )
         fed_startup = [r["wall"] - sum(x["seconds"] for x in r["records"]) for r in fed_runs]
         central_startup = [r["wall"] - sum(x["seconds"] for x in r["records"]) for r in central_runs]
         per_round = [(f["wall"] - c["wall"]) / ROUNDS for f, c in zip(fed_runs, central_runs)]
-        rows.append({
-            "clients": k, "rounds": ROUNDS,
-            "federated_wall_s": median([r["wall"] for r in fed_runs]),
-            "centralized_wall_s": median([r["wall"] for r in central_runs]),
-            "ratio": median([f["wall"] / c["wall"] for f, c in zip(fed_runs, central_runs)]),
-            "federated_startup_s": median(fed_startup), "centralized_startup_s": median(central_startup),
-            "per_round_overhead_s": median(per_round),
-            # The federated machinery alone: a round's time less client training and server evaluation
-            # (serialising, sending, decoding and aggregating updates).
-            "machinery_per_round_s": median([median([x["seconds"] - x["client_seconds"] - x["eval_seconds"]
-                                                     for x in r["records"]]) for r in fed_runs]),
-            "client_training_share": median([sum(x["client_seconds"] for x in r["records"]) /
-                                             sum(x["seconds"] for x in r["records"]) for r in fed_runs]),
-            "federated_accuracy": median([r["records"][-1]["eval_accuracy"] for r in fed_runs]),
-            "centralized_accuracy": median([r["records"][-1]["eval_accuracy"] for r in central_runs]),
-        })
+        rows.append(
+            {
+                "clients": k,
+                "rounds": ROUNDS,
+                "federated_wall_s": median([r["wall"] for r in fed_runs]),
+                "centralized_wall_s": median([r["wall"] for r in central_runs]),
+                "ratio": median([f["wall"] / c["wall"] for f, c in zip(fed_runs, central_runs)]),
+                "federated_startup_s": median(fed_startup),
+                "centralized_startup_s": median(central_startup),
+                "per_round_overhead_s": median(per_round),
+                # The federated machinery alone: a round's time less client training and server evaluation
+                # (serialising, sending, decoding and aggregating updates).
+                "machinery_per_round_s": median(
+                    [
+                        median([x["seconds"] - x["client_seconds"] - x["eval_seconds"] for x in r["records"]])
+                        for r in fed_runs
+                    ]
+                ),
+                "client_training_share": median(
+                    [
+                        sum(x["client_seconds"] for x in r["records"]) / sum(x["seconds"] for x in r["records"])
+                        for r in fed_runs
+                    ]
+                ),
+                "federated_accuracy": median([r["records"][-1]["eval_accuracy"] for r in fed_runs]),
+                "centralized_accuracy": median([r["records"][-1]["eval_accuracy"] for r in central_runs]),
+            }
+        )
     return rows
 
 
@@ -139,8 +193,15 @@ def communication() -> list[dict]:
             "ffa_lora + compression.kind=int8_block (256)": b_only + 4 * -(-b_only // 256),
         }
         for name, nbytes in variants.items():
-            rows.append({"model": preset, "shapes": backend.sized_from or "the checkpoint's config",
-                         "variant": name, "bytes_up": nbytes, "reduction_vs_full": 1 - nbytes / (4 * base)})
+            rows.append(
+                {
+                    "model": preset,
+                    "shapes": backend.sized_from or "the checkpoint's config",
+                    "variant": name,
+                    "bytes_up": nbytes,
+                    "reduction_vs_full": 1 - nbytes / (4 * base),
+                }
+            )
     return rows
 
 
@@ -149,8 +210,14 @@ def compression_quality() -> list[dict]:
     for kind in ("none", "fp16", "bf16", "int8", "int8_block"):
         r = fedmm("run", [*BLIP, *BLIP_SIZE, f"compression.kind={kind}"], f"compression-{kind}")
         last = r["records"][-1]
-        rows.append({"kind": kind, "eval_vqa_accuracy": last["eval_vqa_accuracy"],
-                     "bytes_up_per_round": median([x["bytes_up"] for x in r["records"]]), "wall_s": r["wall"]})
+        rows.append(
+            {
+                "kind": kind,
+                "eval_vqa_accuracy": last["eval_vqa_accuracy"],
+                "bytes_up_per_round": median([x["bytes_up"] for x in r["records"]]),
+                "wall_s": r["wall"],
+            }
+        )
     return rows
 
 
@@ -161,13 +228,19 @@ def feature_cache() -> list[dict]:
         for cache in ("true", "false"):
             runs[cache] = fedmm("run", [*CACHE, *args, f"model.cache_features={cache}"], f"cache-{i}-{cache}")
         later = {c: median([x["client_seconds"] for x in r["records"][1:]]) for c, r in runs.items()}
-        rows.append({"model": name, "first_round_cached_s": runs["true"]["records"][0]["seconds"],
-                     "round_cached_s": median([x["seconds"] for x in runs["true"]["records"][1:]]),
-                     "round_uncached_s": median([x["seconds"] for x in runs["false"]["records"][1:]]),
-                     "training_cached_s": later["true"], "training_uncached_s": later["false"],
-                     "speedup": later["false"] / later["true"],
-                     "same_accuracy": runs["true"]["records"][-1]["eval_accuracy"] ==
-                     runs["false"]["records"][-1]["eval_accuracy"]})
+        rows.append(
+            {
+                "model": name,
+                "first_round_cached_s": runs["true"]["records"][0]["seconds"],
+                "round_cached_s": median([x["seconds"] for x in runs["true"]["records"][1:]]),
+                "round_uncached_s": median([x["seconds"] for x in runs["false"]["records"][1:]]),
+                "training_cached_s": later["true"],
+                "training_uncached_s": later["false"],
+                "speedup": later["false"] / later["true"],
+                "same_accuracy": runs["true"]["records"][-1]["eval_accuracy"]
+                == runs["false"]["records"][-1]["eval_accuracy"],
+            }
+        )
     return rows
 
 
@@ -178,25 +251,45 @@ def quality() -> list[dict]:
         central = fedmm("centralized", [*QUALITY, *args], f"quality-{i}-central")
         metric = next(k for k in fed["records"][-1] if k in ("eval_accuracy", "eval_vqa_accuracy"))
         f, c = fed["records"][-1][metric], central["records"][-1][metric]
-        rows.append({"model": name, "metric": metric[5:], "federated": f, "centralized": c, "ratio": f / c,
-                     "federated_s": fed["wall"], "centralized_s": central["wall"]})
+        rows.append(
+            {
+                "model": name,
+                "metric": metric[5:],
+                "federated": f,
+                "centralized": c,
+                "ratio": f / c,
+                "federated_s": fed["wall"],
+                "centralized_s": central["wall"],
+            }
+        )
     return rows
 
 
 def scale() -> list[dict]:
     rows = []
     for k in SCALE_K:
-        r = fedmm("run", [*WORK, f"num_clients={k}", "rounds=2", "partition=iid", "partition.min_size=1"],
-                  f"scale-k{k}")
-        rows.append({"clients": k, "round_s": median([x["seconds"] for x in r["records"]]),
-                     "peak_mb": r["peak_mb"], "wall_s": r["wall"]})
+        r = fedmm(
+            "run", [*WORK, f"num_clients={k}", "rounds=2", "partition=iid", "partition.min_size=1"], f"scale-k{k}"
+        )
+        rows.append(
+            {
+                "clients": k,
+                "round_s": median([x["seconds"] for x in r["records"]]),
+                "peak_mb": r["peak_mb"],
+                "wall_s": r["wall"],
+            }
+        )
     return rows
 
 
 # One torch thread per client: the distributed runtimes' two clients train at once on the 2 cores (two 2-thread
 # processes on 2 cores slow each other down several-fold).
-RUNTIME_JOB = [w for w in WORK if not w.startswith("threads=")] + ["threads=1", "num_clients=2", f"rounds={ROUNDS}",
-                                                                  "partition=iid"]
+RUNTIME_JOB = [w for w in WORK if not w.startswith("threads=")] + [
+    "threads=1",
+    "num_clients=2",
+    f"rounds={ROUNDS}",
+    "partition=iid",
+]
 
 
 def _round_overheads(records: list[dict], sequential: bool) -> list[float]:
@@ -232,8 +325,12 @@ def runtimes() -> list[dict]:
     job = RUNTIME_JOB
     nvflare_polling = ["runtime.task_check_period=0.5", "runtime.task_request_interval=2"]
     runs: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory(prefix="fedmm-bench-") as tmp, LocalDeployment(Path(tmp) / "flower", 2) as net, \
-            PocSystem(Path(tmp) / "nvflare", ["site-1", "site-2"]) as poc:
+    with (
+        tempfile.TemporaryDirectory(prefix="fedmm-bench-") as tmp,
+        LocalDeployment(Path(tmp) / "flower", 2) as net,
+        PocSystem(Path(tmp) / "nvflare", ["site-1", "site-2"]) as poc,
+    ):
+
         def flower(warm: str) -> Callable[[Path], None]:
             return lambda run_dir: net.run([*job, f"runtime.warm={warm}", f"output_dir={run_dir}"])
 
@@ -242,6 +339,7 @@ def runtimes() -> list[dict]:
                 export_job(Path(tmp) / f"job-{rep}", [*job, f"output_dir={run_dir}"], [])
                 if (state := poc.wait(poc.submit(Path(tmp) / f"job-{rep}"))) != "COMPLETED":
                     raise SystemExit(f"the POC job ended {state}; see {poc.workspace}")
+
             return submit
 
         for rep in range(REPEATS):
@@ -253,23 +351,40 @@ def runtimes() -> list[dict]:
                 "NVFlare: POC system, exported job": lambda: _deployed_run(nvflare(rep), f"rt-nvflare-poc-{rep}"),
             }
             if rep == 0:  # the reference rows
-                batch["Flower: deployment, Flower default"] = lambda: _deployed_run(flower("false"),
-                                                                                    "rt-flower-default")
+                batch["Flower: deployment, Flower default"] = lambda: _deployed_run(
+                    flower("false"), "rt-flower-default"
+                )
                 batch["NVFlare: simulator, NVFlare's default polling"] = lambda: fedmm(
-                    "run", [*job, "runtime=nvflare", *nvflare_polling], "rt-nvflare-sim-default")
+                    "run", [*job, "runtime=nvflare", *nvflare_polling], "rt-nvflare-sim-default"
+                )
             for name, measure in batch.items():
                 runs.setdefault(name, []).append(measure())
-    return [{"runtime": name, "runs": len(rs), "wall_s": median([r["wall"] for r in rs]),
-             "startup_s": median([r["wall"] - sum(x["seconds"] for x in r["records"]) for r in rs]),
-             "first_round_s": median([r["records"][0]["seconds"] for r in rs]),
-             "round_overhead_s": median([median(_round_overheads(r["records"][1:], name == "runtime=local"))
-                                         for r in rs]),
-             "training_s": median([median([x["client_seconds_max"] for x in r["records"]]) for r in rs]),
-             "accuracy": median([r["records"][-1]["eval_accuracy"] for r in rs])} for name, rs in runs.items()]
+    return [
+        {
+            "runtime": name,
+            "runs": len(rs),
+            "wall_s": median([r["wall"] for r in rs]),
+            "startup_s": median([r["wall"] - sum(x["seconds"] for x in r["records"]) for r in rs]),
+            "first_round_s": median([r["records"][0]["seconds"] for r in rs]),
+            "round_overhead_s": median(
+                [median(_round_overheads(r["records"][1:], name == "runtime=local")) for r in rs]
+            ),
+            "training_s": median([median([x["client_seconds_max"] for x in r["records"]]) for r in rs]),
+            "accuracy": median([r["records"][-1]["eval_accuracy"] for r in rs]),
+        }
+        for name, rs in runs.items()
+    ]
 
 
-SECTIONS = {"overhead": overhead, "communication": communication, "compression": compression_quality,
-            "feature_cache": feature_cache, "scale": scale, "quality": quality, "runtimes": runtimes}
+SECTIONS = {
+    "overhead": overhead,
+    "communication": communication,
+    "compression": compression_quality,
+    "feature_cache": feature_cache,
+    "scale": scale,
+    "quality": quality,
+    "runtimes": runtimes,
+}
 
 
 def table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
@@ -291,20 +406,36 @@ def main() -> int:
         raise SystemExit(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     t0 = time.perf_counter()
     results = {name: fn() for name, fn in SECTIONS.items() if ONLY is None or name in ONLY}
-    meta = {"command": "python3 dev.py bench suite" + (" --quick" if QUICK else ""), "date": date.today().isoformat(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "repeats": REPEATS, "suite_seconds": time.perf_counter() - t0}
+    meta = {
+        "command": "python3 dev.py bench suite" + (" --quick" if QUICK else ""),
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "repeats": REPEATS,
+        "suite_seconds": time.perf_counter() - t0,
+    }
     if QUICK:
         print(json.dumps({**meta, **results}, indent=2))
         return 0
     dest.mkdir(parents=True, exist_ok=True)
-    jobs = {"work": WORK, "blip": BLIP + BLIP_SIZE, "cache": CACHE, "cache_models": CACHE_MODELS,
-            "quality": QUALITY, "quality_jobs": QUALITY_JOBS}
+    jobs = {
+        "work": WORK,
+        "blip": BLIP + BLIP_SIZE,
+        "cache": CACHE,
+        "cache_models": CACHE_MODELS,
+        "quality": QUALITY,
+        "quality_jobs": QUALITY_JOBS,
+    }
     if ONLY is not None:  # the other sections keep their saved figures; the re-run is recorded
         saved = json.loads((dest / "suite.json").read_text())
-        reruns = saved.get("reruns", []) + [{"sections": ONLY, "date": meta["date"], "machine": meta["machine"],
-                                             "command": f"python3 dev.py bench suite --only {','.join(ONLY)}",
-                                             "seconds": meta["suite_seconds"]}]
+        reruns = saved.get("reruns", []) + [
+            {
+                "sections": ONLY,
+                "date": meta["date"],
+                "machine": meta["machine"],
+                "command": f"python3 dev.py bench suite --only {','.join(ONLY)}",
+                "seconds": meta["suite_seconds"],
+            }
+        ]
         meta = {k: saved[k] for k in meta}
         results = {**{k: saved[k] for k in SECTIONS if k in saved}, **results}
         meta["reruns"] = reruns
@@ -315,46 +446,93 @@ def main() -> int:
 
 
 def report(meta: dict, r: dict) -> str:
-    over = table(r["overhead"], [("clients", "clients", "d"), ("federated_wall_s", "runtime=local (s)", ".1f"),
-                                 ("centralized_wall_s", "centralized (s)", ".1f"), ("ratio", "ratio", ".3f"),
-                                 ("federated_startup_s", "start-up fed (s)", ".2f"),
-                                 ("centralized_startup_s", "start-up central (s)", ".2f"),
-                                 ("per_round_overhead_s", "overhead per round (s)", ".3f"),
-                                 ("machinery_per_round_s", "machinery per round (s)", ".3f"),
-                                 ("federated_accuracy", "acc fed", ".3f"),
-                                 ("centralized_accuracy", "acc central", ".3f")])
-    comm = table(r["communication"], [("model", "model", "s"), ("variant", "what travels up", "s"),
-                                      ("bytes_up", "bytes per client per round", ",d"),
-                                      ("reduction_vs_full", "reduction vs full fine-tuning", ".4%")])
-    quality = table(r["compression"], [("kind", "compression.kind", "s"),
-                                       ("eval_vqa_accuracy", "final VQA accuracy", ".3f"),
-                                       ("bytes_up_per_round", "bytes up per round (4 clients)", ",.0f")])
-    scale_rows = table(r["scale"], [("clients", "clients (K)", "d"), ("round_s", "seconds per round", ".2f"),
-                                    ("peak_mb", "peak memory (MB)", ".0f")])
-    cache = table(r["feature_cache"], [("model", "model", "s"),
-                                       ("first_round_cached_s", "first round, cached (s)", ".2f"),
-                                       ("round_cached_s", "later rounds, cached (s)", ".2f"),
-                                       ("round_uncached_s", "later rounds, uncached (s)", ".2f"),
-                                       ("training_cached_s", "client training, cached (s)", ".2f"),
-                                       ("training_uncached_s", "client training, uncached (s)", ".2f"),
-                                       ("speedup", "training speed-up", ".1f"),
-                                       ("same_accuracy", "same accuracy", "")])
-    qual = table(r["quality"], [("model", "model", "s"), ("metric", "metric", "s"),
-                                ("federated", "federated", ".3f"), ("centralized", "centralized", ".3f"),
-                                ("ratio", "ratio", ".3f")])
-    runtime_cols = [("runtime", "runtime", "s"), ("wall_s", "wall (s)", ".1f"),
-                    ("startup_s", "start-up (s)", ".1f"), ("first_round_s", "round 1 (s)", ".2f"),
-                    ("round_overhead_s", "overhead per later round (s)", ".2f"),
-                    ("training_s", "client training per round (s)", ".2f"), ("accuracy", "accuracy", ".3f")]
-    rt = table(r["runtimes"], runtime_cols[:1] + [("runs", "runs", "d")] + runtime_cols[1:]) \
-        if "runtimes" in r else "(not yet measured)\n"
-    reruns = "".join(f"\nSection(s) {', '.join(x['sections'])} re-run on {x['date']} with `{x['command']}` "
-                     f"({x['seconds'] / 60:.1f} minutes, {x['machine']})." for x in meta.get("reruns", []))
+    over = table(
+        r["overhead"],
+        [
+            ("clients", "clients", "d"),
+            ("federated_wall_s", "runtime=local (s)", ".1f"),
+            ("centralized_wall_s", "centralized (s)", ".1f"),
+            ("ratio", "ratio", ".3f"),
+            ("federated_startup_s", "start-up fed (s)", ".2f"),
+            ("centralized_startup_s", "start-up central (s)", ".2f"),
+            ("per_round_overhead_s", "overhead per round (s)", ".3f"),
+            ("machinery_per_round_s", "machinery per round (s)", ".3f"),
+            ("federated_accuracy", "acc fed", ".3f"),
+            ("centralized_accuracy", "acc central", ".3f"),
+        ],
+    )
+    comm = table(
+        r["communication"],
+        [
+            ("model", "model", "s"),
+            ("variant", "what travels up", "s"),
+            ("bytes_up", "bytes per client per round", ",d"),
+            ("reduction_vs_full", "reduction vs full fine-tuning", ".4%"),
+        ],
+    )
+    quality = table(
+        r["compression"],
+        [
+            ("kind", "compression.kind", "s"),
+            ("eval_vqa_accuracy", "final VQA accuracy", ".3f"),
+            ("bytes_up_per_round", "bytes up per round (4 clients)", ",.0f"),
+        ],
+    )
+    scale_rows = table(
+        r["scale"],
+        [
+            ("clients", "clients (K)", "d"),
+            ("round_s", "seconds per round", ".2f"),
+            ("peak_mb", "peak memory (MB)", ".0f"),
+        ],
+    )
+    cache = table(
+        r["feature_cache"],
+        [
+            ("model", "model", "s"),
+            ("first_round_cached_s", "first round, cached (s)", ".2f"),
+            ("round_cached_s", "later rounds, cached (s)", ".2f"),
+            ("round_uncached_s", "later rounds, uncached (s)", ".2f"),
+            ("training_cached_s", "client training, cached (s)", ".2f"),
+            ("training_uncached_s", "client training, uncached (s)", ".2f"),
+            ("speedup", "training speed-up", ".1f"),
+            ("same_accuracy", "same accuracy", ""),
+        ],
+    )
+    qual = table(
+        r["quality"],
+        [
+            ("model", "model", "s"),
+            ("metric", "metric", "s"),
+            ("federated", "federated", ".3f"),
+            ("centralized", "centralized", ".3f"),
+            ("ratio", "ratio", ".3f"),
+        ],
+    )
+    runtime_cols = [
+        ("runtime", "runtime", "s"),
+        ("wall_s", "wall (s)", ".1f"),
+        ("startup_s", "start-up (s)", ".1f"),
+        ("first_round_s", "round 1 (s)", ".2f"),
+        ("round_overhead_s", "overhead per later round (s)", ".2f"),
+        ("training_s", "client training per round (s)", ".2f"),
+        ("accuracy", "accuracy", ".3f"),
+    ]
+    rt = (
+        table(r["runtimes"], runtime_cols[:1] + [("runs", "runs", "d")] + runtime_cols[1:])
+        if "runtimes" in r
+        else "(not yet measured)\n"
+    )
+    reruns = "".join(
+        f"\nSection(s) {', '.join(x['sections'])} re-run on {x['date']} with `{x['command']}` "
+        f"({x['seconds'] / 60:.1f} minutes, {x['machine']})."
+        for x in meta.get("reruns", [])
+    )
     shapes = "; ".join(sorted({f"{x['model']}: {x['shapes']}" for x in r["communication"]}))
     return f"""# Benchmarks
 
-Produced by `{meta['command']}` on {meta['date']} ({meta['machine']}); the suite took
-{meta['suite_seconds'] / 60:.1f} minutes. Medians over {meta['repeats']} repeats where a row says so; compared runs
+Produced by `{meta["command"]}` on {meta["date"]} ({meta["machine"]}); the suite took
+{meta["suite_seconds"] / 60:.1f} minutes. Medians over {meta["repeats"]} repeats where a row says so; compared runs
 alternate within each repeat. Raw figures: [benchmarks/suite.json](benchmarks/suite.json).{reruns}
 Other pages, each written by its own script: [strategies on missing modalities](benchmarks/strategies.md)
 (`python3 dev.py bench strategies`), [robustness to Byzantine clients](benchmarks/robustness.md)
@@ -365,7 +543,7 @@ Other pages, each written by its own script: [strategies on missing modalities](
 
 The same work: tiny fusion on synthetic data (4,000 training examples), {ROUNDS} rounds x 1 local epoch on K
 clients (IID) against {ROUNDS} centralized epochs over the same examples, both evaluating on the test split after
-every round/epoch, each in its own process (`{' '.join(WORK)}`). Ratio = federated / centralized wall time;
+every round/epoch, each in its own process (`{" ".join(WORK)}`). Ratio = federated / centralized wall time;
 overhead per round = (federated - centralized wall time) / rounds; machinery per round = a round's time less client
 training and server evaluation (serialising, decoding and aggregating updates); start-up = wall time outside the
 rounds (imports, data, model). Accuracy after 5 rounds / epochs: with more clients FedAvg needs more rounds.
@@ -384,7 +562,7 @@ Target: at least 99.9% less than full fine-tuning (the seed reports 99.7% for Lo
 
 ## Compression and accuracy
 
-Tiny BLIP on generative easy-VQA (`{' '.join(BLIP + BLIP_SIZE)}`), one run per kind, error feedback on:
+Tiny BLIP on generative easy-VQA (`{" ".join(BLIP + BLIP_SIZE)}`), one run per kind, error feedback on:
 
 {quality}
 ## Scale: clients in one process
@@ -399,7 +577,7 @@ it arrives (the server never holds K updates), so what grows with K is the per-c
 ## Cached features for frozen encoders
 
 Both encoders frozen (`model.freeze_text=true model.freeze_image=true`), easy-VQA, 2 clients, 3 rounds
-(`{' '.join(CACHE)}`); `model.cache_features=true` (the default) against `false`. The first round encodes every
+(`{" ".join(CACHE)}`); `model.cache_features=true` (the default) against `false`. The first round encodes every
 client's data once; later rounds train the projections and the head on the cached features. Client training time
 per round is the median over rounds 2-3; the round time also holds the server's evaluation and aggregation.
 
@@ -409,7 +587,7 @@ Target: rounds at least 10x faster. "same accuracy": the final server accuracy o
 ## Federated vs centralized quality
 
 K=8 clients, Dirichlet alpha=0.5, every client with both modalities, against `fedmm centralized` with the same
-sample-epochs (`{' '.join(QUALITY)}` plus each job's settings in suite.json). Ratio = federated / centralized.
+sample-epochs (`{" ".join(QUALITY)}` plus each job's settings in suite.json). Ratio = federated / centralized.
 
 {qual}
 Target: at least 0.98 (the FedUMM paper reports 80.2 vs 82.4, 0.973). The tiny-BLIP job runs both arms at
@@ -418,7 +596,7 @@ federated).
 
 ## The same job on Flower and NVFlare
 
-The overhead job with K=2 (`{' '.join(RUNTIME_JOB)}`: one torch thread per client, as the clients of the
+The overhead job with K=2 (`{" ".join(RUNTIME_JOB)}`: one torch thread per client, as the clients of the
 distributed runtimes train at once), side by side in each repeat:
 - the embedded runtime (its clients train one after the other);
 - Flower 1.41: `runtime=flower` (its simulation engine, Ray, in one command), and a real SuperLink with 2 SuperNodes

@@ -2,6 +2,7 @@
 
 Genres are learnable from both modalities: each genre has a poster colour and a plot keyword.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,13 @@ import numpy as np
 from PIL import Image
 
 GENRES = ["Drama", "Comedy", "Romance", "Thriller", "Action"]
-COLOURS = {"Drama": (200, 30, 30), "Comedy": (30, 200, 30), "Romance": (30, 30, 200), "Thriller": (200, 200, 30),
-           "Action": (30, 200, 200)}
+COLOURS = {
+    "Drama": (200, 30, 30),
+    "Comedy": (30, 200, 30),
+    "Romance": (30, 30, 200),
+    "Thriller": (200, 200, 30),
+    "Action": (30, 200, 200),
+}
 WORDS = {"Drama": "tears", "Comedy": "laughs", "Romance": "kiss", "Thriller": "chase", "Action": "explosion"}
 FILLER = "a story about people in a city where things happen over one long summer".split()
 
@@ -27,14 +33,20 @@ def movies(n: int, seed: int = 0) -> list[dict]:
         w, h = int(rng.integers(20, 40)), int(rng.integers(30, 60))  # posters are not square, sizes vary
         img = np.full((h, w, 3), 128, dtype=np.uint8)
         for k, g in enumerate(genres):
-            img[k * h // 2:(k + 1) * h // 2] = COLOURS[g]
+            img[k * h // 2 : (k + 1) * h // 2] = COLOURS[g]
         img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
         # a plot of hundreds of words, as in MM-IMDb; the genre words come early, within what a 64-token encoder reads
         words = list(rng.choice(FILLER, size=8)) + [WORDS[g] for g in genres]
         rng.shuffle(words)
         words += list(rng.choice(FILLER, size=int(rng.integers(150, 400))))
-        out.append({"id": f"tt{1000000 + i:07d}", "genres": genres, "image": img,
-                    "plots": ["short " + WORDS[genres[0]], " ".join(words)]})  # the longest plot is the real one
+        out.append(
+            {
+                "id": f"tt{1000000 + i:07d}",
+                "genres": genres,
+                "image": img,
+                "plots": ["short " + WORDS[genres[0]], " ".join(words)],
+            }
+        )  # the longest plot is the real one
     return out
 
 
@@ -46,7 +58,7 @@ def jpeg(img: np.ndarray) -> bytes:
 
 def official_split(ms: list[dict]) -> dict[str, list[dict]]:
     n = len(ms)
-    return {"train": ms[:int(n * 0.6)], "dev": ms[int(n * 0.6):int(n * 0.8)], "test": ms[int(n * 0.8):]}
+    return {"train": ms[: int(n * 0.6)], "dev": ms[int(n * 0.6) : int(n * 0.8)], "test": ms[int(n * 0.8) :]}
 
 
 def write_original(root: Path, ms: list[dict]) -> Path:
@@ -54,8 +66,7 @@ def write_original(root: Path, ms: list[dict]) -> Path:
     data = root / "mmimdb" / "dataset"
     data.mkdir(parents=True)
     for m in ms:
-        (data / f"{m['id']}.json").write_text(json.dumps({"plot": m["plots"], "genres": m["genres"],
-                                                          "title": m["id"]}))
+        (data / f"{m['id']}.json").write_text(json.dumps({"plot": m["plots"], "genres": m["genres"], "title": m["id"]}))
         (data / f"{m['id']}.jpeg").write_bytes(jpeg(m["image"]))
     split = {k: [m["id"] for m in v] for k, v in official_split(ms).items()}
     (root / "mmimdb" / "split.json").write_text(json.dumps(split))
@@ -71,12 +82,14 @@ def write_parquet(root: Path, ms: list[dict]) -> Path:
     root.mkdir(parents=True)
     for split, rows in official_split(ms).items():
         images = [jpeg(m["image"]) for m in rows]
-        table = pa.table({
-            "imdb_id": [m["id"] for m in rows],
-            "plot": [m["plots"] for m in rows],
-            "genres": [m["genres"] for m in rows],
-            "image": ([{"bytes": b, "path": None} for b in images] if split == "train" else images),
-        })
+        table = pa.table(
+            {
+                "imdb_id": [m["id"] for m in rows],
+                "plot": [m["plots"] for m in rows],
+                "genres": [m["genres"] for m in rows],
+                "image": ([{"bytes": b, "path": None} for b in images] if split == "train" else images),
+            }
+        )
         pq.write_table(table, root / f"{split}-00000-of-00001.parquet")
     return root
 
@@ -141,17 +154,29 @@ def write_vqav2(root: Path, n_images: int = 12, per_image: int = 4, seed: int = 
             colour = list(colours)[k % 3]
             img = np.clip(np.full((40, 56, 3), colours[colour]) + rng.normal(0, 8, (40, 56, 3)), 0, 255)
             (root / split / f"COCO_{split}_{image_id:012d}.jpg").write_bytes(jpeg(img.astype(np.uint8)))
-            for _q, (text, answer, kind) in enumerate([("what color is it", colour, "other"),
-                                                      ("is it red", "yes" if colour == "red" else "no", "yes/no"),
-                                                      ("how many shapes", "one", "number"),
-                                                      ("is there a dog", "no", "yes/no")][:per_image]):
+            for _q, (text, answer, kind) in enumerate(
+                [
+                    ("what color is it", colour, "other"),
+                    ("is it red", "yes" if colour == "red" else "no", "yes/no"),
+                    ("how many shapes", "one", "number"),
+                    ("is there a dog", "no", "yes/no"),
+                ][:per_image]
+            ):
                 qid += 1
                 answers = [answer] * 8 + ["maybe", "1" if kind == "number" else answer]
                 questions.append({"image_id": image_id, "question": text + "?", "question_id": qid})
-                annotations.append({"question_id": qid, "image_id": image_id, "answer_type": kind,
-                                    "multiple_choice_answer": answer, "question_type": text.split()[0],
-                                    "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
-                                                for i, a in enumerate(answers)]})
+                annotations.append(
+                    {
+                        "question_id": qid,
+                        "image_id": image_id,
+                        "answer_type": kind,
+                        "multiple_choice_answer": answer,
+                        "question_type": text.split()[0],
+                        "answers": [
+                            {"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)
+                        ],
+                    }
+                )
         (root / f"v2_OpenEnded_mscoco_{split}_questions.json").write_text(json.dumps({"questions": questions}))
         (root / f"v2_mscoco_{split}_annotations.json").write_text(json.dumps({"annotations": annotations}))
     return root

@@ -1,5 +1,6 @@
 """The Python API (fedmm.run, fedmm.centralized, fedmm.load_run): results as objects, quiet by default, errors as
 FedmmError, and a strategy registered through the top-level registry used by name."""
+
 import logging
 from dataclasses import dataclass
 
@@ -30,8 +31,12 @@ def test_verbose_prints_what_the_command_line_prints(tmp_path, capsys):
 
 
 def test_keyword_values_are_written_as_yaml_and_centralized_works(tmp_path):
-    result = fedmm.centralized([*ARGS, "task=synthetic", "model=fusion_tiny"], epochs=1,
-                               modality={"text_only": [], "image_only": []}, output_dir=str(tmp_path))
+    result = fedmm.centralized(
+        [*ARGS, "task=synthetic", "model=fusion_tiny"],
+        epochs=1,
+        modality={"text_only": [], "image_only": []},
+        output_dir=str(tmp_path),
+    )
     assert [r["epoch"] for r in result.history] == [1] and "eval_accuracy" in result.metrics
 
 
@@ -62,9 +67,12 @@ def test_a_strategy_registered_through_the_top_level_registry_runs_by_name(tmp_p
 
         def aggregate(self, rnd, global_params, updates):
             avg = weighted_average(global_params, ((u.params, float(u.num_examples)) for u in updates))
-            return {k: (global_params[k] + (avg[k] - global_params[k]) / 2).astype(global_params[k].dtype)
-                    for k in global_params}
+            return {
+                k: (global_params[k] + (avg[k] - global_params[k]) / 2).astype(global_params[k].dtype)
+                for k in global_params
+            }
 
-    result = fedmm.run(ARGS, task="synthetic", model="fusion_tiny", strategy="half_step", rounds=1,
-                       output_dir=str(tmp_path))
+    result = fedmm.run(
+        ARGS, task="synthetic", model="fusion_tiny", strategy="half_step", rounds=1, output_dir=str(tmp_path)
+    )
     assert result.config["strategy"]["name"] == "half_step" and len(result.history) == 1

@@ -1,5 +1,6 @@
 """Krum, Multi-Krum (Blanchard et al., 2017) and Bulyan (El Mhamdi et al., 2018) against direct implementations of
 the papers' rules, written per client and per coordinate, and hand-worked cases a wrong neighbour count fails."""
+
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ def krum_direct(points: list[np.ndarray], f: int) -> list[float]:
     n, scores = len(points), []
     for i in range(n):
         d = sorted(float(np.sum((points[i] - points[j]) ** 2)) for j in range(n) if j != i)
-        scores.append(sum(d[:n - f - 2]))
+        scores.append(sum(d[: n - f - 2]))
     return scores
 
 
@@ -58,8 +59,10 @@ def test_krum_and_bulyan_match_the_direct_rules(seed):
 
 
 def _updates(values):
-    return [Update(client_id=i, params={"w": np.array(v, dtype=np.float32)}, num_examples=1 + i)
-            for i, v in enumerate(values)]
+    return [
+        Update(client_id=i, params={"w": np.array(v, dtype=np.float32)}, num_examples=1 + i)
+        for i, v in enumerate(values)
+    ]
 
 
 def test_strategies_resist_an_outlier_and_report_what_they_selected():
@@ -81,8 +84,10 @@ def test_strategies_resist_an_outlier_and_report_what_they_selected():
 
 def test_missing_modality_keys_count_with_the_global_value():
     g = {"img": np.zeros(1, np.float32), "txt": np.full(1, 5.0, np.float32)}
-    ups = [Update(client_id=i, params={"img": np.array([v], np.float32)}, num_examples=1)
-           for i, v in enumerate([1.0, 1.0, 1.0, 1.0, 1.0])]
+    ups = [
+        Update(client_id=i, params={"img": np.array([v], np.float32)}, num_examples=1)
+        for i, v in enumerate([1.0, 1.0, 1.0, 1.0, 1.0])
+    ]
     entry = STRATEGIES.get("multikrum")
     out = entry.factory(entry.config_cls()).aggregate(1, g, ups)
     assert out["img"][0] == 1.0 and out["txt"][0] == 5.0

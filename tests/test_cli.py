@@ -1,4 +1,5 @@
 """The command line as a user meets it: clear one-line errors, real runs, sweeps, resume, the baseline."""
+
 import csv
 import json
 import os
@@ -15,21 +16,26 @@ from conftest import TINY, fedmm, metrics
 from fedmm.config import expand_sweeps
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["nosuchkey=1"], "unknown option 'nosuchkey'"),
-    (["rounds=abc"], "rounds"),
-    (["model=nosuchmodel"],
-     "unknown model 'nosuchmodel'; choose one of: blip_vqa, blip_vqa_tiny, fusion, fusion_minilm, fusion_tiny, "
-     "hf_vlm, hf_vlm_tiny, januspro, januspro_tiny"),
-    (["model.nosuch=3"], "unknown option 'model.nosuch'"),
-    (["+model.nosuch=3"], "unknown option 'model.nosuch'"),
-    (["model.fusion_dim=big"], "model.fusion_dim"),
-    (["task=easyvqa", "task.root=/no/such/folder", "model=fusion_tiny"], "/no/such/folder"),
-    (["resume=/no/such/run"], "/no/such/run/config.yaml not found"),
-    (["seed=1,2"], "add -m"),
-    (["partition.alpha=0"], "partition.alpha=0.0 is out of range: it must be a finite number > 0"),
-    (["lr_schedule=linear"], "lr_schedule must be one of constant, cosine"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["nosuchkey=1"], "unknown option 'nosuchkey'"),
+        (["rounds=abc"], "rounds"),
+        (
+            ["model=nosuchmodel"],
+            "unknown model 'nosuchmodel'; choose one of: blip_vqa, blip_vqa_tiny, fusion, fusion_minilm, fusion_tiny, "
+            "hf_vlm, hf_vlm_tiny, januspro, januspro_tiny",
+        ),
+        (["model.nosuch=3"], "unknown option 'model.nosuch'"),
+        (["+model.nosuch=3"], "unknown option 'model.nosuch'"),
+        (["model.fusion_dim=big"], "model.fusion_dim"),
+        (["task=easyvqa", "task.root=/no/such/folder", "model=fusion_tiny"], "/no/such/folder"),
+        (["resume=/no/such/run"], "/no/such/run/config.yaml not found"),
+        (["seed=1,2"], "add -m"),
+        (["partition.alpha=0"], "partition.alpha=0.0 is out of range: it must be a finite number > 0"),
+        (["lr_schedule=linear"], "lr_schedule must be one of constant, cosine"),
+    ],
+)
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, expected):
     base = [] if any(a.startswith("task=") for a in args) else TINY
     proc = fedmm("run", *base, f"output_dir={tmp_path}/out", *args, check=False)
@@ -51,13 +57,30 @@ def test_existing_run_is_never_overwritten(tmp_path):
 
 def test_acceptance_run_writes_the_run_directory(tmp_path):
     out = tmp_path / "run"
-    proc = fedmm("run", "task=synthetic", "model=fusion_tiny", "num_clients=8", "partition=dirichlet",
-                 "partition.alpha=0.1", "rounds=2", "modality.text_only=[1]", "modality.image_only=[2]",
-                 f"output_dir={out}")
+    proc = fedmm(
+        "run",
+        "task=synthetic",
+        "model=fusion_tiny",
+        "num_clients=8",
+        "partition=dirichlet",
+        "partition.alpha=0.1",
+        "rounds=2",
+        "modality.text_only=[1]",
+        "modality.image_only=[2]",
+        f"output_dir={out}",
+    )
     assert "outputs:" in proc.stdout and str(out) in proc.stdout
-    for name in ("config.yaml", "metrics.jsonl", "partition.json", "global.safetensors", "report.md",
-                 "metrics.png", "checkpoints/round_0002/global.safetensors",
-                 "checkpoints/round_0002/strategy.safetensors", "checkpoints/round_0002/state.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "partition.json",
+        "global.safetensors",
+        "report.md",
+        "metrics.png",
+        "checkpoints/round_0002/global.safetensors",
+        "checkpoints/round_0002/strategy.safetensors",
+        "checkpoints/round_0002/state.json",
+    ):
         assert (out / name).exists(), name
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2]
@@ -96,15 +119,29 @@ def test_a_failed_sweep_job_is_recorded_and_the_others_run(tmp_path):
     """Job 2 cannot meet min_clients (its only client fails validation): it is recorded as failed, job 1 and 3 run,
     and the sweep exits 1 with one line."""
     sweep = tmp_path / "sw"
-    proc = fedmm("run", "-m", *TINY, "rounds=1", "num_clients=2", "attack=none,nan,none", "attack.clients=[0,1]",
-                 "seed=1,2", f"output_dir={sweep}", check=False)
+    proc = fedmm(
+        "run",
+        "-m",
+        *TINY,
+        "rounds=1",
+        "num_clients=2",
+        "attack=none,nan,none",
+        "attack.clients=[0,1]",
+        "seed=1,2",
+        f"output_dir={sweep}",
+        check=False,
+    )
     with open(sweep / "summary.csv") as f:
         rows = {r["job"]: r for r in csv.DictReader(f)}
     assert proc.returncode == 1 and "2 of 6 sweep jobs failed" in proc.stderr
     failed = [j for j, r in rows.items() if r["status"].startswith("failed: round 1: only 0 of 2")]
     assert sorted(failed) == ["attack-nan_seed-1", "attack-nan_seed-2"] and len(rows) == 6
     assert expand_sweeps(["a=1,2", "b=x,y", "c=3"]) == [
-        ["a=1", "b=x", "c=3"], ["a=1", "b=y", "c=3"], ["a=2", "b=x", "c=3"], ["a=2", "b=y", "c=3"]]
+        ["a=1", "b=x", "c=3"],
+        ["a=1", "b=y", "c=3"],
+        ["a=2", "b=x", "c=3"],
+        ["a=2", "b=y", "c=3"],
+    ]
 
 
 def kill_and_resume(tmp_path, args):
@@ -113,8 +150,12 @@ def kill_and_resume(tmp_path, args):
     full = tmp_path / "full"
     fedmm("run", *args, f"output_dir={full}")
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "fedmm.cli", "run", *args, f"output_dir={killed}"],
-                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmm.cli", "run", *args, f"output_dir={killed}"],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 240
         while not (killed / "checkpoints" / "round_0002").exists():
@@ -137,8 +178,9 @@ def kill_and_resume(tmp_path, args):
 
 
 def test_killed_run_resumes_to_the_same_global_model(tmp_path):
-    full, _ = kill_and_resume(tmp_path, [*TINY, "rounds=4", "num_clients=3", "clients_per_round=2",
-                                         "modality.text_only=[0]"])
+    full, _ = kill_and_resume(
+        tmp_path, [*TINY, "rounds=4", "num_clients=3", "clients_per_round=2", "modality.text_only=[0]"]
+    )
     # Settings that change the experiment cannot change on resume; extending a finished run continues it.
     bad = fedmm("run", f"resume={full}", "partition.alpha=9", check=False)
     assert bad.returncode == 2 and "cannot change when resuming" in bad.stderr

@@ -1,4 +1,5 @@
 """What a client computes besides training: FedProx's proximal term, FedMAP's self-assessment, its modalities."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -63,8 +64,9 @@ def test_proximal_term_keeps_the_client_near_the_global_model():
         keys = backend.trainable_keys(model)
         start = get_params(model, keys)
         trainer = ClientTrainer(backend, model, progress=False)
-        up = trainer.fit(0, data, params_to_bytes(start),
-                         replace(CONFIG, strategy="fedprox", strategy_options={"prox_mu": mu}))
+        up = trainer.fit(
+            0, data, params_to_bytes(start), replace(CONFIG, strategy="fedprox", strategy_options={"prox_mu": mu})
+        )
         drift[mu] = sum(float(np.sum((up.params[k] - start[k]) ** 2)) for k in keys if "running" not in k)
     assert drift[10.0] < 0.8 * drift[0.0]
 

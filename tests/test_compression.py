@@ -1,5 +1,6 @@
 """Compressed updates: round-trip error bounds of each kind (pure functions, no model), error feedback that loses
 nothing over rounds, the client's residual store, and a compressed federated run that resumes exactly."""
+
 import json
 
 import numpy as np
@@ -19,20 +20,22 @@ from test_cli import kill_and_resume
 
 def deltas(seed=0):
     rng = np.random.default_rng(seed)
-    return {"w": (rng.standard_normal((37, 11)) * 1e-3).astype(np.float32),
-            "b": (rng.standard_normal(5) * 10.0 ** rng.integers(-6, 2, 5)).astype(np.float32),
-            "spiky": np.concatenate([rng.standard_normal(600) * 1e-4, [5.0]]).astype(np.float32),
-            "zero": np.zeros(3, np.float32)}
+    return {
+        "w": (rng.standard_normal((37, 11)) * 1e-3).astype(np.float32),
+        "b": (rng.standard_normal(5) * 10.0 ** rng.integers(-6, 2, 5)).astype(np.float32),
+        "spiky": np.concatenate([rng.standard_normal(600) * 1e-4, [5.0]]).astype(np.float32),
+        "zero": np.zeros(3, np.float32),
+    }
 
 
-@pytest.mark.parametrize("kind, dtype, relative", [("fp16", np.float16, 2.0 ** -11), ("bf16", np.uint16, 2.0 ** -8)])
+@pytest.mark.parametrize("kind, dtype, relative", [("fp16", np.float16, 2.0**-11), ("bf16", np.uint16, 2.0**-8)])
 def test_half_precision_kinds_keep_the_relative_error_under_their_unit_roundoff(kind, dtype, relative):
     d = deltas()
     sent, meta = encode(d, kind)
     assert all(v.dtype == dtype and v.shape == d[k].shape for k, v in sent.items())
     back = decode(sent, meta)
     for k in d:
-        tiny = 6.1e-5 * 2.0 ** -10 if kind == "fp16" else 0.0  # fp16's subnormal spacing
+        tiny = 6.1e-5 * 2.0**-10 if kind == "fp16" else 0.0  # fp16's subnormal spacing
         assert np.all(np.abs(back[k] - d[k]) <= relative * np.abs(d[k]) + tiny), k
 
 
@@ -51,8 +54,8 @@ def test_int8_error_is_at_most_half_a_step_per_tensor_or_per_block():
         assert np.all(np.abs(per_tensor[k] - x) <= step / 2 + 1e-12), k
         flat, back = x.ravel(), blocks[k].ravel()
         for s in range(0, flat.size, 64):
-            block_step = np.abs(flat[s:s + 64]).max() / 127
-            assert np.all(np.abs(back[s:s + 64] - flat[s:s + 64]) <= block_step / 2 + 1e-12), (k, s)
+            block_step = np.abs(flat[s : s + 64]).max() / 127
+            assert np.all(np.abs(back[s : s + 64] - flat[s : s + 64]) <= block_step / 2 + 1e-12), (k, s)
     # One spike costs the small values their precision per tensor, but only within its own block.
     small = slice(0, 512)
     assert not per_tensor["spiky"][small].any()  # all below half the spike's step: rounded to zero
@@ -115,7 +118,9 @@ def test_a_round_reads_the_newest_residual_written_before_it_and_keeps_it(tmp_pa
     assert state.load_residual(1, 5) is None
     if on_disk:
         assert sorted(p.name for p in (tmp_path / "client_0").iterdir()) == [
-            "residual-r3.safetensors", "residual-r4.safetensors"]
+            "residual-r3.safetensors",
+            "residual-r4.safetensors",
+        ]
 
 
 def test_compressed_run_sends_fewer_bytes_and_learns(tmp_path, capsys):

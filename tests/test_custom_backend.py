@@ -1,4 +1,5 @@
 """A backend a user writes and registers (README, "Adding a backend") runs like a built-in one."""
+
 import json
 from dataclasses import dataclass
 
@@ -41,9 +42,21 @@ class MeanPixelBackend(Backend):
 
 
 def test_a_registered_backend_runs_federated_rounds_from_the_cli(tmp_path, capsys):
-    code = cli.main(["run", "task=synthetic", "model=mean_pixel", "model.hidden=4", "rounds=2", "num_clients=2",
-                     "modality.text_only=[]", "modality.image_only=[]", "task.num_train=200", "progress=false",
-                     f"output_dir={tmp_path}"])
+    code = cli.main(
+        [
+            "run",
+            "task=synthetic",
+            "model=mean_pixel",
+            "model.hidden=4",
+            "rounds=2",
+            "num_clients=2",
+            "modality.text_only=[]",
+            "modality.image_only=[]",
+            "task.num_train=200",
+            "progress=false",
+            f"output_dir={tmp_path}",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "model mean_pixel: trainable 80 / 80" in out.out  # 4*4+4 + 4*12+12 for synthetic's 12 labels

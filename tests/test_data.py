@@ -25,8 +25,7 @@ def test_losing_a_modality_measurably_hurts():
     data = load_task(s.task, 0)
     backend = FusionBackend(s.model, data.train.num_labels, False)
     model = backend.build_model(seed=0)
-    train_epochs(model, backend, data.train, epochs=6, batch_size=32, lr=3e-3, weight_decay=0.0, seed=0,
-                 progress=False)
+    train_epochs(model, backend, data.train, epochs=6, batch_size=32, lr=3e-3, weight_decay=0.0, seed=0, progress=False)
     both = backend.evaluate(model, data.test, ("accuracy",))["accuracy"]
     text_only = backend.evaluate(model, data.test.with_modalities({"text"}), ("accuracy",))["accuracy"]
     image_only = backend.evaluate(model, data.test.with_modalities({"image"}), ("accuracy",))["accuracy"]

@@ -1,5 +1,6 @@
 """Cached frozen-encoder features in the fusion model: the same training as without the cache, and a cache that
 notices new weights and goes away with its data set."""
+
 import gc
 
 import numpy as np

@@ -1,19 +1,35 @@
 """FedMAP: client features, teacher search, student distillation, the gate, and exact state."""
+
 import numpy as np
 import pytest
 
 from fedmm.errors import FedmmError
 from fedmm.fl.update import Update
 from fedmm.fl.strategy import StrategyContext
-from fedmm.fl.strategy.fedmap import (FEATURES, FedMAP, FedMAPConfig, candidate_mixes, client_features, gate, kl,
-                                      softmax, teacher_features, zscore)
+from fedmm.fl.strategy.fedmap import (
+    FEATURES,
+    FedMAP,
+    FedMAPConfig,
+    candidate_mixes,
+    client_features,
+    gate,
+    kl,
+    softmax,
+    teacher_features,
+    zscore,
+)
 
 
 def update(cid, n, modalities, **metrics):
     base = dict(c_k=0.1, p_k=0.5, val_loss=1.0, grad_norm=2.0, diversity=0.8, imbalance_ratio=0.4)
     w = np.full(3, float(cid), np.float32)
-    return Update(client_id=cid, params={"head": w, **({"img": w} if "image" in modalities else {})},
-                  num_examples=n, metrics={**base, **metrics}, modalities=frozenset(modalities))
+    return Update(
+        client_id=cid,
+        params={"head": w, **({"img": w} if "image" in modalities else {})},
+        num_examples=n,
+        metrics={**base, **metrics},
+        modalities=frozenset(modalities),
+    )
 
 
 def test_client_features_carry_the_real_modality_flags():
@@ -34,8 +50,10 @@ def test_zscore_counts_zero_spread_as_one_and_clips():
 
 
 def test_teacher_features_by_hand():
-    ups = [update(0, 10, {"image", "text"}, p_k=0.8, c_k=-0.2, val_loss=0.5),
-           update(1, 1000, {"text"}, p_k=0.4, c_k=0.4, val_loss=1.5)]
+    ups = [
+        update(0, 10, {"image", "text"}, p_k=0.8, c_k=-0.2, val_loss=0.5),
+        update(1, 1000, {"text"}, p_k=0.4, c_k=0.4, val_loss=1.5),
+    ]
     tf = teacher_features(client_features(ups), perf_mix_lambda=0.5, clip=3.0)
     # perf = 0.5 * p + 0.5 * max(c, 0): [0.4, 0.4] -> equal -> z = 0 for both
     np.testing.assert_allclose(tf[:, 0], [0.0, 0.0])
@@ -73,8 +91,11 @@ def test_gate_rules():
 
 def _run_rounds(strategy, rounds, evals):
     g = {"head": np.zeros(3, np.float32), "img": np.zeros(3, np.float32)}
-    ups = [update(0, 50, {"image", "text"}, p_k=0.7), update(1, 10, {"text"}, p_k=0.3, c_k=-0.1),
-           update(2, 30, {"image"}, p_k=0.5)]
+    ups = [
+        update(0, 50, {"image", "text"}, p_k=0.7),
+        update(1, 10, {"text"}, p_k=0.3, c_k=-0.1),
+        update(2, 30, {"image"}, p_k=0.5),
+    ]
     outs = []
     for rnd in range(1, rounds + 1):
         g = strategy.aggregate(rnd, g, ups)
@@ -87,6 +108,7 @@ def _ctx(evals, seed=0, run_dir=None):
         evals.append(params)
         # Validation score that prefers a global "head" close to 1.5.
         return {"accuracy": float(1.0 - abs(params["head"].mean() - 1.5)), "loss": 0.0}
+
     return StrategyContext(evaluate_val=evaluate_val, metric="accuracy", seed=seed, run_dir=run_dir)
 
 
@@ -113,8 +135,11 @@ def test_fedmap_bounded_evaluations_modality_aware_average_and_exact_resume(tmp_
     b = FedMAP(cfg)
     b.setup(_ctx([], run_dir=tmp_path / "b"))
     b.load_state_dict(state)
-    ups = [update(0, 50, {"image", "text"}, p_k=0.7), update(1, 10, {"text"}, p_k=0.3, c_k=-0.1),
-           update(2, 30, {"image"}, p_k=0.5)]
+    ups = [
+        update(0, 50, {"image", "text"}, p_k=0.7),
+        update(1, 10, {"text"}, p_k=0.3, c_k=-0.1),
+        update(2, 30, {"image"}, p_k=0.5),
+    ]
     ga, gb = a.aggregate(2, outs[0][0], ups), b.aggregate(2, outs[0][0], ups)
     for k in ga:
         np.testing.assert_array_equal(ga[k], gb[k])
@@ -132,6 +157,7 @@ def test_fedmap_aggregator_file_warm_starts_a_new_run(tmp_path):
     warm.setup(_ctx([]))
     x = np.zeros((1, 10))
     import torch
+
     assert not torch.equal(warm.student(torch.from_numpy(x)), fresh.student(torch.from_numpy(x)))
     assert torch.equal(warm.student(torch.from_numpy(x)), s.student(torch.from_numpy(x)))
     path.write_bytes(b"not a safetensors file")

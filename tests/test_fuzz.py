@@ -1,6 +1,7 @@
 """Fuzzing what users type and what data files hold (hypothesis): generated override lists over every run-level
 option, and generated MM-IMDb CSV rows, never give a traceback, and a configuration that loads never describes a
 run that silently does nothing."""
+
 import math
 from dataclasses import fields
 
@@ -13,20 +14,36 @@ from fedmm.config.schema import BOUNDS, Schema
 from fedmm.errors import FedmmError
 
 BASE = ["task=synthetic", "model=fusion_tiny", "task.num_train=60", "task.num_val=10", "task.num_test=10"]
-GROUP_KEYS = {"partition": ["name", "alpha", "min_size", "max_tries"],
-              "modality": ["text_only", "image_only", "missing_rate", "drop"],
-              "compression": ["kind", "block_size", "error_feedback"],
-              "attack": ["name", "clients", "scale", "std", "start_round"],
-              "privacy": ["name", "mode", "clip_norm", "noise_multiplier", "target_epsilon", "delta", "noise_seed",
-                          "secure_aggregation", "secagg_shares", "secagg_threshold", "secagg_quantization"]}
+GROUP_KEYS = {
+    "partition": ["name", "alpha", "min_size", "max_tries"],
+    "modality": ["text_only", "image_only", "missing_rate", "drop"],
+    "compression": ["kind", "block_size", "error_feedback"],
+    "attack": ["name", "clients", "scale", "std", "start_round"],
+    "privacy": [
+        "name",
+        "mode",
+        "clip_norm",
+        "noise_multiplier",
+        "target_epsilon",
+        "delta",
+        "noise_seed",
+        "secure_aggregation",
+        "secagg_shares",
+        "secagg_threshold",
+        "secagg_quantization",
+    ],
+}
 KEYS = [f.name for f in fields(Schema) if f.name not in ("task", "model", "strategy", "runtime", *GROUP_KEYS)]
 KEYS += [f"{g}.{k}" for g, ks in GROUP_KEYS.items() for k in ks] + list(GROUP_KEYS)  # `attack=[0]` too
 
 values = st.one_of(
-    st.integers(-3, 3), st.integers(-2**40, 2**40), st.sampled_from(["nan", "inf", "-inf", "null", "true", "1e309"]),
+    st.integers(-3, 3),
+    st.integers(-(2**40), 2**40),
+    st.sampled_from(["nan", "inf", "-inf", "null", "true", "1e309"]),
     st.floats(allow_nan=False, allow_infinity=False, width=32).map(lambda x: f"{x:g}"),
     st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12),
-    st.sampled_from(["[]", "[1]", "[0,1]", "auto", "clip", "iid", "dirichlet", "int8_block", "scale"]))
+    st.sampled_from(["[]", "[1]", "[0,1]", "auto", "clip", "iid", "dirichlet", "int8_block", "scale"]),
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -47,8 +64,7 @@ def test_generated_overrides_load_or_fail_with_one_line(pairs):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.text(max_size=30), st.text(max_size=200), st.text(max_size=30)), min_size=0,
-                max_size=6))
+@given(st.lists(st.tuples(st.text(max_size=30), st.text(max_size=200), st.text(max_size=30)), min_size=0, max_size=6))
 def test_generated_csv_rows_are_read_or_refused_with_one_line(tmp_path_factory, rows):
     import csv
 

@@ -1,6 +1,7 @@
 """The `hf_vlm` backend: a tiny random LLaVA through federated rounds on generative easy-VQA (built in code, and loaded
 from a checkpoint folder through transformers' Auto classes as a user's real checkpoint would be), prompt/answer
 alignment, and LoRA target resolution for each family's language model."""
+
 import json
 
 import numpy as np
@@ -18,9 +19,19 @@ from fedmm.config import load_settings
 from fedmm.data.tasks import load_task
 from fedmm.errors import FedmmError
 
-RUN = ["task=easyvqa_gen", "modality.text_only=[]", "modality.image_only=[]", "max_train_samples=120",
-       "max_eval_samples=24", "batch_size=16", "lr=0.003", "progress=false", "rounds=2", "num_clients=3",
-       "partition=iid"]
+RUN = [
+    "task=easyvqa_gen",
+    "modality.text_only=[]",
+    "modality.image_only=[]",
+    "max_train_samples=120",
+    "max_eval_samples=24",
+    "batch_size=16",
+    "lr=0.003",
+    "progress=false",
+    "rounds=2",
+    "num_clients=3",
+    "partition=iid",
+]
 
 
 def tiny_backend(*overrides: str) -> HFVLMBackend:
@@ -42,8 +53,12 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def paligemma_checkpoint(tmp_path_factory):
     """A tiny PaliGemma (Gemma + SigLIP, no chat template) with its own processor over fedmm's vocabulary."""
-    from transformers import (PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
-                              SiglipImageProcessorPil)
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessorPil,
+    )
 
     from fedmm.backends.loading import tiny_tokenizer
 
@@ -55,12 +70,21 @@ def paligemma_checkpoint(tmp_path_factory):
     images.image_seq_length = 16
     processor = PaliGemmaProcessor(image_processor=images, tokenizer=tok)
     small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
-    text = {"model_type": "gemma", "vocab_size": len(tok), "num_hidden_layers": 2, "num_key_value_heads": 1,
-            "head_dim": 16, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id, **small}
+    text = {
+        "model_type": "gemma",
+        "vocab_size": len(tok),
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        **small,
+    }
     vision = {"model_type": "siglip_vision_model", "num_hidden_layers": 1, "image_size": 32, "patch_size": 8, **small}
-    config = PaliGemmaConfig(text_config=text, vision_config=vision, image_token_id=processor.image_token_id,
-                             projection_dim=32)
+    config = PaliGemmaConfig(
+        text_config=text, vision_config=vision, image_token_id=processor.image_token_id, projection_dim=32
+    )
     torch.manual_seed(0)
     PaliGemmaForConditionalGeneration(config).save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -90,24 +114,34 @@ def test_a_checkpoint_folder_loads_through_the_auto_classes_and_its_chat_templat
     backend = HFVLMBackend(HFVLMConfig(pretrained=str(checkpoint), lora_r=4), 13, False)
     assert backend.family == "llava"  # from the checkpoint's config.json
     assert backend._templates == (("[CLS]question: <image>", " answer:"), (" ", "[SEP]"))
-    records = run(tmp_path, capsys, "model=hf_vlm", f"model.pretrained={checkpoint}", "model.family=''",
-                  "model.lora_r=4")
+    records = run(
+        tmp_path, capsys, "model=hf_vlm", f"model.pretrained={checkpoint}", "model.family=''", "model.lora_r=4"
+    )
     assert [r["round"] for r in records] == [1, 2]
     assert sum(v.nbytes for v in load_file(str(tmp_path / "global.safetensors")).values()) == 4096
 
 
-def test_paligemma_takes_a_prompt_template_and_marks_the_answer_with_token_type_1(tmp_path, capsys,
-                                                                                 paligemma_checkpoint):
-    backend = HFVLMBackend(HFVLMConfig(pretrained=str(paligemma_checkpoint), prompt_template="answer en {question}"),
-                           13, False)
+def test_paligemma_takes_a_prompt_template_and_marks_the_answer_with_token_type_1(
+    tmp_path, capsys, paligemma_checkpoint
+):
+    backend = HFVLMBackend(
+        HFVLMConfig(pretrained=str(paligemma_checkpoint), prompt_template="answer en {question}"), 13, False
+    )
     data = load_task(load_settings(["task=easyvqa_gen", "max_train_samples=8"]).task, seed=0).train
     batch = backend.collate(data, np.arange(3))
     answer = batch["labels"] != -100
     assert backend.family == "paligemma" and answer.any()
     assert torch.equal(batch["token_type_ids"].bool(), answer)  # prefix 0 (bidirectional), answer 1 (causal)
     assert not backend.generation_prompts(batch)["token_type_ids"].any()
-    records = run(tmp_path, capsys, "model=hf_vlm", f"model.pretrained={paligemma_checkpoint}", "model.family=''",
-                  "model.prompt_template='answer en {question}'", "model.lora_r=4")
+    records = run(
+        tmp_path,
+        capsys,
+        "model=hf_vlm",
+        f"model.pretrained={paligemma_checkpoint}",
+        "model.family=''",
+        "model.prompt_template='answer en {question}'",
+        "model.lora_r=4",
+    )
     adapters = load_file(str(tmp_path / "global.safetensors"))
     assert [r["round"] for r in records] == [1, 2]
     assert adapters and all(k.startswith("model.language_model.") for k in adapters)
@@ -123,8 +157,9 @@ def test_labels_cover_exactly_the_answer_and_generation_starts_from_the_training
     for r, i in enumerate(idx):
         answer = data.label_names[int(data.labels[i])]
         image = Image.fromarray(data.images[data.image_ids[i]])
-        alone = backend.processor(text=[backend._question(data.texts[i])], images=[image], add_special_tokens=False,
-                                  return_tensors="pt")["input_ids"][0]
+        alone = backend.processor(
+            text=[backend._question(data.texts[i])], images=[image], add_special_tokens=False, return_tensors="pt"
+        )["input_ids"][0]
         n = len(alone)
         real = batch["attention_mask"][r].bool()
         assert torch.equal(batch["input_ids"][r, :n], alone) and (batch["labels"][r, :n] == -100).all()
@@ -136,13 +171,25 @@ def test_labels_cover_exactly_the_answer_and_generation_starts_from_the_training
         assert torch.equal(prompts["input_ids"][r][left], alone) and not left[:-n].any()
 
 
-@pytest.mark.parametrize("family,language_model", [
-    ("llava", "model.language_model"), ("llava_next", "model.language_model"), ("qwen2_vl", "model.language_model"),
-    ("paligemma", "model.language_model"), ("gemma3", "model.language_model"), ("idefics3", "model.text_model"),
-    ("smolvlm", "model.text_model")])
+@pytest.mark.parametrize(
+    "family,language_model",
+    [
+        ("llava", "model.language_model"),
+        ("llava_next", "model.language_model"),
+        ("qwen2_vl", "model.language_model"),
+        ("paligemma", "model.language_model"),
+        ("gemma3", "model.language_model"),
+        ("idefics3", "model.text_model"),
+        ("smolvlm", "model.text_model"),
+    ],
+)
 def test_lora_goes_on_each_familys_language_model_only(family, language_model):
-    cfg = HFVLMConfig(pretrained="not/on-disk", family=family, text_config={"num_hidden_layers": 2},
-                      vision_config={"num_hidden_layers": 1})
+    cfg = HFVLMConfig(
+        pretrained="not/on-disk",
+        family=family,
+        text_config={"num_hidden_layers": 2},
+        vision_config={"num_hidden_layers": 1},
+    )
     backend = HFVLMBackend(cfg, 13, False)
     model = backend.meta_model()  # the family's default shapes: the checkpoint is not on disk
     keys = backend.trainable_keys(model)
@@ -150,8 +197,7 @@ def test_lora_goes_on_each_familys_language_model_only(family, language_model):
     assert len(keys) == 8  # A and B on q and v of 2 layers
     assert all(k.startswith(language_model + ".") and ("q_proj.lora_" in k or "v_proj.lora_" in k) for k in keys)
     assert all(backend.key_modality(k) == "shared" for k in keys)
-    assert backend.key_modality("model.vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.default.weight") == \
-        "image"
+    assert backend.key_modality("model.vision_tower.encoder.layers.0.self_attn.q_proj.lora_A.default.weight") == "image"
 
 
 def test_a_family_not_listed_is_found_through_get_decoder():
@@ -177,8 +223,7 @@ def test_checkpoints_without_a_chat_template_need_a_prompt_template(tmp_path, ch
     (folder / "chat_template.jinja").unlink()
     with pytest.raises(FedmmError, match="no chat template; give model.prompt_template"):
         _ = HFVLMBackend(HFVLMConfig(pretrained=str(folder)), 13, False)._templates
-    backend = HFVLMBackend(HFVLMConfig(pretrained=str(folder), prompt_template="{image} {question} answer:"), 13,
-                           False)
+    backend = HFVLMBackend(HFVLMConfig(pretrained=str(folder), prompt_template="{image} {question} answer:"), 13, False)
     assert backend._templates == (("<image> ", " answer:"), ("", "[SEP]"))
     with pytest.raises(FedmmError, match=r"model.prompt_template needs \{question\}"):
         HFVLMBackend(HFVLMConfig(pretrained=str(folder), prompt_template="{image}"), 13, False)

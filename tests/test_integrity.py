@@ -1,5 +1,6 @@
 """Run integrity and bad input: one writer per run, resume that survives damaged files, a run's identity fixed,
 every bad value a one-line error, input files contained, nothing deleted that fedmm did not write."""
+
 import json
 import os
 import subprocess
@@ -58,7 +59,7 @@ def test_a_second_writer_is_refused_and_touches_nothing(tmp_path, how):
 def _damage(folder: Path, how: str) -> None:
     if how == "truncated global":
         data = (folder / "global.safetensors").read_bytes()
-        (folder / "global.safetensors").write_bytes(data[:len(data) // 2])
+        (folder / "global.safetensors").write_bytes(data[: len(data) // 2])
     elif how == "zeroed global":
         (folder / "global.safetensors").write_bytes(b"\0" * (folder / "global.safetensors").stat().st_size)
     elif how == "cut state.json":
@@ -71,8 +72,10 @@ def _damage(folder: Path, how: str) -> None:
         (folder / "global.safetensors").write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["truncated global", "zeroed global", "cut state.json", "missing strategy",
-                                 "flipped byte", "empty newer folder"])
+@pytest.mark.parametrize(
+    "how",
+    ["truncated global", "zeroed global", "cut state.json", "missing strategy", "flipped byte", "empty newer folder"],
+)
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, how, capsys):
     rd = RunDir(tmp_path).create()
     for r in (1, 2, 3):
@@ -134,8 +137,11 @@ def test_edited_shortened_or_malformed_runs_are_refused(tmp_path):
     run = _run(tmp_path)
     config = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(config.replace("alpha: 0.5", "alpha: 0.9"))
-    _refused(fedmm("run", f"resume={run}", "rounds=4", check=False), "settings changed since round 3",
-             "partition.alpha: 0.5 -> 0.9")
+    _refused(
+        fedmm("run", f"resume={run}", "rounds=4", check=False),
+        "settings changed since round 3",
+        "partition.alpha: 0.5 -> 0.9",
+    )
     (run / "config.yaml").write_text(config)
     _refused(fedmm("run", f"resume={run}", "rounds=2", check=False), "already completed 3 rounds", "rounds=3")
     assert (run / "config.yaml").read_text() == config
@@ -144,17 +150,29 @@ def test_edited_shortened_or_malformed_runs_are_refused(tmp_path):
 
 
 # -- values that mean nothing, and output folders -----------------------------------------------------------------
-@pytest.mark.parametrize("override, words", [
-    ("rounds=-1", "rounds=-1 is out of range: it must be an integer >= 1"),
-    ("rounds=0", "rounds=0 is out of range"), ("num_clients=0", "num_clients=0 is out of range"),
-    ("batch_size=-5", "batch_size=-5"), ("batch_size=0", "batch_size=0"), ("local_epochs=0", "local_epochs=0"),
-    ("max_train_samples=0", "max_train_samples=0"), ("max_train_samples=-1", "max_train_samples=-1"),
-    ("keep_checkpoints=-1", "keep_checkpoints=-1"), ("eval_every=-1", "eval_every=-1"),
-    ("min_clients=0", "min_clients=0"), ("threads=-1", "threads=-1"),
-    ("lr=nan", "lr=nan is out of range: it must be a finite number > 0"), ("lr=-1", "lr=-1.0"),
-    ("weight_decay=nan", "weight_decay=nan"), ("eval_batch_size=0", "eval_batch_size=0"), ("seed=-1", "seed=-1"),
-    ("strategy.mu=abc", "bad value for 'strategy.mu': Value 'abc' of type 'str' could not be converted to Float"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("rounds=-1", "rounds=-1 is out of range: it must be an integer >= 1"),
+        ("rounds=0", "rounds=0 is out of range"),
+        ("num_clients=0", "num_clients=0 is out of range"),
+        ("batch_size=-5", "batch_size=-5"),
+        ("batch_size=0", "batch_size=0"),
+        ("local_epochs=0", "local_epochs=0"),
+        ("max_train_samples=0", "max_train_samples=0"),
+        ("max_train_samples=-1", "max_train_samples=-1"),
+        ("keep_checkpoints=-1", "keep_checkpoints=-1"),
+        ("eval_every=-1", "eval_every=-1"),
+        ("min_clients=0", "min_clients=0"),
+        ("threads=-1", "threads=-1"),
+        ("lr=nan", "lr=nan is out of range: it must be a finite number > 0"),
+        ("lr=-1", "lr=-1.0"),
+        ("weight_decay=nan", "weight_decay=nan"),
+        ("eval_batch_size=0", "eval_batch_size=0"),
+        ("seed=-1", "seed=-1"),
+        ("strategy.mu=abc", "bad value for 'strategy.mu': Value 'abc' of type 'str' could not be converted to Float"),
+    ],
+)
 def test_values_that_mean_nothing_are_one_line_errors(override, words):
     from fedmm.config import load_settings
 
@@ -170,9 +188,13 @@ def test_output_dirs_that_cannot_be_used(tmp_path):
     (tmp_path / "file").write_text("x")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "thesis.tex").write_text("keep me")
-    cases = {f"{tmp_path}/file": "is a file, not a folder", f"{tmp_path}/file/run": "is a file, not a folder",
-             "/proc/fedmm-run": "under a system folder", f"{tmp_path}/{'x' * 300}": "longer than 255 bytes",
-             f"{tmp_path}/a\x07b": "control character"}
+    cases = {
+        f"{tmp_path}/file": "is a file, not a folder",
+        f"{tmp_path}/file/run": "is a file, not a folder",
+        "/proc/fedmm-run": "under a system folder",
+        f"{tmp_path}/{'x' * 300}": "longer than 255 bytes",
+        f"{tmp_path}/a\x07b": "control character",
+    }
     for path, words in cases.items():
         with pytest.raises(FedmmError, match=words):
             load_settings([*TINY, f"output_dir='{path}'"])
@@ -205,9 +227,13 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(tmp_path, 
 @pytest.mark.slow
 def test_sigterm_is_one_line_and_the_run_resumes(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fedmm.cli", "run", *TINY, "rounds=40", "progress=false",
-                             f"output_dir={run}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedmm.cli", "run", *TINY, "rounds=40", "progress=false", f"output_dir={run}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.monotonic() + 120
     while not (run / "checkpoints" / "round_0001").exists() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -4,6 +4,7 @@ fedmm's top-level packages nor its modules may import each other in a cycle.
 
 The registries name their built-in modules as strings and import them on first use (plugin discovery, see
 fedmm/registry.py); those are not imports of the registry's layer, and the last test checks they all register."""
+
 from __future__ import annotations
 
 import ast
@@ -48,11 +49,15 @@ def imports(path: Path, src: Path) -> set[str]:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             for a in node.names:
                 sub = f"{base}.{a.name}"
-                found.add(sub if (src / sub.replace(".", "/")).with_suffix(".py").exists()
-                          or (src / sub.replace(".", "/") / "__init__.py").exists() else base)
+                found.add(
+                    sub
+                    if (src / sub.replace(".", "/")).with_suffix(".py").exists()
+                    or (src / sub.replace(".", "/") / "__init__.py").exists()
+                    else base
+                )
     return {m for m in found if m == "fedmm" or m.startswith("fedmm.")}
 
 
@@ -139,11 +144,18 @@ def test_no_cycle_between_modules():
 def test_the_checks_catch_what_they_guard_against(tmp_path):
     """A planted upward import and a planted cycle are reported (the test above cannot pass vacuously)."""
     pkg = tmp_path / "fedmm"
-    for mod, body in {"__init__": "", "errors": "", "registry": "from fedmm.errors import X\n",
-                      "fl/__init__": "", "fl/server": "def f():\n    from fedmm.runtime.local import run\n",
-                      "runtime/__init__": "", "runtime/local": "from fedmm.fl import server\n",
-                      "data/__init__": "", "data/tasks": "from fedmm.data import easyvqa\n",
-                      "data/easyvqa": "from .tasks import TASKS\n"}.items():
+    for mod, body in {
+        "__init__": "",
+        "errors": "",
+        "registry": "from fedmm.errors import X\n",
+        "fl/__init__": "",
+        "fl/server": "def f():\n    from fedmm.runtime.local import run\n",
+        "runtime/__init__": "",
+        "runtime/local": "from fedmm.fl import server\n",
+        "data/__init__": "",
+        "data/tasks": "from fedmm.data import easyvqa\n",
+        "data/easyvqa": "from .tasks import TASKS\n",
+    }.items():
         (pkg / mod).with_suffix(".py").parent.mkdir(parents=True, exist_ok=True)
         (pkg / mod).with_suffix(".py").write_text(body)
     assert layer_violations(tmp_path) == ["fedmm.fl.server -> fedmm.runtime.local (federated core imports runtimes)"]

@@ -1,4 +1,5 @@
 """LoRA aggregation: naive averaging of A and B is not averaging B @ A; FFA-LoRA and the product re-factoring are."""
+
 import numpy as np
 
 from fedmm.fl.update import Update
@@ -8,8 +9,10 @@ A, B = "enc.q.lora_A.default.weight", "enc.q.lora_B.default.weight"
 
 
 def clients(rng, k=3, out=12, inp=10, r=2, shared_a=None):
-    return [(rng.normal(size=(out, r)), shared_a if shared_a is not None else rng.normal(size=(r, inp)), w)
-            for w in rng.integers(1, 20, size=k).astype(float)]
+    return [
+        (rng.normal(size=(out, r)), shared_a if shared_a is not None else rng.normal(size=(r, inp)), w)
+        for w in rng.integers(1, 20, size=k).astype(float)
+    ]
 
 
 def weighted_product(factors):
@@ -52,10 +55,18 @@ def test_lora_exact_strategy_factors_adapters_and_averages_the_rest():
     rng = np.random.default_rng(4)
     g = {A: np.zeros((2, 6), np.float32), B: np.zeros((5, 2), np.float32), "head.w": np.zeros(3, np.float32)}
     assert lora_pairs(g) == [(A, B)]
-    ups = [Update(client_id=i, num_examples=n, params={A: rng.normal(size=(2, 6)).astype(np.float32),
-                                                       B: rng.normal(size=(5, 2)).astype(np.float32),
-                                                       "head.w": np.full(3, float(i), np.float32)})
-           for i, n in enumerate([1, 3])]
+    ups = [
+        Update(
+            client_id=i,
+            num_examples=n,
+            params={
+                A: rng.normal(size=(2, 6)).astype(np.float32),
+                B: rng.normal(size=(5, 2)).astype(np.float32),
+                "head.w": np.full(3, float(i), np.float32),
+            },
+        )
+        for i, n in enumerate([1, 3])
+    ]
     out = LoraExact(LoraExactConfig()).aggregate(1, g, ups)
     np.testing.assert_allclose(out["head.w"], [0.75] * 3)
     # Two rank-2 products: the best rank-2 approximation of their weighted mean.

@@ -64,8 +64,9 @@ def test_pos_weight_enters_the_loss_and_tuned_metrics_use_validation_thresholds(
     from fedmm.data.tasks import load_task
     from fedmm.experiment import server_metrics
 
-    s = load_settings(["task=synthetic_multilabel", "model=fusion_tiny", "task.num_train=40", "task.num_val=30",
-                       "task.num_test=30"])
+    s = load_settings(
+        ["task=synthetic_multilabel", "model=fusion_tiny", "task.num_train=40", "task.num_val=30", "task.num_test=30"]
+    )
     data = replace(load_task(s.task, 0), tune_thresholds=True)
     backend = FusionBackend(s.model, data.train.num_labels, True)
     model = backend.build_model(seed=0).eval()
@@ -86,9 +87,20 @@ def test_pos_weight_enters_the_loss_and_tuned_metrics_use_validation_thresholds(
 
 
 def test_vqa_answer_normalisation():
-    cases = {"The Dog.": "dog", "two": "2", "None": "0", "dont": "don't", "1,000": "1000", "red, white": "red white",
-             "black-and-white": "black and white", "3.5": "3.5", "Yes!": "yes", "isnt it?": "isn't it",
-             " a\tman's  hat\n": "man's hat", "(left)": "left"}
+    cases = {
+        "The Dog.": "dog",
+        "two": "2",
+        "None": "0",
+        "dont": "don't",
+        "1,000": "1000",
+        "red, white": "red white",
+        "black-and-white": "black and white",
+        "3.5": "3.5",
+        "Yes!": "yes",
+        "isnt it?": "isn't it",
+        " a\tman's  hat\n": "man's hat",
+        "(left)": "left",
+    }
     for raw, expected in cases.items():
         assert M.normalize_answer(raw) == expected, raw
 

@@ -1,5 +1,6 @@
 """MM-IMDb: every layout through `fedmm prepare mmimdb` and two federated rounds, the seed's layout read directly
 (zip and nested zip included), labels.json resolution, and every bad-data case with its message and exit code."""
+
 import json
 import shutil
 import zipfile
@@ -15,8 +16,15 @@ from fedmm.data.mmimdb.layout import LABELS_ENV, find_layout, read_labels, resol
 from fedmm.data.mmimdb.task import MMIMDbConfig, load_site
 from fedmm.errors import FedmmError
 
-RUN = ["experiment=mmimdb", "model=fusion_tiny", "task.image_size=32", "rounds=2", "batch_size=8", "lr=0.003",
-       "progress=false"]
+RUN = [
+    "experiment=mmimdb",
+    "model=fusion_tiny",
+    "task.image_size=32",
+    "rounds=2",
+    "batch_size=8",
+    "lr=0.003",
+    "progress=false",
+]
 MOVIES = D.movies(40)
 
 
@@ -41,8 +49,21 @@ def test_prepare_then_two_federated_rounds(tmp_path, capsys, layout):
     else:
         D.write_seed(src, MOVIES, server={"seed": "csv", "seed_zip": "zip", "seed_nested_zip": "nested"}[layout])
     out = tmp_path / "out"
-    code, stdout, err = main(capsys, "prepare", "mmimdb", str(src), str(out), "--num-clients", "3",
-                             "--partition", "dirichlet", "--alpha", "1.0", "--modalities", "1:text,2:image")
+    code, stdout, err = main(
+        capsys,
+        "prepare",
+        "mmimdb",
+        str(src),
+        str(out),
+        "--num-clients",
+        "3",
+        "--partition",
+        "dirichlet",
+        "--alpha",
+        "1.0",
+        "--modalities",
+        "1:text,2:image",
+    )
     assert code == 0, err
     assert "examples" in stdout and "Romance" in stdout and "text" in stdout  # the per-client label table
     for k in range(3):
@@ -59,16 +80,24 @@ def test_prepare_then_two_federated_rounds(tmp_path, capsys, layout):
     assert code == 0, err
     recs = records(tmp_path / "run")
     assert [r["round"] for r in recs] == [1, 2]
-    assert all(0.0 <= r[f"eval_{m}"] <= 1.0 for r in recs for m in ("micro_f1", "macro_f1", "weighted_f1",
-                                                                    "samples_f1"))
+    assert all(
+        0.0 <= r[f"eval_{m}"] <= 1.0 for r in recs for m in ("micro_f1", "macro_f1", "weighted_f1", "samples_f1")
+    )
     parts = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert [p["modalities"] for p in parts] == [["image", "text"], ["text"], ["image"]]
 
 
 def test_seed_layout_runs_directly_from_a_nested_server_zip(tmp_path, capsys):
     root = D.write_seed(tmp_path / "seed", MOVIES, server="nested")
-    code, stdout, err = main(capsys, "run", *RUN, f"task.root={root}", f"output_dir={tmp_path / 'run'}",
-                             "task.tune_thresholds=true", "task.pos_weight=true")
+    code, stdout, err = main(
+        capsys,
+        "run",
+        *RUN,
+        f"task.root={root}",
+        f"output_dir={tmp_path / 'run'}",
+        "task.tune_thresholds=true",
+        "task.pos_weight=true",
+    )
     assert code == 0, err
     assert "unpacked" in stdout and (root / "server_data" / "server_data" / "server_test.csv").is_file()
     last = records(tmp_path / "run")[-1]
@@ -79,10 +108,28 @@ def test_seed_layout_runs_directly_from_a_nested_server_zip(tmp_path, capsys):
 
 def test_centralized_trains_on_the_union_of_the_sites_with_both_modalities(tmp_path, capsys):
     D.write_original(tmp_path / "src", MOVIES)
-    assert main(capsys, "prepare", "mmimdb", str(tmp_path / "src"), str(tmp_path / "out"), "--num-clients", "2",
-                "--modalities", "0:text")[0] == 0
-    code, stdout, err = main(capsys, "centralized", *RUN, f"task.root={tmp_path / 'out'}",
-                             f"output_dir={tmp_path / 'c'}", "task.pos_weight=true")
+    assert (
+        main(
+            capsys,
+            "prepare",
+            "mmimdb",
+            str(tmp_path / "src"),
+            str(tmp_path / "out"),
+            "--num-clients",
+            "2",
+            "--modalities",
+            "0:text",
+        )[0]
+        == 0
+    )
+    code, stdout, err = main(
+        capsys,
+        "centralized",
+        *RUN,
+        f"task.root={tmp_path / 'out'}",
+        f"output_dir={tmp_path / 'c'}",
+        "task.pos_weight=true",
+    )
     assert code == 0, err
     assert "centralized mmimdb: 22 train" in stdout  # 24 official train rows, 10% of each site's kept as val
 
@@ -152,7 +199,7 @@ def _break(root, case):
         poster.write_bytes(b"this is not a jpeg")
         return "client_0/train.csv line 2: cannot read image"
     if case == "truncated_image":
-        poster.write_bytes(poster.read_bytes()[:len(poster.read_bytes()) // 2])
+        poster.write_bytes(poster.read_bytes()[: len(poster.read_bytes()) // 2])
         return "client_0/train.csv line 2: cannot read image"
     if case == "unknown_genre":
         rows[1] = rows[1].rsplit(",", 1)[0] + ",Drama|Telenovela"
@@ -164,8 +211,7 @@ def _break(root, case):
     raise ValueError(case)
 
 
-@pytest.mark.parametrize("case", ["missing_poster", "corrupt_image", "truncated_image", "unknown_genre",
-                                  "empty_csv"])
+@pytest.mark.parametrize("case", ["missing_poster", "corrupt_image", "truncated_image", "unknown_genre", "empty_csv"])
 def test_bad_sample_is_a_one_line_error_or_skipped_and_counted(tmp_path, capsys, case):
     root = D.write_seed(tmp_path / "seed", MOVIES)
     expected = _break(root, case)
@@ -174,8 +220,9 @@ def test_bad_sample_is_a_one_line_error_or_skipped_and_counted(tmp_path, capsys,
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "task.on_bad_sample=skip" in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
-    code, _, err = main(capsys, "run", *RUN, f"task.root={root}", f"output_dir={tmp_path / 'run2'}",
-                        "task.on_bad_sample=skip")
+    code, _, err = main(
+        capsys, "run", *RUN, f"task.root={root}", f"output_dir={tmp_path / 'run2'}", "task.on_bad_sample=skip"
+    )
     assert code == 0, err
     assert "warning: skipped 1 bad sample(s)" in err and expected in err
     assert len(records(tmp_path / "run2")) == 2
@@ -192,8 +239,9 @@ def test_bad_samples_stop_prepare_before_anything_is_written(tmp_path, capsys):
     code, _, err = main(capsys, "prepare", "mmimdb", str(root), str(out), "--num-clients", "2")
     assert code == 2 and expected in err and "--on-bad-sample=skip" in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    code, stdout, err = main(capsys, "prepare", "mmimdb", str(root), str(out), "--num-clients", "2",
-                             "--on-bad-sample", "skip")
+    code, stdout, err = main(
+        capsys, "prepare", "mmimdb", str(root), str(out), "--num-clients", "2", "--on-bad-sample", "skip"
+    )
     assert code == 0 and "skipped 1 bad sample(s)" in err and "23 train rows" in stdout
     code, _, err = main(capsys, "prepare", "mmimdb", str(root), str(out), "--num-clients", "2")
     assert code == 2 and "already exists" in err  # a second prepare never overwrites the first
@@ -213,7 +261,7 @@ def test_corrupt_zip_is_an_error_and_leaves_the_folder_as_it_was(tmp_path, capsy
     root = D.write_seed(tmp_path / "seed", MOVIES, server="zip")
     archive = root / "server_data" / "server_data.zip"
     data = archive.read_bytes()
-    archive.write_bytes(data[:len(data) // 3])
+    archive.write_bytes(data[: len(data) // 3])
     code, _, err = main(capsys, "run", *RUN, f"task.root={root}", f"output_dir={tmp_path / 'run'}")
     assert code == 2 and f"{archive} is not a readable zip file" in err and "download it again" in err
     assert [p.name for p in (root / "server_data").iterdir()] == ["server_data.zip"]
@@ -222,10 +270,19 @@ def test_corrupt_zip_is_an_error_and_leaves_the_folder_as_it_was(tmp_path, capsy
 def test_the_seed_example_config_runs_through_the_real_cli(tmp_path):
     """experiment=mmimdb_seed: 5 clients, client 1 text-only, clients 2 and 4 image-only, FedAvg."""
     D.write_original(tmp_path / "src", D.movies(60, seed=1))
-    fedmm("prepare", "mmimdb", str(tmp_path / "src"), str(tmp_path / "out"), "--num-clients", "5",
-          "--modalities", "1:text,2:image,4:image")
-    proc = fedmm("run", "experiment=mmimdb_seed", *RUN[1:], f"task.root={tmp_path / 'out'}",
-                 f"output_dir={tmp_path / 'run'}")
+    fedmm(
+        "prepare",
+        "mmimdb",
+        str(tmp_path / "src"),
+        str(tmp_path / "out"),
+        "--num-clients",
+        "5",
+        "--modalities",
+        "1:text,2:image,4:image",
+    )
+    proc = fedmm(
+        "run", "experiment=mmimdb_seed", *RUN[1:], f"task.root={tmp_path / 'out'}", f"output_dir={tmp_path / 'run'}"
+    )
     parts = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert [p["modalities"] for p in parts] == [["image", "text"], ["text"], ["image"], ["image", "text"], ["image"]]
     assert "eval_micro_f1" in records(tmp_path / "run")[-1] and "done in" in proc.stdout
@@ -264,8 +321,9 @@ def test_bad_rows_of_the_original_release_and_a_corrupt_parquet_file(tmp_path, c
     (data / f"{MOVIES[1]['id']}.jpeg").unlink()  # its poster gone
     code, _, err = main(capsys, "prepare", "mmimdb", str(src), str(tmp_path / "o1"), "--num-clients", "2")
     assert code == 2 and f"dataset/{MOVIES[0]['id']}.json: file missing (listed in split.json 'train')" in err
-    code, stdout, err = main(capsys, "prepare", "mmimdb", str(src), str(tmp_path / "o1"), "--num-clients", "2",
-                             "--on-bad-sample", "skip")
+    code, stdout, err = main(
+        capsys, "prepare", "mmimdb", str(src), str(tmp_path / "o1"), "--num-clients", "2", "--on-bad-sample", "skip"
+    )
     assert code == 0 and "skipped 2 bad sample(s)" in err and "22 train rows" in stdout
 
     pq = D.write_parquet(tmp_path / "pq", MOVIES)
@@ -276,8 +334,23 @@ def test_bad_rows_of_the_original_release_and_a_corrupt_parquet_file(tmp_path, c
 
 def test_run_level_modality_settings_cannot_empty_a_site(tmp_path, capsys):
     D.write_original(tmp_path / "src", MOVIES)
-    main(capsys, "prepare", "mmimdb", str(tmp_path / "src"), str(tmp_path / "out"), "--num-clients", "2",
-         "--modalities", "1:text")
-    code, _, err = main(capsys, "run", *RUN, f"task.root={tmp_path / 'out'}", "modality.image_only=[1]",
-                        f"output_dir={tmp_path / 'run'}")
+    main(
+        capsys,
+        "prepare",
+        "mmimdb",
+        str(tmp_path / "src"),
+        str(tmp_path / "out"),
+        "--num-clients",
+        "2",
+        "--modalities",
+        "1:text",
+    )
+    code, _, err = main(
+        capsys,
+        "run",
+        *RUN,
+        f"task.root={tmp_path / 'out'}",
+        "modality.image_only=[1]",
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert code == 2 and "client 1 would have no modality left: its data has only text" in err

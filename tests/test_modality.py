@@ -11,7 +11,10 @@ from fedmm.data.tasks import load_task
 
 def test_parse_spec_forms():
     assert parse_client_modalities("1:text,2:image,3:image+text") == {
-        1: frozenset({"text"}), 2: frozenset({"image"}), 3: frozenset({"image", "text"})}
+        1: frozenset({"text"}),
+        2: frozenset({"image"}),
+        3: frozenset({"image", "text"}),
+    }
     assert client_modalities([2], [3]) == {2: frozenset({"text"}), 3: frozenset({"image"})}
     with pytest.raises(FedmmError, match="modalities"):
         parse_client_modalities("1:audio")
@@ -29,8 +32,16 @@ def test_missing_rate_drops_one_modality_from_that_share_of_clients():
 
 
 def test_text_only_client_batches_contain_no_image_data():
-    s = load_settings(["task=synthetic", "model=fusion_tiny", "num_clients=4", "modality.text_only=[1]",
-                       "modality.image_only=[2]", "task.num_train=200"])
+    s = load_settings(
+        [
+            "task=synthetic",
+            "model=fusion_tiny",
+            "num_clients=4",
+            "modality.text_only=[1]",
+            "modality.image_only=[2]",
+            "task.num_train=200",
+        ]
+    )
     data = load_task(s.task, s.seed)
     clients = split_clients(s, data)
     assert clients[1].images is None and clients[1].image_ids is None  # the client never holds images

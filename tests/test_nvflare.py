@@ -34,9 +34,22 @@ def test_simulator_matches_local(tmp_path, tiny_args):
 def test_simulator_runs_janus_pro_in_the_one_environment(tmp_path):
     """The seed needed a separate environment for Janus; here it is one more backend, and only its adapters move."""
     run = tmp_path / "janus"
-    fedmm("run", "runtime=nvflare", "model=januspro_tiny", "task=easyvqa_gen", "num_clients=2", "rounds=1",
-          "max_train_samples=100", "max_eval_samples=20", "threads=1", "progress=false", "modality.text_only=[]",
-          "modality.image_only=[]", f"output_dir={run}", timeout=400)
+    fedmm(
+        "run",
+        "runtime=nvflare",
+        "model=januspro_tiny",
+        "task=easyvqa_gen",
+        "num_clients=2",
+        "rounds=1",
+        "max_train_samples=100",
+        "max_eval_samples=20",
+        "threads=1",
+        "progress=false",
+        "modality.text_only=[]",
+        "modality.image_only=[]",
+        f"output_dir={run}",
+        timeout=400,
+    )
     params = load_file(run / "global.safetensors")
     assert params and all(".lora_" in k and "language_model" in k for k in params)
     adapter_bytes = sum(t.numel() * t.element_size() for t in params.values())
@@ -44,11 +57,27 @@ def test_simulator_runs_janus_pro_in_the_one_environment(tmp_path):
 
 
 def test_export_rejects_bad_sites(tmp_path, tiny_args):
-    out = fedmm("export", "nvflare", str(tmp_path / "job"), *_tiny(tiny_args, 2), f"output_dir={tmp_path / 'run'}",
-                "--site", "a", check=False)
+    out = fedmm(
+        "export",
+        "nvflare",
+        str(tmp_path / "job"),
+        *_tiny(tiny_args, 2),
+        f"output_dir={tmp_path / 'run'}",
+        "--site",
+        "a",
+        check=False,
+    )
     assert out.returncode == 2 and "error: 1 sites for 2 clients; give one --site per client" in out.stderr
-    out = fedmm("export", "nvflare", str(tmp_path / "job"), *_tiny(tiny_args, 1), f"output_dir={tmp_path / 'run'}",
-                "--site", "a=/data", check=False)
+    out = fedmm(
+        "export",
+        "nvflare",
+        str(tmp_path / "job"),
+        *_tiny(tiny_args, 1),
+        f"output_dir={tmp_path / 'run'}",
+        "--site",
+        "a=/data",
+        check=False,
+    )
     assert out.returncode == 2 and "reads no data folder" in out.stderr
     assert not (tmp_path / "job").exists()
 
@@ -57,10 +86,29 @@ def test_exported_job_on_a_poc_system(tmp_path, tiny_args):
     args = _tiny(tiny_args, 2) + ["rounds=2"]
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
     run, failing = tmp_path / "poc-run", tmp_path / "poc-failing"
-    fedmm("export", "nvflare", str(tmp_path / "job"), *args, f"output_dir={run}", "--site", "hospital-a",
-          "--site", "hospital-b")
-    fedmm("export", "nvflare", str(tmp_path / "bad-job"), *args, "min_clients=2", f"output_dir={failing}",
-          "--site", "hospital-a", "--site", "hospital-b")
+    fedmm(
+        "export",
+        "nvflare",
+        str(tmp_path / "job"),
+        *args,
+        f"output_dir={run}",
+        "--site",
+        "hospital-a",
+        "--site",
+        "hospital-b",
+    )
+    fedmm(
+        "export",
+        "nvflare",
+        str(tmp_path / "bad-job"),
+        *args,
+        "min_clients=2",
+        f"output_dir={failing}",
+        "--site",
+        "hospital-a",
+        "--site",
+        "hospital-b",
+    )
     bad_site = tmp_path / "bad-job" / "app_hospital-b" / "config" / "config_fed_client.json"
     bad_site.write_text(bad_site.read_text().replace("--partition-id=1", "--partition-id=7"))  # a misconfigured site
 
@@ -78,9 +126,11 @@ def test_exported_job_on_a_poc_system(tmp_path, tiny_args):
         state = poc.wait(poc.submit(tmp_path / "bad-job"), timeout=300)  # ends, named and explained; no hang
         assert state != "COMPLETED"
         error = (failing / "error.txt").read_text()
-        assert "round 1: only 1 of 2 clients replied with a valid update (client 1: RuntimeError: site hospital-b: " \
-               "FedmmError: " \
-               "partition-id 7 is out of range" in error, error
+        assert (
+            "round 1: only 1 of 2 clients replied with a valid update (client 1: RuntimeError: site hospital-b: "
+            "FedmmError: "
+            "partition-id 7 is out of range" in error
+        ), error
     finally:
         poc.stop()
     assert_stopped(pids, poc)

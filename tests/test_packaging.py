@@ -1,4 +1,5 @@
 """The installed environment is what requirements.lock says, and it is consistent."""
+
 import re
 import subprocess
 import sys

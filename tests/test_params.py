@@ -20,9 +20,13 @@ def test_params_roundtrip_and_size_is_real():
 def test_update_roundtrip_keeps_metadata():
     u = Update(3, {"w": np.ones(2, np.float32)}, 17, {"train_loss": 0.5}, frozenset({"text"}), {"f1_before": 0.1})
     v = Update.from_bytes(u.to_bytes())
-    assert (v.client_id, v.num_examples, v.metrics, v.modalities, v.extra) == (3, 17, {"train_loss": 0.5},
-                                                                                 frozenset({"text"}),
-                                                                                 {"f1_before": 0.1})
+    assert (v.client_id, v.num_examples, v.metrics, v.modalities, v.extra) == (
+        3,
+        17,
+        {"train_loss": 0.5},
+        frozenset({"text"}),
+        {"f1_before": 0.1},
+    )
 
 
 def test_atomic_save_leaves_no_temp_files(tmp_path):

@@ -1,5 +1,6 @@
 """A package outside the repository adds a task and a backend; the shell runs them with `plugins=` and, once the
 package is installed, through its `fedmm.plugins` entry point."""
+
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import textwrap
 
 import pytest
 
-PLUGIN = '''
+PLUGIN = """
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,13 +50,14 @@ class MeanColour(Backend):
     def collate(self, data, idx):
         colour = data.images[data.image_ids[idx]].reshape(len(idx), -1, 3).mean(1) / 255.0
         return {"colour": torch.tensor(colour, dtype=torch.float32), "labels": torch.from_numpy(data.labels[idx])}
-'''
+"""
 RUN = ["task=colours", "model=mean_colour", "model.hidden=3", "rounds=2", "num_clients=2", "progress=false"]
 
 
 def _fedmm(args, env, cwd):
-    return subprocess.run([sys.executable, "-m", "fedmm.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fedmm.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 @pytest.mark.slow
@@ -77,7 +79,8 @@ def test_a_package_outside_the_repository_runs_from_the_shell(tmp_path):
     assert out.returncode == 2 and "plugin module 'no_such_plugin' cannot be imported" in out.stderr
 
     # installed as a package that declares the entry point: no plugins= needed
-    (src / "pyproject.toml").write_text(textwrap.dedent("""
+    (src / "pyproject.toml").write_text(
+        textwrap.dedent("""
         [build-system]
         requires = ["setuptools>=68"]
         build-backend = "setuptools.build_meta"
@@ -88,11 +91,27 @@ def test_a_package_outside_the_repository_runs_from_the_shell(tmp_path):
         colours = "fedmm_colours"
         [tool.setuptools]
         packages = ["fedmm_colours"]
-    """))
+    """)
+    )
     site = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--disable-pip-version-check", "--target", str(site), str(src)], capture_output=True,
-                         text=True, timeout=300)
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pip.returncode == 0, pip.stderr
     out = _fedmm(["run", *RUN, f"output_dir={tmp_path / 'b'}"], {**os.environ, "PYTHONPATH": str(site)}, tmp_path)
     assert out.returncode == 0, out.stderr

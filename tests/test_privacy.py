@@ -1,5 +1,6 @@
 """Client-level differential privacy (fedmm.fl.privacy): the clipping bound, the noise, the accounting against
 dp-accounting itself, and the runs and refusals a user meets on the command line."""
+
 import math
 
 import numpy as np
@@ -9,16 +10,27 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from conftest import fedmm, metrics, same_globals
-from fedmm.fl.privacy import (Accountant, clip_delta, clipped_sum, epsilon, local_noise_std, noise_for_epsilon,
-                              privatize, sample)
+from fedmm.fl.privacy import (
+    Accountant,
+    clip_delta,
+    clipped_sum,
+    epsilon,
+    local_noise_std,
+    noise_for_epsilon,
+    privatize,
+    sample,
+)
 from fedmm.fl.update import Update
 
 G = {"w": np.zeros((40, 25), np.float32), "b": np.zeros(7, np.float32), "steps": np.zeros(1, np.int64)}
 
 
 def _update(cid, scale, rng, keys=("w", "b")):
-    return Update(client_id=cid, params={k: (G[k] + scale * rng.normal(size=G[k].shape)).astype(np.float32)
-                                         for k in keys}, num_examples=10 * (cid + 1))
+    return Update(
+        client_id=cid,
+        params={k: (G[k] + scale * rng.normal(size=G[k].shape)).astype(np.float32) for k in keys},
+        num_examples=10 * (cid + 1),
+    )
 
 
 def _norm(delta):
@@ -53,8 +65,9 @@ def test_the_sum_is_unweighted_and_the_mean_has_a_fixed_denominator():
     rng = np.random.default_rng(2)
     ups = [_update(c, 0.01, rng) for c in range(3)]
     summed = clipped_sum(ups, G, clip_norm=100.0)
-    acc = Accountant(clip_norm=100.0, noise_multiplier=1e-12, delta=1e-5, rate=0.5, num_clients=8, local=False,
-                     noise_seed=3)
+    acc = Accountant(
+        clip_norm=100.0, noise_multiplier=1e-12, delta=1e-5, rate=0.5, num_clients=8, local=False, noise_seed=3
+    )
     mean, z = acc.release(1, summed, sampled=4, global_params=G)
     expect = sum(u.params["w"].astype(np.float64) for u in ups) / 4
     np.testing.assert_allclose(mean.params["w"], expect, atol=1e-6)
@@ -79,8 +92,7 @@ def test_noise_never_leaves_a_batchnorm_variance_negative():
 def test_local_shares_add_up_to_the_central_noise_and_dropouts_are_accounted():
     g = {"w": np.zeros(100_000, np.float32)}
     std = local_noise_std(2.0, 0.5, sampled=4)
-    shares = [privatize({"w": g["w"]}, g, 0.5, std, np.random.default_rng(c))["w"].astype(np.float64)
-              for c in range(4)]
+    shares = [privatize({"w": g["w"]}, g, 0.5, std, np.random.default_rng(c))["w"].astype(np.float64) for c in range(4)]
     assert float(np.std(sum(shares))) == pytest.approx(2.0 * 0.5, rel=0.01)
     noised = privatize({"w": np.ones(100_000, np.float32)}, g, 0.5, 0.0, np.random.default_rng(0))
     assert _norm({"w": noised["w"].astype(np.float64)}) == pytest.approx(0.5, rel=1e-6)  # clipped on the client
@@ -157,8 +169,16 @@ def test_a_dp_run_records_increasing_epsilon_and_resumes_counting(tmp_path, tiny
 
 
 def test_target_epsilon_run_ends_at_or_below_the_target(tmp_path, tiny_args):
-    out = fedmm("run", *tiny_args, "privacy=dp", "privacy.target_epsilon=3", "rounds=3", "num_clients=6",
-                "clients_per_round=3", f"output_dir={tmp_path}").stdout
+    out = fedmm(
+        "run",
+        *tiny_args,
+        "privacy=dp",
+        "privacy.target_epsilon=3",
+        "rounds=3",
+        "num_clients=6",
+        "clients_per_round=3",
+        f"output_dir={tmp_path}",
+    ).stdout
     assert "solved for target_epsilon=3" in out and "Poisson sampling q=0.5" in out
     records = metrics(tmp_path)
     assert records[-1]["dp_epsilon"] <= 3.0 and records[-1]["dp_epsilon"] > 2.9
@@ -167,45 +187,82 @@ def test_target_epsilon_run_ends_at_or_below_the_target(tmp_path, tiny_args):
 def test_local_mode_noises_on_the_clients_and_the_server_adds_none(tmp_path, tiny_args):
     """With local noise the clients send every key (noise on all of them), the server accepts that, and the
     model moves by the clients' noise only: a run whose shares are tiny matches the unweighted mean closely."""
-    fedmm("run", *tiny_args, "privacy=dp", "privacy.mode=local", "privacy.noise_multiplier=1e-9",
-          "privacy.clip_norm=1e3", "privacy.noise_seed=1", "rounds=1", f"output_dir={tmp_path / 'local'}")
-    fedmm("run", *tiny_args, "privacy=dp", "privacy.noise_multiplier=1e-9", "privacy.clip_norm=1e3",
-          "privacy.noise_seed=1", "rounds=1", f"output_dir={tmp_path / 'central'}")
+    fedmm(
+        "run",
+        *tiny_args,
+        "privacy=dp",
+        "privacy.mode=local",
+        "privacy.noise_multiplier=1e-9",
+        "privacy.clip_norm=1e3",
+        "privacy.noise_seed=1",
+        "rounds=1",
+        f"output_dir={tmp_path / 'local'}",
+    )
+    fedmm(
+        "run",
+        *tiny_args,
+        "privacy=dp",
+        "privacy.noise_multiplier=1e-9",
+        "privacy.clip_norm=1e3",
+        "privacy.noise_seed=1",
+        "rounds=1",
+        f"output_dir={tmp_path / 'central'}",
+    )
     records = metrics(tmp_path / "local")
     assert records[0]["clients_replied"] == 4 and "rejected" not in records[0]
     same_globals(tmp_path / "local", tmp_path / "central", atol=1e-5)  # float32 rounding of the clients' sends
 
 
 def test_dp_works_for_a_lora_vlm_and_only_the_adapters_travel(tmp_path):
-    fedmm("run", "task=easyvqa_gen", "model=blip_vqa_tiny", "modality.text_only=[]", "modality.image_only=[]",
-          "max_train_samples=64", "max_eval_samples=16", "num_clients=2", "batch_size=16", "privacy=dp",
-          "privacy.noise_multiplier=0.8", "privacy.clip_norm=0.5", "rounds=2", f"output_dir={tmp_path}",
-          timeout=600)
+    fedmm(
+        "run",
+        "task=easyvqa_gen",
+        "model=blip_vqa_tiny",
+        "modality.text_only=[]",
+        "modality.image_only=[]",
+        "max_train_samples=64",
+        "max_eval_samples=16",
+        "num_clients=2",
+        "batch_size=16",
+        "privacy=dp",
+        "privacy.noise_multiplier=0.8",
+        "privacy.clip_norm=0.5",
+        "rounds=2",
+        f"output_dir={tmp_path}",
+        timeout=600,
+    )
     records = metrics(tmp_path)
     assert records[1]["dp_epsilon"] > records[0]["dp_epsilon"] > 0
     from safetensors import safe_open
+
     with safe_open(str(tmp_path / "global.safetensors"), "np") as f:
         assert f.keys() and all("lora_" in k for k in f.keys())
 
 
-@pytest.mark.parametrize("args,message", [
-    (["privacy=dp", "strategy=median"], "strategy=median does not work with privacy=dp"),
-    (["privacy=dp", "strategy=krum"], "use one that averages: "),
-    (["privacy=dp", "strategy=fedmap"], "strategy=fedmap does not work with privacy=dp"),
-    (["privacy=dp", "max_update_norm=3"], "privacy.clip_norm bounds every update already"),
-    (["privacy=dp", "privacy.mode=nearby"], "privacy.mode must be one of central, local"),
-    (["privacy=[0]"], "privacy takes one option name"),
-    (["privacy=dp", "privacy.clip_norm=0"], "privacy.clip_norm=0.0 is out of range"),
-    (["privacy=dp", "privacy.delta=1.5"], "privacy.delta=1.5 is out of range"),
-    (["privacy=dp", "privacy.target_epsilon=-1"], "privacy.target_epsilon=-1.0 is out of range"),
-    (["privacy.secure_aggregation=true"], "needs runtime=flower (Flower's SecAgg+); runtime=local"),
-    (["privacy.secure_aggregation=true", "runtime=nvflare"], "runtime=nvflare has no secure aggregation"),
-    (["privacy.secure_aggregation=true", "runtime=flower", "strategy=trimmed_mean"], "never shows"),
-    (["privacy.secure_aggregation=true", "runtime=flower", "compression.kind=int8"], "use compression.kind=none"),
-    (["privacy.secure_aggregation=true", "runtime=flower", "attack=scale", "attack.clients=[1]"], "use attack=none"),
-    (["privacy.secure_aggregation=true", "runtime=flower", "privacy=dp"], "use privacy.mode=local"),
-    (["privacy.secure_aggregation=true", "runtime=flower", "max_update_norm=auto"], "never sees an update"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["privacy=dp", "strategy=median"], "strategy=median does not work with privacy=dp"),
+        (["privacy=dp", "strategy=krum"], "use one that averages: "),
+        (["privacy=dp", "strategy=fedmap"], "strategy=fedmap does not work with privacy=dp"),
+        (["privacy=dp", "max_update_norm=3"], "privacy.clip_norm bounds every update already"),
+        (["privacy=dp", "privacy.mode=nearby"], "privacy.mode must be one of central, local"),
+        (["privacy=[0]"], "privacy takes one option name"),
+        (["privacy=dp", "privacy.clip_norm=0"], "privacy.clip_norm=0.0 is out of range"),
+        (["privacy=dp", "privacy.delta=1.5"], "privacy.delta=1.5 is out of range"),
+        (["privacy=dp", "privacy.target_epsilon=-1"], "privacy.target_epsilon=-1.0 is out of range"),
+        (["privacy.secure_aggregation=true"], "needs runtime=flower (Flower's SecAgg+); runtime=local"),
+        (["privacy.secure_aggregation=true", "runtime=nvflare"], "runtime=nvflare has no secure aggregation"),
+        (["privacy.secure_aggregation=true", "runtime=flower", "strategy=trimmed_mean"], "never shows"),
+        (["privacy.secure_aggregation=true", "runtime=flower", "compression.kind=int8"], "use compression.kind=none"),
+        (
+            ["privacy.secure_aggregation=true", "runtime=flower", "attack=scale", "attack.clients=[1]"],
+            "use attack=none",
+        ),
+        (["privacy.secure_aggregation=true", "runtime=flower", "privacy=dp"], "use privacy.mode=local"),
+        (["privacy.secure_aggregation=true", "runtime=flower", "max_update_norm=auto"], "never sees an update"),
+    ],
+)
 def test_privacy_refusals_are_one_line(tmp_path, tiny_args, args, message):
     proc = fedmm("run", *tiny_args, *args, f"output_dir={tmp_path / 'x'}", check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr

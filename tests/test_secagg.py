@@ -1,5 +1,6 @@
 """privacy.secure_aggregation=true on runtime=flower: Flower's SecAgg+ in its simulation engine and in a real
 SuperLink/SuperNode deployment (127.0.0.1, every process stopped by its id), a SuperNode killed mid-run."""
+
 import threading
 import time
 
@@ -18,12 +19,14 @@ SECURE = ["privacy.secure_aggregation=true", "runtime=flower"]
 
 def _globals(path):
     from safetensors.numpy import load_file
+
     return load_file(str(path / "global.safetensors"))
 
 
-def _bound(run, clip=8.0, levels=2 ** 22):
+def _bound(run, clip=8.0, levels=2**22):
     """The documented per-round bound (fedmm.runtime.flower.secagg): 2c/Q + c * max_weight / (min_weight * Q)."""
     import json
+
     sizes = [c["num_examples"] for c in json.loads((run / "partition.json").read_text())]
     return 2 * clip / levels + clip * max(sizes) / (min(sizes) * levels)
 
@@ -45,14 +48,19 @@ def test_secure_sum_matches_plain_fedavg_within_the_quantization_bound(tmp_path,
 def test_distributed_dp_under_secure_aggregation(tmp_path, tiny_args):
     """privacy=dp mode=local with SecAgg+: the clients clip and noise, the server only unmasks the sum; with tiny
     noise the model is the unweighted fixed-denominator mean, as central DP computes it without SecAgg."""
-    dp = ["privacy=dp", "privacy.mode=local", "privacy.noise_multiplier=1e-9", "privacy.clip_norm=1e3",
-          "privacy.noise_seed=3"]
+    dp = [
+        "privacy=dp",
+        "privacy.mode=local",
+        "privacy.noise_multiplier=1e-9",
+        "privacy.clip_norm=1e3",
+        "privacy.noise_seed=3",
+    ]
     args = tiny_args + ["num_clients=3", "rounds=1", "threads=1", "progress=false"]
     fedmm("run", *args, *dp, *SECURE, "runtime.cpus=2", f"output_dir={tmp_path / 'secure'}", timeout=400)
     fedmm("run", *args, *dp, f"output_dir={tmp_path / 'local'}")
     secure, local = _globals(tmp_path / "secure"), _globals(tmp_path / "local")
     worst = max(float(np.abs(secure[k].astype(np.float64) - local[k]).max()) for k in local)
-    assert worst <= 2 * 8.0 / 2 ** 22 * 1.5, worst  # weights are exactly 1: only value quantization remains
+    assert worst <= 2 * 8.0 / 2**22 * 1.5, worst  # weights are exactly 1: only value quantization remains
     assert metrics(tmp_path / "secure")[0]["dp_epsilon"] == metrics(tmp_path / "local")[0]["dp_epsilon"]
 
 
@@ -62,8 +70,15 @@ def test_deployment_survives_a_supernode_killed_during_the_protocol(tmp_path, ti
     masks from the others' shares and the round completes with clients 0 and 1; so does round 3, without it."""
     run = tmp_path / "run"
     result = {}
-    args = tiny_args + ["num_clients=3", "rounds=3", "min_clients=2", "runtime.warm=false", "progress=false",
-                        *SECURE, f"output_dir={run}"]
+    args = tiny_args + [
+        "num_clients=3",
+        "rounds=3",
+        "min_clients=2",
+        "runtime.warm=false",
+        "progress=false",
+        *SECURE,
+        f"output_dir={run}",
+    ]
     with LocalDeployment(tmp_path / "net", num_supernodes=3) as net:
         pids = [net.superlink.pid] + [p.pid for p in net.supernodes.values()]
         job = threading.Thread(target=lambda: result.update(out=net.run(args)))

@@ -1,5 +1,6 @@
 """The server's round loop without a model: updates streamed into a running sum as they arrive, failed and silent
 clients recorded, and too few replies stopping the round with a clear error."""
+
 import numpy as np
 import pytest
 
@@ -14,8 +15,12 @@ GLOBAL = {"w": np.zeros(3, np.float32)}
 
 
 def reply(cid: int) -> bytes:
-    return Update(client_id=cid, params={"w": np.full(3, cid, np.float32)}, num_examples=cid + 1,
-                  metrics={"train_loss": float(cid), "seconds": 0.1}).to_bytes()
+    return Update(
+        client_id=cid,
+        params={"w": np.full(3, cid, np.float32)},
+        num_examples=cid + 1,
+        metrics={"train_loss": float(cid), "seconds": 0.1},
+    ).to_bytes()
 
 
 def server(strategy, num_clients=4, min_clients=1) -> Server:
@@ -34,6 +39,7 @@ class Recording(FedAvg):
             for u in updates:
                 self.events.append(f"add {u.client_id}")
                 yield u
+
         return super().aggregate(rnd, global_params, seen())
 
 
@@ -72,8 +78,11 @@ def test_too_few_replies_stop_the_round_with_a_clear_error(strategy):
         yield 1, ConnectionError("site 1 went away")
 
     s = STRATEGIES.get(strategy)
-    with pytest.raises(FedmmError, match=r"round 1: only 1 of 4 clients replied with a valid update \(client 1: "
-                                         r"ConnectionError: site 1 went away\), fewer than min_clients=2; .*resume"):
+    with pytest.raises(
+        FedmmError,
+        match=r"round 1: only 1 of 4 clients replied with a valid update \(client 1: "
+        r"ConnectionError: site 1 went away\), fewer than min_clients=2; .*resume",
+    ):
         server(s.factory(s.config_cls()), min_clients=2).run_round(1, GLOBAL, fit_clients)
 
 

@@ -1,6 +1,7 @@
 """Sites authenticated and contained: a partition-id cannot be taken over, a site's state folder is its own, the warm
 worker's folder is private and its messages carry no pickle, and an exported NVFlare job holds no path of the
 exporting machine."""
+
 import os
 import pickle
 from pathlib import Path

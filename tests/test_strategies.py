@@ -1,4 +1,5 @@
 """The aggregation math of every strategy, on small arrays, against hand-computed or independently computed values."""
+
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ def upd(cid, n, **params):
 
 # -- server optimizers --------------------------------------------------------------------------------------------
 
+
 def reference_fedopt(kind, x, deltas, lr, b1, b2, tau):
     """Reddi et al. (2021), Algorithm 2, written out per scalar with plain Python floats."""
     m, v = 0.0, tau * tau
@@ -32,7 +34,7 @@ def reference_fedopt(kind, x, deltas, lr, b1, b2, tau):
             v = v - (1 - b2) * d * d * (1 if v - d * d > 0 else -1 if v - d * d < 0 else 0)
         else:
             v = b2 * v + (1 - b2) * d * d
-        x = x + lr * m / (v ** 0.5 + tau)
+        x = x + lr * m / (v**0.5 + tau)
     return x
 
 
@@ -49,8 +51,9 @@ def test_adaptive_server_optimizers_follow_the_update_rule(name, kind):
         x = strategy.aggregate(rnd, x, ups)
         # The reference replays the same pseudo-gradients coordinate by coordinate.
         for i in range(3):
-            expected = reference_fedopt(kind, 0.5 if i == 0 else (-1.0 if i == 1 else 2.0),
-                                        [h[i] for h in history], 0.1, 0.9, 0.99, 1e-3)
+            expected = reference_fedopt(
+                kind, 0.5 if i == 0 else (-1.0 if i == 1 else 2.0), [h[i] for h in history], 0.1, 0.9, 0.99, 1e-3
+            )
             assert x["w"][i] == pytest.approx(expected, rel=1e-5, abs=1e-6), (rnd, i)
 
 
@@ -58,8 +61,10 @@ def test_fedadam_state_round_trips_and_stats_are_averaged_not_optimized():
     a = make("fedadam", server_lr=0.05)
     a.setup(StrategyContext(stat_keys=frozenset({"bn.running_var"})))
     g = {"w": np.zeros(2, np.float32), "bn.running_var": np.ones(2, np.float32)}
-    ups = [upd(0, 1, w=[1.0, 2.0], **{"bn.running_var": [2.0, 2.0]}), upd(1, 1, w=[3.0, 0.0],
-                                                                           **{"bn.running_var": [4.0, 4.0]})]
+    ups = [
+        upd(0, 1, w=[1.0, 2.0], **{"bn.running_var": [2.0, 2.0]}),
+        upd(1, 1, w=[3.0, 0.0], **{"bn.running_var": [4.0, 4.0]}),
+    ]
     g1 = a.aggregate(1, g, ups)
     np.testing.assert_allclose(g1["bn.running_var"], [3.0, 3.0])
     b = make("fedadam", server_lr=0.05)
@@ -78,8 +83,9 @@ def test_fedavgm_momentum():
     s = make("fedavgm", server_lr=1.0, momentum=0.0)
     g = {"w": np.zeros(2, np.float32)}
     ups = [upd(0, 1, w=[1.0, 1.0]), upd(1, 3, w=[5.0, 1.0])]
-    np.testing.assert_allclose(s.aggregate(1, g, ups)["w"], weighted_average(g, [(u.params, u.num_examples)
-                                                                                for u in ups])["w"])
+    np.testing.assert_allclose(
+        s.aggregate(1, g, ups)["w"], weighted_average(g, [(u.params, u.num_examples) for u in ups])["w"]
+    )
 
 
 def test_adaptive_step_rejects_unknown_kind():
@@ -89,12 +95,15 @@ def test_adaptive_step_rejects_unknown_kind():
 
 # -- robust aggregation -------------------------------------------------------------------------------------------
 
+
 def test_median_and_trimmed_mean_by_hand():
     g = {"w": np.zeros(2, np.float32), "img": np.full(1, 7.0, np.float32)}
-    ups = [{"w": np.array([1.0, 10.0], np.float32), "img": np.array([1.0], np.float32)},
-           {"w": np.array([2.0, -50.0], np.float32)},  # lacks the image encoder: no vote on "img"
-           {"w": np.array([100.0, 20.0], np.float32), "img": np.array([3.0], np.float32)},
-           {"w": np.array([3.0, 30.0], np.float32), "img": np.array([5.0], np.float32)}]
+    ups = [
+        {"w": np.array([1.0, 10.0], np.float32), "img": np.array([1.0], np.float32)},
+        {"w": np.array([2.0, -50.0], np.float32)},  # lacks the image encoder: no vote on "img"
+        {"w": np.array([100.0, 20.0], np.float32), "img": np.array([3.0], np.float32)},
+        {"w": np.array([3.0, 30.0], np.float32), "img": np.array([5.0], np.float32)},
+    ]
     med = median(g, ups)
     np.testing.assert_allclose(med["w"], [2.5, 15.0])
     np.testing.assert_allclose(med["img"], [3.0])
@@ -106,10 +115,13 @@ def test_median_and_trimmed_mean_by_hand():
 
 # -- missing modalities -------------------------------------------------------------------------------------------
 
+
 def test_modality_avg_averages_each_key_over_its_senders_only():
     g = {"image": np.zeros(2, np.float32), "head": np.zeros(2, np.float32), "text": np.ones(2, np.float32)}
-    ups = [upd(0, 1, image=[4.0, 4.0], head=[4.0, 4.0]),  # image-only client
-           upd(1, 3, head=[1.0, 1.0])]  # a client that sent neither encoder
+    ups = [
+        upd(0, 1, image=[4.0, 4.0], head=[4.0, 4.0]),  # image-only client
+        upd(1, 3, head=[1.0, 1.0]),
+    ]  # a client that sent neither encoder
     out = make("modality_avg").aggregate(1, g, ups)
     np.testing.assert_allclose(out["image"], [4.0, 4.0])  # FedAvg would give (4 * 1 + 0 * 3) / 4 = 1
     np.testing.assert_allclose(out["head"], [(4 + 3) / 4] * 2)
@@ -122,8 +134,16 @@ def test_modality_avg_averages_each_key_over_its_senders_only():
 def test_fedprox_asks_clients_for_the_proximal_term():
     from fedmm.fl.instructions import FitInstructions
 
-    base = FitInstructions(round=1, seed=0, lr=0.1, local_epochs=1, batch_size=8, weight_decay=0.0,
-                           strategy="fedprox", strategy_options={"other": 1})
+    base = FitInstructions(
+        round=1,
+        seed=0,
+        lr=0.1,
+        local_epochs=1,
+        batch_size=8,
+        weight_decay=0.0,
+        strategy="fedprox",
+        strategy_options={"other": 1},
+    )
     cfgs = make("fedprox", mu=0.5).configure(1, [0, 3], base)
     assert set(cfgs) == {0, 3}
     assert all(c.strategy_options == {"other": 1, "prox_mu": 0.5} and c.lr == 0.1 for c in cfgs.values())

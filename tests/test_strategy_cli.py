@@ -1,4 +1,5 @@
 """Every strategy from the command line, and exact resume of the stateful ones."""
+
 import json
 
 import pytest
@@ -17,12 +18,22 @@ def test_every_strategy_runs_two_rounds(tmp_path):
     names = [n for n in STRATEGIES.names() if n != "bulyan"]  # bulyan needs 7 clients (4f + 3): run below
     # One sweep: every strategy on the tiny fusion model with LoRA adapters on its text encoder and two clients
     # that miss a modality.
-    fedmm("run", "-m", *TINY, *MISSING, "model.lora_r=2", "rounds=2", f"strategy={','.join(names)}",
-          f"output_dir={tmp_path}/sw", timeout=600)
+    fedmm(
+        "run",
+        "-m",
+        *TINY,
+        *MISSING,
+        "model.lora_r=2",
+        "rounds=2",
+        f"strategy={','.join(names)}",
+        f"output_dir={tmp_path}/sw",
+        timeout=600,
+    )
     runs = {}
     for name in names:
-        records = [json.loads(l) for l in (tmp_path / "sw" / f"strategy-{name}" / "metrics.jsonl").read_text()
-                   .splitlines()]
+        records = [
+            json.loads(l) for l in (tmp_path / "sw" / f"strategy-{name}" / "metrics.jsonl").read_text().splitlines()
+        ]
         assert [r["round"] for r in records] == [1, 2], name
         assert all(r["num_clients"] == 4 and "eval_accuracy" in r for r in records), name
         runs[name] = records
@@ -31,8 +42,9 @@ def test_every_strategy_runs_two_rounds(tmp_path):
     # FFA-LoRA sends only the B matrices: fewer bytes both ways than the same run sending A and B.
     assert runs["ffa_lora"][0]["bytes_up"] < runs["lora_exact"][0]["bytes_up"]
     assert runs["ffa_lora"][0]["bytes_down"] < runs["lora_exact"][0]["bytes_down"]
-    assert not any(".lora_A." in k for k in load_file(str(tmp_path / "sw" / "strategy-ffa_lora" /
-                                                          "global.safetensors")))
+    assert not any(
+        ".lora_A." in k for k in load_file(str(tmp_path / "sw" / "strategy-ffa_lora" / "global.safetensors"))
+    )
     fedmm("run", *TINY, *MISSING, "num_clients=7", "rounds=2", "strategy=bulyan", f"output_dir={tmp_path}/bulyan")
     records = [json.loads(l) for l in (tmp_path / "bulyan" / "metrics.jsonl").read_text().splitlines()]
     assert all(len(r["strategy_selected"]) == 7 - 2 for r in records)  # n - 2f picked by repeated Krum
@@ -46,10 +58,12 @@ def test_killed_stateful_strategy_resumes_exactly(tmp_path, strategy):
 
 def test_strategy_config_errors_are_one_line(tmp_path, capsys):
     # In-process (the command-line subprocess path is covered in test_cli): each error comes before any output.
-    for args, expected in [(["strategy=fedmap", "strategy.input_dim=7"], "input_dim must be 10"),
-                           (["strategy=trimmed_mean", "strategy.beta=0.7"], "beta must be in [0, 0.5)"),
-                           (["strategy=fedprox", "strategy.mu=-1"], "mu must be >= 0"),
-                           (["strategy=fedadam", "strategy.mu=1"], "unknown option 'strategy.mu'")]:
+    for args, expected in [
+        (["strategy=fedmap", "strategy.input_dim=7"], "input_dim must be 10"),
+        (["strategy=trimmed_mean", "strategy.beta=0.7"], "beta must be in [0, 0.5)"),
+        (["strategy=fedprox", "strategy.mu=-1"], "mu must be >= 0"),
+        (["strategy=fedadam", "strategy.mu=1"], "unknown option 'strategy.mu'"),
+    ]:
         assert main(["run", *TINY, "rounds=1", f"output_dir={tmp_path}/x", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err

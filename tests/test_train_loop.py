@@ -1,4 +1,5 @@
 """Training options: gradient accumulation, the learning-rate schedule with warm-up, device and precision checks."""
+
 import math
 
 import numpy as np
@@ -32,8 +33,11 @@ class TextLengthBackend(Backend):
 def _data(n=64):
     rng = np.random.default_rng(0)
     texts = [" ".join(["word"] * int(k)) for k in rng.integers(1, 9, n)]
-    return MultimodalDataset(labels=(np.array([len(t.split()) for t in texts]) > 4).astype(np.int64),
-                             label_names=("short", "long"), texts=texts)
+    return MultimodalDataset(
+        labels=(np.array([len(t.split()) for t in texts]) > 4).astype(np.int64),
+        label_names=("short", "long"),
+        texts=texts,
+    )
 
 
 def test_gradient_accumulation_equals_the_larger_batch():
@@ -41,8 +45,18 @@ def test_gradient_accumulation_equals_the_larger_batch():
     runs = {}
     for batch_size, accum in ((32, 1), (16, 2), (8, 4)):
         model = backend.build_model(seed=3)
-        stats = train_epochs(model, backend, data, epochs=2, batch_size=batch_size, lr=0.05, weight_decay=0.0,
-                             seed=7, progress=False, grad_accum_steps=accum)
+        stats = train_epochs(
+            model,
+            backend,
+            data,
+            epochs=2,
+            batch_size=batch_size,
+            lr=0.05,
+            weight_decay=0.0,
+            seed=7,
+            progress=False,
+            grad_accum_steps=accum,
+        )
         assert stats["steps"] == 4  # 64 examples / 32 per optimizer step, 2 epochs
         runs[accum] = [p.detach().clone() for p in model.parameters()]
     for accum in (2, 4):
@@ -53,8 +67,18 @@ def test_gradient_accumulation_equals_the_larger_batch():
 def test_an_epochs_last_short_group_still_steps_with_its_own_mean():
     backend, data = TextLengthBackend(None, 2, False), _data(40)  # 40 = 16 + 16 + 8 at batch 8 x accum 2
     model = backend.build_model(seed=3)
-    stats = train_epochs(model, backend, data, epochs=1, batch_size=8, lr=0.05, weight_decay=0.0, seed=7,
-                         progress=False, grad_accum_steps=2)
+    stats = train_epochs(
+        model,
+        backend,
+        data,
+        epochs=1,
+        batch_size=8,
+        lr=0.05,
+        weight_decay=0.0,
+        seed=7,
+        progress=False,
+        grad_accum_steps=2,
+    )
     assert stats["steps"] == 3
 
 

@@ -1,5 +1,6 @@
 """The trust boundary: every reply validated before a strategy sees it, norms bounded, aggregation numerics, and
 simulated Byzantine clients meeting those checks. Each rejection reason has its case; one bad client of five."""
+
 import json
 import math
 
@@ -23,37 +24,90 @@ MAY = Expected(keys=frozenset(G), modalities=frozenset({"image", "text"}), max_e
 
 def honest(cid: int, value: float = 1.0, n: int = 10, **kw) -> Update:
     params = kw.pop("params", {k: np.full(v.shape, value, np.float32) for k, v in G.items()})
-    return Update(client_id=cid, params=params, num_examples=n, metrics={"train_loss": 0.5, "seconds": 0.1},
-                  modalities=frozenset({"image", "text"}), **kw)
+    return Update(
+        client_id=cid,
+        params=params,
+        num_examples=n,
+        metrics={"train_loss": 0.5, "seconds": 0.1},
+        modalities=frozenset({"image", "text"}),
+        **kw,
+    )
 
 
-@pytest.mark.parametrize("bad, reason", [
-    (b"garbage", "not a fedmm update"),
-    (honest(2).to_bytes(), "claims to be client 2"),
-    (honest(1, n=0).to_bytes(), "num_examples=0 outside [1, 100]"),
-    (honest(1, n=-10).to_bytes(), "num_examples=-10 outside [1, 100]"),
-    (honest(1, n=10**9).to_bytes(), "num_examples=1000000000 outside [1, 100]"),
-    (Update(1, {k: np.ones(v.shape, np.float32) for k, v in G.items()}, 5,
-            modalities=frozenset({"image", "text", "audio"})).to_bytes(), "claims modalities"),
-    (honest(1, params={**{k: np.ones(v.shape, np.float32) for k, v in G.items()},
-                       "other.w": np.ones(2, np.float32)}).to_bytes(), "sends keys it may not: other.w"),
-    (honest(1, params={"enc.w": np.ones((1, 4), np.float32)}).to_bytes(), "enc.w has shape (1, 4), expected (4, 4)"),
-    (honest(1, params={"head.b": np.ones((), np.float32)}).to_bytes(), "head.b has shape (1,), expected (4,)"),
-    (honest(1, params={"head.b": np.ones(4, np.int64)}).to_bytes(), "head.b has dtype int64, expected float32"),
-    (honest(1, params={"head.b": np.array([0, np.nan, 0, 0], np.float32)}).to_bytes(), "non-finite values in head.b"),
-    (honest(1, params={"head.b": np.array([0, np.inf, 0, 0], np.float32)}).to_bytes(), "non-finite values in head.b"),
-    (honest(1, params={"head.b": np.full(4, 1e300)}).to_bytes(), "non-finite values in head.b"),  # float32 overflow
-    (Update(1, {"head.b": np.ones(4, np.int8)}, 5, modalities=frozenset({"text"}),
-            compression={"fedmm_compression": json.dumps({"kind": "int8", "block_size": 4})}).to_bytes(),
-     "undecodable compressed update"),  # an int8 tensor without its scale
-    (Update(1, {"head.b" + SCALE: np.ones(1, np.float32), "head.b": np.ones(4, np.int8), "nope": np.ones(1)}, 5,
-            modalities=frozenset({"text"}), compression={"fedmm_compression": json.dumps(
-                {"kind": "int8", "block_size": 4})}).to_bytes(), "sends keys it may not: nope"),
-    (Update(1, {"head.b": np.ones(4, np.float16)}, 5, modalities=frozenset({"text"}),
-            compression={"fedmm_compression": json.dumps({"kind": "zip"})}).to_bytes(), "undecodable"),
-    (Update(1, {"head.b": np.ones(4, np.float32)}, 5, metrics={"train_loss": float("nan")}).to_bytes(),
-     "metrics that are not finite numbers"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (b"garbage", "not a fedmm update"),
+        (honest(2).to_bytes(), "claims to be client 2"),
+        (honest(1, n=0).to_bytes(), "num_examples=0 outside [1, 100]"),
+        (honest(1, n=-10).to_bytes(), "num_examples=-10 outside [1, 100]"),
+        (honest(1, n=10**9).to_bytes(), "num_examples=1000000000 outside [1, 100]"),
+        (
+            Update(
+                1,
+                {k: np.ones(v.shape, np.float32) for k, v in G.items()},
+                5,
+                modalities=frozenset({"image", "text", "audio"}),
+            ).to_bytes(),
+            "claims modalities",
+        ),
+        (
+            honest(
+                1, params={**{k: np.ones(v.shape, np.float32) for k, v in G.items()}, "other.w": np.ones(2, np.float32)}
+            ).to_bytes(),
+            "sends keys it may not: other.w",
+        ),
+        (
+            honest(1, params={"enc.w": np.ones((1, 4), np.float32)}).to_bytes(),
+            "enc.w has shape (1, 4), expected (4, 4)",
+        ),
+        (honest(1, params={"head.b": np.ones((), np.float32)}).to_bytes(), "head.b has shape (1,), expected (4,)"),
+        (honest(1, params={"head.b": np.ones(4, np.int64)}).to_bytes(), "head.b has dtype int64, expected float32"),
+        (
+            honest(1, params={"head.b": np.array([0, np.nan, 0, 0], np.float32)}).to_bytes(),
+            "non-finite values in head.b",
+        ),
+        (
+            honest(1, params={"head.b": np.array([0, np.inf, 0, 0], np.float32)}).to_bytes(),
+            "non-finite values in head.b",
+        ),
+        (honest(1, params={"head.b": np.full(4, 1e300)}).to_bytes(), "non-finite values in head.b"),  # float32 overflow
+        (
+            Update(
+                1,
+                {"head.b": np.ones(4, np.int8)},
+                5,
+                modalities=frozenset({"text"}),
+                compression={"fedmm_compression": json.dumps({"kind": "int8", "block_size": 4})},
+            ).to_bytes(),
+            "undecodable compressed update",
+        ),  # an int8 tensor without its scale
+        (
+            Update(
+                1,
+                {"head.b" + SCALE: np.ones(1, np.float32), "head.b": np.ones(4, np.int8), "nope": np.ones(1)},
+                5,
+                modalities=frozenset({"text"}),
+                compression={"fedmm_compression": json.dumps({"kind": "int8", "block_size": 4})},
+            ).to_bytes(),
+            "sends keys it may not: nope",
+        ),
+        (
+            Update(
+                1,
+                {"head.b": np.ones(4, np.float16)},
+                5,
+                modalities=frozenset({"text"}),
+                compression={"fedmm_compression": json.dumps({"kind": "zip"})},
+            ).to_bytes(),
+            "undecodable",
+        ),
+        (
+            Update(1, {"head.b": np.ones(4, np.float32)}, 5, metrics={"train_loss": float("nan")}).to_bytes(),
+            "metrics that are not finite numbers",
+        ),
+    ],
+)
 def test_every_rejection_reason(bad, reason):
     with pytest.raises(Rejected) as e:
         check_reply(bad, 1, G, MAY)
@@ -74,8 +128,13 @@ def _server(strategy="fedavg", min_clients=1, **cfg):
     entry = STRATEGIES.get(strategy)
     conf = ServerConfig(num_clients=5, per_round=5, min_clients=min_clients, rounds=1, seed=0, **cfg)
     ins = FitInstructions(round=0, seed=0, lr=0.1, local_epochs=1, batch_size=8, weight_decay=0.0)
-    return Server(entry.factory(entry.config_cls()), conf, evaluate=lambda p: {}, instructions=ins,
-                  expected={c: MAY for c in range(5)})
+    return Server(
+        entry.factory(entry.config_cls()),
+        conf,
+        evaluate=lambda p: {},
+        instructions=ins,
+        expected={c: MAY for c in range(5)},
+    )
 
 
 def _round(server, bad: dict[int, bytes]):
@@ -96,8 +155,11 @@ def test_one_bad_client_of_five_is_rejected_and_recorded(strategy):
 
 def test_rejections_count_as_failures_for_min_clients():
     bad = {c: honest(c, n=-1).to_bytes() for c in (0, 1, 2)}
-    with pytest.raises(FedmmError, match=r"only 2 of 5 clients replied with a valid update \(client 0: "
-                                         r"num_examples=-1 outside"):
+    with pytest.raises(
+        FedmmError,
+        match=r"only 2 of 5 clients replied with a valid update \(client 0: "
+        r"num_examples=-1 outside",
+    ):
         _round(_server(min_clients=3), bad)
 
 
@@ -119,8 +181,9 @@ def test_norm_bound_clip_reject_and_auto():
 
 def test_float16_updates_are_summed_without_overflow():
     g = {"w": np.zeros(2, np.float16)}
-    out = weighted_average(g, [({"w": np.full(2, 20.0, np.float16)}, 5000.0), ({"w": np.full(2, 22.0, np.float16)},
-                                                                              5000.0)])
+    out = weighted_average(
+        g, [({"w": np.full(2, 20.0, np.float16)}, 5000.0), ({"w": np.full(2, 22.0, np.float16)}, 5000.0)]
+    )
     assert out["w"].tolist() == [21.0, 21.0]
 
 
@@ -183,8 +246,9 @@ def test_label_flip_moves_every_label_to_the_next_class():
 
     data = MultimodalDataset(labels=np.array([0, 1, 2, 2]), label_names=("a", "b", "c"), texts=["x"] * 4)
     assert flip_labels(data).labels.tolist() == [1, 2, 0, 0]
-    multi = MultimodalDataset(labels=np.array([[1, 0, 0], [0, 1, 1]], np.float32), label_names=("a", "b", "c"),
-                              texts=["x"] * 2)
+    multi = MultimodalDataset(
+        labels=np.array([[1, 0, 0], [0, 1, 1]], np.float32), label_names=("a", "b", "c"), texts=["x"] * 2
+    )
     assert flip_labels(multi).labels.tolist() == [[0, 1, 0], [1, 0, 1]]
 
 
@@ -202,24 +266,38 @@ def test_attack_needs_its_clients_and_a_known_name():
     assert s.typed("attack", AttackConfig).clients == [1] and s.max_update_norm == "auto"
 
 
-
 @pytest.mark.slow
 def test_cli_runs_reject_a_byzantine_client_and_stop_cleanly_when_every_client_is(tmp_path, tiny_args):
     from conftest import fedmm, metrics
 
-    fedmm("run", *tiny_args, "num_clients=5", "rounds=2", "attack=nan", "attack.clients=[1]", "progress=false",
-          f"output_dir={tmp_path / 'nan'}")
+    fedmm(
+        "run",
+        *tiny_args,
+        "num_clients=5",
+        "rounds=2",
+        "attack=nan",
+        "attack.clients=[1]",
+        "progress=false",
+        f"output_dir={tmp_path / 'nan'}",
+    )
     records = metrics(tmp_path / "nan")
     assert all(list(r["rejected"]) == ["1"] and 1 not in r["clients"] for r in records)
     from safetensors.numpy import load_file
 
     assert all(np.isfinite(v).all() for v in load_file(tmp_path / "nan" / "global.safetensors").values())
-    out = fedmm("run", *tiny_args, "rounds=2", "attack=inf", "attack.clients=[0,1,2,3]", "progress=false",
-                f"output_dir={tmp_path / 'inf'}", check=False)
+    out = fedmm(
+        "run",
+        *tiny_args,
+        "rounds=2",
+        "attack=inf",
+        "attack.clients=[0,1,2,3]",
+        "progress=false",
+        f"output_dir={tmp_path / 'inf'}",
+        check=False,
+    )
     assert out.returncode == 2 and out.stderr.count("error:") == 1 and "Traceback" not in out.stderr
     assert "only 0 of 4 clients replied with a valid update" in out.stderr
     assert not (tmp_path / "inf" / "global.safetensors").exists()
-
 
 
 def test_fedmap_never_keeps_a_non_finite_aggregator():
@@ -230,10 +308,24 @@ def test_fedmap_never_keeps_a_non_finite_aggregator():
     entry = STRATEGIES.get("fedmap")
     s = entry.factory(entry.config_cls(n_trials_per_round=1))
     s.setup(StrategyContext(evaluate_val=lambda p: {"accuracy": 0.5}, metric="accuracy"))
-    ups = [Update(client_id=i, params={"w": np.full(2, float(i), np.float32)}, num_examples=5 + i,
-                  metrics={"f1_before": 0.1, "p_k": 0.2 + i / 10, "c_k": 0.1, "val_loss": 1.0 + i, "grad_norm": 1.0,
-                           "diversity": 0.5, "imbalance_ratio": 0.5}, modalities=frozenset({"image", "text"}))
-           for i in range(3)]
+    ups = [
+        Update(
+            client_id=i,
+            params={"w": np.full(2, float(i), np.float32)},
+            num_examples=5 + i,
+            metrics={
+                "f1_before": 0.1,
+                "p_k": 0.2 + i / 10,
+                "c_k": 0.1,
+                "val_loss": 1.0 + i,
+                "grad_norm": 1.0,
+                "diversity": 0.5,
+                "imbalance_ratio": 0.5,
+            },
+            modalities=frozenset({"image", "text"}),
+        )
+        for i in range(3)
+    ]
     before = {k: v.clone() for k, v in s.student.state_dict().items()}
     s.optimizer.param_groups[0]["lr"] = float("inf")  # the distillation step now makes the student non-finite
     out = s.aggregate(1, {"w": np.zeros(2, np.float32)}, ups)

@@ -1,5 +1,6 @@
 """Vision-language backends: tiny BLIP-VQA through federated rounds on generative easy-VQA with only the LoRA adapters
 travelling, and `fedmm info` sizing the full-size model on the meta device with no weights on disk."""
+
 import json
 import os
 
@@ -12,8 +13,17 @@ from fedmm import cli
 from fedmm.backends import BACKENDS
 from fedmm.config import load_settings
 
-BLIP_TINY = ["task=easyvqa_gen", "model=blip_vqa_tiny", "modality.text_only=[]", "modality.image_only=[]",
-             "max_train_samples=240", "max_eval_samples=40", "batch_size=16", "lr=0.003", "progress=false"]
+BLIP_TINY = [
+    "task=easyvqa_gen",
+    "model=blip_vqa_tiny",
+    "modality.text_only=[]",
+    "modality.image_only=[]",
+    "max_train_samples=240",
+    "max_eval_samples=40",
+    "batch_size=16",
+    "lr=0.003",
+    "progress=false",
+]
 
 
 def test_blip_tiny_two_federated_rounds_send_only_the_adapters(tmp_path, capsys):
@@ -54,9 +64,11 @@ def test_meta_counts_equal_a_real_build(preset):
     backend = BACKENDS.get(s.model.name).factory(s.model, 13, False)
     meta, real = backend.meta_model(), backend.build_model(seed=0)
     assert all(p.is_meta for p in meta.parameters())
-    for fn in (lambda m: sum(p.numel() for p in m.parameters()),
-               lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad),
-               lambda m: sorted(backend.trainable_keys(m))):
+    for fn in (
+        lambda m: sum(p.numel() for p in m.parameters()),
+        lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad),
+        lambda m: sorted(backend.trainable_keys(m)),
+    ):
         assert fn(meta) == fn(real)
 
 
@@ -73,8 +85,9 @@ def test_gradient_checkpointing_keeps_the_result(tmp_path, capsys):
     """Recomputing activations in the backward pass changes memory, not the trained adapters."""
     runs = {}
     for name, extra in (("plain", []), ("ckpt", ["model.gradient_checkpointing=true"])):
-        code = cli.main(["run", *BLIP_TINY, *extra, "rounds=1", "num_clients=2", "partition=iid",
-                         f"output_dir={tmp_path / name}"])
+        code = cli.main(
+            ["run", *BLIP_TINY, *extra, "rounds=1", "num_clients=2", "partition=iid", f"output_dir={tmp_path / name}"]
+        )
         assert code == 0, capsys.readouterr().err
         runs[name] = load_file(str(tmp_path / name / "global.safetensors"))
     for k, v in runs["plain"].items():
@@ -123,8 +136,19 @@ def test_janus_tiny_two_federated_rounds_send_only_language_model_adapters(tmp_p
 
 def test_centralized_baseline_runs_for_the_vlm_backends(tmp_path, capsys):
     for preset in ("blip_vqa_tiny", "januspro_tiny", "hf_vlm_tiny"):
-        code = cli.main(["centralized", "task=easyvqa_gen", f"model={preset}", "epochs=1", "max_train_samples=64",
-                         "max_eval_samples=16", "batch_size=16", "progress=false", f"output_dir={tmp_path / preset}"])
+        code = cli.main(
+            [
+                "centralized",
+                "task=easyvqa_gen",
+                f"model={preset}",
+                "epochs=1",
+                "max_train_samples=64",
+                "max_eval_samples=16",
+                "batch_size=16",
+                "progress=false",
+                f"output_dir={tmp_path / preset}",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         last = json.loads((tmp_path / preset / "metrics.jsonl").read_text().splitlines()[-1])
         assert last["epoch"] == 1 and "eval_vqa_accuracy" in last

@@ -1,5 +1,6 @@
 """VQA v2 from the official files and from a Parquet export: splits, reference answers, the declared partition
 label, bad samples, and two federated rounds of tiny BLIP on it."""
+
 import json
 
 import numpy as np
@@ -61,15 +62,23 @@ def _write_parquet(vqa, out):
     out.mkdir()
     for split, name in (("train2014", "train"), ("val2014", "validation")):
         qs = json.loads((vqa / f"v2_OpenEnded_mscoco_{split}_questions.json").read_text())["questions"]
-        ann = {a["question_id"]: a for a in
-               json.loads((vqa / f"v2_mscoco_{split}_annotations.json").read_text())["annotations"]}
-        rows = [{"question_id": q["question_id"], "question": q["question"],
-                 "image": {"bytes": (vqa / split / f"COCO_{split}_{q['image_id']:012d}.jpg").read_bytes(),
-                           "path": None},
-                 "answers": [{"answer": a["answer"], "answer_id": a["answer_id"]} for a in
-                             ann[q["question_id"]]["answers"]],
-                 "multiple_choice_answer": ann[q["question_id"]]["multiple_choice_answer"],
-                 "answer_type": ann[q["question_id"]]["answer_type"]} for q in qs]
+        ann = {
+            a["question_id"]: a
+            for a in json.loads((vqa / f"v2_mscoco_{split}_annotations.json").read_text())["annotations"]
+        }
+        rows = [
+            {
+                "question_id": q["question_id"],
+                "question": q["question"],
+                "image": {"bytes": (vqa / split / f"COCO_{split}_{q['image_id']:012d}.jpg").read_bytes(), "path": None},
+                "answers": [
+                    {"answer": a["answer"], "answer_id": a["answer_id"]} for a in ann[q["question_id"]]["answers"]
+                ],
+                "multiple_choice_answer": ann[q["question_id"]]["multiple_choice_answer"],
+                "answer_type": ann[q["question_id"]]["answer_type"],
+            }
+            for q in qs
+        ]
         pq.write_table(pa.Table.from_pylist(rows), out / f"{name}-00000-of-00001.parquet")
     return out
 
@@ -101,9 +110,20 @@ def test_parquet_and_save_to_disk_exports_read_like_the_official_files(tmp_path)
 
 def test_tiny_blip_two_federated_rounds_on_vqav2(tmp_path, capsys):
     root = D.write_vqav2(tmp_path / "vqa")
-    code = cli.main(["run", "task=vqav2", f"task.root={root}", *BLIP, "rounds=2", "num_clients=3",
-                     "partition=dirichlet", "partition.alpha=0.5", "partition.min_size=4",
-                     f"output_dir={tmp_path / 'run'}"])
+    code = cli.main(
+        [
+            "run",
+            "task=vqav2",
+            f"task.root={root}",
+            *BLIP,
+            "rounds=2",
+            "num_clients=3",
+            "partition=dirichlet",
+            "partition.alpha=0.5",
+            "partition.min_size=4",
+            f"output_dir={tmp_path / 'run'}",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(0.0 <= r["eval_vqa_accuracy"] <= 1.0 for r in records)
@@ -119,16 +139,39 @@ def test_the_papers_grid_is_a_ready_sweep(tmp_path, capsys):
     for combo in combos:
         s = load_settings(combo)
         grid.add((s.num_clients, s.partition.alpha))
-        assert (s.task.name, s.model.name, s.model.lora_r, s.model.lora_alpha, s.lr, s.batch_size, s.local_epochs,
-                s.weight_decay) == ("vqav2", "blip_vqa", 16, 32.0, 2e-5, 32, 5, 0.05)
+        assert (
+            s.task.name,
+            s.model.name,
+            s.model.lora_r,
+            s.model.lora_alpha,
+            s.lr,
+            s.batch_size,
+            s.local_epochs,
+            s.weight_decay,
+        ) == ("vqav2", "blip_vqa", 16, 32.0, 2e-5, 32, 5, 0.05)
     assert grid == {(k, a) for k in (2, 4, 8, 16) for a in (0.1, 0.5, 1.0)}
     assert cli.main(["run", "experiment=fedumm_grid", "task.root=/data/vqav2"]) == 2
     assert "is a sweep over num_clients, partition.alpha: add -m" in capsys.readouterr().err
     # fixing K leaves the alpha axis: three tiny jobs, end to end
     root = D.write_vqav2(tmp_path / "vqa")
-    code = cli.main(["run", "-m", "experiment=fedumm_grid", f"task.root={root}", *BLIP, "num_clients=2", "rounds=1",
-                     "local_epochs=1", "partition.min_size=4", f"output_dir={tmp_path / 'grid'}"])
+    code = cli.main(
+        [
+            "run",
+            "-m",
+            "experiment=fedumm_grid",
+            f"task.root={root}",
+            *BLIP,
+            "num_clients=2",
+            "rounds=1",
+            "local_epochs=1",
+            "partition.min_size=4",
+            f"output_dir={tmp_path / 'grid'}",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "grid").iterdir() if p.is_dir()) == [
-        "partition.alpha-0.1", "partition.alpha-0.5", "partition.alpha-1.0"]
+        "partition.alpha-0.1",
+        "partition.alpha-0.5",
+        "partition.alpha-1.0",
+    ]
     assert (tmp_path / "grid" / "summary.csv").read_text().count("\n") == 4  # a header and three jobs

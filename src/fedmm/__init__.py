@@ -8,9 +8,17 @@ the registries whose `register` decorators add a task, backend, strategy or runt
 
 __version__ = "0.1.0"
 
-_API = {"run": "fedmm.api", "centralized": "fedmm.api", "load_run": "fedmm.api", "Result": "fedmm.api",
-        "TASKS": "fedmm.registry", "BACKENDS": "fedmm.registry", "STRATEGIES": "fedmm.registry",
-        "RUNTIMES": "fedmm.registry", "FedmmError": "fedmm.errors"}
+_API = {
+    "run": "fedmm.api",
+    "centralized": "fedmm.api",
+    "load_run": "fedmm.api",
+    "Result": "fedmm.api",
+    "TASKS": "fedmm.registry",
+    "BACKENDS": "fedmm.registry",
+    "STRATEGIES": "fedmm.registry",
+    "RUNTIMES": "fedmm.registry",
+    "FedmmError": "fedmm.errors",
+}
 __all__ = ["__version__", *_API]
 
 

@@ -14,6 +14,7 @@ prints it too. Errors are `fedmm.errors.FedmmError` with the command line's one-
 `run_federated(settings)` and `run_centralized(settings)` are what the `fedmm` command calls; they print and return
 the last record.
 """
+
 from __future__ import annotations
 
 import json

@@ -15,6 +15,7 @@ User errors print one line (`error: ...`) and exit 2; nothing already written is
 bug) prints one line too, exits 1, and leaves its traceback in the run directory's error.txt (or a temporary file;
 FEDMM_DEBUG=1 prints it instead). Ctrl-C exits 130 and SIGTERM 143, each with one line naming the run to resume.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,11 @@ def _run(args: argparse.Namespace) -> int:
     root = Path(base or Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S") + "-sweep"))
     failed = run_sweep(combos, root, job, load_settings)
     if failed:
-        print(f"error: {failed} of {len(combos)} sweep jobs failed (their lines above, and summary.csv); the "
-              f"others completed", file=sys.stderr)
+        print(
+            f"error: {failed} of {len(combos)} sweep jobs failed (their lines above, and summary.csv); the "
+            f"others completed",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 
@@ -60,32 +64,44 @@ groups."""
 def main(argv: list[str] | None = None) -> int:
     from fedmm import __version__
 
-    parser = argparse.ArgumentParser(prog="fedmm", description="Federated fine-tuning of multimodal models.",
-                                     usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedmm",
+        description="Federated fine-tuning of multimodal models.",
+        usage=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"fedmm {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def verb(name: str, text: str, parent=sub, prog: str = "fedmm", **kw) -> argparse.ArgumentParser:
         """A subcommand with its own usage line (not the top-level one) and help."""
-        return parent.add_parser(name, prog=f"{prog} {name}", help=text, description=text,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+        return parent.add_parser(
+            name,
+            prog=f"{prog} {name}",
+            help=text,
+            description=text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kw,
+        )
 
-    for name, text in (("run", "federated training (the default job with no overrides)"),
-                       ("centralized", "the centralized baseline on the same data and model")):
+    for name, text in (
+        ("run", "federated training (the default job with no overrides)"),
+        ("centralized", "the centralized baseline on the same data and model"),
+    ):
         p = verb(name, text, epilog=GROUPS_HELP)
         p.add_argument("-m", "--multirun", action="store_true", help="sweep: one job per combination of a=1,2 ...")
         p.add_argument("-q", "--quiet", action="store_true", dest="quiet_here", help="print errors only")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 model=fusion_tiny")
     p = verb("config", "print the composed configuration", epilog=GROUPS_HELP)
     p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p = verb("info", "parameter counts and update size of the configured model (no weights needed)",
-             epilog=GROUPS_HELP)
+    p = verb("info", "parameter counts and update size of the configured model (no weights needed)", epilog=GROUPS_HELP)
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p = verb("prepare", "write a data set as per-site folders (the seed's layout)")
     p.add_argument("dataset", choices=["mmimdb"])
-    p.add_argument("source", help="the data as you have it: the original release, a Parquet export, or the "
-                                  "seed's layout")
+    p.add_argument(
+        "source", help="the data as you have it: the original release, a Parquet export, or the seed's layout"
+    )
     p.add_argument("out", help="where to write dataset/client_<i>/ and all_in_one_dataset/")
     p.add_argument("--num-clients", type=int, required=True)
     p.add_argument("--partition", choices=["iid", "dirichlet"], default="iid")
@@ -102,21 +118,35 @@ def main(argv: list[str] | None = None) -> int:
     q = verb("app", "write a Flower App that runs this fedmm configuration", parent=fl, prog="fedmm flower")
     q.add_argument("out", help="an empty folder")
     q.add_argument("overrides", nargs="*", help="key=value overrides, as for fedmm run")
-    q = verb("certs", "a test CA, the SuperLink's TLS certificate and SuperNode auth keys", parent=fl,
-             prog="fedmm flower")
+    q = verb(
+        "certs", "a test CA, the SuperLink's TLS certificate and SuperNode auth keys", parent=fl, prog="fedmm flower"
+    )
     q.add_argument("out", help="an empty folder (keys are written readable by you only)")
-    q.add_argument("--host", action="append", default=[], help="the SuperLink's IP or name as SuperNodes reach it "
-                                                              "(repeat for several)")
+    q.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="the SuperLink's IP or name as SuperNodes reach it (repeat for several)",
+    )
     q.add_argument("--supernodes", type=int, default=2, help="how many SuperNode key pairs to write")
     q.add_argument("--days", type=int, default=365, help="validity of the certificates")
     p = verb("export", "a job for another federated platform")
     p.add_argument("platform", choices=["nvflare"])
     p.add_argument("out", help="an empty folder for the job")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, as for fedmm run; output_dir= is required "
-                                                "(where the run goes on the server's machine)")
-    p.add_argument("--site", action="append", default=[], metavar="NAME[=DATA_ROOT]",
-                   help="client i is the i-th site (its name in the provisioned project); DATA_ROOT is its data "
-                        "folder there (default: the config's task.root). Default: site-1..site-K")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="key=value overrides, as for fedmm run; output_dir= is required "
+        "(where the run goes on the server's machine)",
+    )
+    p.add_argument(
+        "--site",
+        action="append",
+        default=[],
+        metavar="NAME[=DATA_ROOT]",
+        help="client i is the i-th site (its name in the provisioned project); DATA_ROOT is its data "
+        "folder there (default: the config's task.root). Default: site-1..site-K",
+    )
     p = verb("report", "(re)write report.md and metrics.png of a run, or summary.csv/.md of a sweep folder")
     p.add_argument("run_dir", help="a run directory, or a sweep folder, written by fedmm")
     args = parser.parse_args(argv)
@@ -143,10 +173,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare":
             from fedmm.data.mmimdb.prepare import prepare_mmimdb
 
-            prepare_mmimdb(args.source, args.out, args.num_clients, partition=args.partition, alpha=args.alpha,
-                           seed=args.seed, modalities=args.modalities, labels_json=args.labels,
-                           on_bad_sample=args.on_bad_sample, val_fraction=args.val_fraction,
-                           test_fraction=args.test_fraction, min_size=args.min_size)
+            prepare_mmimdb(
+                args.source,
+                args.out,
+                args.num_clients,
+                partition=args.partition,
+                alpha=args.alpha,
+                seed=args.seed,
+                modalities=args.modalities,
+                labels_json=args.labels,
+                on_bad_sample=args.on_bad_sample,
+                val_fraction=args.val_fraction,
+                test_fraction=args.test_fraction,
+                min_size=args.min_size,
+            )
             return 0
         if args.command == "flower":
             from fedmm.runtime.flower import deploy
@@ -173,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
                 if (Path(args.run_dir) / JOBS).is_file():  # a sweep folder: its summary
                     print(write_summary(Path(args.run_dir)))
                     return 0
-                raise FedmmError(f"{args.run_dir} has no metrics.jsonl; give a run directory or a sweep folder "
-                                 f"written by fedmm")
+                raise FedmmError(
+                    f"{args.run_dir} has no metrics.jsonl; give a run directory or a sweep folder written by fedmm"
+                )
             print(write_report(args.run_dir))
             return 0
     except FedmmError as e:  # one line, whatever a quoted value held
@@ -182,16 +223,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         run = rundir.CURRENT[-1] if rundir.CURRENT else "<run_dir>"
-        print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; completed rounds are kept "
-              f"(continue with resume={run})", file=sys.stderr)
+        print(
+            f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}; completed rounds are kept "
+            f"(continue with resume={run})",
+            file=sys.stderr,
+        )
         return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback in a file
         if os.environ.get("FEDMM_DEBUG") == "1":
             raise
         where = _save_traceback()
-        print(f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-              f" (a bug, not your input: please report it with {where}; FEDMM_DEBUG=1 prints the traceback)",
-              file=sys.stderr)
+        print(
+            f"error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+            f" (a bug, not your input: please report it with {where}; FEDMM_DEBUG=1 prints the traceback)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -1,4 +1,5 @@
 """What fedmm prints: one flushed line at a time, and quiet third-party libraries (their warnings only)."""
+
 from __future__ import annotations
 
 import logging

@@ -9,6 +9,7 @@ and no predictions, its F1 counts as 1: the model made no mistake on it.
 
 Generative VQA: `vqa_accuracy(prediction, answers)`, the official VQA accuracy over normalised answers.
 """
+
 from __future__ import annotations
 
 import re
@@ -71,8 +72,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
 
 
-def compute(names: tuple[str, ...] | list[str], logits: np.ndarray, labels: np.ndarray,
-            thresholds: np.ndarray | None = None) -> dict[str, float]:
+def compute(
+    names: tuple[str, ...] | list[str], logits: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None = None
+) -> dict[str, float]:
     """The named metrics from model logits. Multilabel when `labels` is 2-D (multi-hot); `thresholds` (per label,
     on probabilities) replace 0.5."""
     out = {}
@@ -88,23 +90,44 @@ def compute(names: tuple[str, ...] | list[str], logits: np.ndarray, labels: np.n
     return out
 
 
-METRICS = {"accuracy": accuracy, "micro_f1": micro_f1, "macro_f1": macro_f1, "weighted_f1": weighted_f1,
-           "samples_f1": samples_f1}
+METRICS = {
+    "accuracy": accuracy,
+    "micro_f1": micro_f1,
+    "macro_f1": macro_f1,
+    "weighted_f1": weighted_f1,
+    "samples_f1": samples_f1,
+}
 
 
 # -- VQA accuracy ------------------------------------------------------------------------------------------------
 # The normalisation of the official VQA evaluation: punctuation, periods, number words, articles, contractions.
 _PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
-_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _ARTICLES = frozenset({"a", "an", "the"})
-_CONTRACTIONS = {w.replace("'", ""): w for w in (
-    "ain't aren't can't could've couldn't didn't doesn't don't hadn't hasn't haven't he'd he'll he's how'd how'll "
-    "how's i'd i'll i'm i've isn't it'd it'll let's ma'am mightn't might've mustn't must've needn't o'clock "
-    "oughtn't shan't she'd she'll she's should've shouldn't that's there'd there're there's they'd they'll "
-    "they're they've 'twas wasn't we'd we'll we're we've weren't what'll what're what's what've when's where'd "
-    "where's where've who'd who'll who's who've why'll why're why's won't would've wouldn't y'all you'd you'll "
-    "you're you've").split()}
+_CONTRACTIONS = {
+    w.replace("'", ""): w
+    for w in (
+        "ain't aren't can't could've couldn't didn't doesn't don't hadn't hasn't haven't he'd he'll he's how'd how'll "
+        "how's i'd i'll i'm i've isn't it'd it'll let's ma'am mightn't might've mustn't must've needn't o'clock "
+        "oughtn't shan't she'd she'll she's should've shouldn't that's there'd there're there's they'd they'll "
+        "they're they've 'twas wasn't we'd we'll we're we've weren't what'll what're what's what've when's where'd "
+        "where's where've who'd who'll who's who've why'll why're why's won't would've wouldn't y'all you'd you'll "
+        "you're you've"
+    ).split()
+}
 _NUMBER_COMMA = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"\.(?!\d)")  # a period that is not a decimal point
 

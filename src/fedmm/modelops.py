@@ -4,6 +4,7 @@ order, device placement, mixed precision, LoRA injection and pixel normalisation
 A leaf module (it imports nothing of fedmm but errors and `Params`), so that backends and the training loop can
 share it without importing each other.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +16,7 @@ from torch import nn
 
 from fedmm.errors import FedmmError
 from fedmm.params import Params
+
 
 # -- parameters -------------------------------------------------------------------------------------------------
 def get_params(model: nn.Module, keys: list[str]) -> Params:
@@ -41,7 +43,7 @@ def batch_indices(n: int, batch_size: int, rng: Optional[np.random.Generator] = 
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
     for i, s in enumerate(starts):
-        yield order[s:starts[i + 1] if i + 1 < len(starts) else n]
+        yield order[s : starts[i + 1] if i + 1 < len(starts) else n]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,23 +73,34 @@ def autocast(device: torch.device, precision: str):
 
 
 # -- model surgery and inputs -----------------------------------------------------------------------------------
-def inject_lora(module: nn.Module, r: int, alpha: float, dropout: float, targets: Union[str, Sequence[str]],
-                what: str, hint: str = "") -> nn.Module:
+def inject_lora(
+    module: nn.Module,
+    r: int,
+    alpha: float,
+    dropout: float,
+    targets: Union[str, Sequence[str]],
+    what: str,
+    hint: str = "",
+) -> nn.Module:
     """peft's LoRA adapters on the `targets` (module names, or a regular expression over them) of `module`, in
     place; a target list that matches nothing is a one-line error naming `model.lora_targets`."""
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = targets if isinstance(targets, str) else list(targets)
     try:
-        return inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                                                  target_modules=targets), module)
+        return inject_adapter_in_model(
+            LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets), module
+        )
     except ValueError as e:
-        raise FedmmError(f"model.lora_targets {targets!r} match no linear layer of {what} "
-                         f"({str(e).splitlines()[0][:120]}){'; ' + hint if hint else ''}") from None
+        raise FedmmError(
+            f"model.lora_targets {targets!r} match no linear layer of {what} "
+            f"({str(e).splitlines()[0][:120]}){'; ' + hint if hint else ''}"
+        ) from None
 
 
-def normalized_pixels(images: np.ndarray, size: int, mean: torch.Tensor, std: torch.Tensor,
-                      mode: str = "bilinear") -> torch.Tensor:
+def normalized_pixels(
+    images: np.ndarray, size: int, mean: torch.Tensor, std: torch.Tensor, mode: str = "bilinear"
+) -> torch.Tensor:
     """uint8 [N, H, W, 3] images as float [N, 3, size, size], resized (antialiased `mode`) and normalised with the
     per-channel `mean` and `std` ([1, 3, 1, 1])."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)

@@ -4,6 +4,7 @@
 `Params` is a dict of numpy arrays keyed by state-dict name, holding only the tensors that travel. A leaf module:
 the run directory, the models' helpers and the federated core all use it.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def params_from_bytes(data: bytes) -> Params:
 def bytes_metadata(data: bytes) -> dict[str, str]:
     """The string metadata of a safetensors blob (its JSON header's __metadata__)."""
     n = int.from_bytes(data[:8], "little")
-    return json.loads(data[8:8 + n]).get("__metadata__", {})
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -6,6 +6,7 @@ Every field carries its unit and meaning (`describe()` prints them; docs/ARCHITE
 figures are written as `eval_<metric>` (`eval_loss`, `eval_accuracy`, `eval_micro_f1`, ...) and a strategy's own
 figures as `strategy_<name>`. `num_clients` is kept as an alias of `clients_replied`, the name older runs used.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -33,29 +34,50 @@ class RoundRecord:
     client_seconds_max: float = _f("s", "the slowest client's training time (what parallel clients wait for)")
     eval_seconds: float = _f("s", "server evaluation time")
     seconds: float = _f("s", "the whole round, wall time")
-    eval: dict[str, float] = _f("", "server evaluation on the test split, written as eval_<metric>",
-                                default_factory=dict)
-    strategy: dict[str, Any] = _f("", "the strategy's own figures, written as strategy_<name>",
-                                  default_factory=dict)
+    eval: dict[str, float] = _f(
+        "", "server evaluation on the test split, written as eval_<metric>", default_factory=dict
+    )
+    strategy: dict[str, Any] = _f("", "the strategy's own figures, written as strategy_<name>", default_factory=dict)
     failures: dict[int, str] = _f("", "client id -> why it failed (only when some did)", default_factory=dict)
-    rejected: dict[int, str] = _f("", "client id -> why the server refused its update (only when it did)",
-                                  default_factory=dict)
-    clipped: dict[int, float] = _f("", "client id -> its update norm before clipping to norm_bound or "
-                                   "privacy.clip_norm (only when some)",
-                                   default_factory=dict)
-    norm_bound: Optional[float] = _f("", "this round's bound on update norms (only with max_update_norm)",
-                                     default=None)
-    dp_epsilon: Optional[float] = _f("", "privacy=dp: the epsilon spent by all rounds so far, at privacy.delta "
-                                     "(dp-accounting's RDP accountant)", default=None)
-    dp_noise_multiplier: Optional[float] = _f("", "privacy=dp: the noise std on this round's sum over clip_norm "
-                                              "(local mode: of the clients that contributed)", default=None)
+    rejected: dict[int, str] = _f(
+        "", "client id -> why the server refused its update (only when it did)", default_factory=dict
+    )
+    clipped: dict[int, float] = _f(
+        "",
+        "client id -> its update norm before clipping to norm_bound or privacy.clip_norm (only when some)",
+        default_factory=dict,
+    )
+    norm_bound: Optional[float] = _f("", "this round's bound on update norms (only with max_update_norm)", default=None)
+    dp_epsilon: Optional[float] = _f(
+        "",
+        "privacy=dp: the epsilon spent by all rounds so far, at privacy.delta (dp-accounting's RDP accountant)",
+        default=None,
+    )
+    dp_noise_multiplier: Optional[float] = _f(
+        "",
+        "privacy=dp: the noise std on this round's sum over clip_norm (local mode: of the clients that contributed)",
+        default=None,
+    )
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"round": self.round, "clients_sampled": self.clients_sampled,
-                               "clients_replied": self.clients_replied, "num_clients": self.clients_replied}
+        out: dict[str, Any] = {
+            "round": self.round,
+            "clients_sampled": self.clients_sampled,
+            "clients_replied": self.clients_replied,
+            "num_clients": self.clients_replied,
+        }
         for f in fields(self):
-            if f.name in out or f.name in ("eval", "strategy", "failures", "rejected", "clipped", "norm_bound",
-                                           "dp_epsilon", "dp_noise_multiplier", "seconds"):
+            if f.name in out or f.name in (
+                "eval",
+                "strategy",
+                "failures",
+                "rejected",
+                "clipped",
+                "norm_bound",
+                "dp_epsilon",
+                "dp_noise_multiplier",
+                "seconds",
+            ):
                 continue
             out[f.name] = getattr(self, f.name)
         out.update(prefixed("eval", self.eval))
@@ -79,8 +101,14 @@ class EpochRecord:
     seconds: float = _f("s", "the epoch, wall time", default=0.0)
 
     def to_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "num_examples": self.num_examples, "lr": self.lr, "train_loss": self.train_loss,
-                **prefixed("eval", self.eval), "seconds": self.seconds}
+        return {
+            "epoch": self.epoch,
+            "num_examples": self.num_examples,
+            "lr": self.lr,
+            "train_loss": self.train_loss,
+            **prefixed("eval", self.eval),
+            "seconds": self.seconds,
+        }
 
 
 # What the terminal table and report.md show besides the step and the evaluation figures.

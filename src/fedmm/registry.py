@@ -13,6 +13,7 @@ runtimes import the assembly layer, which imports the configuration). So each re
 built-in entries and imports them the first time someone asks it for a name; registering modules import only this
 one. A user's module registers when it is imported, exactly like a built-in one.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -80,8 +81,9 @@ def load_plugins(modules: Any) -> None:
     if isinstance(modules, str):  # plugins=my_module: one module
         modules = [modules]
     if modules is not None and not isinstance(modules, Sequence):
-        raise FedmmError(f"plugins must be a list of module names, e.g. plugins=[my_package.my_module] (got "
-                         f"{modules!r})")
+        raise FedmmError(
+            f"plugins must be a list of module names, e.g. plugins=[my_package.my_module] (got {modules!r})"
+        )
     for name in list(modules or []):
         name = str(name)
         if name in _PLUGINS_LOADED:
@@ -89,9 +91,11 @@ def load_plugins(modules: Any) -> None:
         try:
             importlib.import_module(name)
         except Exception as e:  # noqa: BLE001 - whatever the user's module raised, named in one line
-            raise FedmmError(f"plugin module '{name}' cannot be imported ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:120] if str(e) else ''}); install it or put it on PYTHONPATH, "
-                             f"or fix plugins=") from None
+            raise FedmmError(
+                f"plugin module '{name}' cannot be imported ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:120] if str(e) else ''}); install it or put it on PYTHONPATH, "
+                f"or fix plugins="
+            ) from None
         _PLUGINS_LOADED.add(name)
 
 
@@ -109,20 +113,43 @@ def load_entry_point_plugins() -> None:
             try:
                 ep.load()
             except Exception as e:  # noqa: BLE001
-                raise FedmmError(f"plugin '{ep.name}' ({ep.value}, entry point {ENTRY_POINTS}) fails to load "
-                                 f"({type(e).__name__}: {str(e)[:120]}); fix or uninstall its package") from None
+                raise FedmmError(
+                    f"plugin '{ep.name}' ({ep.value}, entry point {ENTRY_POINTS}) fails to load "
+                    f"({type(e).__name__}: {str(e)[:120]}); fix or uninstall its package"
+                ) from None
 
 
 # factory(cfg, seed, centralized=False) -> TaskData; hook `site_count(cfg) -> int` for tasks with per-site folders
-TASKS: Registry[Callable] = Registry("task", ("fedmm.data.easyvqa", "fedmm.data.synthetic", "fedmm.data.mmimdb",
-                                              "fedmm.data.vqav2"))
+TASKS: Registry[Callable] = Registry(
+    "task", ("fedmm.data.easyvqa", "fedmm.data.synthetic", "fedmm.data.mmimdb", "fedmm.data.vqav2")
+)
 # factory(cfg, num_labels, multilabel) -> Backend
-BACKENDS: Registry[Callable] = Registry("model", ("fedmm.backends.fusion", "fedmm.backends.blip_vqa",
-                                                  "fedmm.backends.januspro", "fedmm.backends.hf_vlm"))
+BACKENDS: Registry[Callable] = Registry(
+    "model", ("fedmm.backends.fusion", "fedmm.backends.blip_vqa", "fedmm.backends.januspro", "fedmm.backends.hf_vlm")
+)
 # factory(cfg) -> Strategy
-STRATEGIES: Registry[Callable] = Registry("strategy", tuple(f"fedmm.fl.strategy.{m}" for m in (
-    "fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmap", "lora", "median",
-    "modality_avg", "trimmed_mean", "krum", "bulyan")))
+STRATEGIES: Registry[Callable] = Registry(
+    "strategy",
+    tuple(
+        f"fedmm.fl.strategy.{m}"
+        for m in (
+            "fedavg",
+            "fedprox",
+            "fedavgm",
+            "fedadam",
+            "fedyogi",
+            "fedadagrad",
+            "fedmap",
+            "lora",
+            "median",
+            "modality_avg",
+            "trimmed_mean",
+            "krum",
+            "bulyan",
+        )
+    ),
+)
 # factory(cfg) -> Runtime (fedmm.runtime.base)
-RUNTIMES: Registry[Callable] = Registry("runtime", ("fedmm.runtime.local", "fedmm.runtime.flower",
-                                                    "fedmm.runtime.nvflare"))
+RUNTIMES: Registry[Callable] = Registry(
+    "runtime", ("fedmm.runtime.local", "fedmm.runtime.flower", "fedmm.runtime.nvflare")
+)

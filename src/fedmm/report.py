@@ -1,5 +1,6 @@
 """What a person reads of a run: the per-round table in the terminal while it runs, and report.md with metrics.png
 from its metrics.jsonl afterwards (finished and interrupted runs alike). Column names come from `fedmm.record`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,17 +60,22 @@ def config_summary(rd: RunDir) -> list[str]:
     except Exception:  # noqa: BLE001 - a damaged file only costs the summary, never the report
         return lines
     if isinstance(cfg, dict):
-        name = (lambda key: (cfg.get(key) or {}).get("name", "?") if isinstance(cfg.get(key), dict) else "?")
+        name = lambda key: (cfg.get(key) or {}).get("name", "?") if isinstance(cfg.get(key), dict) else "?"
         partition = cfg.get("partition") or {}
-        how = partition.get("name", "?") + (f" (alpha {partition.get('alpha')})" if partition.get("name") ==
-                                             "dirichlet" else "")
+        how = partition.get("name", "?") + (
+            f" (alpha {partition.get('alpha')})" if partition.get("name") == "dirichlet" else ""
+        )
         clients = len(parts) if isinstance(parts, list) else cfg.get("num_clients")
-        lines += [f"Task `{name('task')}`, model `{name('model')}`, strategy `{name('strategy')}`, {clients} clients, "
-                  f"partition {how}, seed {cfg.get('seed')}, runtime `{name('runtime')}`.", ""]
+        lines += [
+            f"Task `{name('task')}`, model `{name('model')}`, strategy `{name('strategy')}`, {clients} clients, "
+            f"partition {how}, seed {cfg.get('seed')}, runtime `{name('runtime')}`.",
+            "",
+        ]
     if isinstance(parts, list) and parts and all(isinstance(p, dict) for p in parts):
         lines += ["| client | examples | modalities |", "|---|---|---|"]
-        lines += [f"| {i} | {p.get('num_examples', '')} | {'+'.join(p.get('modalities', []))} |"
-                  for i, p in enumerate(parts)]
+        lines += [
+            f"| {i} | {p.get('num_examples', '')} | {'+'.join(p.get('modalities', []))} |" for i, p in enumerate(parts)
+        ]
         lines += [""]
     return lines
 
@@ -90,8 +96,9 @@ def plot_metrics(records: list[dict], step: str, path: Path) -> None:
     xs = [r[step] for r in records]
     axes[0].plot(xs, [r.get("train_loss") for r in records], marker="o", label="train_loss")
     if "eval_loss" in evals:
-        axes[0].plot(*zip(*[(r[step], r["eval_loss"]) for r in records if "eval_loss" in r]), marker="o",
-                     label="eval_loss")
+        axes[0].plot(
+            *zip(*[(r[step], r["eval_loss"]) for r in records if "eval_loss" in r]), marker="o", label="eval_loss"
+        )
     axes[0].set_xlabel(step)
     axes[0].set_title("loss")
     axes[0].legend()

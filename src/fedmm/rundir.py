@@ -21,6 +21,7 @@ What is guaranteed:
   last metrics line is dropped with a warning, a damaged earlier line is an error naming it, and the records of
   rounds a resume recomputes are set aside, not destroyed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -114,11 +115,15 @@ class RunDir:
                 out.append(record)
             except ValueError:
                 if i == len(lines) - 1:
-                    log.warning("%s: its last line is cut short (a crash while writing it); that record is ignored",
-                                self.metrics_path)
+                    log.warning(
+                        "%s: its last line is cut short (a crash while writing it); that record is ignored",
+                        self.metrics_path,
+                    )
                     break
-                raise FedmmError(f"{self.metrics_path} line {i + 1} is damaged ({line[:40]!r}); repair or remove "
-                                 f"that line, then try again") from None
+                raise FedmmError(
+                    f"{self.metrics_path} line {i + 1} is damaged ({line[:40]!r}); repair or remove "
+                    f"that line, then try again"
+                ) from None
         return out
 
     def set_aside_metrics(self, key: str, last: int) -> None:
@@ -139,8 +144,14 @@ class RunDir:
     def save_global(self, params: Params) -> None:
         save_params(self.path / "global.safetensors", params)
 
-    def save_checkpoint(self, rnd: int, params: Params, strategy_state: dict[str, Any], keep: int = 0,
-                        identity: Optional[dict[str, Any]] = None) -> None:
+    def save_checkpoint(
+        self,
+        rnd: int,
+        params: Params,
+        strategy_state: dict[str, Any],
+        keep: int = 0,
+        identity: Optional[dict[str, Any]] = None,
+    ) -> None:
         final = self.ckpt_root / f"round_{rnd:04d}"
         tmp = self.ckpt_root / f".round_{rnd:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -150,8 +161,12 @@ class RunDir:
         state_bytes = params_to_bytes(arrays)
         atomic_write_bytes(tmp / "global.safetensors", weights)
         atomic_write_bytes(tmp / "strategy.safetensors", state_bytes)
-        meta = {"round": rnd, "strategy": rest, "identity": identity or {},
-                "sha256": {"global.safetensors": _sha(weights), "strategy.safetensors": _sha(state_bytes)}}
+        meta = {
+            "round": rnd,
+            "strategy": rest,
+            "identity": identity or {},
+            "sha256": {"global.safetensors": _sha(weights), "strategy.safetensors": _sha(state_bytes)},
+        }
         atomic_write_bytes(tmp / "state.json", json.dumps(meta, indent=2).encode())
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -176,14 +191,17 @@ class RunDir:
             if _sha(blobs[name]) != digest:
                 raise ValueError(f"{name} does not match its checksum")
         try:
-            params, arrays = params_from_bytes(blobs["global.safetensors"]), params_from_bytes(
-                blobs["strategy.safetensors"])
+            params, arrays = (
+                params_from_bytes(blobs["global.safetensors"]),
+                params_from_bytes(blobs["strategy.safetensors"]),
+            )
         except Exception as e:  # noqa: BLE001 - a damaged file, whatever safetensors says about it
             raise ValueError(f"unreadable safetensors ({str(e)[:80]})") from None
         return int(meta["round"]), params, unflatten_state(arrays, meta["strategy"]), meta.get("identity", {})
 
-    def latest_checkpoint(self, up_to: Optional[int] = None
-                          ) -> Optional[tuple[int, Params, dict[str, Any], dict[str, Any]]]:
+    def latest_checkpoint(
+        self, up_to: Optional[int] = None
+    ) -> Optional[tuple[int, Params, dict[str, Any], dict[str, Any]]]:
         """(round, params, strategy state, identity) of the newest intact checkpoint (of round `up_to` at most); a
         damaged newer one is skipped with one line saying so (and left where it is)."""
         for folder in reversed(self.checkpoints()):
@@ -207,8 +225,10 @@ class RunDir:
             lock.acquire()
         except Timeout:
             pid = (self.path / ".lock.pid").read_text().strip() if (self.path / ".lock.pid").exists() else "?"
-            raise FedmmError(f"{self.path} is in use by another fedmm process (pid {pid}); wait for it to finish, "
-                             f"or choose another output_dir") from None
+            raise FedmmError(
+                f"{self.path} is in use by another fedmm process (pid {pid}); wait for it to finish, "
+                f"or choose another output_dir"
+            ) from None
         (self.path / ".lock.pid").write_text(f"{os.getpid()}\n")
         _HELD.append(lock)
         os.environ[LOCK_ENV] = str(self.path.resolve())

@@ -1,4 +1,5 @@
 """The learning-rate schedule over rounds (federated) or epochs (centralized): one pure function both use."""
+
 from __future__ import annotations
 
 import math

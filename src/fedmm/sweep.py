@@ -6,6 +6,7 @@ starts and ends, so the summary can always be rebuilt from the folder: `summary.
 varying overrides, status, seconds and final evaluation figures), `summary.md` (the same as a table, with
 `summary.png`, the task's first metric per job). `fedmm report SWEEP_DIR` rewrites them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,6 +30,7 @@ def varying(combos: list[list[str]]) -> list[str]:
 
     def value(combo: list[str], key: str):
         return next((o.partition("=")[2] for o in combo if o.partition("=")[0] == key), None)
+
     return [k for k in keys if len({value(c, k) for c in combos}) > 1]
 
 
@@ -39,8 +41,7 @@ def job_name(combo: list[str], keys: list[str]) -> str:
     return name or "job"
 
 
-def run_sweep(combos: list[list[str]], root: Path, job: Callable[[Any], Any], load: Callable[[list[str]], Any]
-              ) -> int:
+def run_sweep(combos: list[list[str]], root: Path, job: Callable[[Any], Any], load: Callable[[list[str]], Any]) -> int:
     """Every job in turn (all validated first), a failed one recorded and the others run; then the summary.
     Returns the number of failed jobs."""
     keys = varying(combos)
@@ -49,8 +50,16 @@ def run_sweep(combos: list[list[str]], root: Path, job: Callable[[Any], Any], lo
     settings = [load(c + [f"output_dir={root / n}"]) for c, n in zip(combos, names)]
     say(f"sweep: {len(combos)} jobs under {root}/")
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [{"job": n, "overrides": c, "varying": [o for o in c if o.partition("=")[0] in keys],
-             "status": "pending", "seconds": None} for c, n in zip(combos, names)]
+    jobs = [
+        {
+            "job": n,
+            "overrides": c,
+            "varying": [o for o in c if o.partition("=")[0] in keys],
+            "status": "pending",
+            "seconds": None,
+        }
+        for c, n in zip(combos, names)
+    ]
     failed = 0
     for i, (info, s) in enumerate(zip(jobs, settings)):
         say(f"\n[{i + 1}/{len(combos)}] {info['job']}: {' '.join(info['overrides'])}")
@@ -69,8 +78,10 @@ def run_sweep(combos: list[list[str]], root: Path, job: Callable[[Any], Any], lo
     summary = write_summary(root)
     say(f"\nsweep results ({summary}):")
     for row in read_jobs(root):
-        say(f"  {row['job']}: {row['status']}" + "".join(f", {k}={v:.4f}" for k, v in row.items()
-                                                          if k.startswith("eval_") and isinstance(v, float)))
+        say(
+            f"  {row['job']}: {row['status']}"
+            + "".join(f", {k}={v:.4f}" for k, v in row.items() if k.startswith("eval_") and isinstance(v, float))
+        )
     return failed
 
 
@@ -84,9 +95,16 @@ def read_jobs(root: Path) -> list[dict[str, Any]]:
         folder = root / info["job"]
         records = RunDir(folder).read_metrics() if (folder / "metrics.jsonl").exists() else []
         final = records[-1] if records else {}
-        rows.append({"job": info["job"], **{o.partition("=")[0]: o.partition("=")[2] for o in info["varying"]},
-                     "status": info["status"], "seconds": info["seconds"], "rounds": len(records),
-                     **{k: final[k] for k in eval_metrics([final])}})
+        rows.append(
+            {
+                "job": info["job"],
+                **{o.partition("=")[0]: o.partition("=")[2] for o in info["varying"]},
+                "status": info["status"],
+                "seconds": info["seconds"],
+                "rounds": len(records),
+                **{k: final[k] for k in eval_metrics([final])},
+            }
+        )
     return rows
 
 
@@ -98,9 +116,15 @@ def write_summary(root: Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=cols)
         writer.writeheader()
         writer.writerows(rows)
-    fmt = (lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v))
-    lines = [f"# Sweep: {root}", "", f"{len(rows)} jobs; `summary.csv` has the same figures.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "" if v is None else str(v)
+    lines = [
+        f"# Sweep: {root}",
+        "",
+        f"{len(rows)} jobs; `summary.csv` has the same figures.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     lines += ["| " + " | ".join(fmt(r.get(c)).replace("|", "/") for c in cols) + " |" for r in rows]
     metric = next((c for c in cols if c.startswith("eval_") and c != "eval_loss"), None)
     if metric and _plot(rows, metric, root / "summary.png"):

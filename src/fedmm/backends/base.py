@@ -3,6 +3,7 @@
 The core never looks inside a model. It asks the backend which state-dict keys are trainable (only those travel) and
 which modality each key belongs to (what modality-aware aggregation and clients missing a modality need).
 """
+
 from __future__ import annotations
 
 
@@ -53,8 +54,9 @@ class Backend:
         """Called before `model` trains on or is evaluated on `data`: a chance to precompute what stays fixed
         (the fusion model caches its frozen encoders' features here)."""
 
-    def evaluate(self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...],
-                 batch_size: int = 256) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...], batch_size: int = 256
+    ) -> dict[str, float]:
         """Loss and the named metrics over the whole of `data`."""
         loss, logits = self.predict(model, data, batch_size)
         return {"loss": loss, **M.compute(metric_names, logits, data.labels)}
@@ -79,8 +81,9 @@ class Backend:
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**{k: v for k, v in batch.items() if k != "labels"})
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], pos_weight: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], pos_weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits). `pos_weight` (multilabel only) weights each label's positive term."""
         logits = self.logits(model, batch)
         if self.multilabel:
@@ -101,8 +104,11 @@ class Backend:
                 if p.requires_grad:
                     keys.append(prefix + name)
             if any(p.requires_grad for _, p in own):
-                keys += [prefix + n for n, b in module.named_buffers(recurse=False)
-                         if b is not None and b.is_floating_point()]
+                keys += [
+                    prefix + n
+                    for n, b in module.named_buffers(recurse=False)
+                    if b is not None and b.is_floating_point()
+                ]
         return keys
 
     def client_keys(self, model: nn.Module, modalities: frozenset[str]) -> list[str]:

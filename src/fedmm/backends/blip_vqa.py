@@ -7,6 +7,7 @@ the decoder learns is what it is asked at evaluation. Padding is `pad_token_id` 
 in the labels: -100 is not a token id, and feeding it back as an input id (what BLIP does when only `labels` are
 given) fails or silently reads garbage.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,8 +80,9 @@ class BlipVQABackend(LoraVQABackend):
 
     def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {"pixel_values": self.pixels(data, idx)}
-        batch["input_ids"], batch["attention_mask"] = self._text([data.texts[i] for i in idx],
-                                                                 self.cfg.max_question_length)
+        batch["input_ids"], batch["attention_mask"] = self._text(
+            [data.texts[i] for i in idx], self.cfg.max_question_length
+        )
         # the answer, as the decoder sees it: [bos] tokens [sep], padded with pad_token_id
         answers = [data.label_names[int(data.labels[i])] for i in idx]
         ids, mask = self._text(answers, self.cfg.max_answer_length)
@@ -90,8 +92,13 @@ class BlipVQABackend(LoraVQABackend):
         batch["labels"] = ids.masked_fill(mask == 0, -100)
         return batch
 
-    def generate_answers(self, model: nn.Module, data: MultimodalDataset, idx: np.ndarray,
-                         batch: dict[str, torch.Tensor]) -> list[str]:
-        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             pixel_values=batch["pixel_values"], max_new_tokens=self.cfg.max_answer_length)
+    def generate_answers(
+        self, model: nn.Module, data: MultimodalDataset, idx: np.ndarray, batch: dict[str, torch.Tensor]
+    ) -> list[str]:
+        out = model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            max_new_tokens=self.cfg.max_answer_length,
+        )
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -13,6 +13,7 @@ features instead of tokens and pixels, so rounds after the first train only the 
 is keyed by the data set and a checksum of the encoders' weights: new weights (another checkpoint, a resumed run in
 a new process) mean new features.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -31,10 +32,17 @@ from fedmm.console import say
 from fedmm.errors import FedmmError
 from fedmm.modelops import inject_lora, normalized_pixels
 
-BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 intermediate_size=3072, max_position_embeddings=512)
-RESNET18 = dict(num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
-                layer_type="basic")
+BERT_BASE = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+)
+RESNET18 = dict(
+    num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"
+)
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -78,8 +86,9 @@ class SafeBatchNorm1d(nn.BatchNorm1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] == 1:
-            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                            False, 0.0, self.eps)
+            return nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         return super().forward(x)
 
 
@@ -147,10 +156,15 @@ class FusionClassifier(nn.Module):
                 return self.image_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
         return self.image_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
 
-    def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                pixel_values: Optional[torch.Tensor] = None, image_index: Optional[torch.Tensor] = None,
-                text_features: Optional[torch.Tensor] = None, image_features: Optional[torch.Tensor] = None
-                ) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        image_index: Optional[torch.Tensor] = None,
+        text_features: Optional[torch.Tensor] = None,
+        image_features: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """`pixel_values` may hold each distinct image of the batch once; `image_index` then maps rows to them.
         `text_features` / `image_features` (the frozen encoders' cached outputs) stand in for tokens / pixels."""
         if text_features is None and input_ids is not None:
@@ -162,10 +176,16 @@ class FusionClassifier(nn.Module):
             raise ValueError("a batch needs at least one modality")
         b = (text_features if text_features is not None else image_features).shape[0]
         dev = self.classifier.weight.device
-        t = (self.text_proj(text_features) if text_features is not None
-             else torch.zeros(b, self.text_proj.out_features, device=dev))
-        v = (self.image_proj(image_features) if image_features is not None
-             else torch.zeros(b, self.image_proj.out_features, device=dev))
+        t = (
+            self.text_proj(text_features)
+            if text_features is not None
+            else torch.zeros(b, self.text_proj.out_features, device=dev)
+        )
+        v = (
+            self.image_proj(image_features)
+            if image_features is not None
+            else torch.zeros(b, self.image_proj.out_features, device=dev)
+        )
         h = self.dropout(torch.relu(self.norm(self.fusion(torch.cat([t, v], dim=1)))))
         return self.classifier(h)
 
@@ -226,17 +246,28 @@ class FusionBackend(Backend):
                 image = ResNetModel(ResNetConfig(**dict(cfg.image_config or RESNET18)))
             positions = getattr(text.config, "max_position_embeddings", None)
             if positions and cfg.max_text_length > positions and self.max_length > positions:
-                say(f"model.max_text_length={cfg.max_text_length} exceeds the text encoder's {positions} positions: "
-                    f"texts are cut at {positions} tokens")
+                say(
+                    f"model.max_text_length={cfg.max_text_length} exceeds the text encoder's {positions} positions: "
+                    f"texts are cut at {positions} tokens"
+                )
             self.max_length = min(cfg.max_text_length, positions or cfg.max_text_length)
             if text.get_input_embeddings().num_embeddings < len(self.tokenizer):
-                raise FedmmError(f"tokenizer has {len(self.tokenizer)} tokens but the text encoder only "
-                                 f"{text.get_input_embeddings().num_embeddings}; set model.tokenizer to match")
+                raise FedmmError(
+                    f"tokenizer has {len(self.tokenizer)} tokens but the text encoder only "
+                    f"{text.get_input_embeddings().num_embeddings}; set model.tokenizer to match"
+                )
             for enc, frozen in ((text, cfg.freeze_text or cfg.lora_r > 0), (image, cfg.freeze_image)):
                 enc.requires_grad_(not frozen)
             if cfg.lora_r > 0:
-                text = inject_lora(text, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
-                                   "the text encoder", "BERT's are query, key, value, dense")
+                text = inject_lora(
+                    text,
+                    cfg.lora_r,
+                    cfg.lora_alpha,
+                    cfg.lora_dropout,
+                    cfg.lora_targets,
+                    "the text encoder",
+                    "BERT's are query, key, value, dense",
+                )
             model = FusionClassifier(text, image, cfg, self.num_labels)
         return model.train()
 
@@ -263,8 +294,8 @@ class FusionBackend(Backend):
         ids = np.full((len(rows), max(map(len, rows))), self.tokenizer.pad_token_id or 0, dtype=np.int64)
         mask = np.zeros_like(ids)
         for i, r in enumerate(rows):
-            ids[i, :len(r)] = r
-            mask[i, :len(r)] = 1
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
     @torch.no_grad()
@@ -284,22 +315,33 @@ class FusionBackend(Backend):
         device = next(model.parameters()).device
         text = None
         if data.texts is not None:
-            chunks = [model.encode_text(*(t.to(device) for t in self.tokenize(list(data.texts[i:i + 256]))))
-                      for i in range(0, len(data), 256)]
+            chunks = [
+                model.encode_text(*(t.to(device) for t in self.tokenize(list(data.texts[i : i + 256]))))
+                for i in range(0, len(data), 256)
+            ]
             text = torch.cat(chunks).cpu() if chunks else None
         ids = image = None
         if data.images is not None:
             ids = np.unique(data.image_ids)
-            image = torch.cat([model.encode_image(self._pixels(data, ids[i:i + 256]).to(device)).cpu()
-                               for i in range(0, len(ids), 256)]) if len(ids) else None
+            image = (
+                torch.cat(
+                    [
+                        model.encode_image(self._pixels(data, ids[i : i + 256]).to(device)).cpu()
+                        for i in range(0, len(ids), 256)
+                    ]
+                )
+                if len(ids)
+                else None
+            )
         model.train(was_training)
         if id(data) not in self._features:  # the entry goes when the data set does
             weakref.finalize(data, self._features.pop, id(data), None)
         self._features[id(data)] = (weakref.ref(data), weights, text, ids, image)
 
     def _pixels(self, data: MultimodalDataset, image_ids: np.ndarray) -> torch.Tensor:
-        return normalized_pixels(np.stack([data.images[j] for j in image_ids]), self.cfg.image_size, self._mean,
-                                 self._std, mode="bilinear")
+        return normalized_pixels(
+            np.stack([data.images[j] for j in image_ids]), self.cfg.image_size, self._mean, self._std, mode="bilinear"
+        )
 
     def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
         labels = data.labels[idx]

@@ -11,6 +11,7 @@ Families keep their language model under different attribute names (`model.langu
 `LANGUAGE_MODEL` names them, and `get_decoder()` covers families not listed. LoRA goes on that language model's
 attention projections (`lora_projections`) unless `lora_targets` gives a regular expression of its own.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,7 +41,8 @@ TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}question: {% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
     "{% else %} answer: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %} answer:{% endif %}")
+    "{% if add_generation_prompt %} answer:{% endif %}"
+)
 
 
 @dataclass
@@ -60,13 +62,17 @@ class HFVLMBackend(LoraVQABackend):
     def __init__(self, cfg: HFVLMConfig, num_labels: int, multilabel: bool):
         super().__init__(cfg, num_labels, multilabel)
         if cfg.prompt_template and "{question}" not in cfg.prompt_template:
-            raise FedmmError("model.prompt_template needs {question} ({image} marks where the image tokens go, for "
-                             "processors that do not place them)")
+            raise FedmmError(
+                "model.prompt_template needs {question} ({image} marks where the image tokens go, for "
+                "processors that do not place them)"
+            )
         if cfg.tokenizer:
             raise FedmmError("model=hf_vlm uses its processor's tokenizer; leave model.tokenizer unset")
         if not cfg.pretrained and cfg.family != "llava":
-            raise FedmmError(f"model.family={cfg.family or '(unset)'} cannot be random-initialised by fedmm; give "
-                             f"model.pretrained=PATH (a checkpoint folder), or model.family=llava for a tiny model")
+            raise FedmmError(
+                f"model.family={cfg.family or '(unset)'} cannot be random-initialised by fedmm; give "
+                f"model.pretrained=PATH (a checkpoint folder), or model.family=llava for a tiny model"
+            )
 
     # -- model, processor, config --------------------------------------------------------------------------------
     def model_config(self, offline_shapes: bool = False):
@@ -77,17 +83,23 @@ class HFVLMBackend(LoraVQABackend):
         cfg = self.cfg
         if cfg.pretrained:
             try:
-                return from_pretrained(AutoConfig.from_pretrained, cfg.pretrained, f"{cfg.name} config",
-                                       "pretrained")
+                return from_pretrained(AutoConfig.from_pretrained, cfg.pretrained, f"{cfg.name} config", "pretrained")
             except FedmmError:
                 if not (offline_shapes and cfg.family in CONFIG_MAPPING):
                     raise
                 self.sized_from = f"{cfg.family}'s default config shapes ({cfg.pretrained} is not on disk)"
-                return CONFIG_MAPPING[cfg.family](text_config=dict(cfg.text_config) or None,
-                                                  vision_config=dict(cfg.vision_config) or None)
+                return CONFIG_MAPPING[cfg.family](
+                    text_config=dict(cfg.text_config) or None, vision_config=dict(cfg.vision_config) or None
+                )
         tok = self.processor.tokenizer
-        text = {"model_type": "llama", "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
-                "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **cfg.text_config}
+        text = {
+            "model_type": "llama",
+            "vocab_size": len(tok),
+            "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            **cfg.text_config,
+        }
         vision = {"model_type": "clip_vision_model", "image_size": cfg.image_size, **cfg.vision_config}
         return LlavaConfig(text_config=text, vision_config=vision, image_token_id=tok.convert_tokens_to_ids("<image>"))
 
@@ -102,8 +114,10 @@ class HFVLMBackend(LoraVQABackend):
         try:
             return MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(config)]
         except KeyError:
-            raise FedmmError(f"{self.cfg.pretrained or self.family} ({config.model_type}) is not an image-text-to-text "
-                             f"model; model=hf_vlm needs one that AutoModelForImageTextToText loads") from None
+            raise FedmmError(
+                f"{self.cfg.pretrained or self.family} ({config.model_type}) is not an image-text-to-text "
+                f"model; model=hf_vlm needs one that AutoModelForImageTextToText loads"
+            ) from None
 
     @cached_property
     def processor(self):
@@ -131,11 +145,20 @@ class HFVLMBackend(LoraVQABackend):
         tok.model_input_names = ["input_ids", "attention_mask"]  # a decoder has no token types
         mean, std = (self.cfg.image_mean, self.cfg.image_std) if self.cfg.image_mean else self.default_stats
         size = self.cfg.image_size
-        images = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                       image_mean=list(mean), image_std=list(std))
-        return LlavaProcessor(image_processor=images, tokenizer=tok, chat_template=TINY_CHAT_TEMPLATE,
-                              patch_size=int(self.cfg.vision_config.get("patch_size", 32)),
-                              vision_feature_select_strategy="default", num_additional_image_tokens=1)
+        images = CLIPImageProcessorPil(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            image_mean=list(mean),
+            image_std=list(std),
+        )
+        return LlavaProcessor(
+            image_processor=images,
+            tokenizer=tok,
+            chat_template=TINY_CHAT_TEMPLATE,
+            patch_size=int(self.cfg.vision_config.get("patch_size", 32)),
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+        )
 
     @property
     def tokenizer(self):
@@ -150,8 +173,10 @@ class HFVLMBackend(LoraVQABackend):
         decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
         found = [name for name, m in modules.items() if m is decoder and name]
         if not found:
-            raise FedmmError(f"cannot find the language model of {self.family}; give model.lora_targets=REGEX "
-                             f"(a regular expression over its module names)")
+            raise FedmmError(
+                f"cannot find the language model of {self.family}; give model.lora_targets=REGEX "
+                f"(a regular expression over its module names)"
+            )
         return found[0]
 
     def lora_targets(self, model: nn.Module) -> str:
@@ -171,22 +196,26 @@ class HFVLMBackend(LoraVQABackend):
             prompt = self.cfg.prompt_template.format(image=getattr(p, "image_token", ""), question=QUESTION)
             return tuple(prompt.split(QUESTION)), ("", self.tokenizer.eos_token or "")
         if not getattr(p, "chat_template", None):
-            raise FedmmError(f"the processor of {self.cfg.pretrained} has no chat template; give model.prompt_template "
-                             f"(e.g. 'answer en {{question}}' for PaliGemma)")
+            raise FedmmError(
+                f"the processor of {self.cfg.pretrained} has no chat template; give model.prompt_template "
+                f"(e.g. 'answer en {{question}}' for PaliGemma)"
+            )
         user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
         prompt = p.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
-        full = p.apply_chat_template(user + [{"role": "assistant", "content": [{"type": "text", "text": ANSWER}]}],
-                                     tokenize=False)
-        if not full.startswith(prompt) or ANSWER not in full[len(prompt):]:
-            raise FedmmError(f"cannot split {self.cfg.pretrained}'s chat template into prompt and answer; give "
-                             f"model.prompt_template")
-        completion = full[len(prompt):]
+        full = p.apply_chat_template(
+            user + [{"role": "assistant", "content": [{"type": "text", "text": ANSWER}]}], tokenize=False
+        )
+        if not full.startswith(prompt) or ANSWER not in full[len(prompt) :]:
+            raise FedmmError(
+                f"cannot split {self.cfg.pretrained}'s chat template into prompt and answer; give model.prompt_template"
+            )
+        completion = full[len(prompt) :]
         return tuple(prompt.split(QUESTION)), tuple(completion.split(ANSWER))
 
     def _question(self, question: str) -> str:
         ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
         if len(ids) > self.cfg.max_question_length:
-            question = self.tokenizer.decode(ids[:self.cfg.max_question_length])
+            question = self.tokenizer.decode(ids[: self.cfg.max_question_length])
         (before, after), _ = self._templates
         return before + question + after
 
@@ -196,8 +225,12 @@ class HFVLMBackend(LoraVQABackend):
         return self.tokenizer(self._templates[1][1], add_special_tokens=False)["input_ids"]
 
     def _completion(self, answer: str) -> list[int]:
-        ids = self.tokenizer(self._templates[1][0] + answer, add_special_tokens=False, truncation=True,
-                             max_length=self.cfg.max_answer_length)["input_ids"]
+        ids = self.tokenizer(
+            self._templates[1][0] + answer,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.cfg.max_answer_length,
+        )["input_ids"]
         return ids + self._closing_ids
 
     # -- batches ---------------------------------------------------------------------------------------------------
@@ -207,11 +240,18 @@ class HFVLMBackend(LoraVQABackend):
         from PIL import Image
 
         if data.texts is None or data.images is None:
-            raise FedmmError(f"{self.cfg.name} needs both the image and the question; clients that miss a modality "
-                             f"need a fusion model")
+            raise FedmmError(
+                f"{self.cfg.name} needs both the image and the question; clients that miss a modality "
+                f"need a fusion model"
+            )
         images = [Image.fromarray(data.images[j]) for j in data.image_ids[idx]]
-        enc = self.processor(text=[self._question(data.texts[i]) for i in idx], images=images, padding=True,
-                             add_special_tokens=False, return_tensors="pt")
+        enc = self.processor(
+            text=[self._question(data.texts[i]) for i in idx],
+            images=images,
+            padding=True,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
         ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
         enc.pop("labels", None)  # PaliGemma's processor adds prompt-only labels; ours follow
         per_token = {k: enc.pop(k) for k in list(enc) if torch.is_tensor(enc[k]) and enc[k].shape == ids.shape}
@@ -219,9 +259,11 @@ class HFVLMBackend(LoraVQABackend):
         lengths = mask.sum(1).tolist()
         width = max(n + len(c) for n, c in zip(lengths, completions))
         pad = self.tokenizer.pad_token_id
-        out = {"input_ids": torch.full((len(idx), width), pad, dtype=torch.long),
-               "attention_mask": torch.zeros((len(idx), width), dtype=torch.long),
-               "labels": torch.full((len(idx), width), -100, dtype=torch.long)}
+        out = {
+            "input_ids": torch.full((len(idx), width), pad, dtype=torch.long),
+            "attention_mask": torch.zeros((len(idx), width), dtype=torch.long),
+            "labels": torch.full((len(idx), width), -100, dtype=torch.long),
+        }
         fill = COMPLETION_TOKEN_TYPE.get(self.family, 0)
         out.update({k: torch.zeros((len(idx), width), dtype=v.dtype) for k, v in per_token.items()})
         for r, (n, c) in enumerate(zip(lengths, completions)):
@@ -243,16 +285,22 @@ class HFVLMBackend(LoraVQABackend):
         prompt["input_ids"].fill_(self.tokenizer.pad_token_id)
         for r, n in enumerate(lengths):
             for k in keys:
-                prompt[k][r, width - n:] = batch[k][r, :n]
+                prompt[k][r, width - n :] = batch[k][r, :n]
         return prompt
 
-    def generate_answers(self, model: nn.Module, data: MultimodalDataset, idx: np.ndarray,
-                         batch: dict[str, torch.Tensor]) -> list[str]:
+    def generate_answers(
+        self, model: nn.Module, data: MultimodalDataset, idx: np.ndarray, batch: dict[str, torch.Tensor]
+    ) -> list[str]:
         prompt = self.generation_prompts(batch)
         images = {k: v for k, v in batch.items() if k not in prompt and k != "labels"}
-        out = model.generate(**prompt, **images, max_new_tokens=self.cfg.max_answer_length + len(self._closing_ids),
-                             do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                             eos_token_id=self._stop_ids(model))
+        out = model.generate(
+            **prompt,
+            **images,
+            max_new_tokens=self.cfg.max_answer_length + len(self._closing_ids),
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self._stop_ids(model),
+        )
         width = prompt["input_ids"].shape[1]
         return [t.strip() for t in self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]
 
@@ -262,4 +310,3 @@ class HFVLMBackend(LoraVQABackend):
         stop = list(stop) if isinstance(stop, (list, tuple)) else [stop] if stop is not None else []
         stop += [self.tokenizer.eos_token_id] + self._closing_ids[:1]
         return sorted({int(s) for s in stop if s is not None})
-

@@ -7,6 +7,7 @@ sequence is [bos] prompt answer [eos], and the labels are -100 over [bos] and th
 learned and each answer token is predicted from everything before it (the causal LM shifts by one internally).
 Training pads on the right; generation pads prompts on the left so that every answer starts right after its prompt.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -63,30 +64,45 @@ class JanusProBackend(LoraVQABackend):
 
         if self.cfg.pretrained:
             try:
-                return from_pretrained(JanusConfig.from_pretrained, self.cfg.pretrained, "Janus config",
-                                       "pretrained")
+                return from_pretrained(JanusConfig.from_pretrained, self.cfg.pretrained, "Janus config", "pretrained")
             except FedmmError:
                 if not offline_shapes:
                     raise
         if self.cfg.pretrained and self.cfg.tokenizer != "tiny":  # offline sizing
             self.sized_from = f"JanusConfig's default shapes ({self.cfg.pretrained} is not on disk)"
-            return JanusConfig(text_config=dict(self.cfg.text_config) or None,
-                               vision_config=dict(self.cfg.vision_config) or None,
-                               vq_config=dict(self.cfg.vq_config) or None)
+            return JanusConfig(
+                text_config=dict(self.cfg.text_config) or None,
+                vision_config=dict(self.cfg.vision_config) or None,
+                vq_config=dict(self.cfg.vq_config) or None,
+            )
         tok = self.tokenizer
-        text = {"model_type": "llama", "vocab_size": len(tok), "bos_token_id": tok.cls_token_id,
-                "eos_token_id": tok.sep_token_id, "pad_token_id": tok.pad_token_id, **self.cfg.text_config}
-        return JanusConfig(text_config=text, vision_config=dict(self.cfg.vision_config),
-                           vq_config=dict(self.cfg.vq_config), image_token_id=tok.convert_tokens_to_ids(
-                               IMAGE_PLACEHOLDER))
+        text = {
+            "model_type": "llama",
+            "vocab_size": len(tok),
+            "bos_token_id": tok.cls_token_id,
+            "eos_token_id": tok.sep_token_id,
+            "pad_token_id": tok.pad_token_id,
+            **self.cfg.text_config,
+        }
+        return JanusConfig(
+            text_config=text,
+            vision_config=dict(self.cfg.vision_config),
+            vq_config=dict(self.cfg.vq_config),
+            image_token_id=tok.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+        )
 
     @cached_property
     def _special(self) -> tuple[int, int, int, int, int]:
         """(bos, eos, pad, image token) ids and the number of image tokens per image."""
         config = self.model_config()
         text = config.text_config
-        return (int(text.bos_token_id), int(text.eos_token_id), int(text.pad_token_id or 0),
-                int(config.image_token_id), int(config.vision_config.num_image_tokens))
+        return (
+            int(text.bos_token_id),
+            int(text.eos_token_id),
+            int(text.pad_token_id or 0),
+            int(config.image_token_id),
+            int(config.vision_config.num_image_tokens),
+        )
 
     def key_modality(self, key: str) -> str:
         return "image" if "vision_model." in key else "shared"
@@ -94,16 +110,18 @@ class JanusProBackend(LoraVQABackend):
     def _prompt(self, question: str) -> list[int]:
         bos, _, _, image, n_image = self._special
         text = self.cfg.prompt_template.format(image=IMAGE_PLACEHOLDER, question=question)
-        ids = self.tokenizer(text, add_special_tokens=False, truncation=True,
-                             max_length=self.cfg.max_question_length + 32)["input_ids"]
+        ids = self.tokenizer(
+            text, add_special_tokens=False, truncation=True, max_length=self.cfg.max_question_length + 32
+        )["input_ids"]
         out = [bos]
         for t in ids:
             out += [image] * n_image if t == image else [t]
         return out
 
     def _answer(self, answer: str) -> list[int]:
-        ids = self.tokenizer(" " + answer, add_special_tokens=False, truncation=True,
-                             max_length=self.cfg.max_answer_length)["input_ids"]
+        ids = self.tokenizer(
+            " " + answer, add_special_tokens=False, truncation=True, max_length=self.cfg.max_answer_length
+        )["input_ids"]
         return ids + [self._special[1]]
 
     def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
@@ -119,20 +137,31 @@ class JanusProBackend(LoraVQABackend):
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for r, (row, target) in enumerate(zip(rows, targets)):  # right padding for training
-            ids[r, :len(row)], labels[r, :len(row)], mask[r, :len(row)] = (torch.tensor(row), torch.tensor(target),
-                                                                            1)
+            ids[r, : len(row)], labels[r, : len(row)], mask[r, : len(row)] = (
+                torch.tensor(row),
+                torch.tensor(target),
+                1,
+            )
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values, "labels": labels}
 
-    def generate_answers(self, model: nn.Module, data: MultimodalDataset, idx: np.ndarray,
-                         batch: dict[str, torch.Tensor]) -> list[str]:
+    def generate_answers(
+        self, model: nn.Module, data: MultimodalDataset, idx: np.ndarray, batch: dict[str, torch.Tensor]
+    ) -> list[str]:
         prompts = [self._prompt(data.texts[i]) for i in idx]
         width, pad = max(map(len, prompts)), self._special[2]
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for r, p in enumerate(prompts):  # left padding: generation continues right after every prompt
-            ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(p), 1
+            ids[r, width - len(p) :], mask[r, width - len(p) :] = torch.tensor(p), 1
         device = batch["pixel_values"].device
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             pixel_values=batch["pixel_values"], max_new_tokens=self.cfg.max_answer_length,
-                             do_sample=False, pad_token_id=pad, eos_token_id=self._special[1], generation_mode="text")
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            pixel_values=batch["pixel_values"],
+            max_new_tokens=self.cfg.max_answer_length,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=self._special[1],
+            generation_mode="text",
+        )
         return [t.strip() for t in self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)]

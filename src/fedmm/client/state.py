@@ -4,6 +4,7 @@ Files are named by the round that wrote them, and a round reads the newest one w
 until a later round has read past it. So a run killed after a client wrote round r's state but before the server
 checkpointed round r repeats round r from exactly the state it first started from: resume stays exact.
 """
+
 from __future__ import annotations
 
 import re

@@ -4,6 +4,7 @@ Hydra's own `@hydra.main` is not used: it owns the process (working directory, l
 its composition API and override grammar, so every Hydra override (`+key=`, `~key`, group choices, sweeps such as
 `a=1,2`, `range(1,4)`) works, and turn every problem into one line.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -21,8 +22,18 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from fedmm.config.schema import (ATTACKS, BOUNDS, NORM_BOUNDS, PRECISIONS, PRIVACY, PRIVACY_MODES, AttackConfig,
-                                 PartitionConfig, PrivacyConfig, Schema)
+from fedmm.config.schema import (
+    ATTACKS,
+    BOUNDS,
+    NORM_BOUNDS,
+    PRECISIONS,
+    PRIVACY,
+    PRIVACY_MODES,
+    AttackConfig,
+    PartitionConfig,
+    PrivacyConfig,
+    Schema,
+)
 from fedmm.errors import FedmmError
 from fedmm.rundir import check_output_dir
 from fedmm.registry import BACKENDS, RUNTIMES, STRATEGIES, TASKS, load_plugins
@@ -63,14 +74,16 @@ class Settings:
 def identity(settings: Settings) -> dict[str, Any]:
     """The settings that define what the experiment computes (all but how long it runs and how it reports), flat
     as dotted keys: stored in every checkpoint, and what a resume must match."""
+
     def flat(node: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(node, dict):
             return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
         return {prefix[:-1]: node}
 
     skip = RESUMABLE | {"resume", "output_dir"}
-    return {k: v for k, v in flat(OmegaConf.to_container(settings.cfg, resolve=True)).items()
-            if k.split(".")[0] not in skip}
+    return {
+        k: v for k, v in flat(OmegaConf.to_container(settings.cfg, resolve=True)).items() if k.split(".")[0] not in skip
+    }
 
 
 def _schema_for(group: str, name: str) -> type:
@@ -121,8 +134,11 @@ def _one_line(e: BaseException) -> str:
     if m or ("sweep" in msg.lower() and "compose" in msg.lower()):
         what = f"'{m.group(1)}' is" if m else "a comma-separated value is"
         return f"{what} a sweep: add -m to run one job per value, or write a list as key=[a,b]"
-    lines = [l.strip() for l in msg.splitlines() if l.strip() and not l.strip().startswith(
-        ("full_key", "object_type", "reference_type", "Set the environment"))]
+    lines = [
+        l.strip()
+        for l in msg.splitlines()
+        if l.strip() and not l.strip().startswith(("full_key", "object_type", "reference_type", "Set the environment"))
+    ]
     return " ".join(lines)[:300] or type(e).__name__
 
 
@@ -138,8 +154,10 @@ def _typed(group: str, node: Any) -> Any:
     fields = entry.config_cls.__dataclass_fields__
     unknown = [k for k in node.keys() if k not in fields]
     if unknown:  # `+model.x=1` opens the struct flag, so check by hand
-        raise FedmmError(f"unknown option '{group}.{unknown[0]}' for {group} '{node.name}'; valid: "
-                         f"{', '.join(f for f in fields if f != 'name')}")
+        raise FedmmError(
+            f"unknown option '{group}.{unknown[0]}' for {group} '{node.name}'; valid: "
+            f"{', '.join(f for f in fields if f != 'name')}"
+        )
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(entry.config_cls), node))
     except OmegaConfBaseException as e:
@@ -155,8 +173,9 @@ def validate(cfg: DictConfig) -> Settings:
                 cfg[key] = defaults[key]
     try:
         OmegaConf.resolve(cfg)
-        OmegaConf.merge(OmegaConf.structured(Schema), OmegaConf.masked_copy(cfg, [
-            k for k in cfg.keys() if k not in GROUPS]))
+        OmegaConf.merge(
+            OmegaConf.structured(Schema), OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k not in GROUPS])
+        )
     except OmegaConfBaseException as e:
         raise FedmmError(_one_line(e)) from None
     if cfg.lr_schedule not in LR_SCHEDULES:
@@ -209,35 +228,52 @@ def _check_privacy(cfg: DictConfig) -> None:
     strategy = cfg.strategy.name
     if not getattr(STRATEGIES.get(strategy).factory, "averages", False):
         usable = ", ".join(n for n in STRATEGIES.names() if getattr(STRATEGIES.get(n).factory, "averages", False))
-        raise FedmmError(f"strategy={strategy} does not work with {what}: it needs each client's update, which "
-                         f"{'DP noise and clipping hide' if p.name == 'dp' else 'secure aggregation never shows'};"
-                         f" use one that averages: {usable}")
+        raise FedmmError(
+            f"strategy={strategy} does not work with {what}: it needs each client's update, which "
+            f"{'DP noise and clipping hide' if p.name == 'dp' else 'secure aggregation never shows'};"
+            f" use one that averages: {usable}"
+        )
     if cfg.max_update_norm is not None:
-        raise FedmmError(f"max_update_norm does not work with {what}: "
-                         + ("privacy.clip_norm bounds every update already" if p.name == "dp" else
-                            "the server never sees an update to bound") + "; remove max_update_norm")
+        raise FedmmError(
+            f"max_update_norm does not work with {what}: "
+            + (
+                "privacy.clip_norm bounds every update already"
+                if p.name == "dp"
+                else "the server never sees an update to bound"
+            )
+            + "; remove max_update_norm"
+        )
     if not p.secure_aggregation:
         return
     if cfg.runtime.name != "flower":
-        raise FedmmError(f"privacy.secure_aggregation=true needs runtime=flower (Flower's SecAgg+); "
-                         f"runtime={cfg.runtime.name} has no secure aggregation: use runtime=flower, or "
-                         f"privacy=dp privacy.mode=central on a server you trust")
+        raise FedmmError(
+            f"privacy.secure_aggregation=true needs runtime=flower (Flower's SecAgg+); "
+            f"runtime={cfg.runtime.name} has no secure aggregation: use runtime=flower, or "
+            f"privacy=dp privacy.mode=central on a server you trust"
+        )
     if p.name == "dp" and p.mode == "central":
-        raise FedmmError("privacy.mode=central needs the server to see each update, which secure aggregation "
-                         "prevents; use privacy.mode=local (each client adds its share of the noise)")
+        raise FedmmError(
+            "privacy.mode=central needs the server to see each update, which secure aggregation "
+            "prevents; use privacy.mode=local (each client adds its share of the noise)"
+        )
     if cfg.compression.kind != "none":
-        raise FedmmError(f"compression.kind={cfg.compression.kind} does not work with secure aggregation (it "
-                         f"quantizes the update itself); use compression.kind=none")
+        raise FedmmError(
+            f"compression.kind={cfg.compression.kind} does not work with secure aggregation (it "
+            f"quantizes the update itself); use compression.kind=none"
+        )
     if cfg.attack.name != "none":
-        raise FedmmError("attack options do not work with secure aggregation (the server cannot see who "
-                         "misbehaves); use attack=none")
+        raise FedmmError(
+            "attack options do not work with secure aggregation (the server cannot see who misbehaves); use attack=none"
+        )
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
     for o in _parse(overrides):  # Hydra reads `group=[a,b]` as several options of one group (and crashes on [0])
         if o.key_or_group in OPTION_GROUPS and isinstance(o.value(), (list, dict)) and not o.is_sweep_override():
-            raise FedmmError(f"{o.key_or_group} takes one option name, e.g. {o.key_or_group}=NAME (got "
-                             f"{o.input_line.partition('=')[2]}); `fedmm config` lists the options")
+            raise FedmmError(
+                f"{o.key_or_group} takes one option name, e.g. {o.key_or_group}=NAME (got "
+                f"{o.input_line.partition('=')[2]}); `fedmm config` lists the options"
+            )
     _register_store()
     GlobalHydra.instance().clear()
     try:
@@ -251,9 +287,12 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 def _quote_choices(overrides: list[str]) -> list[str]:
     """`attack=nan` chooses the preset named nan: quoted, so that Hydra does not read a float (nan, inf)."""
-    return [f"{o.partition('=')[0]}='{o.partition('=')[2]}'"
-            if o.partition("=")[0] in OPTION_GROUPS and o.partition("=")[2].lower() in ("nan", "inf", "-inf")
-            else o for o in overrides]
+    return [
+        f"{o.partition('=')[0]}='{o.partition('=')[2]}'"
+        if o.partition("=")[0] in OPTION_GROUPS and o.partition("=")[2].lower() in ("nan", "inf", "-inf")
+        else o
+        for o in overrides
+    ]
 
 
 def _parse(overrides: list[str]):
@@ -314,8 +353,10 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
         if key == "resume":
             continue
         if key not in RESUMABLE or o.is_sweep_override() or o.is_add() or o.is_delete():
-            raise FedmmError(f"'{o.input_line}' cannot change when resuming (it would change the experiment); "
-                             f"only {', '.join(sorted(RESUMABLE))} can. Start a new run instead")
+            raise FedmmError(
+                f"'{o.input_line}' cannot change when resuming (it would change the experiment); "
+                f"only {', '.join(sorted(RESUMABLE))} can. Start a new run instead"
+            )
         try:
             OmegaConf.update(cfg, key, o.value(), merge=True)
         except OmegaConfBaseException as e:
@@ -336,8 +377,10 @@ def load_settings(overrides: list[str]) -> Settings:
         return validate(cfg)
     sweep = experiment_sweep(overrides)
     if sweep:
-        raise FedmmError(f"this experiment is a sweep over {', '.join(o.split('=')[0] for o in sweep)}: add -m to "
-                         f"run one job per combination, or set those keys")
+        raise FedmmError(
+            f"this experiment is a sweep over {', '.join(o.split('=')[0] for o in sweep)}: add -m to "
+            f"run one job per combination, or set those keys"
+        )
     return validate(compose_config(overrides))
 
 

@@ -1,5 +1,6 @@
 """The run-level schema. Group nodes (task, model, strategy, runtime) are validated against the dataclass their
 registry entry declares, so user-registered components get the same checks as built-in ones."""
+
 from __future__ import annotations
 
 import math
@@ -20,31 +21,57 @@ class Bound:
     low_open: bool = False
 
     def text(self, integer: bool) -> str:
-        num = (lambda x: f"{int(x):,}" if float(x).is_integer() else f"{x:g}")
+        num = lambda x: f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
         parts = [f"{'>' if self.low_open else '>='} {num(self.low)}"] if self.low is not None else []
         parts += [f"<= {num(self.high)}"] if self.high is not None else []
         return ("an integer " if integer else "a finite number ") + " and ".join(parts)
 
     def holds(self, x: float) -> bool:
-        return math.isfinite(x) and (self.low is None or (x > self.low if self.low_open else x >= self.low)) and (
-            self.high is None or x <= self.high)
+        return (
+            math.isfinite(x)
+            and (self.low is None or (x > self.low if self.low_open else x >= self.low))
+            and (self.high is None or x <= self.high)
+        )
 
 
 # Every bounded run-level option, in one place: composition checks each (null stays allowed where the type is
 # Optional). Group options (task.*, model.*, strategy.*, runtime.*) are checked by their own component.
 BOUNDS = {
-    "rounds": Bound(1), "local_epochs": Bound(1), "epochs": Bound(1), "batch_size": Bound(1),
-    "eval_batch_size": Bound(1), "num_clients": Bound(1, 1_000_000), "clients_per_round": Bound(1),
-    "client_fraction": Bound(0, 1, low_open=True), "min_clients": Bound(1), "lr": Bound(0, low_open=True),
-    "weight_decay": Bound(0), "grad_accum_steps": Bound(1), "lr_warmup_rounds": Bound(0), "seed": Bound(0, 2**32 - 1),
-    "max_train_samples": Bound(2), "max_eval_samples": Bound(1), "eval_every": Bound(1), "keep_checkpoints": Bound(0),
-    "threads": Bound(0, 4096), "partition.alpha": Bound(0, low_open=True), "partition.min_size": Bound(1),
-    "partition.max_tries": Bound(1), "modality.missing_rate": Bound(0, 1), "compression.block_size": Bound(1),
-    "attack.scale": Bound(), "attack.std": Bound(0), "attack.start_round": Bound(1),
-    "privacy.clip_norm": Bound(0, low_open=True), "privacy.noise_multiplier": Bound(0, low_open=True),
-    "privacy.delta": Bound(0, 1, low_open=True), "privacy.target_epsilon": Bound(0, low_open=True),
-    "privacy.noise_seed": Bound(0, 2**63 - 1), "privacy.secagg_shares": Bound(0, low_open=True),
-    "privacy.secagg_threshold": Bound(0, low_open=True), "privacy.secagg_clip_range": Bound(0, low_open=True),
+    "rounds": Bound(1),
+    "local_epochs": Bound(1),
+    "epochs": Bound(1),
+    "batch_size": Bound(1),
+    "eval_batch_size": Bound(1),
+    "num_clients": Bound(1, 1_000_000),
+    "clients_per_round": Bound(1),
+    "client_fraction": Bound(0, 1, low_open=True),
+    "min_clients": Bound(1),
+    "lr": Bound(0, low_open=True),
+    "weight_decay": Bound(0),
+    "grad_accum_steps": Bound(1),
+    "lr_warmup_rounds": Bound(0),
+    "seed": Bound(0, 2**32 - 1),
+    "max_train_samples": Bound(2),
+    "max_eval_samples": Bound(1),
+    "eval_every": Bound(1),
+    "keep_checkpoints": Bound(0),
+    "threads": Bound(0, 4096),
+    "partition.alpha": Bound(0, low_open=True),
+    "partition.min_size": Bound(1),
+    "partition.max_tries": Bound(1),
+    "modality.missing_rate": Bound(0, 1),
+    "compression.block_size": Bound(1),
+    "attack.scale": Bound(),
+    "attack.std": Bound(0),
+    "attack.start_round": Bound(1),
+    "privacy.clip_norm": Bound(0, low_open=True),
+    "privacy.noise_multiplier": Bound(0, low_open=True),
+    "privacy.delta": Bound(0, 1, low_open=True),
+    "privacy.target_epsilon": Bound(0, low_open=True),
+    "privacy.noise_seed": Bound(0, 2**63 - 1),
+    "privacy.secagg_shares": Bound(0, low_open=True),
+    "privacy.secagg_threshold": Bound(0, low_open=True),
+    "privacy.secagg_clip_range": Bound(0, low_open=True),
     "privacy.secagg_quantization": Bound(2, 2**30),
 }
 

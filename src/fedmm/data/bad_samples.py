@@ -4,6 +4,7 @@ Real data sets have a few broken rows. Stopping is the default because a silentl
 `on_bad_sample=skip` is for when the user has looked and accepts losing those rows. Either way the message names the
 file and the row, so the user can fix the source.
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,5 +34,8 @@ class BadSamples:
         """One warning line for everything skipped so far (nothing when nothing was skipped)."""
         if self.skipped:
             more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
-            print(f"warning: skipped {len(self.skipped)} bad sample(s) in {where}: {self.skipped[0]}{more}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: skipped {len(self.skipped)} bad sample(s) in {where}: {self.skipped[0]}{more}",
+                file=sys.stderr,
+                flush=True,
+            )

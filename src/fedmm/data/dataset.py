@@ -7,6 +7,7 @@ Missing modalities are represented by *absence*: a data set without images has `
 from it has no `pixel_values` at all. A client that lacks a modality therefore never holds, let alone receives, that
 modality's inputs; the model fills the absent modality's embedding with zeros (see `backends/fusion.py`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -55,8 +56,9 @@ class MultimodalDataset:
 
     @property
     def modalities(self) -> frozenset[str]:
-        return frozenset(m for m, present in (("image", self.images is not None), ("text", self.texts is not None))
-                         if present)
+        return frozenset(
+            m for m, present in (("image", self.images is not None), ("text", self.texts is not None)) if present
+        )
 
     def subset(self, idx: np.ndarray) -> "MultimodalDataset":
         idx = np.asarray(idx, dtype=np.int64)
@@ -141,11 +143,15 @@ def concat(parts: Sequence[MultimodalDataset]) -> MultimodalDataset:
         offsets = np.cumsum([0] + [len(p.images) for p in parts[:-1]])
         images = np.concatenate([p.images for p in parts])
         image_ids = np.concatenate([p.image_ids + o for p, o in zip(parts, offsets)])
-    return MultimodalDataset(labels=np.concatenate([p.labels for p in parts]), label_names=first.label_names,
-                             texts=None if first.texts is None else [t for p in parts for t in p.texts],
-                             images=images, image_ids=image_ids,
-                             answers=None if first.answers is None else [a for p in parts for a in p.answers],
-                             groups=None if first.groups is None else np.concatenate([p.groups for p in parts]))
+    return MultimodalDataset(
+        labels=np.concatenate([p.labels for p in parts]),
+        label_names=first.label_names,
+        texts=None if first.texts is None else [t for p in parts for t in p.texts],
+        images=images,
+        image_ids=image_ids,
+        answers=None if first.answers is None else [a for p in parts for a in p.answers],
+        groups=None if first.groups is None else np.concatenate([p.groups for p in parts]),
+    )
 
 
 def subsample(data: MultimodalDataset, limit: Optional[int], seed: int) -> MultimodalDataset:

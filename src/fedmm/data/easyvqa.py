@@ -5,6 +5,7 @@ Splits: `test` is the package's test questions (1,000 images); `val` holds out `
 training *images* with all their questions (held out by image so that no validation image is seen in training);
 `train` is the rest.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ def _default_root() -> Path:
     try:
         import easy_vqa
     except ImportError:
-        raise FedmmError("task=easyvqa needs the easy-vqa package: pip install easy-vqa==1.0 "
-                         "(or set task.root to a copy of its data folder)") from None
+        raise FedmmError(
+            "task=easyvqa needs the easy-vqa package: pip install easy-vqa==1.0 "
+            "(or set task.root to a copy of its data folder)"
+        ) from None
     return Path(easy_vqa.__file__).resolve().parent / "data"
 
 
@@ -69,8 +72,12 @@ def load_easyvqa(cfg: EasyVQAConfig, seed: int, centralized: bool = False) -> Ta
     is_val = np.isin(image_ids, val_images)
     texts, labels, table, image_ids = _read_split(root, "test", index)
     test = MultimodalDataset(labels=labels, label_names=answers, texts=texts, images=table, image_ids=image_ids)
-    return TaskData(train=full.subset(np.flatnonzero(~is_val)), val=full.subset(np.flatnonzero(is_val)), test=test,
-                    metrics=("accuracy",))
+    return TaskData(
+        train=full.subset(np.flatnonzero(~is_val)),
+        val=full.subset(np.flatnonzero(is_val)),
+        test=test,
+        metrics=("accuracy",),
+    )
 
 
 @dataclass

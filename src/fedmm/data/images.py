@@ -1,4 +1,5 @@
 """Reading image files (or image bytes from a Parquet export) into uint8 arrays, with errors that name the source."""
+
 from __future__ import annotations
 
 import io
@@ -26,15 +27,18 @@ def read_rgb(source: str | Path | bytes, size: int | None = None, name: str | No
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 if im.width * im.height > MAX_PIXELS:
-                    raise FedmmError(f"image {name} has {im.width} x {im.height} pixels, over fedmm's cap of "
-                                     f"{MAX_PIXELS:,}; resize or remove the file")
+                    raise FedmmError(
+                        f"image {name} has {im.width} x {im.height} pixels, over fedmm's cap of "
+                        f"{MAX_PIXELS:,}; resize or remove the file"
+                    )
                 im = im.convert("RGB")
                 if size and im.size != (size, size):
                     im = im.resize((size, size), Image.BILINEAR)
                 return np.asarray(im, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise FedmmError(f"image {name} is too large to decode safely ({str(e)[:100]}); resize or remove the "
-                         f"file") from None
+        raise FedmmError(
+            f"image {name} is too large to decode safely ({str(e)[:100]}); resize or remove the file"
+        ) from None
     except FileNotFoundError:
         raise FedmmError(f"image file not found: {name}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -4,6 +4,7 @@ Config: `modality.text_only=[2] modality.image_only=[3]` name clients by index (
 the default rather than merging into it), and `modality.missing_rate` makes that fraction of the *other* clients
 (chosen by seed) lose one modality (`modality.drop`: image, text, or random per client). Unnamed clients have both.
 """
+
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -45,12 +46,15 @@ def parse_client_modalities(spec: str) -> dict[int, frozenset[str]]:
     return out
 
 
-def assign_modalities(num_clients: int, explicit: Mapping[int, frozenset[str]], missing_rate: float, drop: str,
-                      seed: int) -> list[frozenset[str]]:
+def assign_modalities(
+    num_clients: int, explicit: Mapping[int, frozenset[str]], missing_rate: float, drop: str, seed: int
+) -> list[frozenset[str]]:
     for cid in explicit:
         if not 0 <= cid < num_clients:
-            raise FedmmError(f"modality settings name client {cid}, but clients are 0..{num_clients - 1}; clear it "
-                             f"with modality.text_only=[] modality.image_only=[] (or name existing clients)")
+            raise FedmmError(
+                f"modality settings name client {cid}, but clients are 0..{num_clients - 1}; clear it "
+                f"with modality.text_only=[] modality.image_only=[] (or name existing clients)"
+            )
     if not 0.0 <= missing_rate <= 1.0:
         raise FedmmError(f"modality.missing_rate must be in [0, 1] (got {missing_rate})")
     if drop not in ("image", "text", "random"):

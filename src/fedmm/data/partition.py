@@ -3,6 +3,7 @@
 Both are *remainder-fair*: when counts do not divide evenly, the leftover examples go one each to clients picked at
 random (largest remainder first), never all to the last client. Neither returns an empty client.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,9 @@ def iid_partition(num_examples: int, num_clients: int, seed: int) -> list[np.nda
     return [np.sort(part) for part in np.split(perm, np.cumsum(counts)[:-1])]
 
 
-def dirichlet_partition(labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 1,
-                        max_tries: int = 100) -> list[np.ndarray]:
+def dirichlet_partition(
+    labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 1, max_tries: int = 100
+) -> list[np.ndarray]:
     """Label skew: for each class c, client shares q_c ~ Dirichlet(alpha * 1_K); class c's examples are dealt by q_c.
 
     Small alpha concentrates each class on few clients. A draw that leaves a client with fewer than `min_size`
@@ -61,13 +63,15 @@ def dirichlet_partition(labels: np.ndarray, num_clients: int, alpha: float, seed
             return out
     raise FedmmError(
         f"dirichlet split with alpha={alpha} left a client below partition.min_size={min_size} examples in "
-        f"{max_tries} draws; raise partition.alpha, lower num_clients or partition.min_size, or add data")
+        f"{max_tries} draws; raise partition.alpha, lower num_clients or partition.min_size, or add data"
+    )
 
 
 def _check(num_examples: int, num_clients: int, min_size: int) -> None:
     if num_clients < 1:
         raise FedmmError(f"num_clients must be >= 1 (got {num_clients})")
     if num_examples < num_clients * max(min_size, 1):
-        raise FedmmError(f"{num_examples} training examples cannot give {num_clients} clients at least "
-                         f"{max(min_size, 1)} each; lower num_clients or raise max_train_samples")
-
+        raise FedmmError(
+            f"{num_examples} training examples cannot give {num_clients} clients at least "
+            f"{max(min_size, 1)} each; lower num_clients or raise max_train_samples"
+        )

@@ -1,4 +1,5 @@
 """The per-client table printed before training (and by `fedmm prepare`): examples, modalities, label counts."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,8 +9,15 @@ from fedmm.data.dataset import MultimodalDataset
 
 def partition_summary(clients: list[MultimodalDataset]) -> list[dict[str, Any]]:
     names = clients[0].label_names
-    return [{"client": k, "num_examples": len(c), "modalities": sorted(c.modalities),
-             "label_counts": {n: int(v) for n, v in zip(names, c.label_counts())}} for k, c in enumerate(clients)]
+    return [
+        {
+            "client": k,
+            "num_examples": len(c),
+            "modalities": sorted(c.modalities),
+            "label_counts": {n: int(v) for n, v in zip(names, c.label_counts())},
+        }
+        for k, c in enumerate(clients)
+    ]
 
 
 def format_partition(summary: list[dict[str, Any]]) -> str:
@@ -18,9 +26,11 @@ def format_partition(summary: list[dict[str, Any]]) -> str:
     names = list(summary[0]["label_counts"])
     w = min(12, max(len(n) for n in names) + 1)
     if len(names) > 16 and len(summary) <= 16:
-        rows = [f"{'':<{w}}" + "".join(f" {'client ' + str(s['client']):>10}" for s in summary),
-                f"{'examples':<{w}}" + "".join(f" {s['num_examples']:>10}" for s in summary),
-                f"{'modalities':<{w}}" + "".join(f" {'+'.join(s['modalities']):>10}" for s in summary)]
+        rows = [
+            f"{'':<{w}}" + "".join(f" {'client ' + str(s['client']):>10}" for s in summary),
+            f"{'examples':<{w}}" + "".join(f" {s['num_examples']:>10}" for s in summary),
+            f"{'modalities':<{w}}" + "".join(f" {'+'.join(s['modalities']):>10}" for s in summary),
+        ]
         rows += [f"{n[:w]:<{w}}" + "".join(f" {s['label_counts'][n]:>10}" for s in summary) for n in names]
         return "\n".join(rows)
     show = names if len(names) <= 16 else None

@@ -10,6 +10,7 @@ keyword in the text with probability 1/2 (at least one of each). Losing a modali
 Images are real uint8 RGB arrays with pixel noise, texts are real sentences with filler words, so both go through the
 same image processing and tokenizer as any real data set.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,11 +21,40 @@ from fedmm.data.dataset import MultimodalDataset, TaskData
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
 
-PALETTE = np.array([[220, 40, 40], [40, 180, 60], [50, 80, 220], [230, 200, 40], [170, 60, 200], [40, 200, 210],
-                    [240, 140, 30], [120, 120, 120]], dtype=np.float32)
+PALETTE = np.array(
+    [
+        [220, 40, 40],
+        [40, 180, 60],
+        [50, 80, 220],
+        [230, 200, 40],
+        [170, 60, 200],
+        [40, 200, 210],
+        [240, 140, 30],
+        [120, 120, 120],
+    ],
+    dtype=np.float32,
+)
 KEYWORDS = ["apple", "river", "engine", "violin", "castle", "garden", "rocket", "forest"]
-FILLERS = ["the", "picture", "shows", "something", "near", "a", "small", "big", "old", "new", "quiet", "bright",
-           "scene", "today", "with", "and", "of", "in"]
+FILLERS = [
+    "the",
+    "picture",
+    "shows",
+    "something",
+    "near",
+    "a",
+    "small",
+    "big",
+    "old",
+    "new",
+    "quiet",
+    "bright",
+    "scene",
+    "today",
+    "with",
+    "and",
+    "of",
+    "in",
+]
 
 
 @dataclass
@@ -60,7 +90,7 @@ def _make(cfg: SyntheticConfig, n: int, rng: np.random.Generator, names: tuple[s
         canvas = np.full((s, s, 3), 128.0, dtype=np.float32)
         for c in np.flatnonzero(img_on[i]):
             y, x = rng.integers(0, s - side + 1, 2)
-            canvas[y:y + side, x:x + side] = PALETTE[c]
+            canvas[y : y + side, x : x + side] = PALETTE[c]
         canvas += rng.normal(0.0, cfg.noise, canvas.shape)
         images[i] = np.clip(canvas, 0, 255).astype(np.uint8)
 
@@ -70,8 +100,9 @@ def _make(cfg: SyntheticConfig, n: int, rng: np.random.Generator, names: tuple[s
         for c in np.flatnonzero(txt_on[i]):
             words.insert(int(rng.integers(0, len(words) + 1)), KEYWORDS[c])
         texts.append(" ".join(words))
-    return MultimodalDataset(labels=labels, label_names=names, texts=texts, images=images,
-                             image_ids=np.arange(n, dtype=np.int64))
+    return MultimodalDataset(
+        labels=labels, label_names=names, texts=texts, images=images, image_ids=np.arange(n, dtype=np.int64)
+    )
 
 
 @TASKS.register("synthetic", SyntheticConfig)
@@ -80,9 +111,9 @@ def load_synthetic(cfg: SyntheticConfig, seed: int, centralized: bool = False) -
         raise FedmmError(f"task.image_classes must be 1..{len(PALETTE)} and task.text_classes 1..{len(KEYWORDS)}")
     colours = [f"c{c}" for c in range(cfg.image_classes)]
     if cfg.multilabel:
-        names = tuple(colours + KEYWORDS[:cfg.text_classes])
+        names = tuple(colours + KEYWORDS[: cfg.text_classes])
     else:
-        names = tuple(f"{c}/{w}" for c in colours for w in KEYWORDS[:cfg.text_classes])
+        names = tuple(f"{c}/{w}" for c in colours for w in KEYWORDS[: cfg.text_classes])
     rng = np.random.default_rng([seed, 3])
     splits = [_make(cfg, n, rng, names) for n in (cfg.num_train, cfg.num_val, cfg.num_test)]
     metrics = ("micro_f1", "macro_f1") if cfg.multilabel else ("accuracy",)

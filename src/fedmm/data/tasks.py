@@ -1,5 +1,6 @@
 """Tasks: where the samples come from, the label space, and which metrics the server reports. Tasks register in
 `fedmm.registry.TASKS`; this module asks them for their data and whether they bring their own sites."""
+
 from __future__ import annotations
 
 from typing import Any, Optional

@@ -18,6 +18,7 @@ partitioning splits on `task.partition_by`: `answer_type` (yes/no, number, other
 `task.top_answers` most common training answers is its own class; every other answer shares one "rest" class).
 Images are read from disk when a batch needs them (`ImageFiles`); a missing image file is a bad sample at load time.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,10 @@ class VQAv2Config:
 
 def _json(path: Path) -> Any:
     if not path.is_file():
-        raise FedmmError(f"VQA v2 file not found: {path}; point task.root at the folder holding the official "
-                         f"questions/annotations JSON files and the COCO image folders")
+        raise FedmmError(
+            f"VQA v2 file not found: {path}; point task.root at the folder holding the official "
+            f"questions/annotations JSON files and the COCO image folders"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -73,8 +76,15 @@ def _rows_from_json(root: Path, split: str, bad: BadSamples) -> list[dict]:
         if not image.is_file():
             bad(f"{split}: question {q['question_id']}: image file not found: {image}")
             continue
-        rows.append({"question": q["question"], "image": image, "answers": [x["answer"] for x in a["answers"]],
-                     "answer": a["multiple_choice_answer"], "answer_type": a["answer_type"]})
+        rows.append(
+            {
+                "question": q["question"],
+                "image": image,
+                "answers": [x["answer"] for x in a["answers"]],
+                "answer": a["multiple_choice_answer"],
+                "answer_type": a["answer_type"],
+            }
+        )
     return rows
 
 
@@ -82,8 +92,9 @@ def _export_files(root: Path, split: str) -> list[Path]:
     """A split's files in an export: Parquet files named by split (`train-00000-of-00001.parquet`), or the Arrow
     files of a `datasets` `save_to_disk` folder (`train/data-00000-of-00001.arrow`)."""
     names = ("train", "training") if split == "train" else ("validation", "val", "test")
-    return [p for p in sorted(root.rglob("*.parquet")) if p.stem.lower().split("-")[0] in names] + \
-           [p for p in sorted(root.rglob("*.arrow")) if p.parent.name.lower() in names]
+    return [p for p in sorted(root.rglob("*.parquet")) if p.stem.lower().split("-")[0] in names] + [
+        p for p in sorted(root.rglob("*.arrow")) if p.parent.name.lower() in names
+    ]
 
 
 def _read_table(path: Path) -> list[dict]:
@@ -98,15 +109,18 @@ def _read_table(path: Path) -> list[dict]:
                 return pa.ipc.open_stream(source).read_all().to_pylist()
         return pq.read_table(path).to_pylist()
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise FedmmError(f"{path}: not a readable {path.suffix[1:]} file ({type(e).__name__}: "
-                         f"{str(e)[:160]})") from None
+        raise FedmmError(
+            f"{path}: not a readable {path.suffix[1:]} file ({type(e).__name__}: {str(e)[:160]})"
+        ) from None
 
 
 def _rows_from_export(root: Path, split: str, bad: BadSamples) -> list[dict]:
     files = _export_files(root, split)
     if not files:
-        raise FedmmError(f"no {split} files under {root} (train-*.parquet / validation-*.parquet, or a "
-                         f"save_to_disk folder with train/ and validation/)")
+        raise FedmmError(
+            f"no {split} files under {root} (train-*.parquet / validation-*.parquet, or a "
+            f"save_to_disk folder with train/ and validation/)"
+        )
     cache = root / ".fedmm-images" / split
     rows = []
     for path in files:
@@ -124,13 +138,21 @@ def _rows_from_export(root: Path, split: str, bad: BadSamples) -> list[dict]:
                 file.parent.mkdir(parents=True, exist_ok=True)
                 file.write_bytes(image)
             answer = r.get("multiple_choice_answer") or Counter(answers).most_common(1)[0][0]
-            rows.append({"question": r["question"], "image": file, "answers": answers, "answer": answer,
-                         "answer_type": r.get("answer_type") or ("yes/no" if answer in ("yes", "no") else "other")})
+            rows.append(
+                {
+                    "question": r["question"],
+                    "image": file,
+                    "answers": answers,
+                    "answer": answer,
+                    "answer_type": r.get("answer_type") or ("yes/no" if answer in ("yes", "no") else "other"),
+                }
+            )
     return rows
 
 
-def partition_groups(answers: list[str], answer_types: list[str], by: str, top: int,
-                     train_counts: Counter) -> np.ndarray:
+def partition_groups(
+    answers: list[str], answer_types: list[str], by: str, top: int, train_counts: Counter
+) -> np.ndarray:
     """The class of each question for label-skewed partitioning (see the module docstring)."""
     if by == "answer_type":
         index = {t: k for k, t in enumerate(ANSWER_TYPES)}
@@ -141,17 +163,22 @@ def partition_groups(answers: list[str], answer_types: list[str], by: str, top: 
     raise FedmmError(f"task.partition_by must be answer_type or top_answers (got '{by}')")
 
 
-def _dataset(rows: list[dict], vocab: dict[str, int], names: tuple[str, ...], cfg: VQAv2Config,
-             counts: Counter) -> MultimodalDataset:
+def _dataset(
+    rows: list[dict], vocab: dict[str, int], names: tuple[str, ...], cfg: VQAv2Config, counts: Counter
+) -> MultimodalDataset:
     paths = sorted({r["image"] for r in rows})
     row_of = {p: k for k, p in enumerate(paths)}
     return MultimodalDataset(
-        labels=np.array([vocab[r["answer"]] for r in rows], dtype=np.int64), label_names=names,
-        texts=[r["question"] for r in rows], images=ImageFiles(paths, cfg.image_size),
+        labels=np.array([vocab[r["answer"]] for r in rows], dtype=np.int64),
+        label_names=names,
+        texts=[r["question"] for r in rows],
+        images=ImageFiles(paths, cfg.image_size),
         image_ids=np.array([row_of[r["image"]] for r in rows], dtype=np.int64),
         answers=[tuple(r["answers"]) for r in rows],
-        groups=partition_groups([r["answer"] for r in rows], [r["answer_type"] for r in rows], cfg.partition_by,
-                                cfg.top_answers, counts))
+        groups=partition_groups(
+            [r["answer"] for r in rows], [r["answer_type"] for r in rows], cfg.partition_by, cfg.top_answers, counts
+        ),
+    )
 
 
 @TASKS.register("vqav2", VQAv2Config)
@@ -176,10 +203,13 @@ def load_vqav2(cfg: VQAv2Config, seed: int, centralized: bool = False) -> TaskDa
     vocab = {a: k for k, a in enumerate(names)}
     images = sorted({r["image"] for r in held})
     rng = np.random.default_rng([seed, 13])
-    val_images = {images[k] for k in rng.choice(len(images), size=int(round(cfg.val_fraction * len(images))),
-                                                replace=False)}
+    val_images = {
+        images[k] for k in rng.choice(len(images), size=int(round(cfg.val_fraction * len(images))), replace=False)
+    }
     is_val = [r["image"] in val_images for r in held]
-    return TaskData(train=_dataset(train, vocab, names, cfg, counts),
-                    val=_dataset([r for r, v in zip(held, is_val) if v], vocab, names, cfg, counts),
-                    test=_dataset([r for r, v in zip(held, is_val) if not v], vocab, names, cfg, counts),
-                    metrics=("vqa_accuracy",))
+    return TaskData(
+        train=_dataset(train, vocab, names, cfg, counts),
+        val=_dataset([r for r, v in zip(held, is_val) if v], vocab, names, cfg, counts),
+        test=_dataset([r for r, v in zip(held, is_val) if not v], vocab, names, cfg, counts),
+        metrics=("vqa_accuracy",),
+    )

@@ -4,6 +4,7 @@ Every role goes through `assemble`: the server (`build_server`), a remote site (
 baseline and `fedmm info`. So a site builds exactly the model and data share the embedded runtime gives that client,
 and both compute the same update for the same global parameters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -29,8 +30,10 @@ DEFAULT_CLIENTS = 4
 def load_data(settings: Settings, centralized: bool = False) -> TaskData:
     data = load_task(settings.task, settings.seed, centralized=centralized)
     if data.tune_thresholds and not (data.train.multilabel and len(data.val)):
-        raise FedmmError("task.tune_thresholds needs a multilabel task with a server validation split "
-                         "(MM-IMDb: server_val.csv next to server_test.csv)")
+        raise FedmmError(
+            "task.tune_thresholds needs a multilabel task with a server validation split "
+            "(MM-IMDb: server_val.csv next to server_test.csv)"
+        )
     if data.pos_weight and not data.train.multilabel:
         raise FedmmError("task.pos_weight is for multilabel tasks (it weights each label's positive term)")
     limit, seed = settings.max_train_samples, settings.seed
@@ -38,9 +41,13 @@ def load_data(settings: Settings, centralized: bool = False) -> TaskData:
     if clients is not None and limit:  # the same share of every site
         total = sum(len(c) for c in clients)
         clients = tuple(subsample(c, max(2, round(limit * len(c) / total)), seed + k) for k, c in enumerate(clients))
-    return replace(data, train=subsample(data.train, limit, seed), clients=clients,
-                   val=subsample(data.val, settings.max_eval_samples, seed + 1),
-                   test=subsample(data.test, settings.max_eval_samples, seed + 2))
+    return replace(
+        data,
+        train=subsample(data.train, limit, seed),
+        clients=clients,
+        val=subsample(data.val, settings.max_eval_samples, seed + 1),
+        test=subsample(data.test, settings.max_eval_samples, seed + 2),
+    )
 
 
 def count_clients(settings: Settings, sites: Optional[int] = None) -> int:
@@ -50,9 +57,11 @@ def count_clients(settings: Settings, sites: Optional[int] = None) -> int:
     if sites is None:
         return settings.num_clients or DEFAULT_CLIENTS
     if settings.num_clients not in (None, sites):
-        raise FedmmError(f"the task's data holds {sites} client folders but num_clients={settings.num_clients}; "
-                         f"set num_clients={sites} or null, or start from experiment=mmimdb, which takes the "
-                         f"clients and their modalities from the folders")
+        raise FedmmError(
+            f"the task's data holds {sites} client folders but num_clients={settings.num_clients}; "
+            f"set num_clients={sites} or null, or start from experiment=mmimdb, which takes the "
+            f"clients and their modalities from the folders"
+        )
     return sites
 
 
@@ -67,24 +76,34 @@ def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]
         if p.name == "iid":
             idx = iid_partition(len(train), n, settings.seed)
         elif p.name == "dirichlet":
-            idx = dirichlet_partition(train.partition_labels(), n, p.alpha, settings.seed, min_size=p.min_size,
-                                      max_tries=p.max_tries)
+            idx = dirichlet_partition(
+                train.partition_labels(), n, p.alpha, settings.seed, min_size=p.min_size, max_tries=p.max_tries
+            )
         else:
             raise FedmmError(f"unknown partition '{p.name}'; choose iid or dirichlet")
         parts = [train.subset(i) for i in idx]
-    mods = assign_modalities(n, client_modalities(settings.modality.text_only, settings.modality.image_only),
-                             settings.modality.missing_rate, settings.modality.drop, settings.seed)
+    mods = assign_modalities(
+        n,
+        client_modalities(settings.modality.text_only, settings.modality.image_only),
+        settings.modality.missing_rate,
+        settings.modality.drop,
+        settings.seed,
+    )
     empty = [k for k, (part, m) in enumerate(zip(parts, mods)) if not m & part.modalities]
     if empty:
-        raise FedmmError(f"client {empty[0]} would have no modality left: its data has only "
-                         f"{'+'.join(sorted(parts[empty[0]].modalities))}, and the modality settings take that away")
+        raise FedmmError(
+            f"client {empty[0]} would have no modality left: its data has only "
+            f"{'+'.join(sorted(parts[empty[0]].modalities))}, and the modality settings take that away"
+        )
     return [part.with_modalities(m & part.modalities) for part, m in zip(parts, mods)]
 
 
 def client_val(data: TaskData, clients: list[MultimodalDataset]) -> list[Optional[MultimodalDataset]]:
     """Each site's own validation rows, when the task has them, with the modalities the site trains on."""
-    return [v.with_modalities(c.modalities) if v is not None else None
-            for c, v in zip(clients, data.client_val or [None] * len(clients))]
+    return [
+        v.with_modalities(c.modalities) if v is not None else None
+        for c, v in zip(clients, data.client_val or [None] * len(clients))
+    ]
 
 
 def build_backend(settings: Settings, data: TaskData, check_metrics: bool = True) -> Backend:
@@ -94,10 +113,15 @@ def build_backend(settings: Settings, data: TaskData, check_metrics: bool = True
     backend.precision = settings.precision
     unsupported = [m for m in data.metrics if m not in backend.metrics] if check_metrics else []
     if unsupported:
-        other = ("a generative one such as model=blip_vqa_tiny" if "vqa_accuracy" in unsupported
-                 else "a classifier such as model=fusion_tiny")
-        raise FedmmError(f"model {settings.model.name} cannot report {', '.join(unsupported)}, which task "
-                         f"{settings.task.name} asks for; choose {other}")
+        other = (
+            "a generative one such as model=blip_vqa_tiny"
+            if "vqa_accuracy" in unsupported
+            else "a classifier such as model=fusion_tiny"
+        )
+        raise FedmmError(
+            f"model {settings.model.name} cannot report {', '.join(unsupported)}, which task "
+            f"{settings.task.name} asks for; choose {other}"
+        )
     return backend
 
 
@@ -143,5 +167,13 @@ def assemble(settings: Settings, role: Role) -> Parts:
     else:
         model = backend.build_model(seed=settings.seed).to(resolve_device(settings.device))
     keys = travelling_keys(backend, model, strategy)
-    return Parts(settings=settings, data=data, backend=backend, model=model, keys=keys, strategy=strategy,
-                 clients=clients, client_val=client_val(data, clients) if clients is not None else None)
+    return Parts(
+        settings=settings,
+        data=data,
+        backend=backend,
+        model=model,
+        keys=keys,
+        strategy=strategy,
+        clients=clients,
+        client_val=client_val(data, clients) if clients is not None else None,
+    )

@@ -1,6 +1,7 @@
 """The server side of a federated experiment, built once for every runtime: `build_server` assembles it, opens the
 run directory (resuming from its last checkpoint), and wires the strategy and the server loop; `Federation.run`
 drives the rounds with the runtime's way of reaching clients."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ from fedmm.report import RoundTable, write_report
 from fedmm.rundir import RunDir, open_run_dir
 
 
-def server_metrics(model: torch.nn.Module, backend: Backend, data: TaskData, split: MultimodalDataset,
-                   batch_size: int) -> dict[str, float]:
+def server_metrics(
+    model: torch.nn.Module, backend: Backend, data: TaskData, split: MultimodalDataset, batch_size: int
+) -> dict[str, float]:
     """Loss and the task's metrics on `split`; with `tune_thresholds`, also `<metric>_tuned` at per-label
     thresholds tuned on the validation split (never on the split being scored)."""
     if not data.tune_thresholds or split is data.val:
@@ -79,11 +81,14 @@ class Federation:
     def run(self, fit_clients: FitClients) -> dict[str, Any]:
         """The remaining rounds, then report.md; returns the last round's record."""
         if self.start_round > self.settings.rounds:
-            say(f"nothing to do: {self.rundir.path} already completed {self.start_round - 1} rounds "
-                f"(rounds={self.settings.rounds}); pass rounds=N to continue further")
+            say(
+                f"nothing to do: {self.rundir.path} already completed {self.start_round - 1} rounds "
+                f"(rounds={self.settings.rounds}); pass rounds=N to continue further"
+            )
         table = RoundTable("round", table_metrics(self.data))
-        self.params = self.server.run(self.rundir, self.params, self.start_round, fit_clients, on_round=table,
-                                      identity=self.identity)
+        self.params = self.server.run(
+            self.rundir, self.params, self.start_round, fit_clients, on_round=table, identity=self.identity
+        )
         records = self.rundir.read_metrics()
         s = self.settings
         write_report(self.rundir.path, title=f"fedmm run: {s.task.name} / {s.model.name} / {s.strategy.name}")
@@ -92,11 +97,19 @@ class Federation:
 
 def instructions(settings: Settings, data: TaskData) -> FitInstructions:
     """What every client is told, before the schedule (lr) and the strategy adjust it for a round."""
-    return FitInstructions(round=0, seed=settings.seed, lr=float(settings.lr), local_epochs=settings.local_epochs,
-                           batch_size=settings.batch_size, weight_decay=settings.weight_decay,
-                           grad_accum_steps=settings.grad_accum_steps, precision=settings.precision,
-                           pos_weight=data.pos_weight, compression=settings.typed("compression", CompressionConfig),
-                           strategy=settings.strategy.name)
+    return FitInstructions(
+        round=0,
+        seed=settings.seed,
+        lr=float(settings.lr),
+        local_epochs=settings.local_epochs,
+        batch_size=settings.batch_size,
+        weight_decay=settings.weight_decay,
+        grad_accum_steps=settings.grad_accum_steps,
+        precision=settings.precision,
+        pos_weight=data.pos_weight,
+        compression=settings.typed("compression", CompressionConfig),
+        strategy=settings.strategy.name,
+    )
 
 
 def resume_point(rundir: RunDir, settings: Settings):
@@ -111,11 +124,15 @@ def resume_point(rundir: RunDir, settings: Settings):
     changed = sorted(k for k in set(saved) | set(now) if saved and saved.get(k) != now.get(k))
     if changed:
         k, more = changed[0], f" and {len(changed) - 1} more" if len(changed) > 1 else ""
-        raise FedmmError(f"cannot resume {rundir.path}: its settings changed since round {last} ({k}: "
-                         f"{saved.get(k)!r} -> {now.get(k)!r}{more}); restore config.yaml, or start a new run")
+        raise FedmmError(
+            f"cannot resume {rundir.path}: its settings changed since round {last} ({k}: "
+            f"{saved.get(k)!r} -> {now.get(k)!r}{more}); restore config.yaml, or start a new run"
+        )
     if settings.rounds < last:
-        raise FedmmError(f"cannot resume {rundir.path} with rounds={settings.rounds}: it already completed {last} "
-                         f"rounds; give rounds={last} or more")
+        raise FedmmError(
+            f"cannot resume {rundir.path} with rounds={settings.rounds}: it already completed {last} "
+            f"rounds; give rounds={last} or more"
+        )
     return ckpt
 
 
@@ -133,14 +150,18 @@ def accountant(settings: Settings, num_clients: int, per_round: int, params: Par
         z = noise_for_epsilon(p.target_epsilon, rate, settings.rounds, p.delta)
     planned = epsilon([(rate, z)] * settings.rounds, p.delta)
     sampling = "every client every round" if rate >= 1 else f"Poisson sampling q={rate:.4g}"
-    say(f"privacy: DP-FedAvg, {p.mode} noise, clip_norm={p.clip_norm:g}, noise_multiplier={z:.4g}"
+    say(
+        f"privacy: DP-FedAvg, {p.mode} noise, clip_norm={p.clip_norm:g}, noise_multiplier={z:.4g}"
         f"{' (solved for target_epsilon=%g)' % p.target_epsilon if p.target_epsilon is not None else ''}, "
-        f"{sampling}; epsilon after {settings.rounds} rounds: {planned:.3f} at delta={p.delta:g}")
+        f"{sampling}; epsilon after {settings.rounds} rounds: {planned:.3f} at delta={p.delta:g}"
+    )
     ratio = z * math.sqrt(values) / (rate * num_clients)  # noise norm on the mean over its largest signal, C
     if ratio > 1:
-        say(f"privacy: the noise on each round's mean update is about {ratio:.0f}x clip_norm (over {values:,} values "
+        say(
+            f"privacy: the noise on each round's mean update is about {ratio:.0f}x clip_norm (over {values:,} values "
             f"and {rate * num_clients:g} clients per round): expect little learning; client-level DP needs many "
-            f"clients (README: Privacy)")
+            f"clients (README: Privacy)"
+        )
     return Accountant(p.clip_norm, z, p.delta, rate, num_clients, local=p.mode == "local", noise_seed=p.noise_seed)
 
 
@@ -152,13 +173,17 @@ def build_server(settings: Settings) -> Federation:
     ckpt = resume_point(rundir, settings) if settings.resume else None
     summary = partition_summary(clients)
     rundir.write_json("partition.json", summary)
-    say(f"task {settings.task.name}: {sum(map(len, clients))} train / {len(data.val)} val / {len(data.test)} test "
-        f"examples over {len(clients)} clients")
+    say(
+        f"task {settings.task.name}: {sum(map(len, clients))} train / {len(data.val)} val / {len(data.test)} test "
+        f"examples over {len(clients)} clients"
+    )
     say(format_partition(summary))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
-    say(f"model {settings.model.name}: trainable {n_train:,} / {n_total:,} ({100 * n_train / n_total:.2f}%) on "
-        f"{next(model.parameters()).device}")
+    say(
+        f"model {settings.model.name}: trainable {n_train:,} / {n_total:,} ({100 * n_train / n_total:.2f}%) on "
+        f"{next(model.parameters()).device}"
+    )
 
     def evaluate_on(split: MultimodalDataset, global_params: Params) -> dict[str, float]:
         """Server-side evaluation with the one model instance the clients also use."""
@@ -166,24 +191,48 @@ def build_server(settings: Settings) -> Federation:
         return server_metrics(model, backend, data, split, settings.eval_batch_size)
 
     param_names = {n for n, _ in model.named_parameters()}
-    strategy.setup(StrategyContext(evaluate_val=(lambda p: evaluate_on(data.val, p)) if len(data.val) else None,
-                                   metric=data.metrics[0], stat_keys=frozenset(set(parts.keys) - param_names),
-                                   run_dir=rundir.path, seed=settings.seed))
-    per_round = num_sampled(len(clients), settings.clients_per_round, settings.client_fraction,
-                            settings.min_clients)
-    server_cfg = ServerConfig(num_clients=len(clients), per_round=per_round,
-                              min_clients=min(settings.min_clients, per_round), rounds=settings.rounds,
-                              seed=settings.seed, eval_every=max(1, settings.eval_every),
-                              keep_checkpoints=settings.keep_checkpoints, lr_schedule=settings.lr_schedule,
-                              lr_warmup_rounds=settings.lr_warmup_rounds, max_update_norm=settings.max_update_norm,
-                              norm_bound=settings.norm_bound)
+    strategy.setup(
+        StrategyContext(
+            evaluate_val=(lambda p: evaluate_on(data.val, p)) if len(data.val) else None,
+            metric=data.metrics[0],
+            stat_keys=frozenset(set(parts.keys) - param_names),
+            run_dir=rundir.path,
+            seed=settings.seed,
+        )
+    )
+    per_round = num_sampled(len(clients), settings.clients_per_round, settings.client_fraction, settings.min_clients)
+    server_cfg = ServerConfig(
+        num_clients=len(clients),
+        per_round=per_round,
+        min_clients=min(settings.min_clients, per_round),
+        rounds=settings.rounds,
+        seed=settings.seed,
+        eval_every=max(1, settings.eval_every),
+        keep_checkpoints=settings.keep_checkpoints,
+        lr_schedule=settings.lr_schedule,
+        lr_warmup_rounds=settings.lr_warmup_rounds,
+        max_update_norm=settings.max_update_norm,
+        norm_bound=settings.norm_bound,
+    )
     params, start = get_params(model, parts.keys), 1
     privacy = accountant(settings, len(clients), per_round, params)
     local_dp = privacy is not None and privacy.local  # noised clients send every key (fedmm.fl.privacy.privatize)
-    expected = {cid: Expected(keys=None if local_dp else frozenset(backend.client_keys(model, c.modalities)),
-                              modalities=c.modalities, max_examples=len(c)) for cid, c in enumerate(clients)}
-    server = Server(strategy, server_cfg, evaluate=lambda p: evaluate_on(data.test, p),
-                    instructions=instructions(settings, data), expected=expected, privacy=privacy)
+    expected = {
+        cid: Expected(
+            keys=None if local_dp else frozenset(backend.client_keys(model, c.modalities)),
+            modalities=c.modalities,
+            max_examples=len(c),
+        )
+        for cid, c in enumerate(clients)
+    }
+    server = Server(
+        strategy,
+        server_cfg,
+        evaluate=lambda p: evaluate_on(data.test, p),
+        instructions=instructions(settings, data),
+        expected=expected,
+        privacy=privacy,
+    )
     if settings.resume:
         if ckpt is not None:
             last, params, state, _ = ckpt
@@ -192,6 +241,17 @@ def build_server(settings: Settings) -> Federation:
             say(f"resuming {rundir.path} after round {last}")
         rundir.set_aside_metrics("round", start - 1)
         rundir.write_text("config.yaml", settings.to_yaml())
-    return Federation(settings=settings, rundir=rundir, data=data, clients=clients, client_val=parts.client_val,
-                      backend=backend, model=model, server=server, params=params, start_round=start,
-                      progress=progress_bars(settings), identity=identity(settings))
+    return Federation(
+        settings=settings,
+        rundir=rundir,
+        data=data,
+        clients=clients,
+        client_val=parts.client_val,
+        backend=backend,
+        model=model,
+        server=server,
+        params=params,
+        start_round=start,
+        progress=progress_bars(settings),
+        identity=identity(settings),
+    )

@@ -1,5 +1,6 @@
 """One client of an experiment on its own, for runtimes whose clients run apart from the server (a Flower
 SuperNode, an NVFlare site)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ def build_site(settings: Settings, cid: int) -> Site:
     parts = assemble(settings, "site")
     if not 0 <= cid < len(parts.clients):
         n = len(parts.clients)
-        raise FedmmError(f"partition-id {cid} is out of range: this experiment has {n} clients (0..{n - 1}); fix "
-                         f"the site's partition-id (Flower: the SuperNode's --node-config, NVFlare: the job's "
-                         f"--partition-id)")
+        raise FedmmError(
+            f"partition-id {cid} is out of range: this experiment has {n} clients (0..{n - 1}); fix "
+            f"the site's partition-id (Flower: the SuperNode's --node-config, NVFlare: the job's "
+            f"--partition-id)"
+        )
     return Site(backend=parts.backend, model=parts.model, train=parts.clients[cid], val=parts.client_val[cid])

@@ -13,6 +13,7 @@ with the update, not with the weights. With error feedback (Seide et al. 2014; K
 adds what its previous messages lost (its residual) before compressing, and keeps the new loss: over rounds every
 bit of the update arrives, just later. The residual is the client's state, so it lives with the client.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,11 +53,11 @@ def _quantise(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     scale = np.abs(blocks).max(axis=1) / 127.0
     safe = np.where(scale > 0, scale, 1.0)
     codes = np.clip(np.rint(blocks / safe[:, None]), -127, 127).astype(np.int8)
-    return codes.ravel()[:flat.size], scale.astype(np.float32)
+    return codes.ravel()[: flat.size], scale.astype(np.float32)
 
 
 def _dequantise(codes: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
-    per_value = np.repeat(scale, max(block, 1))[:codes.size]
+    per_value = np.repeat(scale, max(block, 1))[: codes.size]
     return codes.astype(np.float32) * per_value
 
 
@@ -97,8 +98,9 @@ def decode(tensors: Params, metadata: dict[str, str]) -> Params:
     return out
 
 
-def compress_update(trained: Params, received: Params, residual: Params | None, kind: str,
-                    block_size: int = 256) -> tuple[Params, dict[str, str], Params]:
+def compress_update(
+    trained: Params, received: Params, residual: Params | None, kind: str, block_size: int = 256
+) -> tuple[Params, dict[str, str], Params]:
     """(tensors to send, their metadata, the new residual) for a client that trained `received` into `trained`.
     `residual` is what earlier messages lost (None: no error feedback); the new residual is what this one loses."""
     delta = {k: v.astype(np.float32) - received[k].astype(np.float32) for k, v in trained.items()}
@@ -114,4 +116,3 @@ def apply_delta(delta: Params, global_params: Params) -> Params:
     """The global parameters plus a decoded delta, in the global dtypes (only for the keys of `delta`): how the
     server rebuilds a compressed update's parameters (`fedmm.fl.validation.check_reply` checks shapes first)."""
     return {k: (global_params[k].astype(np.float32) + d).astype(global_params[k].dtype) for k, d in delta.items()}
-

@@ -5,6 +5,7 @@ client (`strategy_options`, read on the client by the strategy's own `ClientHook
 as the JSON of `to_json()`; the client reads it back with `from_json()`. Nothing else builds or reads a client's
 round configuration.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -25,6 +25,7 @@ Accounting: the neighbouring relation is add-or-remove one client (all of that c
 Every round composes one `PoissonSampledDpEvent(q, GaussianDpEvent(z))` in an RDP accountant; `epsilon` is reported
 at `delta`. No formula is written here: the events go to the library.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,12 @@ def _floats(params: Params) -> list[str]:
 def clip_delta(params: Params, global_params: Params, clip_norm: float) -> tuple[dict[str, np.ndarray], float]:
     """The float64 delta params - global over every floating key of `global_params` (a key the client did not send
     counts as unchanged), scaled down to L2 norm `clip_norm` when longer; and its norm before clipping."""
-    delta = {k: params[k].astype(np.float64) - global_params[k].astype(np.float64) if k in params
-             else np.zeros(global_params[k].shape) for k in _floats(global_params)}
+    delta = {
+        k: params[k].astype(np.float64) - global_params[k].astype(np.float64)
+        if k in params
+        else np.zeros(global_params[k].shape)
+        for k in _floats(global_params)
+    }
     norm = math.sqrt(sum(float(np.dot(d.ravel(), d.ravel())) for d in delta.values()))
     if norm > clip_norm:
         factor = clip_norm / norm
@@ -63,8 +68,9 @@ def add_noise(values: dict[str, np.ndarray], std: float, rng: np.random.Generato
     return {k: values[k] + rng.normal(0.0, std, size=values[k].shape) for k in sorted(values)} if std > 0 else values
 
 
-def privatize(params: Params, global_params: Params, clip_norm: float, noise_std: float,
-              rng: np.random.Generator) -> Params:
+def privatize(
+    params: Params, global_params: Params, clip_norm: float, noise_std: float, rng: np.random.Generator
+) -> Params:
     """A client's update in local mode: its delta clipped to `clip_norm` and noised with its share `noise_std`, as
     parameters (global + noised delta, in the global dtypes) for *every* floating key: a key the client did not
     train carries noise too, or the clients that did would share less noise on it than the accountant assumes."""
@@ -115,8 +121,12 @@ def as_update(global_params: Params, delta: dict[str, np.ndarray], num_examples:
     return Update(client_id=-1, params=params, num_examples=max(1, num_examples))
 
 
-def clipped_sum(updates: Iterable[Update], global_params: Params, clip_norm: Optional[float],
-                clipped: Optional[dict[int, float]] = None) -> Summed:
+def clipped_sum(
+    updates: Iterable[Update],
+    global_params: Params,
+    clip_norm: Optional[float],
+    clipped: Optional[dict[int, float]] = None,
+) -> Summed:
     """The unweighted sum of the updates' deltas, each clipped to `clip_norm` first (None: local mode, where the
     clients clipped and noised already and the server must not touch the noise). The norms of the deltas that were
     clipped go to `clipped` (client id -> norm), which tells a user whether C is too small."""
@@ -182,8 +192,14 @@ def noise_for_epsilon(target_epsilon: float, rate: float, rounds: int, delta: fl
     from dp_accounting.rdp import RdpAccountant
 
     with _quiet_accountant():
-        z = calibrate_dp_mechanism(RdpAccountant, lambda z: SelfComposedDpEvent(_round_event(rate, z), rounds),
-                                   target_epsilon, delta, LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4)
+        z = calibrate_dp_mechanism(
+            RdpAccountant,
+            lambda z: SelfComposedDpEvent(_round_event(rate, z), rounds),
+            target_epsilon,
+            delta,
+            LowerEndpointAndGuess(1e-3, 1.0),
+            tol=1e-4,
+        )
     return float(z)
 
 
@@ -194,8 +210,16 @@ class Accountant:
     The key is secret on purpose: noise drawn from the public `seed` could be regenerated and subtracted by anyone
     who reads config.yaml. `noise_seed` (tests, reproducible studies) replaces it knowingly."""
 
-    def __init__(self, clip_norm: float, noise_multiplier: float, delta: float, rate: float, num_clients: int,
-                 local: bool, noise_seed: Optional[int] = None):
+    def __init__(
+        self,
+        clip_norm: float,
+        noise_multiplier: float,
+        delta: float,
+        rate: float,
+        num_clients: int,
+        local: bool,
+        noise_seed: Optional[int] = None,
+    ):
         self.clip_norm = clip_norm
         self.noise_multiplier = noise_multiplier
         self.delta = delta

@@ -1,4 +1,5 @@
 """Which clients take part in a round."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -18,8 +19,10 @@ def num_sampled(num_clients: int, clients_per_round: Optional[int], fraction: fl
         n = int(np.ceil(fraction * num_clients - 1e-9))
     n = max(n, min_clients)
     if not 1 <= n <= num_clients:
-        raise FedmmError(f"cannot sample {n} of {num_clients} clients per round; "
-                         f"set clients_per_round / min_clients between 1 and num_clients")
+        raise FedmmError(
+            f"cannot sample {n} of {num_clients} clients per round; "
+            f"set clients_per_round / min_clients between 1 and num_clients"
+        )
     return n
 
 

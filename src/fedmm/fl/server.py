@@ -5,6 +5,7 @@ error}`, that delivers the serialized global parameters and each client's `FitIn
 and returns their serialized updates. All the rest (sampling, instructing, aggregating, evaluating, checkpointing,
 byte accounting, the metrics record) happens here, so every runtime produces the same results for the same seed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,9 @@ Reply = Union[bytes, BaseException]
 # A runtime's fit_clients returns {client_id: reply}, or yields (client_id, reply) pairs as replies arrive. Yield in
 # the order of the ids given, so that every runtime aggregates in the same order (float sums depend on it).
 # A secure-aggregation runtime returns one `Summed` instead: the server never sees an individual update.
-FitClients = Callable[[int, list[int], bytes, dict[int, FitInstructions]],
-                      Union[dict[int, Reply], Iterable[tuple[int, Reply]], Summed]]
+FitClients = Callable[
+    [int, list[int], bytes, dict[int, FitInstructions]], Union[dict[int, Reply], Iterable[tuple[int, Reply]], Summed]
+]
 
 
 def checked_sum(summed: Summed, global_params: Params, rnd: int) -> Summed:
@@ -42,15 +44,18 @@ def checked_sum(summed: Summed, global_params: Params, rnd: int) -> Summed:
     for k, g in global_params.items():
         v = summed.delta_sum.get(k)
         if np.issubdtype(g.dtype, np.floating) and (v is None or v.shape != g.shape or not np.isfinite(v).all()):
-            raise FedmmError(f"round {rnd}: the securely aggregated sum is unusable at {k} (missing, misshapen or "
-                             f"non-finite); nothing of this round was written (resume=<run_dir> continues)")
+            raise FedmmError(
+                f"round {rnd}: the securely aggregated sum is unusable at {k} (missing, misshapen or "
+                f"non-finite); nothing of this round was written (resume=<run_dir> continues)"
+            )
     if summed.clients and summed.weight <= 0:
         raise FedmmError(f"round {rnd}: the securely aggregated weights sum to {summed.weight}")
     return summed
 
 
-def _in_order(ids: list[int], replies: Union[dict[int, Reply], Iterable[tuple[int, Reply]]]
-              ) -> Iterator[tuple[int, Reply]]:
+def _in_order(
+    ids: list[int], replies: Union[dict[int, Reply], Iterable[tuple[int, Reply]]]
+) -> Iterator[tuple[int, Reply]]:
     """(client id, reply) for every sampled client: a dict's in the order of `ids`, an iterator's as it yields them;
     a client that never replied gets a TimeoutError."""
     if isinstance(replies, dict):
@@ -90,9 +95,15 @@ class Server:
     summed (or the clients did that and noised their share), and the strategy gets one update: the noised mean.
     A runtime with secure aggregation returns a `Summed` instead of replies, which takes the same road."""
 
-    def __init__(self, strategy: Strategy, cfg: ServerConfig, evaluate: Callable[[Params], dict[str, float]],
-                 instructions: FitInstructions, expected: Optional[dict[int, Expected]] = None,
-                 privacy: Optional[Accountant] = None):
+    def __init__(
+        self,
+        strategy: Strategy,
+        cfg: ServerConfig,
+        evaluate: Callable[[Params], dict[str, float]],
+        instructions: FitInstructions,
+        expected: Optional[dict[int, Expected]] = None,
+        privacy: Optional[Accountant] = None,
+    ):
         self.strategy = strategy
         self.cfg = cfg
         self.evaluate = evaluate
@@ -117,8 +128,10 @@ class Server:
         dp = self.privacy
         if dp and dp.local:  # each client clips and adds its share of the noise
             std = local_noise_std(dp.noise_multiplier, dp.clip_norm, len(ids))
-            configs = {c: replace(ins, dp_clip_norm=dp.clip_norm, dp_noise_std=std, dp_noise_seed=dp.noise_seed)
-                       for c, ins in configs.items()}
+            configs = {
+                c: replace(ins, dp_clip_norm=dp.clip_norm, dp_noise_std=std, dp_noise_seed=dp.noise_seed)
+                for c, ins in configs.items()
+            }
         return configs
 
     def run_round(self, rnd: int, global_params: Params, fit_clients: FitClients) -> tuple[Params, dict[str, Any]]:
@@ -128,12 +141,18 @@ class Server:
             ids = dp.sample(self.cfg.seed, rnd)
         else:
             ids = sample_clients(self.cfg.num_clients, self.cfg.per_round, self.cfg.seed, rnd)
-        lr = scheduled_lr(self.instructions.lr, rnd, self.cfg.rounds, self.cfg.lr_schedule,
-                          self.cfg.lr_warmup_rounds)
+        lr = scheduled_lr(self.instructions.lr, rnd, self.cfg.rounds, self.cfg.lr_schedule, self.cfg.lr_warmup_rounds)
         configs = self._configure(rnd, ids, lr)
         payload = params_to_bytes(global_params)
-        got = {"ids": [], "examples": 0, "loss": 0.0, "seconds": 0.0, "max_seconds": 0.0, "bytes_up": 0,
-               "all_in": False}
+        got = {
+            "ids": [],
+            "examples": 0,
+            "loss": 0.0,
+            "seconds": 0.0,
+            "max_seconds": 0.0,
+            "bytes_up": 0,
+            "all_in": False,
+        }
         failures: dict[int, str] = {}
         rejected: dict[int, str] = {}
         clipped: dict[int, float] = {}
@@ -186,8 +205,9 @@ class Server:
                 for cid in summed.clients:
                     count(cid, int(summed.metrics.get(cid, {}).get("num_examples", 0)), summed.metrics.get(cid, {}))
             else:
-                summed = clipped_sum(bounded(checked(), None), global_params, None if dp.local else dp.clip_norm,
-                                     clipped)
+                summed = clipped_sum(
+                    bounded(checked(), None), global_params, None if dp.local else dp.clip_norm, clipped
+                )
             if len(summed.clients) >= required:
                 if dp:
                     mean, z = dp.release(rnd, summed, len(ids), global_params)
@@ -216,39 +236,65 @@ class Server:
         if len(got["ids"]) < required:
             first = next(iter({**failures, **rejected}.items()), None)
             why = f" (client {first[0]}: {first[1]})" if first else ""
-            raise FedmmError(f"round {rnd}: only {len(got['ids'])} of {len(ids)} clients replied with a valid "
-                             f"update{why}, fewer than min_clients={self.cfg.min_clients}; completed rounds are "
-                             f"kept, fix the clients and resume with resume=<run_dir>")
-        bad = sorted(k for k, v in new_params.items()
-                     if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all())
+            raise FedmmError(
+                f"round {rnd}: only {len(got['ids'])} of {len(ids)} clients replied with a valid "
+                f"update{why}, fewer than min_clients={self.cfg.min_clients}; completed rounds are "
+                f"kept, fix the clients and resume with resume=<run_dir>"
+            )
+        bad = sorted(
+            k for k, v in new_params.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()
+        )
         if bad:
-            raise FedmmError(f"round {rnd}: strategy {type(self.strategy).__name__} produced non-finite values in "
-                             f"{bad[0]} from finite updates; nothing of this round was written (resume=<run_dir> "
-                             f"continues from the last checkpoint)")
+            raise FedmmError(
+                f"round {rnd}: strategy {type(self.strategy).__name__} produced non-finite values in "
+                f"{bad[0]} from finite updates; nothing of this round was written (resume=<run_dir> "
+                f"continues from the last checkpoint)"
+            )
         t_eval = time.perf_counter()
         evaluated = rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds
         metrics = self.evaluate(new_params) if evaluated else {}
         record = RoundRecord(
-            round=rnd, clients_sampled=len(ids), clients_replied=len(got["ids"]), clients=got["ids"],
-            num_examples=got["examples"], lr=lr,
+            round=rnd,
+            clients_sampled=len(ids),
+            clients_replied=len(got["ids"]),
+            clients=got["ids"],
+            num_examples=got["examples"],
+            lr=lr,
             train_loss=float(got["loss"] / got["examples"]) if got["examples"] else float("nan"),
-            bytes_down=len(payload) * len(ids), bytes_up=got["bytes_up"], client_seconds=float(got["seconds"]),
-            client_seconds_max=float(got["max_seconds"]), eval_seconds=time.perf_counter() - t_eval,
-            eval=metrics, strategy=dict(self.strategy.round_metrics), failures=failures, rejected=rejected,
-            clipped=clipped, norm_bound=bound, dp_epsilon=spent.get("dp_epsilon"),
-            dp_noise_multiplier=spent.get("dp_noise_multiplier"), seconds=time.perf_counter() - t0)
+            bytes_down=len(payload) * len(ids),
+            bytes_up=got["bytes_up"],
+            client_seconds=float(got["seconds"]),
+            client_seconds_max=float(got["max_seconds"]),
+            eval_seconds=time.perf_counter() - t_eval,
+            eval=metrics,
+            strategy=dict(self.strategy.round_metrics),
+            failures=failures,
+            rejected=rejected,
+            clipped=clipped,
+            norm_bound=bound,
+            dp_epsilon=spent.get("dp_epsilon"),
+            dp_noise_multiplier=spent.get("dp_noise_multiplier"),
+            seconds=time.perf_counter() - t0,
+        )
         return new_params, record.to_json()
 
-    def run(self, rundir: RunDir, global_params: Params, start_round: int, fit_clients: FitClients,
-            on_round: Optional[Callable[[dict[str, Any]], None]] = None,
-            identity: Optional[dict[str, Any]] = None) -> Params:
+    def run(
+        self,
+        rundir: RunDir,
+        global_params: Params,
+        start_round: int,
+        fit_clients: FitClients,
+        on_round: Optional[Callable[[dict[str, Any]], None]] = None,
+        identity: Optional[dict[str, Any]] = None,
+    ) -> Params:
         """Rounds `start_round`..`rounds`, each recorded and checkpointed (with the run's `identity`, the settings
         a resume must match)."""
         for rnd in range(start_round, self.cfg.rounds + 1):
             global_params, record = self.run_round(rnd, global_params, fit_clients)
             rundir.append_metrics(record)
-            rundir.save_checkpoint(rnd, global_params, self.state_dict(), keep=self.cfg.keep_checkpoints,
-                                   identity=identity)
+            rundir.save_checkpoint(
+                rnd, global_params, self.state_dict(), keep=self.cfg.keep_checkpoints, identity=identity
+            )
             if on_round:
                 on_round(record)
         return global_params

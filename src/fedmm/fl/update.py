@@ -1,5 +1,6 @@
 """What a client sends back: its trained tensors (or their compressed delta), example count, metrics and modalities,
 as one safetensors blob whose header carries the rest."""
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,25 @@ class Update:
     compression: dict[str, str] = field(default_factory=dict)  # set when `params` is a compressed delta
 
     def to_bytes(self) -> bytes:
-        meta = dict(client_id=self.client_id, num_examples=self.num_examples, metrics=self.metrics,
-                    modalities=sorted(self.modalities), extra=self.extra)
+        meta = dict(
+            client_id=self.client_id,
+            num_examples=self.num_examples,
+            metrics=self.metrics,
+            modalities=sorted(self.modalities),
+            extra=self.extra,
+        )
         return params_to_bytes(self.params, {"fedmm_update": json.dumps(meta), **self.compression})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Update":
         header = bytes_metadata(data)
         meta = json.loads(header.pop("fedmm_update"))
-        return cls(client_id=meta["client_id"], params=params_from_bytes(data), num_examples=meta["num_examples"],
-                   metrics=meta["metrics"], modalities=frozenset(meta["modalities"]), extra=meta["extra"],
-                   compression=header)
+        return cls(
+            client_id=meta["client_id"],
+            params=params_from_bytes(data),
+            num_examples=meta["num_examples"],
+            metrics=meta["metrics"],
+            modalities=frozenset(meta["modalities"]),
+            extra=meta["extra"],
+            compression=header,
+        )

@@ -13,6 +13,7 @@ delta down to the bound, `reject` drops the update. `auto` bounds at AUTO_NORM_M
 honest clients of a round move by similar amounts, so a bound a few times their median leaves them untouched and
 cuts a scaled (x1e6) update down to an honest one's size.
 """
+
 from __future__ import annotations
 
 import json
@@ -115,8 +116,12 @@ def clip_update(params: Params, global_params: Params, norm: float, bound: float
     if norm <= bound:
         return params
     factor = bound / norm
-    return {k: (global_params[k].astype(np.float64) + factor * (v.astype(np.float64) - global_params[k]))
-            .astype(global_params[k].dtype) for k, v in params.items()}
+    return {
+        k: (global_params[k].astype(np.float64) + factor * (v.astype(np.float64) - global_params[k])).astype(
+            global_params[k].dtype
+        )
+        for k, v in params.items()
+    }
 
 
 def norm_bound(setting, norms: list[float]) -> Optional[float]:

@@ -3,4 +3,5 @@
 `local` (the default) runs everything in this process; `flower` and `nvflare` run on those frameworks. Each is one
 folder (or module) whose class subclasses `fedmm.runtime.base.Runtime` and registers in `fedmm.registry.RUNTIMES`.
 """
+
 from fedmm.registry import RUNTIMES  # noqa: F401

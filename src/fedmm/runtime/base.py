@@ -6,6 +6,7 @@ NVFlare's server job). Wherever that is, the server side is `serve`: build the f
 run the rounds, write the report. A runtime only supplies how to reach its clients (`fit_clients`, see
 `fedmm.fl.server`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,12 @@ class Runtime:
         raise NotImplementedError
 
 
-def serve(settings: "Settings", connect: "Callable[[Federation], FitClients]",
-          federation: "Optional[Federation]" = None, announce: Optional[Callable[[str], None]] = None) -> RunResult:
+def serve(
+    settings: "Settings",
+    connect: "Callable[[Federation], FitClients]",
+    federation: "Optional[Federation]" = None,
+    announce: Optional[Callable[[str], None]] = None,
+) -> RunResult:
     """The server side of a run under any runtime: `federation` (built from `settings` unless given), clients
     reached through `connect(federation)`, the remaining rounds, report.md. `announce` gets the closing line of a
     server that runs apart from the user's terminal (its log)."""

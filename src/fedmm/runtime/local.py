@@ -3,6 +3,7 @@
 Parameters still travel as serialized bytes, so `bytes_up`/`bytes_down` are the real sizes and the code path is the
 one the distributed runtimes use.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,12 +32,18 @@ def in_process_clients(fed):
     from fedmm.client.client import ClientTrainer
     from fedmm.config.schema import AttackConfig
 
-    trainer = ClientTrainer(fed.backend, fed.model, progress=fed.progress, state_dir=fed.rundir.path / "client_state",
-                            attack=fed.settings.typed("attack", AttackConfig))
+    trainer = ClientTrainer(
+        fed.backend,
+        fed.model,
+        progress=fed.progress,
+        state_dir=fed.rundir.path / "client_state",
+        attack=fed.settings.typed("attack", AttackConfig),
+    )
 
     def fit_clients(rnd: int, ids: list[int], payload: bytes, instructions: dict) -> Iterator[tuple[int, bytes]]:
-        for cid in tqdm(ids, desc=f"round {rnd}/{fed.settings.rounds}", leave=False, unit="client",
-                        disable=not fed.progress or None):
+        for cid in tqdm(
+            ids, desc=f"round {rnd}/{fed.settings.rounds}", leave=False, unit="client", disable=not fed.progress or None
+        ):
             yield cid, trainer.fit_bytes(cid, fed.clients[cid], payload, instructions[cid], fed.client_val[cid])
 
     return fit_clients

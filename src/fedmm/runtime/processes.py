@@ -1,6 +1,7 @@
 """Local test systems (a Flower deployment, an NVFlare POC system) on 127.0.0.1: free ports, and stopping every
 process they started by its id, the ones their launchers detach included. A system marks its processes with an
 environment variable they all inherit (Flower's FLWR_HOME, NVFlare's POC workspace), which /proc shows (Linux)."""
+
 from __future__ import annotations
 
 import os

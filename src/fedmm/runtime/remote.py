@@ -9,6 +9,7 @@ Its site settings (a Flower node config, an NVFlare site's script arguments) are
 - `state-dir`: where its clients' state (error-feedback residuals) lives, default `~/.fedmm/<runtime>-state`
   (see `state_dir`: the site decides, never the server).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ _SITE: dict[str, Any] = {}  # the one client this process serves: {"key": ..., "
 
 def partition_id(site_config: dict[str, Any]) -> int:
     if "partition-id" not in site_config:
-        raise ValueError("this site has no partition-id; give it one in its site settings (Flower: --node-config "
-                         "'partition-id=<i>')")
+        raise ValueError(
+            "this site has no partition-id; give it one in its site settings (Flower: --node-config 'partition-id=<i>')"
+        )
     return int(site_config["partition-id"])
 
 
@@ -82,9 +84,17 @@ def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) ->
             text = OmegaConf.to_yaml(cfg)
         settings = settings_from_yaml(text)
         site = build_site(settings, cid)
-        _SITE.update(key=key, site=site, trainer=ClientTrainer(site.backend, site.model, progress=False,
-                                                               state_dir=state_dir(site_config, request),
-                                                               attack=settings.typed("attack", AttackConfig)))
+        _SITE.update(
+            key=key,
+            site=site,
+            trainer=ClientTrainer(
+                site.backend,
+                site.model,
+                progress=False,
+                state_dir=state_dir(site_config, request),
+                attack=settings.typed("attack", AttackConfig),
+            ),
+        )
     site = _SITE["site"]
     return _SITE["trainer"].fit_bytes(cid, site.train, payload, request["config"], site.val)
 

@@ -1,4 +1,5 @@
 """Train and evaluate one model on one data set. Deterministic given `seed`: batch order and dropout come from it."""
+
 from __future__ import annotations
 
 import time
@@ -17,8 +18,9 @@ from fedmm.modelops import autocast, batch_indices, to_device
 StepHook = Callable[[list[torch.nn.Parameter]], None]
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, name: str = "adamw",
-                   momentum: float = 0.9) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, name: str = "adamw", momentum: float = 0.9
+) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -26,11 +28,24 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, name:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
-def train_epochs(model: torch.nn.Module, backend: Backend, data: MultimodalDataset, *, epochs: int,
-                 batch_size: int, lr: float, weight_decay: float, seed: int, desc: str = "train",
-                 progress: bool = True, optimizer: Optional[torch.optim.Optimizer] = None,
-                 on_step: Optional[StepHook] = None, pos_weight: Optional[np.ndarray] = None,
-                 grad_accum_steps: int = 1, precision: str = "fp32") -> dict[str, float]:
+def train_epochs(
+    model: torch.nn.Module,
+    backend: Backend,
+    data: MultimodalDataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    desc: str = "train",
+    progress: bool = True,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    on_step: Optional[StepHook] = None,
+    pos_weight: Optional[np.ndarray] = None,
+    grad_accum_steps: int = 1,
+    precision: str = "fp32",
+) -> dict[str, float]:
     """AdamW for `epochs` passes over `data`, on the model's device. Without `optimizer`, a fresh one: federated
     clients keep no optimizer state between rounds; the centralized baseline passes its own to keep it across epochs.
 

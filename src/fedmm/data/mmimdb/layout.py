@@ -10,6 +10,7 @@
 
 Each site reads only its own folder (plus the posters its CSVs name), the way a real site would.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,21 +46,28 @@ def _client_dirs(folder: Path) -> list[Path]:
 def find_layout(root: str | Path, option: str = "task.root") -> SeedLayout:
     """The layout under `root`, which may be the project folder or its `dataset/` folder."""
     if not str(root):
-        raise FedmmError(f"task=mmimdb needs {option}=FOLDER: the folder `fedmm prepare mmimdb` wrote (or any "
-                         f"folder in the seed's layout, holding dataset/client_<i>/)")
+        raise FedmmError(
+            f"task=mmimdb needs {option}=FOLDER: the folder `fedmm prepare mmimdb` wrote (or any "
+            f"folder in the seed's layout, holding dataset/client_<i>/)"
+        )
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FedmmError(f"{option}='{root}' is not a folder; give the folder `fedmm prepare mmimdb` wrote (the "
-                         f"one holding dataset/client_<i>/)")
+        raise FedmmError(
+            f"{option}='{root}' is not a folder; give the folder `fedmm prepare mmimdb` wrote (the "
+            f"one holding dataset/client_<i>/)"
+        )
     for dataset, project in ((root / "dataset", root), (root, root.parent)):
         if dataset.is_dir() and (clients := _client_dirs(dataset)):
             numbers = [int(CLIENT_DIR.match(c.name).group(1)) for c in clients]
             if numbers != list(range(len(clients))):
-                raise FedmmError(f"{dataset}: client folders are numbered {numbers}; number them 0..K-1 "
-                                 f"(client_0, client_1, ...)")
+                raise FedmmError(
+                    f"{dataset}: client folders are numbered {numbers}; number them 0..K-1 (client_0, client_1, ...)"
+                )
             return SeedLayout(project, dataset, tuple(clients), server_folder(project, dataset))
-    raise FedmmError(f"no client_<i> folders in {root} or {root / 'dataset'}; write them with "
-                     f"`fedmm prepare mmimdb SOURCE {root} --num-clients K`")
+    raise FedmmError(
+        f"no client_<i> folders in {root} or {root / 'dataset'}; write them with "
+        f"`fedmm prepare mmimdb SOURCE {root} --num-clients K`"
+    )
 
 
 def server_folder(project: Path, dataset: Path) -> Optional[Path]:
@@ -99,8 +107,10 @@ def unzip(archive: Path, into: Path) -> None:
             if not (into / entry.name).exists():
                 entry.rename(into / entry.name)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
-        raise FedmmError(f"{archive} is not a readable zip file ({type(e).__name__}: {e}); download it again, or "
-                         f"unpack it by hand into {into}") from None
+        raise FedmmError(
+            f"{archive} is not a readable zip file ({type(e).__name__}: {e}); download it again, or "
+            f"unpack it by hand into {into}"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"unpacked {archive}", flush=True)
@@ -121,8 +131,11 @@ def resolve_labels(explicit: str, layout: Optional[SeedLayout], option: str = "t
         return path
     looked = [f"{option} (not set)", f"${LABELS_ENV} (not set)"]
     if layout is not None:
-        for path in (layout.dataset / "labels.json", layout.project / "labels.json",
-                     layout.project / "all_in_one_dataset" / "labels.json"):
+        for path in (
+            layout.dataset / "labels.json",
+            layout.project / "labels.json",
+            layout.project / "all_in_one_dataset" / "labels.json",
+        ):
             if path.is_file():
                 return path
             looked.append(str(path))
@@ -138,10 +151,11 @@ def read_labels(path: Path) -> tuple[str, ...]:
     try:
         names = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FedmmError(f"{path}: cannot read labels ({type(e).__name__}: {e}); it must be a JSON list of "
-                         f"genre names") from None
+        raise FedmmError(
+            f"{path}: cannot read labels ({type(e).__name__}: {e}); it must be a JSON list of genre names"
+        ) from None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-        raise FedmmError(f"{path} must be a non-empty JSON list of genre names, e.g. [\"Action\", \"Comedy\"]")
+        raise FedmmError(f'{path} must be a non-empty JSON list of genre names, e.g. ["Action", "Comedy"]')
     names = [n.strip() for n in names]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -168,13 +182,16 @@ def read_modalities(folder: Path) -> frozenset[str]:
     else:
         mods = frozenset()
     if not mods:
-        raise FedmmError(f"{path} must name at least one of {list(MODALITIES)}, as {{\"text\": true, \"image\": "
-                         f"false}} or {{\"modalities\": [\"text\"]}}")
+        raise FedmmError(
+            f'{path} must name at least one of {list(MODALITIES)}, as {{"text": true, "image": '
+            f'false}} or {{"modalities": ["text"]}}'
+        )
     return mods
 
 
-def poster_folder(csv_folder: Path, project: Optional[Path], explicit: str = "",
-                  option: str = "task.image_dir") -> Path:
+def poster_folder(
+    csv_folder: Path, project: Optional[Path], explicit: str = "", option: str = "task.image_dir"
+) -> Path:
     """The folder the CSV's img_name values are relative to: the explicit one, else a posters folder next to the
     CSV (a site's own), else the project's shared one."""
     if explicit:
@@ -188,5 +205,4 @@ def poster_folder(csv_folder: Path, project: Optional[Path], explicit: str = "",
     for path in places:
         if path.is_dir():
             return path
-    raise FedmmError(f"no posters folder for {csv_folder}; looked in: {', '.join(map(str, places))}. "
-                     f"Set {option}=PATH")
+    raise FedmmError(f"no posters folder for {csv_folder}; looked in: {', '.join(map(str, places))}. Set {option}=PATH")

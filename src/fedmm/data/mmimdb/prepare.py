@@ -6,6 +6,7 @@ The official dev and test splits become the server's server_val.csv and server_t
 (genres, posters decoded in full) before anything is written, and the output appears all at once: a failure leaves
 OUT as it was.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,8 +33,9 @@ OUTPUTS = ("dataset", "all_in_one_dataset")
 POSTERS = Path("all_in_one_dataset") / "mmimdb_posters"
 
 
-def check_records(records: list[Record], labels: tuple[str, ...], bad: BadSamples, labels_from: str,
-                  source: Path) -> list[Record]:
+def check_records(
+    records: list[Record], labels: tuple[str, ...], bad: BadSamples, labels_from: str, source: Path
+) -> list[Record]:
     """The records whose genres are all known and whose poster lies inside `source` and decodes in full (prepare
     links or copies posters into OUT: never a file from elsewhere)."""
     known = set(labels)
@@ -85,19 +87,32 @@ def _write_csv(path: Path, rows: list[tuple[Record, str]]) -> None:
             w.writerow([img, r.text, "|".join(r.genres), r.id])
 
 
-def _split_site(n: int, val_fraction: float, test_fraction: float, rng: np.random.Generator
-                ) -> dict[str, np.ndarray]:
+def _split_site(n: int, val_fraction: float, test_fraction: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     order = rng.permutation(n)
     n_val, n_test = int(round(val_fraction * n)), int(round(test_fraction * n))
     if n - n_val - n_test < 1:
         n_val = n_test = 0
-    return {"val": np.sort(order[:n_val]), "test": np.sort(order[n_val:n_val + n_test]),
-            "train": np.sort(order[n_val + n_test:])}
+    return {
+        "val": np.sort(order[:n_val]),
+        "test": np.sort(order[n_val : n_val + n_test]),
+        "train": np.sort(order[n_val + n_test :]),
+    }
 
 
-def prepare_mmimdb(source: str, out: str, num_clients: int, partition: str = "iid", alpha: float = 0.5,
-                   seed: int = 42, modalities: str = "", labels_json: str = "", on_bad_sample: str = "error",
-                   val_fraction: float = 0.1, test_fraction: float = 0.0, min_size: int = 2) -> Path:
+def prepare_mmimdb(
+    source: str,
+    out: str,
+    num_clients: int,
+    partition: str = "iid",
+    alpha: float = 0.5,
+    seed: int = 42,
+    modalities: str = "",
+    labels_json: str = "",
+    on_bad_sample: str = "error",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    min_size: int = 2,
+) -> Path:
     out_dir = Path(out).expanduser()
     taken = [out_dir / o for o in OUTPUTS if (out_dir / o).exists()]
     if taken:
@@ -117,8 +132,11 @@ def prepare_mmimdb(source: str, out: str, num_clients: int, partition: str = "ii
     rows = {s: check_records(src.splits[s], src.labels, bad, src.labels_from, root) for s in SPLITS}
     bad.warn(str(source))
     if src.dropped_tags:
-        print("dropped genre tags outside MM-IMDb's 23: " +
-              ", ".join(f"{g} x{n}" for g, n in sorted(src.dropped_tags.items())), flush=True)
+        print(
+            "dropped genre tags outside MM-IMDb's 23: "
+            + ", ".join(f"{g} x{n}" for g, n in sorted(src.dropped_tags.items())),
+            flush=True,
+        )
     if not rows["train"] or not rows["test"]:
         raise FedmmError(f"{source}: no usable {'train' if not rows['train'] else 'test'} rows")
 
@@ -127,8 +145,11 @@ def prepare_mmimdb(source: str, out: str, num_clients: int, partition: str = "ii
     for i, r in enumerate(rows["train"]):
         y[i, [index[g] for g in r.genres]] = 1.0
     pool = MultimodalDataset(labels=y, label_names=src.labels)
-    parts = (iid_partition(len(pool), num_clients, seed) if partition == "iid" else
-             dirichlet_partition(pool.partition_labels(), num_clients, alpha, seed, min_size=min_size))
+    parts = (
+        iid_partition(len(pool), num_clients, seed)
+        if partition == "iid"
+        else dirichlet_partition(pool.partition_labels(), num_clients, alpha, seed, min_size=min_size)
+    )
 
     tmp = out_dir / ".fedmm-prepare"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -165,9 +186,15 @@ def prepare_mmimdb(source: str, out: str, num_clients: int, partition: str = "ii
     summary = partition_summary([pool.subset(p) for p in parts])
     for s, m in zip(summary, mods):
         s["modalities"] = sorted(m)
-    print(f"MM-IMDb ({src.layout} layout, labels: {src.labels_from}): {len(rows['train'])} train rows over "
-          f"{num_clients} sites, {len(rows['dev'])} server val, {len(rows['test'])} server test", flush=True)
+    print(
+        f"MM-IMDb ({src.layout} layout, labels: {src.labels_from}): {len(rows['train'])} train rows over "
+        f"{num_clients} sites, {len(rows['dev'])} server val, {len(rows['test'])} server test",
+        flush=True,
+    )
     print(format_partition(summary))
-    print(f"wrote {out_dir}/dataset/ and {out_dir}/all_in_one_dataset/; train with:\n"
-          f"  fedmm run experiment=mmimdb task.root={out_dir}", flush=True)
+    print(
+        f"wrote {out_dir}/dataset/ and {out_dir}/all_in_one_dataset/; train with:\n"
+        f"  fedmm run experiment=mmimdb task.root={out_dir}",
+        flush=True,
+    )
     return out_dir

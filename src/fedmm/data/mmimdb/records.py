@@ -5,6 +5,7 @@ Every problem names its file and line. Row-level problems (a missing or corrupt 
 an empty CSV) go through the bad-sample policy: an error by default, counted and skipped with `on_bad_sample=skip`.
 File-level problems (a missing column) are always errors.
 """
+
 from __future__ import annotations
 
 import csv
@@ -62,8 +63,10 @@ def read_csv(path: Path, bad: BadSamples, posters: Optional[Path], show: Optiona
                 return []
             missing = [c for c in COLUMNS if c not in header]
             if missing:
-                raise FedmmError(f"{name}: missing column {', '.join(repr(c) for c in missing)} (has: "
-                                 f"{', '.join(header)}); MM-IMDb CSVs need the columns {', '.join(COLUMNS)}")
+                raise FedmmError(
+                    f"{name}: missing column {', '.join(repr(c) for c in missing)} (has: "
+                    f"{', '.join(header)}); MM-IMDb CSVs need the columns {', '.join(COLUMNS)}"
+                )
             rows = []
             for row in reader:
                 where = f"{name} line {reader.line_num}"
@@ -71,10 +74,15 @@ def read_csv(path: Path, bad: BadSamples, posters: Optional[Path], show: Optiona
                 if posters is not None and img and not inside(posters / img, posters):
                     bad(f"{where}: img_name '{img[:80]}' points outside the posters folder {posters}")
                     continue
-                rows.append(Record(id=(row.get("id") or "").strip() or Path(img).stem or str(len(rows)),
-                                   text=row["text"] or "",
-                                   genres=split_genres(row["labels"] or ""),
-                                   image=(posters / img) if posters is not None and img else None, where=where))
+                rows.append(
+                    Record(
+                        id=(row.get("id") or "").strip() or Path(img).stem or str(len(rows)),
+                        text=row["text"] or "",
+                        genres=split_genres(row["labels"] or ""),
+                        image=(posters / img) if posters is not None and img else None,
+                        where=where,
+                    )
+                )
     except UnicodeDecodeError as e:
         raise FedmmError(f"{name} is not UTF-8 text ({e}); save it as UTF-8 CSV") from None
     except csv.Error as e:
@@ -87,6 +95,7 @@ def read_csv(path: Path, bad: BadSamples, posters: Optional[Path], show: Optiona
 def decode_images(sources: Sequence[Path | bytes], size: Optional[int]) -> list[np.ndarray | str]:
     """Each image decoded (and resized to size x size), or the one-line reason it could not be; in parallel,
     since PIL releases the GIL while decoding."""
+
     def one(src: Path | bytes) -> np.ndarray | str:
         try:
             return read_rgb(src, size)
@@ -98,9 +107,15 @@ def decode_images(sources: Sequence[Path | bytes], size: Optional[int]) -> list[
         return list(pool.map(one, sources))
 
 
-def to_dataset(records: Sequence[Record], label_names: tuple[str, ...], modalities: frozenset[str],
-               image_size: int, bad: BadSamples, labels_file: str = "labels.json",
-               max_text_chars: int = 20_000) -> MultimodalDataset:
+def to_dataset(
+    records: Sequence[Record],
+    label_names: tuple[str, ...],
+    modalities: frozenset[str],
+    image_size: int,
+    bad: BadSamples,
+    labels_file: str = "labels.json",
+    max_text_chars: int = 20_000,
+) -> MultimodalDataset:
     """Multi-hot labels, texts (cut at `max_text_chars`: the text encoder reads a few hundred tokens at most, and
     tokenising a multi-megabyte text costs gigabytes) and a poster table (one row per record) for the rows that pass
     the checks."""
@@ -129,10 +144,15 @@ def to_dataset(records: Sequence[Record], label_names: tuple[str, ...], modaliti
                 good.append(img)
         keep = [r for r, img in zip(keep, good) if img is not None]
         labels = [y for y, img in zip(labels, good) if img is not None]
-        images = (np.stack([img for img in good if img is not None]) if keep
-                  else np.zeros((0, image_size, image_size, 3), dtype=np.uint8))
+        images = (
+            np.stack([img for img in good if img is not None])
+            if keep
+            else np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+        )
     return MultimodalDataset(
         labels=np.stack(labels) if labels else np.zeros((0, len(label_names)), dtype=np.float32),
         label_names=label_names,
         texts=[r.text[:max_text_chars] for r in keep] if "text" in modalities else None,
-        images=images, image_ids=None if images is None else np.arange(len(keep), dtype=np.int64))
+        images=images,
+        image_ids=None if images is None else np.arange(len(keep), dtype=np.int64),
+    )

@@ -11,6 +11,7 @@
 Without a labels.json, the original and Parquet layouts use MM-IMDb's 23 genres; the release also tags a few movies
 with genres the data set's task excludes (News, Adult, Talk-Show, Reality-TV), and those tags are dropped (counted).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,42 @@ from fedmm.data.mmimdb.layout import find_layout, poster_folder, read_labels, re
 from fedmm.data.mmimdb.records import Record, read_csv, split_genres
 from fedmm.errors import FedmmError
 
-GENRES = ("Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary",
-          "Mystery", "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Music", "Animation", "Musical",
-          "Western", "Sport", "Short", "Film-Noir")
+GENRES = (
+    "Drama",
+    "Comedy",
+    "Romance",
+    "Thriller",
+    "Crime",
+    "Action",
+    "Adventure",
+    "Horror",
+    "Documentary",
+    "Mystery",
+    "Sci-Fi",
+    "Fantasy",
+    "Family",
+    "Biography",
+    "War",
+    "History",
+    "Music",
+    "Animation",
+    "Musical",
+    "Western",
+    "Sport",
+    "Short",
+    "Film-Noir",
+)
 NOT_IN_TASK = frozenset({"News", "Adult", "Talk-Show", "Reality-TV"})
 SPLITS = ("train", "dev", "test")
-SPLIT_NAMES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev",
-               "validation": "dev", "test": "test"}
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "dev": "dev",
+    "val": "dev",
+    "valid": "dev",
+    "validation": "dev",
+    "test": "test",
+}
 TEXT_COLUMNS = ("plot", "text", "overview", "plot_outline", "description")
 GENRE_COLUMNS = ("genres", "genre", "labels", "label")
 IMAGE_COLUMNS = ("image", "poster", "img", "image_bytes")
@@ -53,8 +83,10 @@ def detect(root: Path) -> str:
         return "original"
     if root.is_dir() and ((root / "dataset").is_dir() or any(root.glob("client_*"))):
         return "seed"
-    raise FedmmError(f"{root} is not an MM-IMDb layout fedmm knows: expected split.json + dataset/ (the original "
-                     f"release), *.parquet files, or dataset/client_<i>/ CSVs (the seed's layout)")
+    raise FedmmError(
+        f"{root} is not an MM-IMDb layout fedmm knows: expected split.json + dataset/ (the original "
+        f"release), *.parquet files, or dataset/client_<i>/ CSVs (the seed's layout)"
+    )
 
 
 def read_source(root: str | Path, bad: BadSamples, labels_json: str = "") -> Source:
@@ -64,8 +96,9 @@ def read_source(root: str | Path, bad: BadSamples, labels_json: str = "") -> Sou
     kind = detect(root)
     if kind == "seed":
         return _read_seed(root, bad, labels_json)
-    labels, labels_from = ((read_labels(Path(labels_json).expanduser()), labels_json) if labels_json
-                           else (GENRES, "MM-IMDb's 23 genres"))
+    labels, labels_from = (
+        (read_labels(Path(labels_json).expanduser()), labels_json) if labels_json else (GENRES, "MM-IMDb's 23 genres")
+    )
     rows = _read_original(root, bad) if kind == "original" else _read_parquet(root, bad)
     src = Source(kind, rows, labels, labels_from, {})
     if not labels_json:  # the release's excluded genres are not errors against the built-in list
@@ -106,8 +139,9 @@ def _read_original(root: Path, bad: BadSamples) -> dict[str, list[Record]]:
         raise FedmmError(f"{base / 'split.json'}: cannot read it ({type(e).__name__}: {e})") from None
     missing = [s for s in SPLITS if s not in ids]
     if not isinstance(ids, dict) or missing:
-        raise FedmmError(f"{base / 'split.json'} must map train, dev and test to lists of movie ids "
-                         f"(missing: {', '.join(missing)})")
+        raise FedmmError(
+            f"{base / 'split.json'} must map train, dev and test to lists of movie ids (missing: {', '.join(missing)})"
+        )
     data = base / "dataset"
     splits: dict[str, list[Record]] = {}
     for split in SPLITS:
@@ -130,14 +164,20 @@ def _read_original(root: Path, bad: BadSamples) -> dict[str, list[Record]]:
             if not plots or not isinstance(genres, list):
                 bad(f"{where}: needs a 'plot' (list of strings) and 'genres' (list)")
                 continue
-            recs.append(Record(id=movie, text=max(plots, key=len), genres=tuple(str(g).strip() for g in genres),
-                               image=data / f"{movie}.jpeg", where=where))
+            recs.append(
+                Record(
+                    id=movie,
+                    text=max(plots, key=len),
+                    genres=tuple(str(g).strip() for g in genres),
+                    image=data / f"{movie}.jpeg",
+                    where=where,
+                )
+            )
         splits[split] = recs
     return splits
 
 
-def _column(names: list[str], wanted: tuple[str, ...], what: str, path: Path, required: bool = True
-            ) -> Optional[str]:
+def _column(names: list[str], wanted: tuple[str, ...], what: str, path: Path, required: bool = True) -> Optional[str]:
     lower = {n.lower(): n for n in names}
     for w in wanted:
         if w in lower:
@@ -182,8 +222,10 @@ def _read_parquet(root: Path, bad: BadSamples) -> dict[str, list[Record]]:
         split_col = _column(names, ("split",), "split", path, required=False)
         file_split = _split_of_file(path)
         if split_col is None and file_split is None:
-            raise FedmmError(f"{path.name}: cannot tell its split; name the file train/dev/test (e.g. "
-                             f"train-00000.parquet) or add a 'split' column")
+            raise FedmmError(
+                f"{path.name}: cannot tell its split; name the file train/dev/test (e.g. "
+                f"train-00000.parquet) or add a 'split' column"
+            )
         for i, row in enumerate(_parquet_rows(pq, path)):
             where = f"{path.name} row {i}"
             split = SPLIT_NAMES.get(str(row[split_col]).lower()) if split_col else file_split
@@ -199,11 +241,16 @@ def _read_parquet(root: Path, bad: BadSamples) -> dict[str, list[Record]]:
                 image = image.get("bytes") or image.get("path")
             if isinstance(image, str):
                 image = path.parent / image
-            if not isinstance(text, str) or not isinstance(genres, (list, tuple)) or \
-                    not all(isinstance(g, str) for g in genres) or not isinstance(image, (bytes, Path)):
+            if (
+                not isinstance(text, str)
+                or not isinstance(genres, (list, tuple))
+                or not all(isinstance(g, str) for g in genres)
+                or not isinstance(image, (bytes, Path))
+            ):
                 bad(f"{where}: needs plot text (string), genres (names) and an image (bytes)")
                 continue
             rid = str(row[id_col]) if id_col and row[id_col] is not None else f"{split}-{path.stem}-{i}"
-            splits[split].append(Record(id=rid, text=text, genres=tuple(g.strip() for g in genres), image=image,
-                                        where=where))
+            splits[split].append(
+                Record(id=rid, text=text, genres=tuple(g.strip() for g in genres), image=image, where=where)
+            )
     return splits

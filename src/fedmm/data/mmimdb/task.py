@@ -5,6 +5,7 @@ Federated runs get one client per `client_<i>` folder, each with the modalities 
 without ever reading another site's files; the server evaluates on `server_test.csv` and selects / tunes on
 `server_val.csv`. The centralized baseline trains on the union of the sites' training rows with both modalities.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,14 @@ import numpy as np
 
 from fedmm.data.bad_samples import BadSamples
 from fedmm.data.dataset import MODALITIES, MultimodalDataset, TaskData, concat
-from fedmm.data.mmimdb.layout import SeedLayout, find_layout, poster_folder, read_labels, read_modalities, \
-    resolve_labels
+from fedmm.data.mmimdb.layout import (
+    SeedLayout,
+    find_layout,
+    poster_folder,
+    read_labels,
+    read_modalities,
+    resolve_labels,
+)
 from fedmm.data.mmimdb.records import read_csv, to_dataset
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
@@ -37,9 +44,15 @@ class MMIMDbConfig:
     tune_thresholds: bool = False  # also report *_tuned metrics at per-genre thresholds tuned on server_val.csv
 
 
-def load_site(folder: Path, labels: tuple[str, ...], cfg: MMIMDbConfig, bad: BadSamples,
-              project: Optional[Path] = None, modalities: Optional[frozenset[str]] = None,
-              labels_file: str = "labels.json") -> tuple[MultimodalDataset, Optional[MultimodalDataset]]:
+def load_site(
+    folder: Path,
+    labels: tuple[str, ...],
+    cfg: MMIMDbConfig,
+    bad: BadSamples,
+    project: Optional[Path] = None,
+    modalities: Optional[frozenset[str]] = None,
+    labels_file: str = "labels.json",
+) -> tuple[MultimodalDataset, Optional[MultimodalDataset]]:
     """(train, val) of one site folder, with the modalities of its modality.json (or `modalities`). A site without
     images is never asked for posters."""
     mods = modalities or read_modalities(folder)
@@ -61,15 +74,19 @@ def load_site(folder: Path, labels: tuple[str, ...], cfg: MMIMDbConfig, bad: Bad
     return train, (val if val is not None and len(val) else None)
 
 
-def _server_split(layout: SeedLayout, name: str, labels: tuple[str, ...], cfg: MMIMDbConfig, bad: BadSamples,
-                  labels_file: str) -> Optional[MultimodalDataset]:
+def _server_split(
+    layout: SeedLayout, name: str, labels: tuple[str, ...], cfg: MMIMDbConfig, bad: BadSamples, labels_file: str
+) -> Optional[MultimodalDataset]:
     path = layout.server / f"{name}.csv" if layout.server else None
     if path is None or not path.is_file():
         return None
     posters = poster_folder(layout.server, layout.project, cfg.image_dir)
     rows = read_csv(path, bad, posters, show=layout.project)
-    return (to_dataset(rows, labels, frozenset(MODALITIES), cfg.image_size, bad, labels_file, cfg.max_text_chars)
-            if rows else None)
+    return (
+        to_dataset(rows, labels, frozenset(MODALITIES), cfg.image_size, bad, labels_file, cfg.max_text_chars)
+        if rows
+        else None
+    )
 
 
 def count_sites(cfg: MMIMDbConfig) -> int:
@@ -90,18 +107,21 @@ def load_mmimdb(cfg: MMIMDbConfig, seed: int, centralized: bool = False) -> Task
     shown = str(labels_path)
     test = _server_split(layout, "server_test", labels, cfg, bad, shown)
     if test is None or len(test) == 0:
-        raise FedmmError(f"no server evaluation set under {layout.project}: put server_test.csv in "
-                         f"{layout.dataset / 'server'} or under {layout.project / 'server_data'} "
-                         f"(`fedmm prepare mmimdb` writes one)")
+        raise FedmmError(
+            f"no server evaluation set under {layout.project}: put server_test.csv in "
+            f"{layout.dataset / 'server'} or under {layout.project / 'server_data'} "
+            f"(`fedmm prepare mmimdb` writes one)"
+        )
     val = _server_split(layout, "server_val", labels, cfg, bad, shown)
     if val is None:
         val = test.subset(np.zeros(0, dtype=np.int64))
-    sites = [load_site(folder, labels, cfg, bad, layout.project, frozenset(MODALITIES) if centralized else None,
-                       shown) for folder in layout.clients]
+    sites = [
+        load_site(folder, labels, cfg, bad, layout.project, frozenset(MODALITIES) if centralized else None, shown)
+        for folder in layout.clients
+    ]
     bad.warn(str(layout.project))
     trains = [train for train, _ in sites]
-    common = dict(val=val, test=test, metrics=METRICS, tune_thresholds=cfg.tune_thresholds,
-                  pos_weight=cfg.pos_weight)
+    common = dict(val=val, test=test, metrics=METRICS, tune_thresholds=cfg.tune_thresholds, pos_weight=cfg.pos_weight)
     if centralized:
         return TaskData(train=concat(trains), **common)
     labels_only = concat([t.with_modalities(frozenset()) for t in trains])

@@ -5,6 +5,7 @@ do more than train (FedProx's proximal term, FedMAP's self-scoring), a `ClientHo
 `client_hook`. The server loop hands the client a `FitInstructions` whose `strategy_options` the strategy filled in
 `configure`; the client builds the strategy's hook from them and calls it around local training.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace

@@ -7,6 +7,7 @@ For n updates, f of which may be Byzantine (the rule needs n >= 4f + 3):
 Krum alone can be steered one coordinate at a time; the second step bounds every coordinate by the honest
 majority's. Unweighted, and a client that did not send a tensor counts with the global value (see krum.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ def trimmed_around_median(s: np.ndarray, beta: int) -> np.ndarray:
 
 def bulyan(x: np.ndarray, f: int) -> tuple[np.ndarray, list[int]]:
     if len(x) < 4 * f + 3:
-        raise FedmmError(f"strategy=bulyan with strategy.f={f} needs at least {4 * f + 3} updates per round "
-                         f"(4f + 3), got {len(x)}; lower strategy.f or sample more clients")
+        raise FedmmError(
+            f"strategy=bulyan with strategy.f={f} needs at least {4 * f + 3} updates per round "
+            f"(4f + 3), got {len(x)}; lower strategy.f or sample more clients"
+        )
     chosen = bulyan_select(x, f)
     return trimmed_around_median(x[chosen], len(chosen) - 2 * f), chosen
 

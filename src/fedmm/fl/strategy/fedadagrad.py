@@ -1,4 +1,5 @@
 """FedAdagrad: the server applies Adagrad to the clients' averaged pseudo-gradient (update rule in fedopt.py)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

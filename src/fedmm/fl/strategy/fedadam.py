@@ -1,4 +1,5 @@
 """FedAdam: the server applies Adam to the clients' averaged pseudo-gradient (see fedopt.py for the update rule)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """FedAvg (McMahan et al., 2017): the example-weighted mean of the clients' parameters."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

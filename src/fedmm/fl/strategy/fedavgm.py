@@ -1,4 +1,5 @@
 """FedAvgM (Hsu et al., 2019): server momentum on the clients' averaged pseudo-gradient (rule in fedopt.py)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

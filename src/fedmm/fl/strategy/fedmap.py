@@ -24,6 +24,7 @@ and the whole state (student, its Adam moments, the gate's streak, the best mix)
 continues exactly. The student is also saved to `aggregator_path` after every round and loaded from there when a
 new run starts, to carry a trained aggregator over to the next run.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,18 @@ from fedmm.fl.strategy.fedavg import masked_weighted_average
 from fedmm.fl.update import Update
 from fedmm.params import Params, atomic_write_bytes, bytes_metadata, params_from_bytes, params_to_bytes
 
-FEATURES = ("c_k", "p_k", "m_img", "m_txt", "n_k", "diversity", "modality_div", "val_loss", "grad_norm",
-            "imbalance_ratio")
+FEATURES = (
+    "c_k",
+    "p_k",
+    "m_img",
+    "m_txt",
+    "n_k",
+    "diversity",
+    "modality_div",
+    "val_loss",
+    "grad_norm",
+    "imbalance_ratio",
+)
 TEACHER_FEATURES = ("performance", "size", "diversity", "modality", "val_loss", "grad_norm", "balance")
 
 
@@ -70,6 +81,7 @@ class FedMAPConfig:
 
 # -- pure functions ---------------------------------------------------------------------------------------------
 
+
 def client_features(updates: list[Update]) -> np.ndarray:
     """The student's raw (K, 10) input, columns as in FEATURES. The modality flags come from the modalities the
     client really has; modality_div is 1.0 with both modalities and 0.5 with one."""
@@ -77,9 +89,20 @@ def client_features(updates: list[Update]) -> np.ndarray:
     for u in updates:
         m = u.metrics
         img, txt = float("image" in u.modalities), float("text" in u.modalities)
-        rows.append([m.get("c_k", 0.0), m.get("p_k", 0.0), img, txt, float(u.num_examples), m.get("diversity", 0.0),
-                     1.0 if img and txt else 0.5, m.get("val_loss", 0.0), m.get("grad_norm", 0.0),
-                     m.get("imbalance_ratio", 0.0)])
+        rows.append(
+            [
+                m.get("c_k", 0.0),
+                m.get("p_k", 0.0),
+                img,
+                txt,
+                float(u.num_examples),
+                m.get("diversity", 0.0),
+                1.0 if img and txt else 0.5,
+                m.get("val_loss", 0.0),
+                m.get("grad_norm", 0.0),
+                m.get("imbalance_ratio", 0.0),
+            ]
+        )
     return np.nan_to_num(np.asarray(rows, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -98,8 +121,18 @@ def teacher_features(raw: np.ndarray, perf_mix_lambda: float, clip: float) -> np
         return zscore(v[:, None], clip)[:, 0]
 
     perf = perf_mix_lambda * col["p_k"] + (1 - perf_mix_lambda) * np.maximum(col["c_k"], 0.0)
-    return np.stack([z(perf), z(np.log(np.maximum(col["n_k"], 1.0))), z(col["diversity"]), z(col["modality_div"]),
-                     -z(col["val_loss"]), -z(col["grad_norm"]), -z(col["imbalance_ratio"])], axis=1)
+    return np.stack(
+        [
+            z(perf),
+            z(np.log(np.maximum(col["n_k"], 1.0))),
+            z(col["diversity"]),
+            z(col["modality_div"]),
+            -z(col["val_loss"]),
+            -z(col["grad_norm"]),
+            -z(col["imbalance_ratio"]),
+        ],
+        axis=1,
+    )
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -119,8 +152,15 @@ def kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p * (np.log(p) - np.log(q))))
 
 
-def gate(rnd: int, teacher: np.ndarray, student: np.ndarray, teacher_score: float, student_score: float,
-         streak: int, cfg: FedMAPConfig) -> tuple[float, int, bool]:
+def gate(
+    rnd: int,
+    teacher: np.ndarray,
+    student: np.ndarray,
+    teacher_score: float,
+    student_score: float,
+    streak: int,
+    cfg: FedMAPConfig,
+) -> tuple[float, int, bool]:
     """The student's share beta of the final weights (1 - beta) * teacher + beta * student, and the new streak.
 
     The student passes a round when its weights score at least teacher_score - gate_delta; `streak` counts passes
@@ -156,8 +196,9 @@ class AggregatorMLP(nn.Module):
         return self.fc2(torch.relu(self.fc1(x))).view(-1)
 
 
-def local_split(data: MultimodalDataset, fraction: float, seed: int, cid: int
-                ) -> tuple[MultimodalDataset, MultimodalDataset | None]:
+def local_split(
+    data: MultimodalDataset, fraction: float, seed: int, cid: int
+) -> tuple[MultimodalDataset, MultimodalDataset | None]:
     """(train, val): a fixed `fraction` of the client's examples held out for its own scoring, the same in every
     round. Clients too small to spare two examples keep everything for training and report no scores."""
     n_val = int(round(fraction * len(data)))
@@ -180,6 +221,7 @@ def label_statistics(data: MultimodalDataset) -> dict[str, float]:
 
 # -- the client side --------------------------------------------------------------------------------------------
 
+
 class SelfScoring(ClientHook):
     """What a FedMAP client measures besides training: its score on its own validation rows (or, without any, a
     held-out `val_fraction` of its data, not trained on) before and after training, the mean gradient norm over
@@ -189,8 +231,9 @@ class SelfScoring(ClientHook):
         self.metric = str(self.options["score_metric"])
         self.steps, self.norm_sum = 0, 0.0
         if run.val is None:
-            run.train, run.val = local_split(run.train, float(self.options["val_fraction"]),
-                                             run.instructions.seed, run.cid)
+            run.train, run.val = local_split(
+                run.train, float(self.options["val_fraction"]), run.instructions.seed, run.cid
+            )
         if run.val is not None:
             run.metrics["f1_before"] = run.score(run.val, self.metric)[self.metric]
 
@@ -205,11 +248,13 @@ class SelfScoring(ClientHook):
         run.metrics.update(label_statistics(run.train))
         if run.val is not None:
             after = run.score(run.val, self.metric)
-            run.metrics.update(p_k=after[self.metric], c_k=after[self.metric] - run.metrics["f1_before"],
-                               val_loss=after["loss"])
+            run.metrics.update(
+                p_k=after[self.metric], c_k=after[self.metric] - run.metrics["f1_before"], val_loss=after["loss"]
+            )
 
 
 # -- the strategy -----------------------------------------------------------------------------------------------
+
 
 @STRATEGIES.register("fedmap", FedMAPConfig)
 class FedMAP(Strategy):
@@ -218,8 +263,10 @@ class FedMAP(Strategy):
 
     def __init__(self, cfg: FedMAPConfig):
         if cfg.input_dim != len(FEATURES):
-            raise FedmmError(f"strategy.input_dim must be {len(FEATURES)}, the number of client features "
-                             f"({', '.join(FEATURES)}); got {cfg.input_dim}")
+            raise FedmmError(
+                f"strategy.input_dim must be {len(FEATURES)}, the number of client features "
+                f"({', '.join(FEATURES)}); got {cfg.input_dim}"
+            )
         if cfg.n_trials_per_round < 1:
             raise FedmmError(f"strategy.n_trials_per_round must be >= 1 (got {cfg.n_trials_per_round})")
         if not 0 < cfg.client_val_fraction < 1:
@@ -293,10 +340,16 @@ class FedMAP(Strategy):
             out = student_params
         else:
             out = masked_weighted_average(global_params, [(u.params, float(w)) for u, w in zip(updates, final)])
-        self.round_metrics = {"evals": self._evals, "teacher_score": teacher_score,
-                              "student_score": student_score, "beta": beta, "student_passed": passed,
-                              "streak": self.streak, "distill_loss": float(loss.item()),
-                              "weights": {u.client_id: round(float(w), 6) for u, w in zip(updates, final)}}
+        self.round_metrics = {
+            "evals": self._evals,
+            "teacher_score": teacher_score,
+            "student_score": student_score,
+            "beta": beta,
+            "student_passed": passed,
+            "streak": self.streak,
+            "distill_loss": float(loss.item()),
+            "weights": {u.client_id: round(float(w), 6) for u, w in zip(updates, final)},
+        }
         if self.path is not None:
             self._save_file(self.path)
         return out
@@ -311,12 +364,16 @@ class FedMAP(Strategy):
         return arrays
 
     def _load_student_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.student.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-                                      if k.startswith("mlp.")})
+        self.student.load_state_dict(
+            {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("mlp.")}
+        )
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=self.cfg.aggregator_lr)
         for n, p in self.student.named_parameters():
-            st = {k[len(f"adam.{n}."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items()
-                  if k.startswith(f"adam.{n}.")}
+            st = {
+                k[len(f"adam.{n}.") :]: torch.from_numpy(np.array(v))
+                for k, v in arrays.items()
+                if k.startswith(f"adam.{n}.")
+            }
             if st:
                 self.optimizer.state[p] = st
 
@@ -340,6 +397,8 @@ class FedMAP(Strategy):
             arrays, meta = params_from_bytes(data), json.loads(bytes_metadata(data)["fedmm_fedmap"])
             self._load_student_state(arrays)
         except Exception as e:
-            raise FedmmError(f"cannot load the FedMAP aggregator {path} ({type(e).__name__}: {e}); delete it or set "
-                             f"strategy.aggregator_path to another file") from None
+            raise FedmmError(
+                f"cannot load the FedMAP aggregator {path} ({type(e).__name__}: {e}); delete it or set "
+                f"strategy.aggregator_path to another file"
+            ) from None
         self.best_mix = np.asarray(meta["best_mix"], dtype=np.float64)

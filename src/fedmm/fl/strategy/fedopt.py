@@ -6,6 +6,7 @@ help most when clients' data are skewed, where plain averages zig-zag between ro
 
 Running statistics (BatchNorm buffers) are not parameters: they take the plain average.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,22 +21,32 @@ from fedmm.fl.strategy.base import Strategy
 from fedmm.fl.strategy.fedavg import weighted_average
 
 
-def momentum_step(x: np.ndarray, delta: np.ndarray, m: np.ndarray, lr: float, momentum: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def momentum_step(
+    x: np.ndarray, delta: np.ndarray, m: np.ndarray, lr: float, momentum: float
+) -> tuple[np.ndarray, np.ndarray]:
     """FedAvgM: m <- momentum * m + delta; x <- x + lr * m. With lr=1 and momentum=0 this is FedAvg."""
     m = momentum * m + delta
     return x + lr * m, m
 
 
-def adaptive_step(kind: str, x: np.ndarray, delta: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
-                  beta1: float, beta2: float, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def adaptive_step(
+    kind: str,
+    x: np.ndarray,
+    delta: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    tau: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One FedAdagrad / FedYogi / FedAdam step (Algorithm 2 of Reddi et al.), without bias correction:
 
-        m <- beta1 * m + (1 - beta1) * delta
-        v <- v + delta^2                                   (adagrad)
-        v <- v - (1 - beta2) * delta^2 * sign(v - delta^2) (yogi)
-        v <- beta2 * v + (1 - beta2) * delta^2             (adam)
-        x <- x + lr * m / (sqrt(v) + tau)
+    m <- beta1 * m + (1 - beta1) * delta
+    v <- v + delta^2                                   (adagrad)
+    v <- v - (1 - beta2) * delta^2 * sign(v - delta^2) (yogi)
+    v <- beta2 * v + (1 - beta2) * delta^2             (adam)
+    x <- x + lr * m / (sqrt(v) + tau)
     """
     m = beta1 * m + (1 - beta1) * delta
     d2 = delta * delta
@@ -87,9 +98,10 @@ class FedOpt(Strategy):
             if self.kind == "momentum":
                 x, m_new[k] = momentum_step(x, delta, m, self.cfg.server_lr, self.cfg.momentum)
             else:
-                v = self.v.get(k, np.full_like(x, self.cfg.tau ** 2))
-                x, m_new[k], v_new[k] = adaptive_step(self.kind, x, delta, m, v, self.cfg.server_lr,
-                                                      self.cfg.beta1, self.cfg.beta2, self.cfg.tau)
+                v = self.v.get(k, np.full_like(x, self.cfg.tau**2))
+                x, m_new[k], v_new[k] = adaptive_step(
+                    self.kind, x, delta, m, v, self.cfg.server_lr, self.cfg.beta1, self.cfg.beta2, self.cfg.tau
+                )
             out[k] = x.astype(x0.dtype)
         # The moments are kept only when finite: one bad round must not poison every later one.
         if all(np.isfinite(a).all() for a in (*m_new.values(), *v_new.values())):

@@ -8,6 +8,7 @@ optimizer step; parameters without a gradient (a missing modality's encoder) are
 fedmm's clients use AdamW, which divides each gradient by its running magnitude. Where the loss gradient of a
 parameter is smaller than mu * (w - w_global), the update then points back to the global value at full step size,
 which freezes that parameter: mu values tuned for SGD (0.01-1) stall training here, hence the default 0.001."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +37,11 @@ class ProximalTerm(ClientHook):
     def on_step(self, params: list[torch.nn.Parameter]) -> None:
         pairs = [(p, a) for p, a in zip(params, self.anchor) if p.grad is not None]
         if self.mu > 0 and pairs:
-            torch._foreach_add_([p.grad for p, _ in pairs],
-                                torch._foreach_sub([p.detach() for p, _ in pairs], [a for _, a in pairs]),
-                                alpha=self.mu)
+            torch._foreach_add_(
+                [p.grad for p, _ in pairs],
+                torch._foreach_sub([p.detach() for p, _ in pairs], [a for _, a in pairs]),
+                alpha=self.mu,
+            )
 
 
 @STRATEGIES.register("fedprox", FedProxConfig)

@@ -1,4 +1,5 @@
 """FedYogi: the server applies Yogi to the clients' averaged pseudo-gradient (see fedopt.py for the update rule)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@ The paper assumes n >= 2f + 3; with fewer updates the neighbour count is max(1, 
 Unweighted by design (as in the paper): weighting by example counts would let a client that claims many examples
 dominate again. A client that did not send a tensor (it lacks that modality) counts with the global value there.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,14 +26,18 @@ from fedmm.params import Params
 
 def flatten(global_params: Params, updates: list[Params]) -> np.ndarray:
     """(n, d) float64: each update's tensors in the order of `global_params`, global values where it sent none."""
-    return np.stack([np.concatenate([np.asarray(p.get(k, g), dtype=np.float64).ravel()
-                                     for k, g in global_params.items()]) for p in updates])
+    return np.stack(
+        [
+            np.concatenate([np.asarray(p.get(k, g), dtype=np.float64).ravel() for k, g in global_params.items()])
+            for p in updates
+        ]
+    )
 
 
 def unflatten(global_params: Params, x: np.ndarray) -> Params:
     out, i = {}, 0
     for k, g in global_params.items():
-        out[k] = x[i:i + g.size].reshape(g.shape).astype(g.dtype)
+        out[k] = x[i : i + g.size].reshape(g.shape).astype(g.dtype)
         i += g.size
     return out
 

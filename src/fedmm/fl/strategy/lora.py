@@ -12,6 +12,7 @@ averaging the changes: mean(B_k) @ mean(A_k) != mean(B_k @ A_k). Two exact fixes
 Adapters are recognised by peft's naming: `<module>.lora_A.<adapter>.weight` (r x in) beside `...lora_B...` (out x r).
 Every other tensor is averaged as in FedAvg.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,12 +29,14 @@ from fedmm.fl.strategy.fedavg import FedAvg, weighted_average
 def lora_pairs(keys) -> list[tuple[str, str]]:
     """(A key, B key) for every LoRA adapter among `keys`."""
     keys = set(keys)
-    return sorted((k, k.replace(".lora_A.", ".lora_B.")) for k in keys
-                  if ".lora_A." in k and k.replace(".lora_A.", ".lora_B.") in keys)
+    return sorted(
+        (k, k.replace(".lora_A.", ".lora_B."))
+        for k in keys
+        if ".lora_A." in k and k.replace(".lora_A.", ".lora_B.") in keys
+    )
 
 
-def product_average(factors: list[tuple[np.ndarray, np.ndarray, float]], rank: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def product_average(factors: list[tuple[np.ndarray, np.ndarray, float]], rank: int) -> tuple[np.ndarray, np.ndarray]:
     """Best rank-`rank` factors (B, A) of sum_k w_k B_k A_k / sum_k w_k, from (B_k, A_k, w_k) triples.
 
     With B_cat = [w_1 B_1 ... w_K B_K] / W and A_cat = [A_1; ...; A_K], the sum is B_cat @ A_cat. QR both sides:

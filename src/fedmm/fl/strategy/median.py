@@ -3,6 +3,7 @@
 Unweighted by design: weighting by example counts would let one client that claims many examples dominate again.
 Each key is taken over the clients that sent it (a client missing a modality does not vote on its encoder).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +17,7 @@ from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 
 
-def coordinatewise(global_params: Params, updates: list[Params], reduce: Callable[[np.ndarray], np.ndarray]
-                   ) -> Params:
+def coordinatewise(global_params: Params, updates: list[Params], reduce: Callable[[np.ndarray], np.ndarray]) -> Params:
     """Apply `reduce` over axis 0 of the stacked values of each key, among the updates that hold that key. Values
     must be finite (the server's validation sees to it): sorting puts NaN last, so a NaN would be taken for the
     largest value and could surface in the result; a direct call with one raises ValueError instead."""

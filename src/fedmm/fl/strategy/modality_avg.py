@@ -5,6 +5,7 @@ over only the clients that have that modality; shared parameters (fusion, head, 
 a modality neither train nor send that encoder, so "the clients that sent the key" is exactly "the clients that
 have the modality": FedAvg instead counts them with the stale global value and slows the encoder down.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

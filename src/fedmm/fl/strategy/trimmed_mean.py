@@ -4,6 +4,7 @@ smallest client values, and average the rest. Between the mean (beta=0) and the 
 How many values go from each end, of n: floor(beta * n), but at least one whenever beta > 0 and n >= 3 (so the
 default beta=0.1 trims with 5 clients, where floor(0.5) = 0 would trim nothing and one x1e6 update would move the
 model as far as under FedAvg), and at most (n - 1) // 2 (at least one value stays)."""
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ def trimmed_mean(global_params: Params, updates: list[Params], beta: float) -> P
     def reduce(stack: np.ndarray) -> np.ndarray:
         n = stack.shape[0]
         cut = trim_count(n, beta)
-        return np.sort(stack, axis=0)[cut:n - cut].mean(axis=0)
+        return np.sort(stack, axis=0)[cut : n - cut].mean(axis=0)
 
     return coordinatewise(global_params, updates, reduce)
 

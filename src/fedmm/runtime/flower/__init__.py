@@ -7,6 +7,7 @@ Both drive fedmm's own server loop (`fl/server.py`) inside the ServerApp, so sam
 the run directory are those of the embedded runtime and results match it for the same seed. Flower is an optional
 dependency (`pip install fedmm[flower]`); nothing here imports it until a Flower run starts.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

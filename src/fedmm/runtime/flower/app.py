@@ -5,6 +5,7 @@ overrides as its run config (`overrides`); `flwr run OUT <superlink> --run-confi
 per run (`resume=<run_dir>` continues a run). The ServerApp builds the experiment from them, exactly as
 `fedmm run` would, and drives fedmm's server loop over the SuperNodes.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -35,8 +36,7 @@ def main(grid: Grid, context: Context) -> None:
     if settings.runtime.name != "flower":
         raise ValueError(f"this app runs runtime=flower, but its overrides choose runtime={settings.runtime.name}")
     try:
-        serve(settings, grid_clients(grid, settings.runtime, warm=settings.runtime.warm),
-              announce=say)
+        serve(settings, grid_clients(grid, settings.runtime, warm=settings.runtime.warm), announce=say)
     except FedmmError as e:  # one line in the run's log (flwr log / --stream), then Flower marks the run failed
         print(f"error: {e}", flush=True)
         raise

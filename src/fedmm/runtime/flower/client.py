@@ -7,6 +7,7 @@ processes, so that alone keeps them warm. A deployed SuperNode starts a fresh pr
 with `warm` (the default), the ClientApp hands the work to a long-running worker beside the SuperNode (`worker.py`)
 and stays light itself: this module imports no torch.
 """
+
 from __future__ import annotations
 
 from flwr.app import Context, Message

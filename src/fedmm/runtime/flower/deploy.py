@@ -4,6 +4,7 @@
 The certificates are for trying a deployment out: production sites use their organisation's CA. Keys are written
 readable by their owner only.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -60,8 +61,12 @@ def write_app(out: str | Path, overrides: list[str]) -> Path:
     if not resuming and not any(o.startswith("output_dir=") for o in overrides):
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         overrides.append(f"output_dir={Path('runs').resolve() / (stamp + '-flower')}")
-    overrides = [f"{o.split('=', 1)[0]}={Path(o.split('=', 1)[1]).expanduser().resolve()}"
-                 if o.startswith(("output_dir=", "resume=")) else o for o in overrides]
+    overrides = [
+        f"{o.split('=', 1)[0]}={Path(o.split('=', 1)[1]).expanduser().resolve()}"
+        if o.startswith(("output_dir=", "resume="))
+        else o
+        for o in overrides
+    ]
     load_settings(overrides)  # check them now, not on the SuperLink
     out.mkdir(parents=True, exist_ok=True)
     joined = " ".join(shlex.quote(o) for o in overrides)
@@ -90,8 +95,10 @@ def write_certificates(out: str | Path, hosts: list[str], supernodes: int, days:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
     except ImportError:
-        raise FedmmError(f"fedmm flower certs needs the cryptography package: pip install 'fedmm[flower]' "
-                         f"(flwr=={FLOWER_VERSION} brings it)") from None
+        raise FedmmError(
+            f"fedmm flower certs needs the cryptography package: pip install 'fedmm[flower]' "
+            f"(flwr=={FLOWER_VERSION} brings it)"
+        ) from None
     if not hosts:
         raise FedmmError("give at least one --host: the SuperLink's address as SuperNodes reach it")
     out = Path(out)
@@ -103,18 +110,39 @@ def write_certificates(out: str | Path, hosts: list[str], supernodes: int, days:
     plain = serialization.NoEncryption()
 
     def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedmm test deployment"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedmm test deployment"),
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            ]
+        )
 
     ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca = (x509.CertificateBuilder().subject_name(name("fedmm test CA")).issuer_name(name("fedmm test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("fedmm test CA"))
+        .issuer_name(name("fedmm test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     sans: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -122,13 +150,19 @@ def write_certificates(out: str | Path, hosts: list[str], supernodes: int, days:
         except ValueError:
             sans.append(x509.DNSName(host))
     key = ec.generate_private_key(ec.SECP384R1())
-    cert = (x509.CertificateBuilder().subject_name(name(hosts[0])).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(hosts[0]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     written = [out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key"]
     written[0].write_bytes(ca.public_bytes(pem))
     _private(written[1], ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, plain))
@@ -138,7 +172,8 @@ def write_certificates(out: str | Path, hosts: list[str], supernodes: int, days:
         node = ec.generate_private_key(ec.SECP384R1())
         private, public = out / f"supernode-{i}.key", out / f"supernode-{i}.pub"
         _private(private, node.private_bytes(pem, serialization.PrivateFormat.OpenSSH, plain))
-        public.write_bytes(node.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                          serialization.PublicFormat.OpenSSH) + b"\n")
+        public.write_bytes(
+            node.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n"
+        )
         written += [private, public]
     return written

@@ -1,4 +1,5 @@
 """Offline-safe Flower settings, applied before Flower is imported (it reads some of them at import time)."""
+
 from __future__ import annotations
 
 import os
@@ -28,5 +29,6 @@ def require_flower() -> None:
     try:
         import flwr  # noqa: F401
     except ImportError:
-        raise FedmmError(f"runtime=flower needs Flower: pip install 'fedmm[flower]' (flwr[simulation]=="
-                         f"{FLOWER_VERSION})") from None
+        raise FedmmError(
+            f"runtime=flower needs Flower: pip install 'fedmm[flower]' (flwr[simulation]=={FLOWER_VERSION})"
+        ) from None

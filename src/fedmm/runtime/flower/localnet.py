@@ -5,6 +5,7 @@ try a deployment before spreading it over machines (the README shows the same co
 Every process is started in its own session and stopped by its process id (the whole session: Flower's
 SuperExec and ClientApp children included, and fedmm's warm worker, which watches them).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,17 +28,29 @@ class LocalDeployment(LocalSystem):
         self.root = Path(root)
         self.num_supernodes = num_supernodes
         self.port = free_port()
-        self.env = dict(os.environ, **OFFLINE, FLWR_HOME=str(self.root / "flwr-home"),
-                        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1",
-                        **(extra_env or {}))
+        self.env = dict(
+            os.environ,
+            **OFFLINE,
+            FLWR_HOME=str(self.root / "flwr-home"),
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            PYTHONUNBUFFERED="1",
+            **(extra_env or {}),
+        )
         self.pki = self.root / "pki"
         self.superlink: Optional[subprocess.Popen] = None
         self.supernodes: dict[int, subprocess.Popen] = {}
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")
-        return subprocess.Popen(cmd, cwd=self.root, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=self.root,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start(self) -> "LocalDeployment":
         self.root.mkdir(parents=True, exist_ok=True)
@@ -46,12 +59,26 @@ class LocalDeployment(LocalSystem):
         home.mkdir(exist_ok=True)
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{self.port}"\n'
-            f'root-certificates = "{self.pki / "ca.crt"}"\n')
-        self.superlink = self._spawn("superlink", [
-            str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(self.pki / "ca.crt"),
-            "--ssl-certfile", str(self.pki / "server.pem"), "--ssl-keyfile", str(self.pki / "server.key"),
-            "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-            "--host", "127.0.0.1", "--port", str(self.port)])
+            f'root-certificates = "{self.pki / "ca.crt"}"\n'
+        )
+        self.superlink = self._spawn(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--ssl-ca-certfile",
+                str(self.pki / "ca.crt"),
+                "--ssl-certfile",
+                str(self.pki / "server.pem"),
+                "--ssl-keyfile",
+                str(self.pki / "server.key"),
+                "--enable-supernode-auth",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+        )
         self._wait_listening(self.port, 60.0)
         for i in range(self.num_supernodes):
             self.flwr("supernode", "register", str(self.pki / f"supernode-{i}.pub"), "local")
@@ -70,18 +97,31 @@ class LocalDeployment(LocalSystem):
         raise RuntimeError(f"flower-superlink did not listen on 127.0.0.1:{port} within {timeout:g}s")
 
     def start_supernode(self, i: int, node_config: str = "") -> subprocess.Popen:
-        config = f'partition-id={i} worker-dir="{self.root / "workers"}" state-dir="{self.root / "state"}" ' \
-                 + node_config
-        self.supernodes[i] = self._spawn(f"supernode-{i}", [
-            str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{self.port}",
-            "--root-certificates", str(self.pki / "ca.crt"),
-            "--auth-supernode-private-key", str(self.pki / f"supernode-{i}.key"),
-            "--node-config", config.strip(), "--port", str(free_port())])
+        config = (
+            f'partition-id={i} worker-dir="{self.root / "workers"}" state-dir="{self.root / "state"}" ' + node_config
+        )
+        self.supernodes[i] = self._spawn(
+            f"supernode-{i}",
+            [
+                str(BIN / "flower-supernode"),
+                "--superlink",
+                f"127.0.0.1:{self.port}",
+                "--root-certificates",
+                str(self.pki / "ca.crt"),
+                "--auth-supernode-private-key",
+                str(self.pki / f"supernode-{i}.key"),
+                "--node-config",
+                config.strip(),
+                "--port",
+                str(free_port()),
+            ],
+        )
         return self.supernodes[i]
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(BIN / "flwr"), *args], cwd=self.root, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            [str(BIN / "flwr"), *args], cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"flwr {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
@@ -108,4 +148,3 @@ class LocalDeployment(LocalSystem):
     def leftovers(self) -> list[int]:
         """Ids of live processes started for this deployment."""
         return marked("FLWR_HOME", self.env["FLWR_HOME"])
-

@@ -4,6 +4,7 @@ The global parameters and an update are fedmm's own safetensors bytes, carried a
 `ArrayRecord`: Flower chunks and streams arrays, and the byte counts in metrics.jsonl stay those of every other
 runtime. The round's request (the run's config.yaml, the client's round config) is a `ConfigRecord`.
 """
+
 from __future__ import annotations
 
 import json

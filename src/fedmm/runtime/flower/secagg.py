@@ -17,6 +17,7 @@ With the defaults (c = 8, Q = 2**22) and equal weights that is under 6e-6.
 The workflow drives a *legacy* Flower strategy; `_Capture` is the smallest one: it hands the workflow the round's
 instructions and keeps what the protocol returns.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,11 +75,12 @@ def secure_reply(msg: Message, payload: bytes, update_bytes: bytes, weighted: bo
     """The client's contribution as a FitRes for the mod to mask: its delta and weight; its metrics (train loss,
     seconds, example count) travel in the clear, as FitRes metrics do."""
     update, received = Update.from_bytes(update_bytes), params_from_bytes(payload)
-    deltas = [(update.params[k].astype(np.float64) - received[k] if k in update.params
-               else np.zeros(received[k].shape)) for k in delta_keys(received)]
+    deltas = [
+        (update.params[k].astype(np.float64) - received[k] if k in update.params else np.zeros(received[k].shape))
+        for k in delta_keys(received)
+    ]
     metrics = {**{k: float(v) for k, v in update.metrics.items()}, "num_examples": update.num_examples}
-    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(deltas), update.num_examples if weighted else 1,
-                 metrics)
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(deltas), update.num_examples if weighted else 1, metrics)
     return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
 
 
@@ -150,8 +152,17 @@ def secagg_shares(value: float) -> float | int:
     return float(value) if value <= 1 else int(value)
 
 
-def secure_round(grid, nodes: dict[int, int], rnd: int, payload: bytes, requests: dict[int, dict[str, Any]],
-                 global_params: Params, privacy: Any, max_weight: float, timeout: float) -> Summed:
+def secure_round(
+    grid,
+    nodes: dict[int, int],
+    rnd: int,
+    payload: bytes,
+    requests: dict[int, dict[str, Any]],
+    global_params: Params,
+    privacy: Any,
+    max_weight: float,
+    timeout: float,
+) -> Summed:
     """One round through SecAgg+ with the clients `nodes` (client id -> node id): the weighted sum of their deltas
     and their plaintext metrics, as `Summed` (no contributors when the protocol halted).
 
@@ -161,8 +172,17 @@ def secure_round(grid, nodes: dict[int, int], rnd: int, payload: bytes, requests
     SuperNodes that failed (their clients count as failed)."""
     connected = set(grid.get_node_ids())
     gone = {c: "its SuperNode is no longer connected" for c, n in nodes.items() if n not in connected}
-    summed, failed = _secure_round(grid, {c: n for c, n in nodes.items() if c not in gone}, rnd, payload, requests,
-                                   global_params, privacy, max_weight, timeout)
+    summed, failed = _secure_round(
+        grid,
+        {c: n for c, n in nodes.items() if c not in gone},
+        rnd,
+        payload,
+        requests,
+        global_params,
+        privacy,
+        max_weight,
+        timeout,
+    )
     if not summed.clients and failed:
         log.warning("round %d: secure aggregation halted; once more without SuperNodes %s", rnd, sorted(failed))
         bytes_up = summed.bytes_up
@@ -174,19 +194,34 @@ def secure_round(grid, nodes: dict[int, int], rnd: int, payload: bytes, requests
     return summed
 
 
-def _secure_round(grid, nodes: dict[int, int], rnd: int, payload: bytes, requests: dict[int, dict[str, Any]],
-                  global_params: Params, privacy: Any, max_weight: float, timeout: float) -> tuple[Summed, set[int]]:
+def _secure_round(
+    grid,
+    nodes: dict[int, int],
+    rnd: int,
+    payload: bytes,
+    requests: dict[int, dict[str, Any]],
+    global_params: Params,
+    privacy: Any,
+    max_weight: float,
+    timeout: float,
+) -> tuple[Summed, set[int]]:
     empty = Parameters(tensors=[], tensor_type="numpy.ndarray")
     fitins = {nodes[c]: FitIns(empty, {"global": payload, "request": json.dumps(requests[c])}) for c in nodes}
     counting = _Counting(grid)
     capture = _Capture(fitins, counting, grid.run.run_id)
-    context = LegacyContext(Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(),
-                                    run_config={}), strategy=capture)
+    context = LegacyContext(
+        Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}), strategy=capture
+    )
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
     context.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
-    workflow = SecAggPlusWorkflow(secagg_shares(privacy.secagg_shares), secagg_shares(privacy.secagg_threshold),
-                                  max_weight=max_weight, clipping_range=float(privacy.secagg_clip_range),
-                                  quantization_range=int(privacy.secagg_quantization), timeout=timeout)
+    workflow = SecAggPlusWorkflow(
+        secagg_shares(privacy.secagg_shares),
+        secagg_shares(privacy.secagg_threshold),
+        max_weight=max_weight,
+        clipping_range=float(privacy.secagg_clip_range),
+        quantization_range=int(privacy.secagg_quantization),
+        timeout=timeout,
+    )
     workflow(counting, context)
     client_of = {n: c for c, n in nodes.items()}
     keys = delta_keys(global_params)

@@ -6,6 +6,7 @@ the embedded runtime's. SuperNodes that connect late are asked before the next r
 first SuperNode that claims it while that one stays connected: a second claimant is refused (a site cannot take
 over another's place), and takes over only once the first is gone.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,16 @@ class GridClients:
     """`fit_clients` over a Flower Grid; `request` is what every train message carries besides the parameters (the
     run's config.yaml and where client state lives)."""
 
-    def __init__(self, grid: Grid, num_clients: int, min_clients: int, request: dict[str, Any],
-                 round_timeout: float, connect_timeout: float, secure: Optional[tuple[Any, float]] = None):
+    def __init__(
+        self,
+        grid: Grid,
+        num_clients: int,
+        min_clients: int,
+        request: dict[str, Any],
+        round_timeout: float,
+        connect_timeout: float,
+        secure: Optional[tuple[Any, float]] = None,
+    ):
         self.grid = grid
         self.secure = secure  # (privacy settings, max_weight) when rounds go through SecAgg+ (secagg.py)
         self.num_clients = num_clients
@@ -74,12 +83,20 @@ class GridClients:
                 continue
             cid = partition_of(reply)
             if not 0 <= cid < self.num_clients:
-                raise FedmmError(f"SuperNode {node} has partition-id={cid}, but this experiment has "
-                                 f"{self.num_clients} clients (0..{self.num_clients - 1}); fix its --node-config")
+                raise FedmmError(
+                    f"SuperNode {node} has partition-id={cid}, but this experiment has "
+                    f"{self.num_clients} clients (0..{self.num_clients - 1}); fix its --node-config"
+                )
             held = self.nodes.get(cid, node)
             if held != node and held in self.grid.get_node_ids():
-                log.warning("partition-id %d: SuperNode %s claims it, but SuperNode %s holds it and is connected; "
-                            "refused (the run goes on with %s)", cid, node, held, held)
+                log.warning(
+                    "partition-id %d: SuperNode %s claims it, but SuperNode %s holds it and is connected; "
+                    "refused (the run goes on with %s)",
+                    cid,
+                    node,
+                    held,
+                    held,
+                )
                 continue
             if held != node:
                 log.warning("partition-id %d: SuperNode %s takes over from %s, which is gone", cid, node, held)
@@ -96,14 +113,17 @@ class GridClients:
             time.sleep(0.2)
         missing = sorted(set(range(self.num_clients)) - set(self.nodes))
         if len(self.nodes) < self.min_clients:
-            raise FedmmError(f"only {len(self.nodes)} of {self.num_clients} SuperNodes connected within "
-                             f"runtime.connect_timeout={timeout:g}s (min_clients={self.min_clients}); start "
-                             f"SuperNodes with --node-config 'partition-id=<i>' for clients {missing}")
+            raise FedmmError(
+                f"only {len(self.nodes)} of {self.num_clients} SuperNodes connected within "
+                f"runtime.connect_timeout={timeout:g}s (min_clients={self.min_clients}); start "
+                f"SuperNodes with --node-config 'partition-id=<i>' for clients {missing}"
+            )
         if missing:
             log.warning("no SuperNode for clients %s yet; they count as failed when sampled", missing)
 
-    def __call__(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, "FitInstructions"]
-                 ) -> Union[dict[int, Reply], Summed]:
+    def __call__(
+        self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, "FitInstructions"]
+    ) -> Union[dict[int, Reply], Summed]:
         late = [n for n in self.grid.get_node_ids() if n not in self.asked]
         if late:
             self._ask(late, timeout=30.0)
@@ -117,14 +137,25 @@ class GridClients:
             from fedmm.runtime.flower.secagg import secure_round
 
             privacy, max_weight = self.secure
-            requests = {c: {**self.request, "config": configs[c].to_json(), "weighted": privacy.name != "dp"}
-                        for c in sent}
-            summed = secure_round(self.grid, {c: self.nodes[c] for c in sent}, rnd, payload, requests,
-                                  params_from_bytes(payload), privacy, max_weight, self.round_timeout)
+            requests = {
+                c: {**self.request, "config": configs[c].to_json(), "weighted": privacy.name != "dp"} for c in sent
+            }
+            summed = secure_round(
+                self.grid,
+                {c: self.nodes[c] for c in sent},
+                rnd,
+                payload,
+                requests,
+                params_from_bytes(payload),
+                privacy,
+                max_weight,
+                self.round_timeout,
+            )
             summed.failures.update({c: f"{type(e).__name__}: {e}" for c, e in out.items()})
             return summed
-        messages = [train_message(self.nodes[c], rnd, payload, {**self.request, "config": configs[c].to_json()})
-                    for c in sent]
+        messages = [
+            train_message(self.nodes[c], rnd, payload, {**self.request, "config": configs[c].to_json()}) for c in sent
+        ]
         for cid, reply in zip(sent, self._exchange(messages, self.round_timeout)):
             if reply is None:
                 out[cid] = TimeoutError(f"no reply within runtime.round_timeout={self.round_timeout:g}s")
@@ -142,7 +173,14 @@ def grid_clients(grid: Grid, cfg: Any, warm: bool):
         privacy = fed.settings.typed("privacy", PrivacyConfig)
         # the protocol's weights: example counts (plain FedAvg), 1 each under DP
         max_weight = 1.0 if privacy.name == "dp" else float(max(len(c) for c in fed.clients))
-        return GridClients(grid, len(fed.clients), fed.server.cfg.min_clients, request, cfg.round_timeout,
-                           cfg.connect_timeout, secure=(privacy, max_weight) if privacy.secure_aggregation else None)
+        return GridClients(
+            grid,
+            len(fed.clients),
+            fed.server.cfg.min_clients,
+            request,
+            cfg.round_timeout,
+            cfg.connect_timeout,
+            secure=(privacy, max_weight) if privacy.secure_aggregation else None,
+        )
 
     return connect

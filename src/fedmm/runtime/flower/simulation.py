@@ -5,6 +5,7 @@ The ServerApp runs in this process (a thread, as Flower's simulation runs it) on
 each client is a virtual SuperNode whose `partition-id` is its client id. Ray runs the ClientApps in long-lived actor
 processes, so the ClientApp's per-process cache keeps models and data loaded across rounds.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,12 +60,16 @@ def run_simulation(settings: "Settings", cfg: "FlowerRuntimeConfig") -> "RunResu
     if not any(isinstance(f, _NotRunSimulationDeprecation) for f in flwr_log.filters):
         flwr_log.addFilter(_NotRunSimulationDeprecation())
     with simulated_sites_state(fed.rundir.path / "client_state"):
-        flwr.simulation.run_simulation(server_app, client_app, num_supernodes=len(fed.clients),
-                                       backend_config={"client_resources": {"num_cpus": cfg.cpus_per_client},
-                                                       "init_args": init_args})
+        flwr.simulation.run_simulation(
+            server_app,
+            client_app,
+            num_supernodes=len(fed.clients),
+            backend_config={"client_resources": {"num_cpus": cfg.cpus_per_client}, "init_args": init_args},
+        )
     if errors:
         raise errors[0]
     if not result:
-        raise FedmmError(f"Flower's simulation ended before the run did; completed rounds are kept "
-                         f"(resume={fed.rundir.path})")
+        raise FedmmError(
+            f"Flower's simulation ended before the run did; completed rounds are kept (resume={fed.rundir.path})"
+        )
     return result[0]

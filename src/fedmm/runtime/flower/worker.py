@@ -8,6 +8,7 @@ from that folder) and the worker runs `remote.fit`, keeping its model and data a
 starts the worker; it exits when the SuperNode's process tree is gone or after `FEDMM_WORKER_IDLE` seconds without
 work (default 3600).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,11 @@ def worker_dir(node_config: dict[str, Any]) -> Path:
     except FileExistsError:
         st = os.lstat(folder)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise PermissionError(f"the fedmm worker folder {folder} exists but is not a private folder of this user "
-                                  f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); remove it, or set the "
-                                  f"SuperNode's node config worker-dir to a folder of your own") from None
+            raise PermissionError(
+                f"the fedmm worker folder {folder} exists but is not a private folder of this user "
+                f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); remove it, or set the "
+                f"SuperNode's node config worker-dir to a folder of your own"
+            ) from None
     return folder
 
 
@@ -55,7 +58,7 @@ def pack(meta: dict[str, Any], blob: bytes = b"") -> bytes:
 
 def unpack(frame: bytes) -> tuple[dict[str, Any], bytes]:
     n = int.from_bytes(frame[:4], "big")
-    return json.loads(frame[4:4 + n]), frame[4 + n:]
+    return json.loads(frame[4 : 4 + n]), frame[4 + n :]
 
 
 def _paths(node_config: dict[str, Any], node_id: int) -> tuple[str, Path, Path]:
@@ -73,9 +76,23 @@ def _start(address: str, keyfile: Path, logfile: Path) -> None:
         os.unlink(address)
     with open(logfile, "ab") as log:
         # its own session: the worker outlives this ClientApp process, and watches the SuperNode side (our parent)
-        subprocess.Popen([sys.executable, "-m", "fedmm.runtime.flower.worker", "--address", address, "--keyfile",
-                          str(keyfile), "--watch-pid", str(os.getppid())], stdin=subprocess.DEVNULL, stdout=log,
-                         stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fedmm.runtime.flower.worker",
+                "--address",
+                address,
+                "--keyfile",
+                str(keyfile),
+                "--watch-pid",
+                str(os.getppid()),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _connect(address: str, keyfile: Path):
@@ -98,7 +115,8 @@ def call_worker(node_config: dict[str, Any], node_id: int, payload: bytes, reque
             except (FileNotFoundError, ConnectionRefusedError):
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"the fedmm worker did not start within {START_TIMEOUT:g}s; see {logfile}") from None
+                        f"the fedmm worker did not start within {START_TIMEOUT:g}s; see {logfile}"
+                    ) from None
                 time.sleep(0.1)
     with conn:
         conn.send_bytes(pack({"node_config": dict(node_config), "request": request}, payload))

@@ -9,6 +9,7 @@ strategies unchanged; the client side is a Client API script running fedmm's cli
 the travelling (trainable or adapter) tensors move, as fedmm's safetensors bytes. NVFlare is an optional dependency
 (`pip install fedmm[nvflare]`); nothing here imports it until an NVFlare job is built.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

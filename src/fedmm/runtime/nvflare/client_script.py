@@ -5,6 +5,7 @@ data is) and `--state-dir DIR` (its clients' state); see `fedmm.runtime.remote`.
 loop for the whole job, so the model and the data are built once. A failure in a round is sent back to the server
 as this site's error (named there with the site), and the site keeps serving later rounds.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ run's config.yaml, as `fedmm run` would) and hands fedmm's server loop a `fit_cl
 parameters to the sampled sites with `send_model_and_wait`. Sites are the job's site names, client i being
 `sites[i]`; each site's round config travels in the task's meta.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,15 @@ ERROR_FILE = "error.txt"  # a run that stopped on a user error says why here (th
 
 
 class FedmmController(ModelController):
-    def __init__(self, config: str, sites: list[str], round_timeout: int = 600,
-                 task_check_period: float = 0.1):
+    def __init__(self, config: str, sites: list[str], round_timeout: int = 600, task_check_period: float = 0.1):
         # resilient: a failed site is recorded by fedmm's server loop (min_clients decides), never a panic here;
         # no NVFlare persistor: fedmm writes its own checkpoints into the run directory
-        super().__init__(persistor_id="", ignore_result_error=True, allow_empty_global_weights=True,
-                         task_check_period=task_check_period)
+        super().__init__(
+            persistor_id="",
+            ignore_result_error=True,
+            allow_empty_global_weights=True,
+            task_check_period=task_check_period,
+        )
         self.config = config
         self.sites = list(sites)
         self.round_timeout = int(round_timeout)
@@ -53,29 +57,35 @@ class FedmmController(ModelController):
         from fedmm.runtime.remote import request_for_clients
 
         if len(fed.clients) != len(self.sites):
-            raise FedmmError(f"the job names {len(self.sites)} sites but the experiment has {len(fed.clients)} "
-                             f"clients; export it again with one --site per client")
+            raise FedmmError(
+                f"the job names {len(self.sites)} sites but the experiment has {len(fed.clients)} "
+                f"clients; export it again with one --site per client"
+            )
         self.request = request_for_clients(fed, "nvflare")
         return self.fit_clients
 
-    def fit_clients(self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, FitInstructions]
-                    ) -> dict[int, Reply]:
+    def fit_clients(
+        self, rnd: int, ids: list[int], payload: bytes, configs: dict[int, FitInstructions]
+    ) -> dict[int, Reply]:
         targets = [self.sites[c] for c in ids]
         request = {**self.request, "configs": {self.sites[c]: configs[c].to_json() for c in ids}}
-        task = FLModel(params={"global": np.frombuffer(payload, dtype=np.uint8)}, current_round=rnd,
-                       meta={"fedmm": json.dumps(request)})
-        results = self.send_model_and_wait(task_name="train", data=task, targets=targets,
-                                           timeout=self.round_timeout)
+        task = FLModel(
+            params={"global": np.frombuffer(payload, dtype=np.uint8)},
+            current_round=rnd,
+            meta={"fedmm": json.dumps(request)},
+        )
+        results = self.send_model_and_wait(task_name="train", data=task, targets=targets, timeout=self.round_timeout)
         by_site = {r.meta.get("client_name"): r for r in results}
         out: dict[int, Reply] = {}
         for cid, site in zip(ids, targets):
             result = by_site.get(site)
             if result is None:
-                out[cid] = RuntimeError(f"site {site}: no result (its script failed or the round timed out after "
-                                        f"{self.round_timeout}s; the site's log has the details)")
+                out[cid] = RuntimeError(
+                    f"site {site}: no result (its script failed or the round timed out after "
+                    f"{self.round_timeout}s; the site's log has the details)"
+                )
             elif result.meta.get("error"):
                 out[cid] = RuntimeError(f"site {site}: {result.meta['error']}")
             else:
                 out[cid] = np.asarray(result.params["update"], dtype=np.uint8).tobytes()
         return out
-

@@ -1,4 +1,5 @@
 """Build an NVFlare job from fedmm settings; run it in the simulator or export it for a provisioned system."""
+
 from __future__ import annotations
 
 import os
@@ -25,12 +26,18 @@ def require_nvflare() -> None:
     try:
         import nvflare  # noqa: F401
     except ImportError:
-        raise FedmmError(f"runtime=nvflare needs NVIDIA FLARE: pip install 'fedmm[nvflare]' "
-                         f"(nvflare=={NVFLARE_VERSION})") from None
+        raise FedmmError(
+            f"runtime=nvflare needs NVIDIA FLARE: pip install 'fedmm[nvflare]' (nvflare=={NVFLARE_VERSION})"
+        ) from None
 
 
-def build_job(settings_yaml: str, sites: list[str], site_configs: list[dict[str, Any]],
-              cfg: "NVFlareRuntimeConfig", min_clients: int):
+def build_job(
+    settings_yaml: str,
+    sites: list[str],
+    site_configs: list[dict[str, Any]],
+    cfg: "NVFlareRuntimeConfig",
+    min_clients: int,
+):
     """The FedJob: FedmmController on the server, the client script on each site with its own arguments. The script
     goes into each site's custom/ folder (NVFlare finds it there by name); fedmm itself is installed at the sites."""
     require_nvflare()
@@ -41,13 +48,23 @@ def build_job(settings_yaml: str, sites: list[str], site_configs: list[dict[str,
 
     job = FedJob(name=JOB_NAME, min_clients=min_clients)
     job.set_app_packages(["fedmm"])  # never copied into the job's custom/ folders
-    job.to_server(FedmmController(config=settings_yaml, sites=sites,
-                                  round_timeout=cfg.round_timeout, task_check_period=cfg.task_check_period))
+    job.to_server(
+        FedmmController(
+            config=settings_yaml, sites=sites, round_timeout=cfg.round_timeout, task_check_period=cfg.task_check_period
+        )
+    )
     job.to_server({"server": {"task_request_interval": cfg.task_request_interval}})
     for i, (site, extra) in enumerate(zip(sites, site_configs)):
         args = [f"--partition-id={i}"] + [f"--{k}={v}" for k, v in extra.items() if v]
-        job.to(ClientAPIExecutor(execution_mode="in_process", task_script_path=CLIENT_SCRIPT.name,
-                                 task_script_args=" ".join(args), params_exchange_format="numpy"), site)
+        job.to(
+            ClientAPIExecutor(
+                execution_mode="in_process",
+                task_script_path=CLIENT_SCRIPT.name,
+                task_script_args=" ".join(args),
+                params_exchange_format="numpy",
+            ),
+            site,
+        )
         job.add_file_to(str(CLIENT_SCRIPT), site)
     return job
 
@@ -86,8 +103,7 @@ def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> "RunResu
         settings.cfg.resume = str(rundir.path.resolve())
     sites = [f"site-{i + 1}" for i in range(n)]
     per_round = num_sampled(n, settings.clients_per_round, settings.client_fraction, settings.min_clients)
-    job = build_job(settings.to_yaml(), sites, [{}] * n, cfg=cfg,
-                    min_clients=min(settings.min_clients, per_round))
+    job = build_job(settings.to_yaml(), sites, [{}] * n, cfg=cfg, min_clients=min(settings.min_clients, per_round))
     workspace = Path(cfg.workspace or rundir.path / "nvflare").resolve()
     (rundir.path / ERROR_FILE).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as tmp, simulated_sites_state(rundir.path / "client_state"):
@@ -96,8 +112,10 @@ def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> "RunResu
         raise FedmmError((rundir.path / ERROR_FILE).read_text().strip())
     records = rundir.read_metrics()
     if not records or records[-1].get("round") != settings.rounds:
-        raise FedmmError(f"the NVFlare job ended after {len(records)} of {settings.rounds} rounds; its log is "
-                         f"{workspace}/server/simulate_job/log.txt (completed rounds are kept: resume={rundir.path})")
+        raise FedmmError(
+            f"the NVFlare job ended after {len(records)} of {settings.rounds} rounds; its log is "
+            f"{workspace}/server/simulate_job/log.txt (completed rounds are kept: resume={rundir.path})"
+        )
     return RunResult(rundir, records[-1])
 
 
@@ -117,8 +135,10 @@ def export_job(out: str | Path, overrides: list[str], sites: list[str]) -> Path:
     for o in overrides:
         key, _, value = o.partition("=")
         if key in ("output_dir", "resume") and value and not value.startswith(("/", "~")):
-            raise FedmmError(f"{key}={value} is relative; give the absolute path on the server's machine "
-                             f"(or one under ~, the server user's home)")
+            raise FedmmError(
+                f"{key}={value} is relative; give the absolute path on the server's machine "
+                f"(or one under ~, the server user's home)"
+            )
     overrides = [o for o in overrides if not o.startswith("runtime=")]
     if not any(o.startswith("resume=") for o in overrides):  # a resumed run keeps its config
         overrides.append("runtime=nvflare")

@@ -6,6 +6,7 @@ The server is provisioned under the name `localhost`, so NVFlare binds it to the
 process inherits this system's NVFLARE_POC_WORKSPACE (and a HOME of its own, where NVFlare keeps its CLI config),
 which is how `stop()` finds and kills by id whatever `nvflare poc stop` leaves behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ class PocSystem(LocalSystem):
         self.sites = list(sites)
         self.port = free_port()
         self.workspace = self.root / "poc"
-        self.env = dict(os.environ, NVFLARE_POC_WORKSPACE=str(self.workspace), HOME=str(self.root / "home"),
-                        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+        self.env = dict(
+            os.environ,
+            NVFLARE_POC_WORKSPACE=str(self.workspace),
+            HOME=str(self.root / "home"),
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            PYTHONUNBUFFERED="1",
+        )
 
     @property
     def kit(self) -> Path:
@@ -52,23 +58,38 @@ class PocSystem(LocalSystem):
         return self.workspace / PROJECT / "prod_00" / name
 
     def nvflare(self, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(BIN / "nvflare"), *args], cwd=self.root, env=self.env, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [str(BIN / "nvflare"), *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"nvflare {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     def start(self) -> "PocSystem":
         Path(self.env["HOME"]).mkdir(parents=True, exist_ok=True)
-        participants = [{"name": "localhost", "type": "server", "org": "fedmm", "fed_learn_port": self.port},
-                        {"name": ADMIN, "type": "admin", "org": "fedmm", "role": "project_admin"}]
+        participants = [
+            {"name": "localhost", "type": "server", "org": "fedmm", "fed_learn_port": self.port},
+            {"name": ADMIN, "type": "admin", "org": "fedmm", "role": "project_admin"},
+        ]
         participants += [{"name": site, "type": "client", "org": "fedmm"} for site in self.sites]
-        project = {"api_version": 3, "name": PROJECT, "description": "fedmm POC", "participants": participants,
-                   "builders": [{"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder"},
-                                {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder",
-                                 "args": {"config_folder": "config"}},
-                                {"path": "nvflare.lighter.impl.cert.CertBuilder"},
-                                {"path": "nvflare.lighter.impl.signature.SignatureBuilder"}]}
+        project = {
+            "api_version": 3,
+            "name": PROJECT,
+            "description": "fedmm POC",
+            "participants": participants,
+            "builders": [
+                {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder"},
+                {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
+                {"path": "nvflare.lighter.impl.cert.CertBuilder"},
+                {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
+            ],
+        }
         (self.root / "project.yml").write_text(json.dumps(project, indent=2))  # JSON is YAML
         self.nvflare("poc", "prepare", "-i", str(self.root / "project.yml"), "--force")
         allow_fedmm(self.site_dir("localhost"))
@@ -84,9 +105,24 @@ class PocSystem(LocalSystem):
 
     def wait(self, job_id: str, timeout: float = 600.0) -> str:
         """Block until the job ends; its final state (COMPLETED, FINISHED_EXCEPTION, ...)."""
-        proc = subprocess.run([str(BIN / "nvflare"), "job", "wait", job_id, "--timeout", str(int(timeout)),
-                               "--startup-kit", str(self.kit)], cwd=self.root, env=self.env, capture_output=True,
-                              text=True, timeout=timeout + 60, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [
+                str(BIN / "nvflare"),
+                "job",
+                "wait",
+                job_id,
+                "--timeout",
+                str(int(timeout)),
+                "--startup-kit",
+                str(self.kit),
+            ],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 60,
+            stdin=subprocess.DEVNULL,
+        )
         found = re.search(r"terminal state (\w+)|status: (\w+)", proc.stdout + proc.stderr)
         if not found:
             raise RuntimeError(f"nvflare job wait {job_id} gave no final state:\n{proc.stdout}\n{proc.stderr}")
