@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from fedmm import metrics as M
 
@@ -119,3 +120,26 @@ def test_vqa_accuracy_hand_computed():
     assert M.vqa_accuracy("bird", ["dog"] * 10) == 0.0
     # one reference answer (easy-VQA): exact match after normalisation
     assert M.vqa_accuracy("A circle", ["circle"]) == 1.0 and M.vqa_accuracy("square", ["circle"]) == 0.0
+
+
+@pytest.mark.parametrize("zero_division", [0, 1])
+def test_f1_scores_match_scikit_learn(zero_division):
+    """scikit-learn is the reference; the data holds a label with no positives and no predictions (column 3), one
+    with predictions but no positives (column 2) and an example with nothing to find (row 0), so that the
+    zero_division cases are exercised and a choice between them shows."""
+    from sklearn.metrics import f1_score
+
+    labels = np.array([[0, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0]])
+    pred = np.array([[0, 0, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0]])
+    for name, average in (
+        ("micro_f1", "micro"),
+        ("macro_f1", "macro"),
+        ("weighted_f1", "weighted"),
+        ("samples_f1", "samples"),
+    ):
+        ours = M.compute([name], np.where(pred, 1.0, -1.0), labels, zero_division=zero_division)[name]
+        ref = f1_score(labels, pred, average=average, zero_division=zero_division)
+        assert ours == pytest.approx(ref, abs=1e-12), name
+    assert M.macro_f1(pred, labels, 1) != M.macro_f1(pred, labels, 0)
+    empty = np.zeros((3, 2), int)
+    assert M.micro_f1(empty, empty, 0) == f1_score(empty, empty, average="micro", zero_division=0) == 0.0

@@ -303,6 +303,16 @@ def test_unit_helpers():
         BadSamples("ignore")
 
 
+def test_zero_division_reaches_the_scores_and_is_checked(tmp_path):
+    from fedmm.data.mmimdb.task import load_mmimdb
+
+    D.write_seed(tmp_path, MOVIES[:12], server="csv")
+    for zd in (0, 1):
+        assert load_mmimdb(MMIMDbConfig(root=str(tmp_path), image_size=32, zero_division=zd), 0).zero_division == zd
+    with pytest.raises(FedmmError, match=r"task.zero_division=0.5 is out of range: it must be 0 or 1"):
+        load_mmimdb(MMIMDbConfig(root=str(tmp_path), zero_division=0.5), 0)
+
+
 def test_zip_members_outside_the_folder_are_refused(tmp_path):
     from fedmm.data.mmimdb.layout import unzip
 

@@ -3,7 +3,8 @@
 Single-label: `accuracy`. Multilabel (threshold 0.5 on sigmoid probabilities, or per-label thresholds): `micro_f1`
 (pool all label decisions), `macro_f1` (mean of per-label F1), `weighted_f1` (per-label F1 weighted by the label's
 positives), `samples_f1` (mean over examples of each example's F1). Where a label (or an example) has no positives
-and no predictions, its F1 counts as 1: the model made no mistake on it.
+and no predictions, its F1 is `zero_division`: fedmm's default 1 (the model made no mistake on it, scikit-learn's
+`zero_division=1`); 0 is scikit-learn's default (`task.zero_division` chooses).
 
 `tune_thresholds` picks per-label thresholds on a validation split (never the test split).
 
@@ -30,31 +31,31 @@ def f1_counts(pred: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return tp, fp, fn
 
 
-def micro_f1(pred: np.ndarray, labels: np.ndarray) -> float:
+def micro_f1(pred: np.ndarray, labels: np.ndarray, zero_division: float = 1.0) -> float:
     tp, fp, fn = (x.sum() for x in f1_counts(pred, labels))
     denom = 2 * tp + fp + fn
-    return float(2 * tp / denom) if denom else 1.0
+    return float(2 * tp / denom) if denom else float(zero_division)
 
 
-def macro_f1(pred: np.ndarray, labels: np.ndarray) -> float:
-    per_label = _f1(*f1_counts(pred, labels))
+def macro_f1(pred: np.ndarray, labels: np.ndarray, zero_division: float = 1.0) -> float:
+    per_label = _f1(*f1_counts(pred, labels), zero_division)
     return float(per_label.mean()) if per_label.size else 0.0
 
 
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, zero_division: float = 1.0) -> np.ndarray:
     denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), float(zero_division))
 
 
-def weighted_f1(pred: np.ndarray, labels: np.ndarray) -> float:
+def weighted_f1(pred: np.ndarray, labels: np.ndarray, zero_division: float = 1.0) -> float:
     tp, fp, fn = f1_counts(pred, labels)
     support = tp + fn
-    return float((_f1(tp, fp, fn) * support).sum() / support.sum()) if support.sum() else 0.0
+    return float((_f1(tp, fp, fn, zero_division) * support).sum() / support.sum()) if support.sum() else 0.0
 
 
-def samples_f1(pred: np.ndarray, labels: np.ndarray) -> float:
+def samples_f1(pred: np.ndarray, labels: np.ndarray, zero_division: float = 1.0) -> float:
     tp, fp, fn = f1_counts(np.asarray(pred).T, np.asarray(labels).T)  # per example instead of per label
-    return float(_f1(tp, fp, fn).mean()) if tp.size else 0.0
+    return float(_f1(tp, fp, fn, zero_division).mean()) if tp.size else 0.0
 
 
 def tune_thresholds(probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
@@ -73,10 +74,14 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def compute(
-    names: tuple[str, ...] | list[str], logits: np.ndarray, labels: np.ndarray, thresholds: np.ndarray | None = None
+    names: tuple[str, ...] | list[str],
+    logits: np.ndarray,
+    labels: np.ndarray,
+    thresholds: np.ndarray | None = None,
+    zero_division: float = 1.0,
 ) -> dict[str, float]:
     """The named metrics from model logits. Multilabel when `labels` is 2-D (multi-hot); `thresholds` (per label,
-    on probabilities) replace 0.5."""
+    on probabilities) replace 0.5; `zero_division` is the F1 of a label or example with nothing to find."""
     out = {}
     if labels.ndim == 2:
         pred = logits > 0.0 if thresholds is None else sigmoid(logits) >= thresholds
@@ -86,7 +91,7 @@ def compute(
         fn = METRICS.get(name)
         if fn is None:
             raise ValueError(f"unknown metric {name}")
-        out[name] = fn(pred, labels)
+        out[name] = fn(pred, labels) if fn is accuracy else fn(pred, labels, zero_division)
     return out
 
 

@@ -55,11 +55,16 @@ class Backend:
         (the fusion model caches its frozen encoders' features here)."""
 
     def evaluate(
-        self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...], batch_size: int = 256
+        self,
+        model: nn.Module,
+        data: MultimodalDataset,
+        metric_names: tuple[str, ...],
+        batch_size: int = 256,
+        zero_division: float = 1.0,
     ) -> dict[str, float]:
-        """Loss and the named metrics over the whole of `data`."""
+        """Loss and the named metrics over the whole of `data` (`zero_division`: fedmm.metrics.compute's)."""
         loss, logits = self.predict(model, data, batch_size)
-        return {"loss": loss, **M.compute(metric_names, logits, data.labels)}
+        return {"loss": loss, **M.compute(metric_names, logits, data.labels, zero_division=zero_division)}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, data: MultimodalDataset, batch_size: int = 256) -> tuple[float, np.ndarray]:

@@ -140,7 +140,12 @@ class LoraVQABackend(Backend):
 
     @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, data: MultimodalDataset, metric_names: tuple[str, ...], batch_size: int = 256
+        self,
+        model: nn.Module,
+        data: MultimodalDataset,
+        metric_names: tuple[str, ...],
+        batch_size: int = 256,
+        zero_division: float = 1.0,  # no F1 here: answers are scored by VQA accuracy
     ) -> dict[str, float]:
         was_training = model.training
         model.eval()

@@ -61,8 +61,8 @@ class ClientTrainer:
         self.state = ClientState(state_dir)  # where this process keeps its clients' state (None: in memory)
         self.attack = attack  # simulated Byzantine behaviour of some clients (fedmm.client.attacks)
 
-    def _score(self, data: MultimodalDataset, metric: str, batch_size: int) -> dict[str, float]:
-        return self.backend.evaluate(self.model, data, (metric,), batch_size=batch_size)
+    def _score(self, data: MultimodalDataset, metric: str, ins: FitInstructions) -> dict[str, float]:
+        return self.backend.evaluate(self.model, data, (metric,), ins.batch_size, zero_division=ins.zero_division)
 
     def fit(
         self,
@@ -84,7 +84,7 @@ class ClientTrainer:
             train=data,
             val=val,
             instructions=ins,
-            score=lambda d, metric: self._score(d, metric, ins.batch_size),
+            score=lambda d, metric: self._score(d, metric, ins),
         )
         hook.before_training(run)
         byzantine = attacking(self.attack, cid, ins.round)

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from fedmm.errors import FedmmError
+
 MODALITIES = ("image", "text")
 
 
@@ -131,6 +133,14 @@ class TaskData:
     client_val: Optional[tuple[Optional[MultimodalDataset], ...]] = None
     tune_thresholds: bool = False  # multilabel: also report metrics at per-label thresholds tuned on `val`
     pos_weight: bool = False  # multilabel: weight positives by (negatives / positives) of the training labels
+    zero_division: float = 1.0  # F1 of a label or example with no positives and no predictions (task.zero_division)
+
+
+def zero_division(value: float) -> float:
+    """`task.zero_division` when it is 0 or 1, the two values scikit-learn's F1 takes besides its warning."""
+    if value not in (0, 1):
+        raise FedmmError(f"task.zero_division={value} is out of range: it must be 0 or 1")
+    return float(value)
 
 
 def concat(parts: Sequence[MultimodalDataset]) -> MultimodalDataset:

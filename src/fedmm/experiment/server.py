@@ -41,13 +41,15 @@ def server_metrics(
 ) -> dict[str, float]:
     """Loss and the task's metrics on `split`; with `tune_thresholds`, also `<metric>_tuned` at per-label
     thresholds tuned on the validation split (never on the split being scored)."""
+    zd = data.zero_division
     if not data.tune_thresholds or split is data.val:
-        return backend.evaluate(model, split, data.metrics, batch_size)
+        return backend.evaluate(model, split, data.metrics, batch_size, zero_division=zd)
     loss, logits = backend.predict(model, split, batch_size)
-    out = {"loss": loss, **M.compute(data.metrics, logits, split.labels)}
+    out = {"loss": loss, **M.compute(data.metrics, logits, split.labels, zero_division=zd)}
     _, val_logits = backend.predict(model, data.val, batch_size)
     thresholds = M.tune_thresholds(M.sigmoid(val_logits), data.val.labels)
-    out.update({f"{k}_tuned": v for k, v in M.compute(data.metrics, logits, split.labels, thresholds).items()})
+    tuned = M.compute(data.metrics, logits, split.labels, thresholds, zero_division=zd)
+    out.update({f"{k}_tuned": v for k, v in tuned.items()})
     return out
 
 
@@ -107,6 +109,7 @@ def instructions(settings: Settings, data: TaskData) -> FitInstructions:
         grad_accum_steps=settings.grad_accum_steps,
         precision=settings.precision,
         pos_weight=data.pos_weight,
+        zero_division=data.zero_division,
         compression=settings.typed("compression", CompressionConfig),
         strategy=settings.strategy.name,
     )

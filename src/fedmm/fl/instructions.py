@@ -25,6 +25,7 @@ class FitInstructions:
     grad_accum_steps: int = 1  # batches per optimizer step
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast on a GPU
     pos_weight: bool = False  # multilabel: weight positives by the client's own negatives / positives
+    zero_division: float = 1.0  # F1 of a label with nothing to find, when the client scores (task.zero_division)
     compression: CompressionConfig = field(default_factory=CompressionConfig)  # how the update travels up
     dp_clip_norm: Optional[float] = None  # local DP: clip the update delta to this L2 norm before sending
     dp_noise_std: float = 0.0  # local DP: then add Gaussian noise with this std (the client's share)

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from fedmm.data.bad_samples import BadSamples
-from fedmm.data.dataset import MODALITIES, MultimodalDataset, TaskData, concat
+from fedmm.data.dataset import MODALITIES, MultimodalDataset, TaskData, concat, zero_division
 from fedmm.data.mmimdb.layout import (
     SeedLayout,
     find_layout,
@@ -42,6 +42,7 @@ class MMIMDbConfig:
     max_text_chars: int = 20_000  # plots are cut here before tokenising (the encoder reads a few hundred tokens)
     pos_weight: bool = False  # BCE weights positives by negatives/positives of each client's training labels
     tune_thresholds: bool = False  # also report *_tuned metrics at per-genre thresholds tuned on server_val.csv
+    zero_division: float = 1.0  # F1 of a genre with no positives and no predictions: 1 (fedmm) or 0 (scikit-learn)
 
 
 def load_site(
@@ -96,6 +97,7 @@ def count_sites(cfg: MMIMDbConfig) -> int:
 
 @TASKS.register("mmimdb", MMIMDbConfig, site_count=count_sites)
 def load_mmimdb(cfg: MMIMDbConfig, seed: int, centralized: bool = False) -> TaskData:
+    zero_division(cfg.zero_division)  # refused before the data is read
     if not 8 <= cfg.image_size <= 2048:
         raise FedmmError(f"task.image_size must be in [8, 2048] (got {cfg.image_size})")
     if cfg.max_text_chars < 1:
@@ -121,7 +123,14 @@ def load_mmimdb(cfg: MMIMDbConfig, seed: int, centralized: bool = False) -> Task
     ]
     bad.warn(str(layout.project))
     trains = [train for train, _ in sites]
-    common = dict(val=val, test=test, metrics=METRICS, tune_thresholds=cfg.tune_thresholds, pos_weight=cfg.pos_weight)
+    common = dict(
+        val=val,
+        test=test,
+        metrics=METRICS,
+        tune_thresholds=cfg.tune_thresholds,
+        pos_weight=cfg.pos_weight,
+        zero_division=zero_division(cfg.zero_division),
+    )
     if centralized:
         return TaskData(train=concat(trains), **common)
     labels_only = concat([t.with_modalities(frozenset()) for t in trains])
