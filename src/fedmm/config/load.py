@@ -29,6 +29,7 @@ from fedmm.config.schema import (
     PRECISIONS,
     PRIVACY,
     PRIVACY_MODES,
+    TRACKERS,
     AttackConfig,
     PartitionConfig,
     PrivacyConfig,
@@ -45,7 +46,7 @@ PRESETS = Path(__file__).resolve().parent.parent / "presets"
 RUN_GROUPS = {"partition": PartitionConfig, "attack": AttackConfig, "privacy": PrivacyConfig}
 OPTION_GROUPS = (*GROUPS, *RUN_GROUPS, "experiment")  # groups chosen with group=option
 # What a resumed run may change: how long and how it reports, never what it computes per round.
-RESUMABLE = {"rounds", "eval_every", "eval_batch_size", "keep_checkpoints", "threads", "progress"}
+RESUMABLE = {"rounds", "eval_every", "eval_batch_size", "keep_checkpoints", "threads", "progress", "tracking"}
 
 
 @dataclass
@@ -184,9 +185,21 @@ def validate(cfg: DictConfig) -> Settings:
         raise FedmmError(f"precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
     _check_bounds(cfg)
     _check_trust(cfg)
+    _check_tracking(cfg)
     if cfg.output_dir:
         check_output_dir(Path(str(cfg.output_dir)))
     return Settings(cfg=cfg, **{g: _typed(g, cfg.get(g)) for g in GROUPS})
+
+
+def _check_tracking(cfg: DictConfig) -> None:
+    """Known trackers whose libraries are installed: checked before anything runs (found, not imported)."""
+    import importlib.util
+
+    for name in cfg.tracking.to:
+        if name not in TRACKERS:
+            raise FedmmError(f"unknown tracker '{name}' in tracking; choose from {', '.join(TRACKERS)}")
+        if importlib.util.find_spec(name) is None:
+            raise FedmmError(f"tracking={name} needs the {name} package: pip install 'fedmm[tracking]'")
 
 
 def _check_bounds(cfg: DictConfig) -> None:
@@ -286,13 +299,17 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 
 def _quote_choices(overrides: list[str]) -> list[str]:
-    """`attack=nan` chooses the preset named nan: quoted, so that Hydra does not read a float (nan, inf)."""
-    return [
-        f"{o.partition('=')[0]}='{o.partition('=')[2]}'"
-        if o.partition("=")[0] in OPTION_GROUPS and o.partition("=")[2].lower() in ("nan", "inf", "-inf")
-        else o
-        for o in overrides
-    ]
+    """`attack=nan` chooses the preset named nan: quoted, so that Hydra does not read a float (nan, inf).
+    `tracking=[a,b]` is short for `tracking.to=[a,b]`."""
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in OPTION_GROUPS and value.lower() in ("nan", "inf", "-inf"):
+            o = f"{key}='{value}'"
+        elif key == "tracking" and value.startswith("["):
+            o = f"tracking.to={value}"
+        out.append(o)
+    return out
 
 
 def _parse(overrides: list[str]):
@@ -352,7 +369,7 @@ def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
         key = o.key_or_group
         if key == "resume":
             continue
-        if key not in RESUMABLE or o.is_sweep_override() or o.is_add() or o.is_delete():
+        if key.split(".")[0] not in RESUMABLE or o.is_sweep_override() or o.is_add() or o.is_delete():
             raise FedmmError(
                 f"'{o.input_line}' cannot change when resuming (it would change the experiment); "
                 f"only {', '.join(sorted(RESUMABLE))} can. Start a new run instead"

@@ -121,6 +121,17 @@ class PrivacyConfig:
     secagg_quantization: int = 4194304  # Flower's quantization_range: integer levels over [-clip, clip] (2**22)
 
 
+@dataclass
+class TrackingConfig:
+    """Experiment tracking with the real libraries (fedmm.experiment.tracking); `tracking=[a,b]` is short for
+    `tracking.to=[a,b]`."""
+
+    to: List[str] = field(default_factory=list)  # tensorboard and/or mlflow ([] = off; pip install 'fedmm[tracking]')
+    mlflow_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<the run's parent folder>/mlflow.db
+    experiment: str = "fedmm"  # the MLflow experiment the run is logged under
+
+
+TRACKERS = ("tensorboard", "mlflow")
 PRIVACY = ("none", "dp")
 PRIVACY_MODES = ("central", "local")
 ATTACKS = ("none", "nan", "inf", "scale", "sign_flip", "gaussian", "label_flip", "shape")
@@ -150,6 +161,7 @@ class Schema:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Bound on each client's update norm (L2 over the delta of all its travelling tensors): null = off, a number,
     # or auto = AUTO_NORM_MULTIPLE (fedmm.fl.validation) x the round's median update norm
     max_update_norm: Optional[Any] = None

@@ -16,6 +16,7 @@ from fedmm.experiment.assemble import assemble
 from fedmm.experiment.server import progress_bars, server_metrics, table_metrics
 from fedmm.modelops import get_params
 from fedmm.record import EpochRecord
+from fedmm.experiment.tracking import tracked
 from fedmm.report import RoundTable, write_report
 from fedmm.rundir import open_run_dir
 from fedmm.schedule import scheduled_lr
@@ -37,42 +38,44 @@ def train_centralized(settings: Settings) -> tuple[Any, dict[str, Any]]:
     table = RoundTable("epoch", table_metrics(data))
     optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
     pos_weight = positive_weights(data.train.labels) if data.pos_weight else None
-    for epoch in range(1, epochs + 1):
-        t = time.perf_counter()
-        for group in optimizer.param_groups:  # the same schedule as the federated clients, over epochs
-            group["lr"] = scheduled_lr(settings.lr, epoch, epochs, settings.lr_schedule, settings.lr_warmup_rounds)
-        stats = train_epochs(
-            model,
-            backend,
-            data.train,
-            epochs=1,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            weight_decay=settings.weight_decay,
-            seed=settings.seed * 1000 + epoch,
-            desc=f"epoch {epoch}/{epochs}",
-            progress=progress_bars(settings),
-            optimizer=optimizer,
-            pos_weight=pos_weight,
-            grad_accum_steps=settings.grad_accum_steps,
-            precision=settings.precision,
-        )
-        if not math.isfinite(stats["train_loss"]):
-            raise FedmmError(
-                f"epoch {epoch}: the training loss is {stats['train_loss']} (diverged); nothing of "
-                f"this epoch was written; lower lr (now {settings.lr})"
+    with tracked(settings, rundir.path) as track:
+        for epoch in range(1, epochs + 1):
+            t = time.perf_counter()
+            for group in optimizer.param_groups:  # the same schedule as the federated clients, over epochs
+                group["lr"] = scheduled_lr(settings.lr, epoch, epochs, settings.lr_schedule, settings.lr_warmup_rounds)
+            stats = train_epochs(
+                model,
+                backend,
+                data.train,
+                epochs=1,
+                batch_size=settings.batch_size,
+                lr=settings.lr,
+                weight_decay=settings.weight_decay,
+                seed=settings.seed * 1000 + epoch,
+                desc=f"epoch {epoch}/{epochs}",
+                progress=progress_bars(settings),
+                optimizer=optimizer,
+                pos_weight=pos_weight,
+                grad_accum_steps=settings.grad_accum_steps,
+                precision=settings.precision,
             )
-        metrics = server_metrics(model, backend, data, data.test, settings.eval_batch_size)
-        record = EpochRecord(
-            epoch=epoch,
-            num_examples=len(data.train),
-            lr=optimizer.param_groups[0]["lr"],
-            train_loss=stats["train_loss"],
-            eval=metrics,
-            seconds=time.perf_counter() - t,
-        ).to_json()
-        rundir.append_metrics(record)
-        rundir.save_global(get_params(model, parts.keys))
-        table(record)
-    write_report(rundir.path, title=f"fedmm centralized: {settings.task.name} / {settings.model.name}")
+            if not math.isfinite(stats["train_loss"]):
+                raise FedmmError(
+                    f"epoch {epoch}: the training loss is {stats['train_loss']} (diverged); nothing of "
+                    f"this epoch was written; lower lr (now {settings.lr})"
+                )
+            metrics = server_metrics(model, backend, data, data.test, settings.eval_batch_size)
+            record = EpochRecord(
+                epoch=epoch,
+                num_examples=len(data.train),
+                lr=optimizer.param_groups[0]["lr"],
+                train_loss=stats["train_loss"],
+                eval=metrics,
+                seconds=time.perf_counter() - t,
+            ).to_json()
+            rundir.append_metrics(record)
+            rundir.save_global(get_params(model, parts.keys))
+            table(record)
+            track(record)
+        write_report(rundir.path, title=f"fedmm centralized: {settings.task.name} / {settings.model.name}")
     return rundir, rundir.read_metrics()[-1]

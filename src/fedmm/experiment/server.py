@@ -32,6 +32,7 @@ from fedmm.fl.strategy.base import StrategyContext
 from fedmm.fl.validation import Expected
 from fedmm.modelops import get_params, set_params
 from fedmm.params import Params
+from fedmm.experiment.tracking import tracked
 from fedmm.report import RoundTable, write_report
 from fedmm.rundir import RunDir, open_run_dir
 
@@ -88,12 +89,18 @@ class Federation:
                 f"(rounds={self.settings.rounds}); pass rounds=N to continue further"
             )
         table = RoundTable("round", table_metrics(self.data))
-        self.params = self.server.run(
-            self.rundir, self.params, self.start_round, fit_clients, on_round=table, identity=self.identity
-        )
-        records = self.rundir.read_metrics()
         s = self.settings
-        write_report(self.rundir.path, title=f"fedmm run: {s.task.name} / {s.model.name} / {s.strategy.name}")
+        with tracked(s, self.rundir.path) as track:
+
+            def on_round(record: dict[str, Any]) -> None:
+                table(record)
+                track(record)
+
+            self.params = self.server.run(
+                self.rundir, self.params, self.start_round, fit_clients, on_round=on_round, identity=self.identity
+            )
+            records = self.rundir.read_metrics()
+            write_report(self.rundir.path, title=f"fedmm run: {s.task.name} / {s.model.name} / {s.strategy.name}")
         return records[-1] if records else {}
 
 
