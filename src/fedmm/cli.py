@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     combos = [[o for o in c if not o.startswith("output_dir=")] for c in expand_sweeps(args.overrides)]
     base = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("output_dir=")), None)
     root = Path(base or Path("runs") / (datetime.now().strftime("%Y%m%d-%H%M%S") + "-sweep"))
-    failed = run_sweep(combos, root, job, load_settings)
+    failed = run_sweep(combos, root, job, load_settings, args.command)
     if failed:
         print(
             f"error: {failed} of {len(combos)} sweep jobs failed (their lines above, and summary.csv); the "

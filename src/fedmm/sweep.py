@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from fedmm.config.schema import LauncherConfig
 from fedmm.console import say
 from fedmm.errors import FedmmError
+from fedmm.launch import run_local_parallel, run_submitit
 from fedmm.record import eval_metrics
 from fedmm.rundir import RunDir
 
@@ -41,14 +43,21 @@ def job_name(combo: list[str], keys: list[str]) -> str:
     return name or "job"
 
 
-def run_sweep(combos: list[list[str]], root: Path, job: Callable[[Any], Any], load: Callable[[list[str]], Any]) -> int:
-    """Every job in turn (all validated first), a failed one recorded and the others run; then the summary.
+def run_sweep(
+    combos: list[list[str]], root: Path, job: Callable[[Any], Any], load: Callable[[list[str]], Any], command: str
+) -> int:
+    """Every job (all validated first), a failed one recorded and the others run; then the summary. `job` runs one
+    in this process (launcher=local, launcher.jobs=1); other launchers run `fedmm COMMAND` per job (fedmm.launch).
     Returns the number of failed jobs."""
     keys = varying(combos)
     names = [job_name(c, keys) for c in combos]
     names = [n if names.count(n) == 1 else f"{i}-{n}" for i, n in enumerate(names)]  # never two jobs in a folder
     settings = [load(c + [f"output_dir={root / n}"]) for c, n in zip(combos, names)]
-    say(f"sweep: {len(combos)} jobs under {root}/")
+    launcher = settings[0].typed("launcher", LauncherConfig)
+    how = {"local": f"{launcher.jobs} at a time" if launcher.jobs > 1 else "one after another"}.get(
+        launcher.name, f"on {launcher.cluster} through submitit"
+    )
+    say(f"sweep: {len(combos)} jobs under {root}/, {how}")
     root.mkdir(parents=True, exist_ok=True)
     jobs = [
         {
@@ -60,21 +69,31 @@ def run_sweep(combos: list[list[str]], root: Path, job: Callable[[Any], Any], lo
         }
         for c, n in zip(combos, names)
     ]
-    failed = 0
-    for i, (info, s) in enumerate(zip(jobs, settings)):
-        say(f"\n[{i + 1}/{len(combos)}] {info['job']}: {' '.join(info['overrides'])}")
-        info["status"] = "running"
+
+    def update() -> None:
         RunDir(root).write_json(JOBS, jobs)
-        t0 = time.perf_counter()
-        try:
-            job(s)
-            info["status"] = "done"
-        except FedmmError as e:
-            failed += 1
-            info["status"] = f"failed: {e}"
-            say(f"job {info['job']} failed: {e}")
-        info["seconds"] = round(time.perf_counter() - t0, 1)
-        RunDir(root).write_json(JOBS, jobs)
+
+    update()
+    if launcher.name == "slurm":
+        failed = run_submitit(command, jobs, root, launcher, update)
+    elif launcher.jobs > 1:
+        failed = run_local_parallel(command, jobs, root, launcher, update)
+    else:
+        failed = 0
+        for i, (info, s) in enumerate(zip(jobs, settings)):
+            say(f"\n[{i + 1}/{len(combos)}] {info['job']}: {' '.join(info['overrides'])}")
+            info["status"] = "running"
+            update()
+            t0 = time.perf_counter()
+            try:
+                job(s)
+                info["status"] = "done"
+            except FedmmError as e:
+                failed += 1
+                info["status"] = f"failed: {e}"
+                say(f"job {info['job']} failed: {e}")
+            info["seconds"] = round(time.perf_counter() - t0, 1)
+            update()
     summary = write_summary(root)
     say(f"\nsweep results ({summary}):")
     for row in read_jobs(root):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +32,7 @@ from fedmm.config.schema import (
     PRIVACY_MODES,
     TRACKERS,
     AttackConfig,
+    LauncherConfig,
     PartitionConfig,
     PrivacyConfig,
     Schema,
@@ -43,7 +45,12 @@ from fedmm.schedule import LR_SCHEDULES
 GROUPS = {"task": TASKS, "model": BACKENDS, "strategy": STRATEGIES, "runtime": RUNTIMES}
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 # run-level groups with presets, one schema each
-RUN_GROUPS = {"partition": PartitionConfig, "attack": AttackConfig, "privacy": PrivacyConfig}
+RUN_GROUPS = {
+    "partition": PartitionConfig,
+    "attack": AttackConfig,
+    "privacy": PrivacyConfig,
+    "launcher": LauncherConfig,
+}
 OPTION_GROUPS = (*GROUPS, *RUN_GROUPS, "experiment")  # groups chosen with group=option
 # What a resumed run may change: how long and how it reports, never what it computes per round.
 RESUMABLE = {"rounds", "eval_every", "eval_batch_size", "keep_checkpoints", "threads", "progress", "tracking"}
@@ -81,7 +88,7 @@ def identity(settings: Settings) -> dict[str, Any]:
             return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
         return {prefix[:-1]: node}
 
-    skip = RESUMABLE | {"resume", "output_dir"}
+    skip = RESUMABLE | {"resume", "output_dir", "launcher"}
     return {
         k: v for k, v in flat(OmegaConf.to_container(settings.cfg, resolve=True)).items() if k.split(".")[0] not in skip
     }
@@ -185,16 +192,26 @@ def validate(cfg: DictConfig) -> Settings:
         raise FedmmError(f"precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
     _check_bounds(cfg)
     _check_trust(cfg)
-    _check_tracking(cfg)
+    _check_tools(cfg)
     if cfg.output_dir:
         check_output_dir(Path(str(cfg.output_dir)))
     return Settings(cfg=cfg, **{g: _typed(g, cfg.get(g)) for g in GROUPS})
 
 
-def _check_tracking(cfg: DictConfig) -> None:
-    """Known trackers whose libraries are installed: checked before anything runs (found, not imported)."""
+def _check_tools(cfg: DictConfig) -> None:
+    """Known trackers whose libraries are installed, and a launcher that can start: checked before anything runs
+    (libraries found, not imported)."""
     import importlib.util
 
+    if cfg.launcher.cluster not in ("slurm", "local"):
+        raise FedmmError(f"launcher.cluster must be slurm or local (got '{cfg.launcher.cluster}')")
+    if cfg.launcher.name == "slurm" and importlib.util.find_spec("submitit") is None:
+        raise FedmmError("launcher=slurm needs submitit: pip install 'fedmm[slurm]'")
+    if cfg.launcher.name == "slurm" and cfg.launcher.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise FedmmError(
+            "launcher=slurm needs Slurm's sbatch on PATH: start the sweep on a login node of the cluster "
+            "(launcher.cluster=local tries the same submission on this machine)"
+        )
     for name in cfg.tracking.to:
         if name not in TRACKERS:
             raise FedmmError(f"unknown tracker '{name}' in tracking; choose from {', '.join(TRACKERS)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -73,6 +73,12 @@ BOUNDS = {
     "privacy.secagg_threshold": Bound(0, low_open=True),
     "privacy.secagg_clip_range": Bound(0, low_open=True),
     "privacy.secagg_quantization": Bound(2, 2**30),
+    "launcher.jobs": Bound(1, 1024),
+    "launcher.gpus_per_job": Bound(0),
+    "launcher.cpus_per_job": Bound(1),
+    "launcher.mem_gb": Bound(0, low_open=True),
+    "launcher.timeout_min": Bound(1),
+    "launcher.max_parallel": Bound(0),
 }
 
 
@@ -132,6 +138,29 @@ class TrackingConfig:
 
 
 TRACKERS = ("tensorboard", "mlflow")
+
+
+@dataclass
+class LauncherConfig:
+    """Where the jobs of a sweep (`-m`) run (fedmm.launch): here one after another, here several at once, or on a
+    Slurm cluster through submitit. Each job is the same `fedmm run` command either way."""
+
+    name: str = "local"  # local: on this machine | slurm: each job a Slurm job (pip install 'fedmm[slurm]')
+    jobs: int = 1  # local: jobs at once (> 1: each in its own process, torch's CPU threads divided between them)
+    cluster: str = "slurm"  # slurm: sbatch | local: submitit's local executor (the same path, on this machine)
+    partition: str = ""  # the Slurm partition ("" = the cluster's default)
+    account: str = ""  # the Slurm account to charge ("" = yours by default)
+    qos: str = ""  # the Slurm quality of service ("" = the default)
+    gpus_per_job: int = 0  # GPUs each job asks for
+    cpus_per_job: int = 4  # CPU cores each job asks for
+    mem_gb: float = 16.0  # memory each job asks for
+    timeout_min: int = 120  # wall-time limit of each job
+    max_parallel: int = 0  # at most this many jobs of the sweep run at once on the cluster (0 = no limit)
+    folder: str = ""  # submitit's job scripts and logs ("" = <sweep folder>/.submitit)
+    additional: Dict[str, Any] = field(default_factory=dict)  # further sbatch options, e.g. {constraint: a100}
+
+
+LAUNCHERS = ("local", "slurm")
 PRIVACY = ("none", "dp")
 PRIVACY_MODES = ("central", "local")
 ATTACKS = ("none", "nan", "inf", "scale", "sign_flip", "gaussian", "label_flip", "shape")
@@ -162,6 +191,7 @@ class Schema:
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     # Bound on each client's update norm (L2 over the delta of all its travelling tensors): null = off, a number,
     # or auto = AUTO_NORM_MULTIPLE (fedmm.fl.validation) x the round's median update norm
     max_update_norm: Optional[Any] = None
