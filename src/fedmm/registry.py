@@ -121,7 +121,7 @@ def load_entry_point_plugins() -> None:
 
 # factory(cfg, seed, centralized=False) -> TaskData; hook `site_count(cfg) -> int` for tasks with per-site folders
 TASKS: Registry[Callable] = Registry(
-    "task", ("fedmm.data.easyvqa", "fedmm.data.synthetic", "fedmm.data.mmimdb", "fedmm.data.vqav2")
+    "task", ("fedmm.data.easyvqa", "fedmm.data.synthetic", "fedmm.data.mmimdb", "fedmm.data.vqav2", "fedmm.data.table")
 )
 # factory(cfg, num_labels, multilabel) -> Backend
 BACKENDS: Registry[Callable] = Registry(

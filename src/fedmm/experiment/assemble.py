@@ -59,8 +59,7 @@ def count_clients(settings: Settings, sites: Optional[int] = None) -> int:
     if settings.num_clients not in (None, sites):
         raise FedmmError(
             f"the task's data holds {sites} client folders but num_clients={settings.num_clients}; "
-            f"set num_clients={sites} or null, or start from experiment=mmimdb, which takes the "
-            f"clients and their modalities from the folders"
+            f"set num_clients={sites} or null (one client per folder)"
         )
     return sites
 

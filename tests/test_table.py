@@ -1,0 +1,202 @@
+"""task=table, bring-your-own data, from the shell: a CSV of image paths, a JSONL, a Parquet file of image bytes,
+per-site folders and a Hugging Face dataset folder read by `datasets.load_dataset`; single-label and multilabel;
+bad rows as one line."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import fedmm, metrics
+from fedmm.data.table import TableConfig, load_table
+from fedmm.errors import FedmmError
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+WORDS = "the a poster shows an item with some shape on plain background".split()
+RUN = [
+    "model=fusion_tiny",
+    "task.image_size=16",
+    "num_clients=2",
+    "rounds=2",
+    "batch_size=16",
+    "lr=0.01",
+    "progress=false",
+]
+
+
+def png(colour: str, rng) -> bytes:
+    pixels = np.clip(np.full((20, 24, 3), COLOURS[colour]) + rng.normal(0, 20, (20, 24, 3)), 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rows(n: int, seed: int = 0):
+    """n examples: the image's colour is the label; the text names a size (the second label when multilabel) among
+    filler words, a few hundred characters long like a real caption or plot."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        colour = list(COLOURS)[i % 3]
+        size = ["big", "small"][(i // 3) % 2]
+        text = " ".join(rng.choice(WORDS, 40)) + f" it is {size}"
+        out.append({"id": i, "colour": colour, "size": size, "text": text, "png": png(colour, rng)})
+    return out
+
+
+def write_csv(folder, examples, multilabel=False, name="data.csv"):
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "text", "label"])
+        for e in examples:
+            (folder / "images" / f"{e['id']}.png").write_bytes(e["png"])
+            w.writerow(
+                [f"images/{e['id']}.png", e["text"], f"{e['colour']}|{e['size']}" if multilabel else e["colour"]]
+            )
+    return folder / name
+
+
+def test_single_label_csv_runs_from_the_shell_and_learns(tmp_path):
+    path = write_csv(tmp_path, rows(150))
+    run = tmp_path / "run"
+    proc = fedmm("run", "task=table", f"task.path={path}", *RUN, "rounds=4", f"output_dir={run}")
+    assert "eval_accuracy" in proc.stdout
+    final = metrics(run)[-1]
+    assert final["eval_accuracy"] >= 0.9  # the colour is plain to see: far above chance (1/3)
+    partition = json.loads((run / "partition.json").read_text())
+    assert sum(c["num_examples"] for c in partition) == 120  # 150 less 10% test, 10% validation
+
+
+def test_multilabel_jsonl_is_scored_with_f1(tmp_path):
+    data = rows(60)
+    (tmp_path / "img").mkdir()
+    with open(tmp_path / "d.jsonl", "w") as f:
+        for e in data:
+            (tmp_path / "img" / f"{e['id']}.png").write_bytes(e["png"])
+            f.write(
+                json.dumps({"picture": f"img/{e['id']}.png", "caption": e["text"], "tags": [e["colour"], e["size"]]})
+            )
+            f.write("\n")
+    run = tmp_path / "run"
+    fedmm(
+        "run",
+        "task=table",
+        f"task.path={tmp_path / 'd.jsonl'}",
+        "task.image_column=picture",
+        "task.text_column=caption",
+        "task.label_column=tags",
+        "task.label_separator=|",
+        *RUN,
+        f"output_dir={run}",
+    )
+    final = metrics(run)[-1]
+    assert {"eval_micro_f1", "eval_macro_f1", "eval_samples_f1"} <= set(final)
+    cfg = TableConfig(
+        path=str(tmp_path / "d.jsonl"),
+        image_column="picture",
+        text_column="caption",
+        label_column="tags",
+        label_separator="|",
+        image_size=16,
+    )
+    task = load_table(cfg, 0)
+    assert task.train.label_names == ("big", "blue", "green", "red", "small")
+    assert task.train.labels.shape == (48, 5) and (task.train.labels.sum(1) == 2).all()
+
+
+def test_parquet_bytes_with_a_test_file_and_per_site_folders(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def parquet(path, examples):
+        pq.write_table(
+            pa.table(
+                {
+                    "image": [e["png"] for e in examples],
+                    "text": [e["text"] for e in examples],
+                    "label": [e["colour"] for e in examples],
+                }
+            ),
+            path,
+        )
+
+    data = rows(90)
+    parquet(tmp_path / "test.parquet", data[:30])
+    for k in range(3):
+        (tmp_path / "sites" / f"site{k}").mkdir(parents=True)
+        parquet(tmp_path / "sites" / f"site{k}" / "train.parquet", data[30 + 20 * k : 50 + 20 * k])
+    write_csv(tmp_path / "sites" / "site0", data[:5], name="val.csv")
+    cfg = TableConfig(root=str(tmp_path / "sites"), test_path=str(tmp_path / "test.parquet"), image_size=16)
+    task = load_table(cfg, 0)
+    assert [len(c) for c in task.clients] == [20, 20, 20] and len(task.test) == 30
+    assert len(task.client_val[0]) == 5 and task.client_val[1] is None
+    run = tmp_path / "run"
+    proc = fedmm(
+        "run",
+        "task=table",
+        f"task.root={tmp_path / 'sites'}",
+        f"task.test_path={tmp_path / 'test.parquet'}",
+        *[a for a in RUN if a != "num_clients=2"],
+        f"output_dir={run}",
+    )
+    assert len(metrics(run)) == 2 and "eval_accuracy" in proc.stdout
+    assert [c["num_examples"] for c in json.loads((run / "partition.json").read_text())] == [20, 20, 20]
+
+
+def test_a_hugging_face_dataset_folder_through_datasets(tmp_path):
+    import datasets
+
+    data = rows(60)
+    features = datasets.Features(
+        {"image": datasets.Image(), "text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(COLOURS))}
+    )
+    for split, part in (("train", data[:45]), ("test", data[45:])):
+        ds = datasets.Dataset.from_dict(
+            {
+                "image": [{"bytes": e["png"], "path": None} for e in part],
+                "text": [e["text"] for e in part],
+                "label": [list(COLOURS).index(e["colour"]) for e in part],
+            },
+            features=features,
+        )
+        (tmp_path / "hf" / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(tmp_path / "hf" / "data" / f"{split}-00000-of-00001.parquet"))
+    cfg = TableConfig(dataset=str(tmp_path / "hf"), test_split="test", split="train[:80%]", image_size=16)
+    task = load_table(cfg, 0)
+    assert len(task.test) == 15 and len(task.train) + len(task.val) == 36  # train[:80%] of 45, less 10% for val
+    run = tmp_path / "run"
+    fedmm("run", "task=table", f"task.dataset={tmp_path / 'hf'}", "task.test_split=test", *RUN, f"output_dir={run}")
+    assert metrics(run)[-1]["round"] == 2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"path": "", "root": ""}, "task=table needs exactly one of task.path"),
+        ({"image_column": "img"}, "no image column 'img' (has: image, text, label); set task.image_column"),
+        ({"zero_division": 2}, "task.zero_division=2 is out of range"),
+        ({"path": "x.txt"}, "fedmm reads .csv, .jsonl, .parquet files"),
+    ],
+)
+def test_bad_settings_are_one_line(tmp_path, change, message):
+    path = write_csv(tmp_path, rows(12))
+    cfg = TableConfig(**{"path": str(path), "image_size": 16, **change})
+    with pytest.raises(FedmmError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_table(cfg, 0)
+
+
+def test_bad_rows_stop_or_are_skipped_with_their_line(tmp_path):
+    path = write_csv(tmp_path, rows(30))
+    text = path.read_text().splitlines()
+    text[3] = "../outside.png,some text,red"
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(FedmmError, match=r"data.csv line 4: image '../outside.png' points outside"):
+        load_table(TableConfig(path=str(path), image_size=16), 0)
+    task = load_table(TableConfig(path=str(path), image_size=16, on_bad_sample="skip"), 0)
+    assert len(task.train) + len(task.val) + len(task.test) == 29
+    proc = fedmm("run", "task=table", f"task.path={path}", *RUN, f"output_dir={tmp_path / 'r'}", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "task.on_bad_sample=skip" in proc.stderr
