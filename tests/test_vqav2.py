@@ -175,3 +175,21 @@ def test_the_papers_grid_is_a_ready_sweep(tmp_path, capsys):
         "partition.alpha-1.0",
     ]
     assert (tmp_path / "grid" / "summary.csv").read_text().count("\n") == 4  # a header and three jobs
+
+
+def test_a_hugging_face_dataset_by_name_with_the_seeds_split_strings(tmp_path, monkeypatch):
+    """`task.dataset` goes through datasets.load_dataset (a local folder here; a hub name reads the cache offline),
+    and the seed's `validation[:50%]` split strings work; decoded images are written once under $FEDMM_CACHE."""
+    monkeypatch.setenv("FEDMM_CACHE", str(tmp_path / "cache"))
+    vqa = D.write_vqav2(tmp_path / "vqa")
+    official = _load(vqa)
+    (tmp_path / "hub").mkdir()
+    parquet = _write_parquet(vqa, tmp_path / "hub" / "data")
+    s = load_settings(["task=vqav2", f"task.dataset={parquet.parent}", "task.eval_split=validation[:50%]"])
+    data = load_task(s.task, seed=0)
+    assert len(data.train) == 48 and len(data.val) + len(data.test) == 24  # half of the 48 validation questions
+    assert [data.train.references(i) for i in range(48)] == [official.train.references(i) for i in range(48)]
+    np.testing.assert_array_equal(data.train.images[0], official.train.images[0])
+    assert len(list((tmp_path / "cache" / "vqav2").rglob("*.img"))) == 48 + 24
+    with pytest.raises(FedmmError, match="task=vqav2 needs one of task.root"):
+        _load(vqa, f"task.dataset={parquet.parent}")

@@ -317,7 +317,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 def _quote_choices(overrides: list[str]) -> list[str]:
     """`attack=nan` chooses the preset named nan: quoted, so that Hydra does not read a float (nan, inf).
-    `tracking=[a,b]` is short for `tracking.to=[a,b]`."""
+    `tracking=[a,b]` is short for `tracking.to=[a,b]`. A Hugging Face split string (`task.eval_split=
+    validation[:50%]`) is quoted too, so that Hydra does not read a list."""
     out = []
     for o in overrides:
         key, _, value = o.partition("=")
@@ -325,6 +326,8 @@ def _quote_choices(overrides: list[str]) -> list[str]:
             o = f"{key}='{value}'"
         elif key == "tracking" and value.startswith("["):
             o = f"tracking.to={value}"
+        elif key.endswith("split") and "[" in value and value[:1] not in ("'", '"'):
+            o = f"{key}='{value}'"
         out.append(o)
     return out
 

@@ -5,6 +5,9 @@ Sources:
 - **the official files** under `task.root`: `v2_OpenEnded_mscoco_<split>_questions.json`,
   `v2_mscoco_<split>_annotations.json` and the COCO image folder `<split>/` (`COCO_<split>_<12-digit id>.jpg`), for
   `task.train_split` (train2014) and `task.eval_split` (val2014);
+- **a Hugging Face dataset** by name or folder (`task.dataset=HuggingFaceM4/VQAv2`, what the FedUMM seed loads),
+  through `datasets.load_dataset` (offline: its cache); `task.train_split` / `task.eval_split` are then its split
+  strings (`train`, `validation[:50%]`; the official names train2014 / val2014 stand for train / validation);
 - **a Parquet or `datasets` export**: Parquet files named by split (`train-*.parquet`, `validation-*.parquet`, as
   on the Hub), or a `DatasetDict.save_to_disk` folder (`train/*.arrow`, `validation/*.arrow`), with `question`,
   `image` (bytes or {"bytes", "path"}), `answers` (the 10 answers: strings, or {"answer": ...} records), optionally
@@ -21,7 +24,10 @@ Images are read from disk when a batch needs them (`ImageFiles`); a missing imag
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +48,7 @@ ANSWER_TYPES = ("yes/no", "number", "other")
 class VQAv2Config:
     name: str = "vqav2"
     root: str = ""  # the official JSON files + COCO image folders, or a folder of Parquet files
+    dataset: str = ""  # or a Hugging Face dataset by name or folder (datasets.load_dataset), e.g. HuggingFaceM4/VQAv2
     train_split: str = "train2014"
     eval_split: str = "val2014"
     val_fraction: float = 0.1  # of the evaluation split's images (with their questions): the server's val split
@@ -124,30 +131,67 @@ def _rows_from_export(root: Path, split: str, bad: BadSamples) -> list[dict]:
     cache = root / ".fedmm-images" / split
     rows = []
     for path in files:
-        table = _read_table(path)
-        for i, r in enumerate(table):
-            answers = [x["answer"] if isinstance(x, dict) else str(x) for x in r.get("answers") or []]
-            image = r.get("image")
-            image = image.get("bytes") if isinstance(image, dict) else image
-            if not answers or not isinstance(image, bytes) or not isinstance(r.get("question"), str):
-                bad(f"{path.name} row {i}: needs a question, answers and the image as bytes")
-                continue
-            # images are written out once so that batches can read them lazily, like the official layout's
-            file = cache / f"{path.parent.name}-{path.stem}-{i}.img"
-            if not file.is_file():
-                file.parent.mkdir(parents=True, exist_ok=True)
-                file.write_bytes(image)
-            answer = r.get("multiple_choice_answer") or Counter(answers).most_common(1)[0][0]
-            rows.append(
-                {
-                    "question": r["question"],
-                    "image": file,
-                    "answers": answers,
-                    "answer": answer,
-                    "answer_type": r.get("answer_type") or ("yes/no" if answer in ("yes", "no") else "other"),
-                }
-            )
+        for i, r in enumerate(_read_table(path)):
+            row = _export_row(r, f"{path.name} row {i}", cache / f"{path.parent.name}-{path.stem}-{i}.img", bad)
+            if row:
+                rows.append(row)
     return rows
+
+
+def _export_row(r: dict, where: str, file: Path, bad: BadSamples) -> dict | None:
+    """One question of an export or a Hugging Face dataset; its image is written to `file` once, so that batches
+    read it lazily like the official layout's."""
+    answers = [x["answer"] if isinstance(x, dict) else str(x) for x in r.get("answers") or []]
+    image = r.get("image")
+    image = image.get("bytes") if isinstance(image, dict) else image
+    if hasattr(image, "save") and not file.is_file():  # a PIL image (a Hugging Face Image feature decodes to one)
+        buf = io.BytesIO()
+        image.convert("RGB").save(buf, format="PNG")
+        image = buf.getvalue()
+    if not answers or not (isinstance(image, bytes) or file.is_file()) or not isinstance(r.get("question"), str):
+        bad(f"{where}: needs a question, answers and the image")
+        return None
+    if not file.is_file():
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(image)
+    answer = r.get("multiple_choice_answer") or Counter(answers).most_common(1)[0][0]
+    return {
+        "question": r["question"],
+        "image": file,
+        "answers": answers,
+        "answer": answer,
+        "answer_type": r.get("answer_type") or ("yes/no" if answer in ("yes", "no") else "other"),
+    }
+
+
+def _rows_from_dataset(cfg: VQAv2Config, split: str, bad: BadSamples) -> list[dict]:
+    """The questions of a Hugging Face dataset split (split strings such as validation[:50%] included)."""
+    try:
+        import datasets
+    except ImportError:
+        raise FedmmError("task.dataset needs the datasets package: pip install 'fedmm[hf]'") from None
+    split = {"train2014": "train", "val2014": "validation"}.get(split, split)
+    try:
+        ds = datasets.load_dataset(cfg.dataset, split=split)
+    except Exception as e:  # noqa: BLE001 - the hub's, the cache's and the builder's errors are many
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise FedmmError(
+            f"cannot load the dataset '{cfg.dataset}' split '{split}' ({first}); offline, it must be in the Hugging "
+            f"Face cache or a local folder"
+        ) from None
+    safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+    # the dataset's fingerprint names the folder, so that a changed dataset never reads another version's images
+    cache = image_cache() / "vqav2" / safe(cfg.dataset) / f"{safe(split)}-{getattr(ds, '_fingerprint', '')[:16]}"
+    rows = [_export_row(r, f"{cfg.dataset}[{split}] row {i}", cache / f"{i}.img", bad) for i, r in enumerate(ds)]
+    return [r for r in rows if r]
+
+
+def image_cache() -> Path:
+    """Where images of a Hugging Face dataset are written once for lazy reading: $FEDMM_CACHE, else
+    $XDG_CACHE_HOME/fedmm, else ~/.cache/fedmm."""
+    if os.environ.get("FEDMM_CACHE"):
+        return Path(os.environ["FEDMM_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "fedmm"
 
 
 def partition_groups(
@@ -183,16 +227,24 @@ def _dataset(
 
 @TASKS.register("vqav2", VQAv2Config)
 def load_vqav2(cfg: VQAv2Config, seed: int, centralized: bool = False) -> TaskData:
-    if not cfg.root:
-        raise FedmmError("task=vqav2 needs task.root=FOLDER (the official VQA v2 files, or a Parquet export)")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise FedmmError(f"task.root={cfg.root}: no such folder")
+    if bool(cfg.root) == bool(cfg.dataset):
+        raise FedmmError(
+            "task=vqav2 needs one of task.root=FOLDER (the official VQA v2 files, or a Parquet export) or "
+            "task.dataset=NAME (a Hugging Face dataset, e.g. HuggingFaceM4/VQAv2)"
+        )
     bad = BadSamples(cfg.on_bad_sample)
-    export = any(root.rglob("*.parquet")) or any(root.rglob("*.arrow"))
-    read = _rows_from_export if export else _rows_from_json
-    train = read(root, "train" if export else cfg.train_split, bad)
-    held = read(root, "validation" if export else cfg.eval_split, bad)
+    if cfg.dataset:
+        root = Path(cfg.dataset)
+        train = _rows_from_dataset(cfg, cfg.train_split, bad)
+        held = _rows_from_dataset(cfg, cfg.eval_split, bad)
+    else:
+        root = Path(cfg.root).expanduser()
+        if not root.is_dir():
+            raise FedmmError(f"task.root={cfg.root}: no such folder")
+        export = any(root.rglob("*.parquet")) or any(root.rglob("*.arrow"))
+        read = _rows_from_export if export else _rows_from_json
+        train = read(root, "train" if export else cfg.train_split, bad)
+        held = read(root, "validation" if export else cfg.eval_split, bad)
     bad.warn(str(root))
     if not train or not held:
         raise FedmmError(f"{root}: no usable {'training' if not train else 'evaluation'} questions")
