@@ -225,3 +225,32 @@ def test_the_default_jobs_modality_masks_stay_with_its_task(tmp_path):
     assert list(s.modality.text_only) == [] and list(s.modality.image_only) == []
     proc = fedmm("run", "num_clients=2", "rounds=1", f"output_dir={tmp_path / 'x'}", check=False)
     assert proc.returncode == 2 and "clear it with modality.text_only=[] modality.image_only=[]" in proc.stderr
+
+
+def test_every_option_has_a_description_and_config_help_lists_them():
+    from dataclasses import fields, is_dataclass
+
+    from fedmm.config.load import RUN_GROUPS, Schema
+    from fedmm.options import description
+    from fedmm.registry import BACKENDS, RUNTIMES, STRATEGIES, TASKS
+
+    classes = {Schema, *RUN_GROUPS.values()} | {
+        f.default_factory for f in fields(Schema) if isinstance(f.default_factory, type)
+    }
+    for registry in (TASKS, BACKENDS, STRATEGIES, RUNTIMES):
+        classes |= {registry.get(n).config_cls for n in registry.names()}
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in classes
+        for f in fields(cls)
+        if not description(f)
+        and f.name not in ("task", "model", "strategy", "runtime")
+        and not (isinstance(f.default_factory, type) and is_dataclass(f.default_factory))
+    ]
+    assert not missing
+    out = fedmm("config", "--help", "model=blip_vqa_tiny", "strategy=fedprox").stdout
+    assert out.startswith("usage: fedmm config")
+    assert "  model.lora_r=4" in out and "LoRA rank" in out  # the chosen option's own fields
+    assert "  strategy.mu=" in out and "rounds=24" in out and "federated rounds" in out
+    lines = [line for line in out.splitlines() if "=" in line.split(" ")[0] or line.startswith("  ")]
+    assert all(len(line.split(None, 1)) == 2 for line in lines)  # every option line has its description

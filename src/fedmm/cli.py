@@ -57,8 +57,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 GROUPS_HELP = """configuration: key=value overrides; groups are chosen with group=option (task, model, strategy,
-partition, attack, privacy, runtime, experiment); `fedmm config` prints every value, `fedmm config --help` the
-groups."""
+partition, attack, privacy, launcher, runtime, experiment); `fedmm config` prints every value, `fedmm config
+--help` every option with its description (add group choices, e.g. model=blip_vqa, to see theirs)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("-m", "--multirun", action="store_true", help="sweep: one job per combination of a=1,2 ...")
         p.add_argument("-q", "--quiet", action="store_true", dest="quiet_here", help="print errors only")
         p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rounds=3 model=fusion_tiny")
-    p = verb("config", "print the composed configuration", epilog=GROUPS_HELP)
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p = verb("config", "print the composed configuration; with --help, every option and what it does", add_help=False)
+    p.add_argument("-h", "--help", action="store_true", help="every option with its value and description")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (groups chosen here list their own options)")
     p = verb("info", "parameter counts and update size of the configured model (no weights needed)", epilog=GROUPS_HELP)
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p = verb("prepare", "write a data set as per-site folders (the seed's layout)")
@@ -160,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "centralized"):
             return _run(args)
         if args.command == "config":
-            from fedmm.config.load import show_config
+            from fedmm.config.load import describe, show_config
 
-            print(show_config(args.overrides), end="")
+            if args.help:
+                print(f"usage: fedmm config [--help] [key=value ...]\n\n{GROUPS_HELP}\n")
+            print((describe if args.help else show_config)(args.overrides), end="")
             return 0
         if args.command == "info":
             from fedmm.config import load_settings

@@ -27,6 +27,7 @@ from fedmm.backends.loading import from_pretrained, tiny_tokenizer
 from fedmm.backends.vqa_lora import LoraVQABackend, LoraVQAConfig
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
+from fedmm.options import opt
 
 # Where each family's language model lives (transformers 5); others: model.language_model, else get_decoder().
 LANGUAGE_MODEL = {"idefics2": "model.text_model", "idefics3": "model.text_model", "smolvlm": "model.text_model"}
@@ -47,12 +48,18 @@ TINY_CHAT_TEMPLATE = (
 
 @dataclass
 class HFVLMConfig(LoraVQAConfig):
-    name: str = "hf_vlm"
-    pretrained: str = "llava-hf/llava-1.5-7b-hf"  # any AutoModelForImageTextToText checkpoint with a processor
-    family: str = ""  # the config's model_type; "" = the checkpoint's. Random init (pretrained="") supports llava.
-    lora_targets: str = ""  # "" = the language model's lora_projections; else a regular expression of module names
-    lora_projections: str = "q_proj|v_proj"
-    prompt_template: str = ""  # "" = the processor's chat template; else e.g. "answer en {question}" (PaliGemma)
+    name: str = opt("hf_vlm", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    pretrained: str = opt("llava-hf/llava-1.5-7b-hf", "any AutoModelForImageTextToText checkpoint with a processor")
+    family: str = opt(
+        "", 'the config\'s model_type; "" = the checkpoint\'s. Random init (pretrained="") supports llava.'
+    )
+    lora_targets: str = opt(
+        "", '"" = the language model\'s lora_projections; else a regular expression of module names'
+    )
+    lora_projections: str = opt(
+        "q_proj|v_proj", "the language model's projections that get LoRA adapters (a regex alternation)"
+    )
+    prompt_template: str = opt("", '"" = the processor\'s chat template; else e.g. "answer en {question}" (PaliGemma)')
 
 
 @BACKENDS.register("hf_vlm", HFVLMConfig)

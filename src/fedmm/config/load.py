@@ -431,3 +431,47 @@ def settings_from_yaml(text: str) -> Settings:
 
 def show_config(overrides: Optional[list[str]] = None) -> str:
     return load_settings(overrides or []).to_yaml()
+
+
+def describe(overrides: Optional[list[str]] = None) -> str:
+    """Every option of the composed configuration with its value and its one-line description (the dataclass
+    field's `help` metadata): what `fedmm config --help` prints. Group options list their choices."""
+    from dataclasses import fields, is_dataclass
+
+    from fedmm.options import description
+
+    settings = load_settings(overrides or [])
+    cfg = settings.cfg
+
+    def text(value: Any) -> str:
+        if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        return "null" if value is None else "''" if value == "" else str(value).replace("'", "")
+
+    rows: list[tuple[str, str]] = []
+
+    def node(prefix: str, cls: type) -> None:
+        for f in fields(cls):
+            if (f.name == "name" and prefix) or (not prefix and f.name in GROUPS):
+                continue  # a group's choice, shown on its own line
+            key = f"{prefix}{f.name}"
+            value = OmegaConf.select(cfg, key)
+            if is_dataclass(f.type) or (isinstance(f.default_factory, type) and is_dataclass(f.default_factory)):
+                sub = f.default_factory if isinstance(f.default_factory, type) else f.type
+                group = f.name in RUN_GROUPS
+                head = f"{f.name}={cfg[f.name].name}" if group else f"{f.name}:"
+                choices = f" (choose: {', '.join(available(f.name))})" if group else ""
+                doc = " ".join((sub.__doc__ or "").strip().split("\n\n")[0].split())
+                rows.append((head, doc + choices))
+                node(f"{key}.", sub)
+            else:
+                rows.append((f"  {key}={text(value)}" if prefix else f"{key}={text(value)}", description(f)))
+
+    for group in GROUPS:
+        name = cfg[group].name
+        cls = _schema_for(group, name)
+        rows.append((f"{group}={name}", f"choose: {', '.join(available(group))}"))
+        node(f"{group}.", cls)
+    node("", Schema)
+    width = min(44, max(len(k) for k, _ in rows) + 2)
+    return "\n".join(f"{k:<{width}}{d}".rstrip() if len(k) < width else f"{k}  {d}".rstrip() for k, d in rows) + "\n"

@@ -18,13 +18,14 @@ from fedmm.data.dataset import MultimodalDataset, TaskData
 from fedmm.data.images import read_rgb
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
+from fedmm.options import opt
 
 
 @dataclass
 class EasyVQAConfig:
-    name: str = "easyvqa"
-    root: str = ""  # folder with answers.txt and {train,test}/{questions.json,images/}; "" = the easy-vqa package
-    val_fraction: float = 0.1  # share of the training images (with their questions) held out for validation
+    name: str = opt("easyvqa", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    root: str = opt("", 'folder with answers.txt and {train,test}/{questions.json,images/}; "" = the easy-vqa package')
+    val_fraction: float = opt(0.1, "share of the training images (with their questions) held out for validation")
 
 
 def _default_root() -> Path:
@@ -82,7 +83,7 @@ def load_easyvqa(cfg: EasyVQAConfig, seed: int, centralized: bool = False) -> Ta
 
 @dataclass
 class EasyVQAGenConfig(EasyVQAConfig):
-    name: str = "easyvqa_gen"
+    name: str = opt("easyvqa_gen", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
 
 
 @TASKS.register("easyvqa_gen", EasyVQAGenConfig)

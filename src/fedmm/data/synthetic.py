@@ -20,6 +20,7 @@ import numpy as np
 from fedmm.data.dataset import MultimodalDataset, TaskData
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
+from fedmm.options import opt
 
 PALETTE = np.array(
     [
@@ -59,15 +60,15 @@ FILLERS = [
 
 @dataclass
 class SyntheticConfig:
-    name: str = "synthetic"
-    multilabel: bool = False
-    image_classes: int = 4  # colours (at most 8)
-    text_classes: int = 3  # keywords (at most 8)
-    num_train: int = 2000
-    num_val: int = 300
-    num_test: int = 600
-    image_size: int = 32
-    noise: float = 20.0  # std of the pixel noise, in 0..255 units
+    name: str = opt("synthetic", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    multilabel: bool = opt(False, "multi-hot labels (scored with F1) instead of one class per example")
+    image_classes: int = opt(4, "colours (at most 8)")
+    text_classes: int = opt(3, "keywords (at most 8)")
+    num_train: int = opt(2000, "training examples generated (partitioned over the clients)")
+    num_val: int = opt(300, "the server's validation examples")
+    num_test: int = opt(600, "the server's test examples")
+    image_size: int = opt(32, "generated images are image_size x image_size")
+    noise: float = opt(20.0, "std of the pixel noise, in 0..255 units")
 
 
 def _make(cfg: SyntheticConfig, n: int, rng: np.random.Generator, names: tuple[str, ...]) -> MultimodalDataset:

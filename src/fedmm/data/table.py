@@ -19,7 +19,7 @@ import csv
 import io
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, List, Optional
 
@@ -30,6 +30,7 @@ from fedmm.data.dataset import MultimodalDataset, TaskData, concat, zero_divisio
 from fedmm.data.images import read_rgb
 from fedmm.errors import FedmmError
 from fedmm.registry import TASKS
+from fedmm.options import opt
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 MULTILABEL_METRICS = ("micro_f1", "macro_f1", "weighted_f1", "samples_f1")
@@ -37,26 +38,28 @@ MULTILABEL_METRICS = ("micro_f1", "macro_f1", "weighted_f1", "samples_f1")
 
 @dataclass
 class TableConfig:
-    name: str = "table"
-    path: str = ""  # one CSV / JSONL / Parquet file, partitioned over the clients
-    root: str = ""  # or per-site folders: root/<site>/train.{csv,jsonl,parquet} (+ val.*), one client each
-    dataset: str = ""  # or a Hugging Face dataset by name or local folder (datasets.load_dataset; its cache offline)
-    split: str = "train"  # the dataset's training split (split strings such as train[:80%] work)
-    test_split: str = ""  # the dataset's test split ("" = test_fraction of `split`)
-    val_split: str = ""  # the dataset's validation split ("" = val_fraction of `split`)
-    test_path: str = ""  # the server's test file ("" = test_fraction of `path`; required with `root`)
-    val_path: str = ""  # the server's validation file ("" = val_fraction of `path`; none with `root`)
-    test_fraction: float = 0.1  # of the rows, for the server's test set, when no test file or split is given
-    val_fraction: float = 0.1  # of the rows, for the server's validation set, when none is given
-    image_column: str = "image"  # a path relative to the file, image bytes, or a Hugging Face Image
-    text_column: str = "text"
-    label_column: str = "label"
-    label_separator: str = ""  # "" = single-label; e.g. "|" = multilabel, the cell lists the labels
-    labels: List[str] = field(default_factory=list)  # the label names in order ([] = those found, sorted)
-    image_size: int = 224  # images are decoded once, at load, to image_size x image_size
-    max_text_chars: int = 20_000  # texts are cut here before tokenising
-    on_bad_sample: str = "error"  # error | skip (a missing or corrupt image, an unknown label, an empty row)
-    zero_division: float = 1.0  # multilabel F1 of a label with nothing to find: 1 (fedmm) or 0 (scikit-learn)
+    name: str = opt("table", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    path: str = opt("", "one CSV / JSONL / Parquet file, partitioned over the clients")
+    root: str = opt("", "or per-site folders: root/<site>/train.{csv,jsonl,parquet} (+ val.*), one client each")
+    dataset: str = opt(
+        "", "or a Hugging Face dataset by name or local folder (datasets.load_dataset; its cache offline)"
+    )
+    split: str = opt("train", "the dataset's training split (split strings such as train[:80%] work)")
+    test_split: str = opt("", 'the dataset\'s test split ("" = test_fraction of `split`)')
+    val_split: str = opt("", 'the dataset\'s validation split ("" = val_fraction of `split`)')
+    test_path: str = opt("", 'the server\'s test file ("" = test_fraction of `path`; required with `root`)')
+    val_path: str = opt("", 'the server\'s validation file ("" = val_fraction of `path`; none with `root`)')
+    test_fraction: float = opt(0.1, "of the rows, for the server's test set, when no test file or split is given")
+    val_fraction: float = opt(0.1, "of the rows, for the server's validation set, when none is given")
+    image_column: str = opt("image", "a path relative to the file, image bytes, or a Hugging Face Image")
+    text_column: str = opt("text", "the column holding the text")
+    label_column: str = opt("label", "the column holding the label (or the labels, with label_separator)")
+    label_separator: str = opt("", '"" = single-label; e.g. "|" = multilabel, the cell lists the labels')
+    labels: List[str] = opt([], "the label names in order ([] = those found, sorted)")
+    image_size: int = opt(224, "images are decoded once, at load, to image_size x image_size")
+    max_text_chars: int = opt(20_000, "texts are cut here before tokenising")
+    on_bad_sample: str = opt("error", "error | skip (a missing or corrupt image, an unknown label, an empty row)")
+    zero_division: float = opt(1.0, "multilabel F1 of a label with nothing to find: 1 (fedmm) or 0 (scikit-learn)")
 
 
 @dataclass

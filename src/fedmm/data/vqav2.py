@@ -40,22 +40,30 @@ from fedmm.data.dataset import MultimodalDataset, TaskData
 from fedmm.data.images import ImageFiles
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
+from fedmm.options import opt
 
 ANSWER_TYPES = ("yes/no", "number", "other")
 
 
 @dataclass
 class VQAv2Config:
-    name: str = "vqav2"
-    root: str = ""  # the official JSON files + COCO image folders, or a folder of Parquet files
-    dataset: str = ""  # or a Hugging Face dataset by name or folder (datasets.load_dataset), e.g. HuggingFaceM4/VQAv2
-    train_split: str = "train2014"
-    eval_split: str = "val2014"
-    val_fraction: float = 0.1  # of the evaluation split's images (with their questions): the server's val split
-    partition_by: str = "answer_type"  # answer_type | top_answers: the class Dirichlet partitioning splits on
-    top_answers: int = 10  # partition_by=top_answers: this many answer classes plus one "rest" class
-    image_size: int = 384
-    on_bad_sample: str = "error"  # error | skip (a question whose image file is missing)
+    name: str = opt("vqav2", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    root: str = opt("", "the official JSON files + COCO image folders, or a folder of Parquet files")
+    dataset: str = opt(
+        "", "or a Hugging Face dataset by name or folder (datasets.load_dataset), e.g. HuggingFaceM4/VQAv2"
+    )
+    train_split: str = opt(
+        "train2014", "the training split: official files' name (train2014), or a Hugging Face split string"
+    )
+    eval_split: str = opt(
+        "val2014",
+        "the evaluation split (server val + test): official name (val2014), or a split string such as validation[:50%]",
+    )
+    val_fraction: float = opt(0.1, "of the evaluation split's images (with their questions): the server's val split")
+    partition_by: str = opt("answer_type", "answer_type | top_answers: the class Dirichlet partitioning splits on")
+    top_answers: int = opt(10, 'partition_by=top_answers: this many answer classes plus one "rest" class')
+    image_size: int = opt(384, "images are resized to image_size x image_size when a batch reads them")
+    on_bad_sample: str = opt("error", "error | skip (a question whose image file is missing)")
 
 
 def _json(path: Path) -> Any:

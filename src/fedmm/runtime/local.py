@@ -11,11 +11,12 @@ from typing import Iterator
 
 from fedmm.registry import RUNTIMES
 from fedmm.runtime.base import Runtime, RunResult, serve
+from fedmm.options import opt
 
 
 @dataclass
 class LocalRuntimeConfig:
-    name: str = "local"
+    name: str = opt("local", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
 
 
 @RUNTIMES.register("local", LocalRuntimeConfig)

@@ -27,22 +27,27 @@ from fedmm.data.mmimdb.layout import (
 from fedmm.data.mmimdb.records import read_csv, to_dataset
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
+from fedmm.options import opt
 
 METRICS = ("micro_f1", "macro_f1", "weighted_f1", "samples_f1")
 
 
 @dataclass
 class MMIMDbConfig:
-    name: str = "mmimdb"
-    root: str = ""  # the folder `fedmm prepare mmimdb` wrote, or any seed-layout folder holding dataset/client_<i>/
-    labels_json: str = ""  # "" = $LABELS_JSON_PATH, then next to the data, then the first under server_data/
-    image_dir: str = ""  # posters folder, when neither the CSV's folder nor all_in_one_dataset/ has one
-    image_size: int = 224  # posters are decoded once, at load, and held at image_size x image_size
-    on_bad_sample: str = "error"  # error | skip (a missing/corrupt/oversized poster, an unknown genre, an empty CSV)
-    max_text_chars: int = 20_000  # plots are cut here before tokenising (the encoder reads a few hundred tokens)
-    pos_weight: bool = False  # BCE weights positives by negatives/positives of each client's training labels
-    tune_thresholds: bool = False  # also report *_tuned metrics at per-genre thresholds tuned on server_val.csv
-    zero_division: float = 1.0  # F1 of a genre with no positives and no predictions: 1 (fedmm) or 0 (scikit-learn)
+    name: str = opt("mmimdb", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    root: str = opt(
+        "", "the folder `fedmm prepare mmimdb` wrote, or any seed-layout folder holding dataset/client_<i>/"
+    )
+    labels_json: str = opt("", '"" = $LABELS_JSON_PATH, then next to the data, then the first under server_data/')
+    image_dir: str = opt("", "posters folder, when neither the CSV's folder nor all_in_one_dataset/ has one")
+    image_size: int = opt(224, "posters are decoded once, at load, and held at image_size x image_size")
+    on_bad_sample: str = opt(
+        "error", "error | skip (a missing/corrupt/oversized poster, an unknown genre, an empty CSV)"
+    )
+    max_text_chars: int = opt(20_000, "plots are cut here before tokenising (the encoder reads a few hundred tokens)")
+    pos_weight: bool = opt(False, "BCE weights positives by negatives/positives of each client's training labels")
+    tune_thresholds: bool = opt(False, "also report *_tuned metrics at per-genre thresholds tuned on server_val.csv")
+    zero_division: float = opt(1.0, "F1 of a genre with no positives and no predictions: 1 (fedmm) or 0 (scikit-learn)")
 
 
 def load_site(

@@ -19,6 +19,7 @@ from fedmm.fl.strategy.base import STRATEGIES, Strategy
 from fedmm.fl.strategy.krum import check_f, flatten, krum_scores, unflatten
 from fedmm.fl.update import Update
 from fedmm.params import Params
+from fedmm.options import opt
 
 
 def bulyan_select(x: np.ndarray, f: int) -> list[int]:
@@ -50,8 +51,8 @@ def bulyan(x: np.ndarray, f: int) -> tuple[np.ndarray, list[int]]:
 
 @dataclass
 class BulyanConfig:
-    name: str = "bulyan"
-    f: int = 1  # how many Byzantine clients to tolerate per round (needs 4f + 3 updates)
+    name: str = opt("bulyan", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    f: int = opt(1, "how many Byzantine clients to tolerate per round (needs 4f + 3 updates)")
 
 
 @STRATEGIES.register("bulyan", BulyanConfig)

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from fedmm.fl.strategy.base import STRATEGIES
 from fedmm.fl.strategy.fedopt import FedOpt, FedOptConfig
+from fedmm.options import opt
 
 
 @dataclass
 class FedAdagradConfig(FedOptConfig):
-    name: str = "fedadagrad"
+    name: str = opt("fedadagrad", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
 
 
 @STRATEGIES.register("fedadagrad", FedAdagradConfig)

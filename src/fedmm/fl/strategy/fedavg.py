@@ -11,6 +11,7 @@ from fedmm.fl.update import Update
 
 from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
+from fedmm.options import opt
 
 
 def weighted_average(global_params: Params, updates: Iterable[tuple[Params, float]]) -> Params:
@@ -59,7 +60,7 @@ def masked_weighted_average(global_params: Params, updates: Iterable[tuple[Param
 
 @dataclass
 class FedAvgConfig:
-    name: str = "fedavg"
+    name: str = opt("fedavg", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
 
 
 @STRATEGIES.register("fedavg", FedAvgConfig)

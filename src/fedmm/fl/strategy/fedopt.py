@@ -19,6 +19,7 @@ from fedmm.fl.update import Update
 from fedmm.params import Params
 from fedmm.fl.strategy.base import Strategy
 from fedmm.fl.strategy.fedavg import weighted_average
+from fedmm.options import opt
 
 
 def momentum_step(
@@ -64,11 +65,11 @@ def adaptive_step(
 
 @dataclass
 class FedOptConfig:
-    name: str = "fedadam"
-    server_lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3  # adaptivity: bounds the step where v is small; v starts at tau^2 as in the paper
+    name: str = opt("fedadam", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    server_lr: float = opt(0.01, "the server optimizer's step size (eta in Reddi et al. 2021)")
+    beta1: float = opt(0.9, "first-moment decay of the server optimizer (beta_1)")
+    beta2: float = opt(0.99, "second-moment decay of the server optimizer (beta_2)")
+    tau: float = opt(1e-3, "adaptivity: bounds the step where v is small; v starts at tau^2 as in the paper")
 
 
 class FedOpt(Strategy):

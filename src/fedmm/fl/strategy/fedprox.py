@@ -19,12 +19,13 @@ from fedmm.errors import FedmmError
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.strategy.base import STRATEGIES, ClientHook, LocalRound
 from fedmm.fl.strategy.fedavg import FedAvg
+from fedmm.options import opt
 
 
 @dataclass
 class FedProxConfig:
-    name: str = "fedprox"
-    mu: float = 0.001  # small: AdamW normalises gradients, so a larger pull can outweigh the loss (see README)
+    name: str = opt("fedprox", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    mu: float = opt(0.001, "small: AdamW normalises gradients, so a larger pull can outweigh the loss (see README)")
 
 
 class ProximalTerm(ClientHook):

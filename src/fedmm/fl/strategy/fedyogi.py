@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from fedmm.fl.strategy.base import STRATEGIES
 from fedmm.fl.strategy.fedopt import FedOpt, FedOptConfig
+from fedmm.options import opt
 
 
 @dataclass
 class FedYogiConfig(FedOptConfig):
-    name: str = "fedyogi"
+    name: str = opt("fedyogi", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
 
 
 @STRATEGIES.register("fedyogi", FedYogiConfig)

@@ -22,6 +22,7 @@ from fedmm.errors import FedmmError
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 from fedmm.fl.update import Update
 from fedmm.params import Params
+from fedmm.options import opt
 
 
 def flatten(global_params: Params, updates: list[Params]) -> np.ndarray:
@@ -58,15 +59,15 @@ def multi_krum_select(x: np.ndarray, f: int, m: int) -> np.ndarray:
 
 @dataclass
 class KrumConfig:
-    name: str = "krum"
-    f: int = 1  # how many Byzantine clients to tolerate per round
+    name: str = opt("krum", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    f: int = opt(1, "how many Byzantine clients to tolerate per round")
 
 
 @dataclass
 class MultiKrumConfig:
-    name: str = "multikrum"
-    f: int = 1  # how many Byzantine clients to tolerate per round
-    m: Optional[int] = None  # how many updates to average (default n - f)
+    name: str = opt("multikrum", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    f: int = opt(1, "how many Byzantine clients to tolerate per round")
+    m: Optional[int] = opt(None, "how many updates to average (default n - f)")
 
 
 def check_f(f: int) -> None:

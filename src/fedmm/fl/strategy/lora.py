@@ -24,6 +24,7 @@ from fedmm.fl.update import Update
 from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 from fedmm.fl.strategy.fedavg import FedAvg, weighted_average
+from fedmm.options import opt
 
 
 def lora_pairs(keys) -> list[tuple[str, str]]:
@@ -61,7 +62,7 @@ def product_average(factors: list[tuple[np.ndarray, np.ndarray, float]], rank: i
 
 @dataclass
 class FfaLoraConfig:
-    name: str = "ffa_lora"
+    name: str = opt("ffa_lora", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
 
 
 @STRATEGIES.register("ffa_lora", FfaLoraConfig)
@@ -72,7 +73,7 @@ class FfaLora(FedAvg):
 
 @dataclass
 class LoraExactConfig:
-    name: str = "lora_exact"
+    name: str = opt("lora_exact", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
 
 
 @STRATEGIES.register("lora_exact", LoraExactConfig)

@@ -15,6 +15,7 @@ from fedmm.fl.update import Update
 
 from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
+from fedmm.options import opt
 
 
 def coordinatewise(global_params: Params, updates: list[Params], reduce: Callable[[np.ndarray], np.ndarray]) -> Params:
@@ -38,7 +39,7 @@ def median(global_params: Params, updates: list[Params]) -> Params:
 
 @dataclass
 class MedianConfig:
-    name: str = "median"
+    name: str = opt("median", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
 
 
 @STRATEGIES.register("median", MedianConfig)

@@ -16,11 +16,12 @@ from fedmm.fl.update import Update
 from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 from fedmm.fl.strategy.fedavg import masked_weighted_average
+from fedmm.options import opt
 
 
 @dataclass
 class ModalityAvgConfig:
-    name: str = "modality_avg"
+    name: str = opt("modality_avg", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
 
 
 @STRATEGIES.register("modality_avg", ModalityAvgConfig)

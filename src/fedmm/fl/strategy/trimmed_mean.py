@@ -17,6 +17,7 @@ from fedmm.fl.update import Update
 from fedmm.params import Params
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
 from fedmm.fl.strategy.median import coordinatewise
+from fedmm.options import opt
 
 
 def trim_count(n: int, beta: float) -> int:
@@ -38,8 +39,8 @@ def trimmed_mean(global_params: Params, updates: list[Params], beta: float) -> P
 
 @dataclass
 class TrimmedMeanConfig:
-    name: str = "trimmed_mean"
-    beta: float = 0.1  # fraction trimmed at each end, per coordinate
+    name: str = opt("trimmed_mean", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    beta: float = opt(0.1, "fraction trimmed at each end, per coordinate")
 
 
 @STRATEGIES.register("trimmed_mean", TrimmedMeanConfig)

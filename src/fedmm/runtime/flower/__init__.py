@@ -14,16 +14,19 @@ from dataclasses import dataclass
 
 from fedmm.registry import RUNTIMES
 from fedmm.runtime.base import Runtime, RunResult
+from fedmm.options import opt
 
 
 @dataclass
 class FlowerRuntimeConfig:
-    name: str = "flower"
-    round_timeout: float = 600.0  # seconds to wait for a round's replies; a client that misses it counts as failed
-    connect_timeout: float = 120.0  # seconds to wait at start for a SuperNode per client
-    cpus_per_client: float = 1.0  # simulation: CPU cores per virtual SuperNode (Ray schedules by them)
-    cpus: int = 0  # simulation: cores Ray may use (0 = all of this machine's)
-    warm: bool = True  # deployment: train in a long-running worker beside each SuperNode (model and data stay loaded)
+    name: str = opt("flower", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    round_timeout: float = opt(600.0, "seconds to wait for a round's replies; a client that misses it counts as failed")
+    connect_timeout: float = opt(120.0, "seconds to wait at start for a SuperNode per client")
+    cpus_per_client: float = opt(1.0, "simulation: CPU cores per virtual SuperNode (Ray schedules by them)")
+    cpus: int = opt(0, "simulation: cores Ray may use (0 = all of this machine's)")
+    warm: bool = opt(
+        True, "deployment: train in a long-running worker beside each SuperNode (model and data stay loaded)"
+    )
 
 
 @RUNTIMES.register("flower", FlowerRuntimeConfig)

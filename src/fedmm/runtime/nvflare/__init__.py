@@ -16,20 +16,25 @@ from dataclasses import dataclass
 
 from fedmm.registry import RUNTIMES
 from fedmm.runtime.base import Runtime, RunResult
+from fedmm.options import opt
 
 NVFLARE_VERSION = "2.9.0"
 
 
 @dataclass
 class NVFlareRuntimeConfig:
-    name: str = "nvflare"
-    round_timeout: int = 600  # seconds a round waits for its clients' results (0 = forever)
-    threads: int = 0  # simulator: clients running at once (0 = all)
-    workspace: str = ""  # simulator workspace ('' = <run_dir>/nvflare)
-    # NVFlare's polling, the fixed cost of a round (docs/BENCHMARKS.md): seconds between the server's checks of a
-    # round's results (NVFlare's default 0.5), and how long a site waits before asking for its next task (2)
-    task_check_period: float = 0.1
-    task_request_interval: float = 0.1
+    name: str = opt("nvflare", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    round_timeout: int = opt(600, "seconds a round waits for its clients' results (0 = forever)")
+    threads: int = opt(0, "simulator: clients running at once (0 = all)")
+    workspace: str = opt("", "simulator workspace ('' = <run_dir>/nvflare)")
+    task_check_period: float = opt(
+        0.1,
+        "seconds between the server's checks of a round's results (NVFlare's default 0.5; the fixed cost of a "
+        "round, docs/BENCHMARKS.md)",
+    )
+    task_request_interval: float = opt(
+        0.1, "seconds a site waits before asking for its next task (NVFlare's default 2)"
+    )
 
 
 @RUNTIMES.register("nvflare", NVFlareRuntimeConfig)
