@@ -17,7 +17,10 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = [
-    ("foundation", {"errors", "options", "registry", "params", "metrics", "record", "schedule", "modelops", "console", "conf"}),
+    (
+        "foundation",
+        {"errors", "options", "registry", "params", "metrics", "record", "schedule", "modelops", "console", "conf"},
+    ),
     ("configuration and run files", {"config", "rundir", "report", "launch", "sweep"}),
     ("data", {"data"}),
     ("backends", {"backends"}),

@@ -221,7 +221,9 @@ class Schema:
         "and runtimes they register are selectable (sites import them too); installed packages can use the "
         "entry-point group fedmm.plugins instead",
     )
-    num_clients: Optional[int] = opt(None, "default 4; tasks with per-site folders (mmimdb, table with task.root): one per folder")
+    num_clients: Optional[int] = opt(
+        None, "default 4; tasks with per-site folders (mmimdb, table with task.root): one per folder"
+    )
     clients_per_round: Optional[int] = opt(None, "a count; when null, client_fraction of num_clients")
     client_fraction: float = opt(1.0, "the share of clients sampled each round, when clients_per_round is null")
     min_clients: int = opt(1, "a round needs at least this many successful replies")
