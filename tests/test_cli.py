@@ -254,3 +254,29 @@ def test_every_option_has_a_description_and_config_help_lists_them():
     assert "  strategy.mu=" in out and "rounds=24" in out and "federated rounds" in out
     lines = [line for line in out.splitlines() if "=" in line.split(" ")[0] or line.startswith("  ")]
     assert all(len(line.split(None, 1)) == 2 for line in lines)  # every option line has its description
+
+
+def test_config_and_help_never_import_torch():
+    """What keeps `fedmm config` and `--help` fast (about 0.6 s instead of 2.5 s): the options of the backends and
+    strategies whose code needs torch live in torch-free modules, and their code loads when a run builds them."""
+    code = (
+        "import sys, io, contextlib; from fedmm import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert cli.main(['config', 'model=blip_vqa_tiny', 'strategy=fedmap']) == 0\n"
+        "    assert cli.main(['config', '--help']) == 0\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'flwr', 'nvflare') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unreachable_hub_is_noticed_once_and_hub_ids_come_from_the_cache(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # a closed port: refused at once
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedmm.cli", "info", "model=blip_vqa"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert out.count("127.0.0.1 is not reachable; hub ids are read from the local Hugging Face cache only") == 1
+    assert "Salesforce/blip-vqa-base is not on disk" in proc.stdout

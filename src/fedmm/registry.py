@@ -12,6 +12,10 @@ Why a leaf: the configuration validates names against these registries, and must
 runtimes import the assembly layer, which imports the configuration). So each registry names the modules of its
 built-in entries and imports them the first time someone asks it for a name; registering modules import only this
 one. A user's module registers when it is imported, exactly like a built-in one.
+
+Entries whose code imports torch are *declared* instead (`declare(name, Config, "module")`, from a module that
+holds only their options): their options are known at once, and their module is imported when `factory` is first
+used. `fedmm config` and `--help` so never import torch.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     name: str
-    factory: T
+    load: Callable[[], T]  # the factory (a declared entry imports its module the first time)
     config_cls: type
     hooks: dict[str, Callable] = field(default_factory=dict)  # optional extras a kind defines (a task's site count)
+
+    @property
+    def factory(self) -> T:
+        return self.load()
 
 
 class Registry(Generic[T]):
@@ -43,10 +51,23 @@ class Registry(Generic[T]):
 
     def register(self, name: str, config_cls: type, **hooks: Callable) -> Callable[[T], T]:
         def deco(factory: T) -> T:
-            self._entries[name] = Entry(name, factory, config_cls, dict(hooks))
+            self._entries[name] = Entry(name, lambda: factory, config_cls, dict(hooks))
             return factory
 
         return deco
+
+    def declare(self, name: str, config_cls: type, module: str, **hooks: Callable) -> None:
+        """A built-in entry known by its options now, whose `module` (which registers it) is imported only when its
+        factory is first needed. An entry already registered is left as it is."""
+
+        def load() -> T:
+            importlib.import_module(module)
+            entry = self._entries[name]
+            if entry.load is load:
+                raise FedmmError(f"{module} does not register the {self.kind} '{name}' it is declared with")
+            return entry.factory
+
+        self._entries.setdefault(name, Entry(name, load, config_cls, dict(hooks)))
 
     def _load(self) -> None:
         if not self._loaded:
@@ -125,7 +146,8 @@ TASKS: Registry[Callable] = Registry(
 )
 # factory(cfg, num_labels, multilabel) -> Backend
 BACKENDS: Registry[Callable] = Registry(
-    "model", ("fedmm.backends.fusion", "fedmm.backends.blip_vqa", "fedmm.backends.januspro", "fedmm.backends.hf_vlm")
+    "model",
+    ("fedmm.backends.configs",),  # declares the built-in backends; their torch code loads when used
 )
 # factory(cfg) -> Strategy
 STRATEGIES: Registry[Callable] = Registry(
@@ -139,7 +161,7 @@ STRATEGIES: Registry[Callable] = Registry(
             "fedadam",
             "fedyogi",
             "fedadagrad",
-            "fedmap",
+            "configs",  # declares fedmap, whose module loads torch when a run builds it
             "lora",
             "median",
             "modality_avg",

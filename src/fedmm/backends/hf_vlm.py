@@ -15,19 +15,18 @@ attention projections (`lora_projections`) unless `lora_targets` gives a regular
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedmm.backends.configs import HFVLMConfig
 from fedmm.backends.base import BACKENDS
 from fedmm.backends.loading import from_pretrained, tiny_tokenizer
-from fedmm.backends.vqa_lora import LoraVQABackend, LoraVQAConfig
+from fedmm.backends.vqa_lora import LoraVQABackend
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
-from fedmm.options import opt
 
 # Where each family's language model lives (transformers 5); others: model.language_model, else get_decoder().
 LANGUAGE_MODEL = {"idefics2": "model.text_model", "idefics3": "model.text_model", "smolvlm": "model.text_model"}
@@ -44,22 +43,6 @@ TINY_CHAT_TEMPLATE = (
     "{% else %} answer: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}{{ eos_token }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %} answer:{% endif %}"
 )
-
-
-@dataclass
-class HFVLMConfig(LoraVQAConfig):
-    name: str = opt("hf_vlm", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
-    pretrained: str = opt("llava-hf/llava-1.5-7b-hf", "any AutoModelForImageTextToText checkpoint with a processor")
-    family: str = opt(
-        "", 'the config\'s model_type; "" = the checkpoint\'s. Random init (pretrained="") supports llava.'
-    )
-    lora_targets: str = opt(
-        "", '"" = the language model\'s lora_projections; else a regular expression of module names'
-    )
-    lora_projections: str = opt(
-        "q_proj|v_proj", "the language model's projections that get LoRA adapters (a regex alternation)"
-    )
-    prompt_template: str = opt("", '"" = the processor\'s chat template; else e.g. "answer en {question}" (PaliGemma)')
 
 
 @BACKENDS.register("hf_vlm", HFVLMConfig)

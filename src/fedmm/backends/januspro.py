@@ -10,38 +10,20 @@ Training pads on the right; generation pads prompts on the left so that every an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Dict
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedmm.backends.configs import JanusProConfig
 from fedmm.backends.base import BACKENDS
 from fedmm.backends.loading import from_pretrained, load_tokenizer
-from fedmm.backends.vqa_lora import LoraVQABackend, LoraVQAConfig
+from fedmm.backends.vqa_lora import LoraVQABackend
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
-from fedmm.options import opt
 
-LANGUAGE_QKV = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v)_proj"
 IMAGE_PLACEHOLDER = "<image_placeholder>"
-
-
-@dataclass
-class JanusProConfig(LoraVQAConfig):
-    name: str = opt("januspro", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
-    pretrained: str = opt("deepseek-community/Janus-Pro-1B", "in transformers' Janus format")
-    vq_config: Dict[str, Any] = opt({}, "the VQ-VAE's config fields, for random init")
-    prompt_template: str = opt(
-        "<|User|>: {image}\n{question}\n\n<|Assistant|>:",
-        "the prompt; {image} becomes the image tokens, {question} the question",
-    )
-    lora_targets: str = opt(
-        LANGUAGE_QKV, "a regular expression over module names (peft's target_modules): the language model's q/k/v"
-    )
-    max_question_length: int = opt(64, "questions are cut to this many tokens")
 
 
 @BACKENDS.register("januspro", JanusProConfig)

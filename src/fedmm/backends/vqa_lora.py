@@ -8,9 +8,7 @@ first needed, so `fedmm info` can size a model from shapes alone, with nothing o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -22,32 +20,6 @@ from fedmm.backends.loading import from_pretrained, image_stats, load_tokenizer
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
 from fedmm.modelops import autocast, batch_indices, inject_lora, normalized_pixels, to_device
-from fedmm.options import opt
-
-
-@dataclass
-class LoraVQAConfig:
-    """The options every LoRA VQA backend has; a family's config subclasses this with its own defaults."""
-
-    name: str = opt("", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
-    pretrained: str = opt(
-        "", 'Weights: a local folder or hub id (offline: the HF cache); "" = random init from the *_config shapes.'
-    )
-    tokenizer: str = opt("", '"" = the checkpoint\'s; "tiny" = fedmm\'s offline vocabulary')
-    text_config: Dict[str, Any] = opt({}, "the text model's config fields, for random init")
-    vision_config: Dict[str, Any] = opt({}, "the vision model's config fields, for random init")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: float = opt(32.0, "LoRA scaling (alpha / r)")
-    lora_dropout: float = opt(0.05, "dropout on the LoRA adapters' input")
-    lora_targets: str = opt("", "a regular expression over module names (peft's target_modules)")
-    image_size: int = opt(384, "images are resized to image_size x image_size")
-    max_question_length: int = opt(32, "questions are cut to this many tokens")
-    max_answer_length: int = opt(8, "answer tokens, in training and generation")
-    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, more time")
-    image_mean: List[float] = opt([], "empty = the checkpoint's, else the family's default")
-    image_std: List[float] = opt(
-        [], "pixel standard deviation per channel; empty = the checkpoint's, else the family's default"
-    )
 
 
 class LoraVQABackend(Backend):

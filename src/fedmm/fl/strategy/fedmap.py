@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,7 +43,7 @@ from fedmm.fl.strategy.base import STRATEGIES, ClientHook, LocalRound, Strategy,
 from fedmm.fl.strategy.fedavg import masked_weighted_average
 from fedmm.fl.update import Update
 from fedmm.params import Params, atomic_write_bytes, bytes_metadata, params_from_bytes, params_to_bytes
-from fedmm.options import opt
+from fedmm.fl.strategy.configs import FedMAPConfig
 
 FEATURES = (
     "c_k",
@@ -59,29 +58,6 @@ FEATURES = (
     "imbalance_ratio",
 )
 TEACHER_FEATURES = ("performance", "size", "diversity", "modality", "val_loss", "grad_norm", "balance")
-
-
-@dataclass
-class FedMAPConfig:
-    name: str = opt("fedmap", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
-    aggregator_path: str = opt("", '"" = <run_dir>/aggregator.safetensors')
-    input_dim: int = opt(10, "client features the aggregator reads (FedMAP's 10)")
-    hidden_dim: int = opt(16, "hidden units of the aggregator network (the student)")
-    aggregator_lr: float = opt(0.001, "the student's learning rate when distilled toward the teacher")
-    entropy_coeff: float = opt(
-        0.01, "weight of the entropy bonus that keeps the student's weights from collapsing onto one client"
-    )
-    n_trials_per_round: int = opt(4, "candidate weightings the teacher search scores each round")
-    perf_mix_lambda: float = opt(
-        0.7, "share of performance in the teacher's mix of performance and the other client features"
-    )
-    z_clip: float = opt(3.0, "client features are z-scored and clipped to +-z_clip")
-    client_val_fraction: float = opt(0.1, "the slice of each client's data it scores itself on (not trained on)")
-    use_student: bool = opt(True, "learn the student aggregator (off: the teacher's weights are used every round)")
-    student_warmup: int = opt(5, "rounds 1..warmup: the student's share is capped at 0.25")
-    student_win_needed: int = opt(3, "consecutive passing rounds before the student dominates")
-    gate_delta: float = opt(0.002, "the student passes when its score is at most this far below the teacher's")
-    gate_eta: float = opt(0.2, "trust-region step: beta = min(1, eta / sqrt(2 KL(teacher || student)))")
 
 
 # -- pure functions ---------------------------------------------------------------------------------------------

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from typing import TYPE_CHECKING
 
 from fedmm.errors import FedmmError
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.strategy.base import STRATEGIES, ClientHook, LocalRound
 from fedmm.fl.strategy.fedavg import FedAvg
 from fedmm.options import opt
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -36,6 +39,8 @@ class ProximalTerm(ClientHook):
         self.anchor = [p.detach().clone() for p in run.model.parameters() if p.requires_grad]
 
     def on_step(self, params: list[torch.nn.Parameter]) -> None:
+        import torch  # here, not at the top: the configuration imports this module without torch
+
         pairs = [(p, a) for p, a in zip(params, self.anchor) if p.grad is not None]
         if self.mu > 0 and pairs:
             torch._foreach_add_(
