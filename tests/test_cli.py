@@ -239,6 +239,7 @@ def test_every_option_has_a_description_and_config_help_lists_them():
     }
     for registry in (TASKS, BACKENDS, STRATEGIES, RUNTIMES):
         classes |= {registry.get(n).config_cls for n in registry.names()}
+    classes = {c for c in classes if c.__module__.startswith("fedmm.")}  # not what other tests registered
     missing = [
         f"{cls.__name__}.{f.name}"
         for cls in classes
