@@ -56,3 +56,87 @@ def test_text_only_client_batches_contain_no_image_data():
     keys = backend.client_keys(model, clients[1].modalities)
     assert keys and not any(k.startswith(("image_encoder.", "image_proj.")) for k in keys)
     assert any(k.startswith("classifier.") for k in keys)
+
+
+def test_sample_missing_is_deterministic_never_both_and_at_the_asked_rates():
+    from fedmm.data.modality import sample_missing
+
+    image, text = sample_missing(20_000, 0.3, 0.2, seed=5, client=1)
+    assert not (~image & ~text).any()  # never both
+    assert abs((~image).mean() - 0.3) < 0.015 and abs((~text).mean() - 0.2) < 0.015
+    again = sample_missing(20_000, 0.3, 0.2, seed=5, client=1)
+    assert np.array_equal(image, again[0]) and np.array_equal(text, again[1])
+    other = sample_missing(20_000, 0.3, 0.2, seed=5, client=2)[0]
+    assert not np.array_equal(image, other)  # each client draws its own
+    assert sample_missing(50, 0.0, 0.4, 1, 0)[0] is None  # nothing missing: no mask
+    with pytest.raises(FedmmError, match="is over 1"):
+        sample_missing(5, 0.6, 0.5, 0, 0)
+
+
+def test_label_noise_single_label_and_multilabel():
+    from fedmm.data.noise import noisy_labels
+
+    labels = np.arange(10_000) % 5
+    new, changed = noisy_labels(labels, 5, 0.3, seed=2, client=0)
+    assert np.array_equal(changed, new != labels)
+    assert abs(changed.mean() - 0.3 * 4 / 5) < 0.02  # a fifth of the redraws land on the true class
+    assert np.array_equal(new, noisy_labels(labels, 5, 0.3, seed=2, client=0)[0])
+    multi = (np.random.default_rng(0).random((5_000, 4)) < 0.3).astype(np.float32)
+    new, changed = noisy_labels(multi, 4, 0.1, seed=2, client=3)
+    assert new.dtype == np.float32 and set(np.unique(new)) <= {0.0, 1.0}
+    assert abs((new != multi).mean() - 0.1) < 0.01  # each bit flipped with probability 0.1
+    assert np.array_equal(changed, (new != multi).any(axis=1))
+
+
+def test_per_sample_settings_reach_the_clients_the_record_and_the_model(tmp_path):
+    import json
+
+    import torch
+
+    import fedmm
+
+    args = ["task=synthetic", "model=fusion_tiny", "num_clients=3", "task.num_train=300"]
+    s = load_settings(
+        [
+            *args,
+            "modality.sample_missing_image=0.3",
+            "modality.sample_missing_text=0.2",
+            "noise.label_rate=0.5",
+            "noise.clients=[1]",
+            "modality.text_only=[2]",
+        ]
+    )
+    data = load_task(s.task, s.seed)
+    clients = split_clients(s, data)
+    plain = split_clients(load_settings([*args, "modality.text_only=[2]"]), data)
+    assert clients[0].image_present is not None and clients[2].image_present is None  # text-only: nothing to drop
+    assert clients[1].noisy_labels.sum() == (clients[1].labels != plain[1].labels).sum() > 0
+    assert clients[0].noisy_labels is None and np.array_equal(clients[0].labels, plain[0].labels)
+    # A sample without its image is scored as the model scores it with no image at all.
+    backend = FusionBackend(s.model, data.train.num_labels, data.train.multilabel)
+    model = backend.build_model(seed=0).eval()
+    rows = np.flatnonzero(~clients[0].image_present)[:4]
+    with torch.no_grad():
+        masked = backend.logits(model, backend.collate(clients[0], rows))
+        text_only = backend.logits(model, backend.collate(clients[0].with_modalities({"text"}), rows))
+    torch.testing.assert_close(masked, text_only)
+    # The run records the counts per client.
+    fedmm.run(
+        args,
+        rounds=1,
+        output_dir=str(tmp_path / "r"),
+        modality={"sample_missing_image": 0.3},
+        noise={"label_rate": 0.5, "clients": [1]},
+    )
+    record = json.loads((tmp_path / "r" / "partition.json").read_text())
+    assert [c.get("noisy_labels", 0) > 0 for c in record] == [False, True, False]
+    assert all(c["missing_image"] > 0 and "missing_text" not in c for c in record)
+
+
+def test_vlm_backends_refuse_samples_without_an_image():
+    import fedmm
+
+    with pytest.raises(FedmmError, match="model=blip_vqa needs every sample's image and text"):
+        fedmm.run(
+            ["experiment=blip_tiny_easyvqa", "modality.sample_missing_image=0.2", "rounds=1", "max_train_samples=50"]
+        )

@@ -47,6 +47,7 @@ class Backend:
     # The metrics this backend can report: classifiers score logits (fedmm.metrics.METRICS); generative backends
     # override `metrics` and `evaluate` to score generated text.
     metrics: frozenset[str] = frozenset(M.METRICS)
+    per_sample_missing = False  # whether a batch may mix samples with and without a modality (the fusion model)
     precision: str = "fp32"  # evaluation autocast on a GPU (the run's `precision`; training gets it per round)
     sized_from: str = ""  # set by meta_model when it had to size the model without the checkpoint's config
 

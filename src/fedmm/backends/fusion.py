@@ -129,9 +129,13 @@ class FusionClassifier(nn.Module):
         image_index: Optional[torch.Tensor] = None,
         text_features: Optional[torch.Tensor] = None,
         image_features: Optional[torch.Tensor] = None,
+        text_present: Optional[torch.Tensor] = None,
+        image_present: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """`pixel_values` may hold each distinct image of the batch once; `image_index` then maps rows to them.
-        `text_features` / `image_features` (the frozen encoders' cached outputs) stand in for tokens / pixels."""
+        `text_features` / `image_features` (the frozen encoders' cached outputs) stand in for tokens / pixels.
+        `text_present` / `image_present` (0/1 per row) give the rows that lack a modality a zero embedding for it,
+        as a client without that modality has for all its rows."""
         if text_features is None and input_ids is not None:
             text_features = self.encode_text(input_ids, attention_mask)
         if image_features is None and pixel_values is not None:
@@ -151,6 +155,10 @@ class FusionClassifier(nn.Module):
             if image_features is not None
             else torch.zeros(b, self.image_proj.out_features, device=dev)
         )
+        if text_present is not None:
+            t = t * text_present.to(t.dtype)[:, None]
+        if image_present is not None:
+            v = v * image_present.to(v.dtype)[:, None]
         h = self.dropout(torch.relu(self.norm(self.fusion(torch.cat([t, v], dim=1)))))
         return self.classifier(h)
 
@@ -158,6 +166,7 @@ class FusionClassifier(nn.Module):
 @BACKENDS.register("fusion", FusionConfig)
 class FusionBackend(Backend):
     cfg: FusionConfig
+    per_sample_missing = True  # a sample may lack a modality (a zero embedding for it)
 
     def __init__(self, cfg: FusionConfig, num_labels: int, multilabel: bool):
         super().__init__(cfg, num_labels, multilabel)
@@ -311,6 +320,10 @@ class FusionBackend(Backend):
     def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
         labels = data.labels[idx]
         batch = {"labels": torch.from_numpy(labels.astype(np.float32) if data.multilabel else labels)}
+        for key in ("text_present", "image_present"):  # samples that lack a modality (modality.sample_missing_*)
+            present = getattr(data, key)
+            if present is not None:
+                batch[key] = torch.from_numpy(present[idx].astype(np.float32))
         cached = self._features.get(id(data))
         if cached is not None and cached[0]() is data:  # prepared: the frozen encoders' outputs
             _, _, text, ids, image = cached

@@ -61,6 +61,9 @@ BOUNDS = {
     "partition.min_size": Bound(1),
     "partition.max_tries": Bound(1),
     "modality.missing_rate": Bound(0, 1),
+    "modality.sample_missing_image": Bound(0, 1),
+    "modality.sample_missing_text": Bound(0, 1),
+    "noise.label_rate": Bound(0, 1),
     "compression.block_size": Bound(1),
     "attack.scale": Bound(),
     "attack.std": Bound(0),
@@ -101,6 +104,24 @@ class ModalityConfig:
     image_only: List[int] = opt([], "client indices that have no text, e.g. [3]")
     missing_rate: float = opt(0.0, "fraction of the other clients that lose one modality (chosen by seed)")
     drop: str = opt("random", "which modality those clients lose: image | text | random")
+    sample_missing_image: float = opt(
+        0.0, "the probability that a training sample (of a client with both modalities) lacks its image"
+    )
+    sample_missing_text: float = opt(
+        0.0, "the probability that a training sample (of a client with both modalities) lacks its text"
+    )
+
+
+@dataclass
+class NoiseConfig:
+    """Label noise on the clients' training data (FedMultimodal's robustness axis; fedmm.data.noise)."""
+
+    label_rate: float = opt(
+        0.0,
+        "the share of each chosen client's training labels replaced uniformly at random (multilabel: each label bit "
+        "flipped with this probability)",
+    )
+    clients: Optional[List[int]] = opt(None, "the clients whose labels are noisy (null: all)")
 
 
 @dataclass
@@ -204,6 +225,7 @@ class Schema:
     runtime: Any = MISSING
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     modality: ModalityConfig = field(default_factory=ModalityConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)

@@ -32,6 +32,12 @@ class MultimodalDataset:
     # The class label-skewed partitioners split on, when the task declares one (VQA v2: the answer type);
     # None = derived from the labels (see `partition_labels`).
     groups: Optional[np.ndarray] = None
+    # Per-sample missing modalities (modality.sample_missing_*): bool [N], False where the sample lacks it; None =
+    # every sample has it. The fusion model gives such a sample a zero embedding for that modality.
+    text_present: Optional[np.ndarray] = None
+    image_present: Optional[np.ndarray] = None
+    # Which labels noise.label_rate replaced (bool [N]), for the record; None = none.
+    noisy_labels: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -41,7 +47,7 @@ class MultimodalDataset:
             raise ValueError("images and image_ids go together")
         if self.image_ids is not None and len(self.image_ids) != n:
             raise ValueError(f"{len(self.image_ids)} image ids for {n} labels")
-        for name in ("answers", "groups"):
+        for name in ("answers", "groups", "text_present", "image_present", "noisy_labels"):
             if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise ValueError(f"{len(getattr(self, name))} {name} for {n} labels")
 
@@ -71,6 +77,9 @@ class MultimodalDataset:
             image_ids=None if self.image_ids is None else self.image_ids[idx],
             answers=None if self.answers is None else [self.answers[i] for i in idx],
             groups=None if self.groups is None else self.groups[idx],
+            text_present=None if self.text_present is None else self.text_present[idx],
+            image_present=None if self.image_present is None else self.image_present[idx],
+            noisy_labels=None if self.noisy_labels is None else self.noisy_labels[idx],
         )
 
     def references(self, i: int) -> list[str]:
@@ -87,6 +96,8 @@ class MultimodalDataset:
             texts=self.texts if "text" in keep else None,
             images=self.images if "image" in keep else None,
             image_ids=self.image_ids if "image" in keep else None,
+            text_present=self.text_present if "text" in keep else None,
+            image_present=self.image_present if "image" in keep else None,
         )
 
     def label_counts(self) -> np.ndarray:

@@ -3,11 +3,14 @@
 Config: `modality.text_only=[2] modality.image_only=[3]` name clients by index (plain lists, so an override replaces
 the default rather than merging into it), and `modality.missing_rate` makes that fraction of the *other* clients
 (chosen by seed) lose one modality (`modality.drop`: image, text, or random per client). Unnamed clients have both.
+
+Per sample (FedMultimodal's robustness axis): `modality.sample_missing_image` / `modality.sample_missing_text` are
+the probabilities that a training sample of a client that has both modalities lacks that one (`sample_missing`).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -67,3 +70,21 @@ def assign_modalities(
         lost = drop if drop != "random" else str(rng.choice(MODALITIES))
         out[int(k)] = frozenset(MODALITIES) - {lost}
     return out
+
+
+def sample_missing(
+    n: int, p_image: float, p_text: float, seed: int, client: int
+) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(image_present, text_present) for a client's n samples: each sample independently lacks its image with
+    probability p_image or its text with p_text, never both (one uniform draw per sample decides: below p_image the
+    image is missing, then up to p_image + p_text the text). Deterministic in (seed, client); None where nothing is
+    missing."""
+    if p_image + p_text > 1:
+        raise FedmmError(
+            f"modality.sample_missing_image + modality.sample_missing_text = {p_image + p_text:g} is over 1 (a "
+            f"sample never loses both); lower one of them"
+        )
+    u = np.random.default_rng([seed, 31, client]).random(n)
+    image = u >= p_image
+    text = (u < p_image) | (u >= p_image + p_text)
+    return (None if image.all() else image), (None if text.all() else text)

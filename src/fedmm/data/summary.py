@@ -8,13 +8,26 @@ from fedmm.data.dataset import MultimodalDataset
 
 
 def partition_summary(clients: list[MultimodalDataset]) -> list[dict[str, Any]]:
+    """Per client: examples, modalities, label counts, and (when set) how many samples lack their image or text
+    (`missing_image`, `missing_text`) and how many labels noise changed (`noisy_labels`)."""
     names = clients[0].label_names
+
+    def robustness(c: MultimodalDataset) -> dict[str, int]:
+        out = {}
+        for key, mask in (("missing_image", c.image_present), ("missing_text", c.text_present)):
+            if mask is not None:
+                out[key] = int((~mask).sum())
+        if c.noisy_labels is not None:
+            out["noisy_labels"] = int(c.noisy_labels.sum())
+        return out
+
     return [
         {
             "client": k,
             "num_examples": len(c),
             "modalities": sorted(c.modalities),
             "label_counts": {n: int(v) for n, v in zip(names, c.label_counts())},
+            **robustness(c),
         }
         for k, c in enumerate(clients)
     ]

@@ -15,7 +15,8 @@ import torch
 from fedmm.backends.base import Backend
 from fedmm.config import Settings
 from fedmm.data.dataset import MultimodalDataset, TaskData, subsample
-from fedmm.data.modality import assign_modalities, client_modalities
+from fedmm.data.modality import assign_modalities, client_modalities, sample_missing
+from fedmm.data.noise import noisy_labels
 from fedmm.data.partition import dirichlet_partition, iid_partition
 from fedmm.data.tasks import load_task, site_count
 from fedmm.errors import FedmmError
@@ -94,7 +95,21 @@ def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]
             f"client {empty[0]} would have no modality left: its data has only "
             f"{'+'.join(sorted(parts[empty[0]].modalities))}, and the modality settings take that away"
         )
-    return [part.with_modalities(m & part.modalities) for part, m in zip(parts, mods)]
+    parts = [part.with_modalities(m & part.modalities) for part, m in zip(parts, mods)]
+    return [per_sample(settings, k, part) for k, part in enumerate(parts)]
+
+
+def per_sample(settings: Settings, k: int, part: MultimodalDataset) -> MultimodalDataset:
+    """Client k's training data with the per-sample robustness settings applied: samples that lack a modality
+    (when the client has both) and noisy labels (fedmm.data.modality.sample_missing, fedmm.data.noise)."""
+    m, noise = settings.modality, settings.noise
+    if (m.sample_missing_image or m.sample_missing_text) and part.modalities == {"image", "text"}:
+        image, text = sample_missing(len(part), m.sample_missing_image, m.sample_missing_text, settings.seed, k)
+        part = replace(part, image_present=image, text_present=text)
+    if noise.label_rate and (noise.clients is None or k in noise.clients):
+        labels, changed = noisy_labels(part.labels, part.num_labels, noise.label_rate, settings.seed, k)
+        part = replace(part, labels=labels, noisy_labels=changed)
+    return part
 
 
 def client_val(data: TaskData, clients: list[MultimodalDataset]) -> list[Optional[MultimodalDataset]]:
@@ -161,6 +176,12 @@ def assemble(settings: Settings, role: Role) -> Parts:
     data = load_data(settings, centralized=role == "centralized")
     clients = split_clients(settings, data) if role in ("server", "site") else None
     backend = build_backend(settings, data, check_metrics=role != "info")
+    if settings.modality.sample_missing_image or settings.modality.sample_missing_text:
+        if not backend.per_sample_missing:
+            raise FedmmError(
+                f"model={settings.model.name} needs every sample's image and text; modality.sample_missing_image / "
+                f"modality.sample_missing_text work with the fusion models (model=fusion, fusion_minilm, fusion_tiny)"
+            )
     if role == "info":
         model = backend.meta_model()
     else:
