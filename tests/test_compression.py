@@ -45,6 +45,16 @@ def test_bf16_rounds_to_nearest_even_like_torch():
     np.testing.assert_array_equal(ours, torch.from_numpy(x).to(torch.bfloat16).float().numpy())
 
 
+def test_bf16_exact_ties_round_to_the_even_neighbour():
+    # Lower 16 bits exactly 0x8000: halfway between two bf16 values. An even upper half stays (rounds down), an odd
+    # one rounds up; rounding ties up (or truncating) would differ in one of the two cases.
+    upper = np.array([0x3F80, 0x3F81, 0xBF80, 0xBF81, 0x4049, 0x404A], dtype=np.uint32)
+    x = ((upper << 16) | 0x8000).view(np.float32)
+    ours = decode(*encode({"x": x}, "bf16"))["x"].view(np.uint32) >> 16
+    assert ours.tolist() == [0x3F80, 0x3F82, 0xBF80, 0xBF82, 0x404A, 0x404A]
+    np.testing.assert_array_equal(ours, torch.from_numpy(x).to(torch.bfloat16).float().numpy().view(np.uint32) >> 16)
+
+
 def test_int8_error_is_at_most_half_a_step_per_tensor_or_per_block():
     d = deltas()
     per_tensor = decode(*encode(d, "int8"))

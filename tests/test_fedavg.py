@@ -21,12 +21,26 @@ def test_weighted_average_is_example_weighted_mean():
 
 
 def test_missing_key_counts_as_the_unchanged_global_value():
-    g = {"image": np.zeros(2, np.float32), "head": np.zeros(2, np.float32)}
+    # A non-zero global: counting the missing key as zero (a plausible bug) gives 1.0, not 2.5, for "image".
+    g = {"image": np.full(2, 2.0, np.float32), "head": np.full(2, -1.0, np.float32)}
     full = {"image": np.full(2, 4.0, np.float32), "head": np.full(2, 4.0, np.float32)}
     text_only = {"head": np.full(2, 1.0, np.float32)}  # could not train the image encoder, did not send it
     out = weighted_average(g, [(full, 1.0), (text_only, 3.0)])
-    np.testing.assert_allclose(out["image"], np.full(2, (4.0 * 1 + 0.0 * 3) / 4))
+    np.testing.assert_allclose(out["image"], np.full(2, (4.0 * 1 + 2.0 * 3) / 4))  # 2.5
     np.testing.assert_allclose(out["head"], np.full(2, (4.0 * 1 + 1.0 * 3) / 4))
+
+
+def test_masked_average_skips_non_senders_and_keeps_the_dtype():
+    from fedmm.fl.strategy.fedavg import masked_weighted_average
+
+    g = {"image": np.full(2, 2.0, np.float16), "head": np.full(2, -1.0, np.float16), "text": np.ones(2, np.float16)}
+    full = {"image": np.full(2, 4.0, np.float16), "head": np.full(2, 4.0, np.float16)}
+    text_only = {"head": np.full(2, 1.0, np.float16)}
+    out = masked_weighted_average(g, [(full, 1.0), (text_only, 3.0)])
+    np.testing.assert_array_equal(out["image"], np.full(2, 4.0))  # the sender's value, not pulled toward 2.0
+    np.testing.assert_array_equal(out["head"], np.full(2, 1.75))
+    np.testing.assert_array_equal(out["text"], np.ones(2))  # nobody sent it: the global value
+    assert all(v.dtype == np.float16 for v in out.values())
 
 
 def test_single_client_returns_its_params_and_zero_weight_fails():

@@ -141,5 +141,6 @@ def test_f1_scores_match_scikit_learn(zero_division):
         ref = f1_score(labels, pred, average=average, zero_division=zero_division)
         assert ours == pytest.approx(ref, abs=1e-12), name
     assert M.macro_f1(pred, labels, 1) != M.macro_f1(pred, labels, 0)
-    empty = np.zeros((3, 2), int)
+    empty = np.zeros((3, 2), int)  # no positives anywhere and none predicted
+    assert M.micro_f1(empty, empty) == f1_score(empty, empty, average="micro", zero_division=1) == 1.0
     assert M.micro_f1(empty, empty, 0) == f1_score(empty, empty, average="micro", zero_division=0) == 0.0

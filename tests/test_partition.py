@@ -70,3 +70,20 @@ def test_remainders_do_not_pile_onto_one_client():
 def test_fair_split_follows_proportions():
     counts = fair_split_counts(1000, np.array([0.5, 0.3, 0.2]), np.random.default_rng(0))
     assert counts.tolist() == [500, 300, 200]
+
+
+def test_leftovers_go_to_the_largest_remainders():
+    # Proportions that do not divide: 10 x [0.46, 0.34, 0.2] = [4.6, 3.4, 2.0] -> the one leftover goes to the 0.6
+    # remainder (giving it to the smallest, or to the last client, would give [4, 3, 3]).
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        assert fair_split_counts(10, np.array([0.46, 0.34, 0.2]), rng).tolist() == [5, 3, 2]
+        assert fair_split_counts(7, np.array([0.2, 0.3, 0.5]), rng).tolist() == [1, 2, 4]  # [1.4, 2.1, 3.5]
+        assert fair_split_counts(9, np.array([0.15, 0.45, 0.4]), rng).tolist() == [1, 4, 4]  # [1.35, 4.05, 3.6]
+
+
+def test_dirichlet_deals_each_class_in_a_shuffled_order():
+    labels = np.zeros(200, dtype=np.int64)  # one class, in index order
+    parts = dirichlet_partition(labels, 2, alpha=100.0, seed=0, min_size=2)
+    for part in parts:  # dealt without a shuffle, a client would hold one contiguous run of indices
+        assert np.diff(np.sort(part)).max() > 1

@@ -113,6 +113,19 @@ def test_median_and_trimmed_mean_by_hand():
     assert median(g, [])["img"][0] == 7.0  # nobody sent it: the global value
 
 
+def test_trimmed_mean_cuts_floor_of_beta_n_where_ceil_and_the_median_differ():
+    from fedmm.fl.strategy.trimmed_mean import trim_count
+
+    # n=7, beta=0.2: floor(1.4) = 1 value cut at each end -> mean(1, 2, 3, 4, 10) = 4; ceil would cut 2 (-> 3.0), and
+    # the median is 3.0 too, so this example tells the rule from both.
+    vals = [1.0, 2.0, 3.0, 4.0, 100.0, -50.0, 10.0]
+    g = {"w": np.zeros(1, np.float32)}
+    ups = [{"w": np.array([v], np.float32)} for v in vals]
+    np.testing.assert_allclose(trimmed_mean(g, ups, beta=0.2)["w"], [4.0])
+    assert [trim_count(n, 0.2) for n in (2, 3, 7, 10, 11)] == [0, 1, 1, 2, 2]
+    assert trim_count(5, 0.45) == 2 and trim_count(4, 0.45) == 1  # never past the middle
+
+
 # -- missing modalities -------------------------------------------------------------------------------------------
 
 
