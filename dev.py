@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set up fedmm in ./.venv and run it: `python3 dev.py run [overrides]`, `python3 dev.py test [pytest args]`,
 `python3 dev.py bench NAME` (benchmarks/NAME.py), `python3 dev.py lint` (ruff check and ruff format --check),
-`python3 dev.py lock` (re-resolve requirements.lock).
+`python3 dev.py lock` (re-resolve requirements.lock), `python3 dev.py mutate [MODULE]` (mutation testing of the core
+with mutmut; MODULE e.g. fedavg or fedmm.metrics; docs/TESTING.md).
 
 Why a script and not a Makefile: a fresh machine has Python and git, not necessarily make. The environment is
 installed from requirements.lock (every package pinned with its sha256, pip --require-hashes), then fedmm itself
@@ -91,10 +92,53 @@ def lock(args: list[str]) -> int:
     return rc
 
 
+def mutate(args: list[str], env: dict) -> int:
+    """mutmut over the core modules listed in pyproject.toml ([tool.mutmut] only_mutate), or over one of them
+    (`fedavg`, `fl/strategy/fedavg.py` or `fedmm.fl.strategy.fedavg`); then its results (surviving mutants)."""
+    mutmut = str(BIN / "mutmut")
+    names = []
+    for arg in args:
+        dotted = arg.removeprefix("src/").removesuffix(".py").replace("/", ".")
+        dotted = dotted if dotted.startswith("fedmm.") else None
+        if dotted is None:  # a short name: the core module whose file is called so
+            import tomllib
+
+            files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
+            found = [f for f in files if Path(f).stem == arg or f.endswith(f"/{arg}") or f.endswith(f"/{arg}.py")]
+            if not found:
+                print(f"error: '{arg}' is not a core module of [tool.mutmut] only_mutate", file=sys.stderr)
+                return 2
+            dotted = found[0].removeprefix("src/").removesuffix(".py").replace("/", ".")
+        names.append(f"{dotted}.*")
+    rc = subprocess.call([mutmut, "run", *names], cwd=ROOT, env=env)
+    out = subprocess.run([mutmut, "results", "--all", "true"], cwd=ROOT, env=env, capture_output=True, text=True)
+    print(mutation_scores(out.stdout))
+    print("surviving mutants: .venv/bin/mutmut results; one of them: .venv/bin/mutmut show NAME")
+    return rc
+
+
+def mutation_scores(results: str) -> str:
+    """A markdown table of mutants per module from `mutmut results --all true`: killed, survived, other (no tests,
+    timeout, suspicious), and the score killed / (killed + survived + other)."""
+    import re
+    from collections import Counter, defaultdict
+
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for line in results.splitlines():
+        m = re.match(r"\s*(fedmm\.[\w.]+?)\.x[_\u01c1]\S*__mutmut_\d+: (.+)$", line)
+        if m and m.group(2) != "not checked":
+            counts[m.group(1)][m.group(2) if m.group(2) in ("killed", "survived") else "other"] += 1
+    rows = ["| module | mutants | killed | survived | other | score |", "|---|---|---|---|---|---|"]
+    for module, c in sorted(counts.items()):
+        n = sum(c.values())
+        rows.append(f"| `{module}` | {n} | {c['killed']} | {c['survived']} | {c['other']} | {c['killed'] / n:.0%} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> int:
     if (
         not argv
-        or argv[0] not in ("run", "test", "setup", "bench", "lock", "lint")
+        or argv[0] not in ("run", "test", "setup", "bench", "lock", "lint", "mutate")
         or (argv[0] == "bench" and len(argv) < 2)
     ):
         print("\n".join(__doc__.strip().splitlines()[:3]))
@@ -105,6 +149,8 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[0] == "lock":
         return lock(argv[1:])
+    if argv[0] == "mutate":
+        return mutate(argv[1:], env)
     if argv[0] == "lint":
         ruff = str(BIN / "ruff")
         return subprocess.call([ruff, "check", "."], cwd=ROOT) or subprocess.call(

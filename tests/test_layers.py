@@ -176,4 +176,31 @@ def test_every_built_in_module_a_registry_names_registers(registry):
     names = set(reg.names())  # imports the built-in modules
     for module in reg._builtins:
         mod = importlib.import_module(module)
-        assert any(getattr(reg.get(n).factory, "__module__", "").startswith(mod.__name__) for n in names), module
+        # a module registers an entry (its factory lives there) or declares one (its options live there)
+        assert any(
+            getattr(reg.get(n).factory, "__module__", "").startswith(mod.__name__)
+            or reg.get(n).config_cls.__module__ == mod.__name__
+            for n in names
+        ), module
+    for name in names:  # and every declared entry's module really registers it
+        assert callable(reg.get(name).factory), name
+
+
+def test_a_declared_entry_loads_its_module_once_asked_and_says_so_when_it_does_not_register():
+    from dataclasses import dataclass
+
+    from fedmm.errors import FedmmError
+    from fedmm.registry import Registry
+
+    @dataclass
+    class Cfg:
+        name: str = "x"
+
+    reg = Registry("thing")
+    reg.declare("x", Cfg, "json")  # json registers nothing here
+    assert reg.get("x").config_cls is Cfg  # the options are known without importing anything
+    with pytest.raises(FedmmError, match="json does not register the thing 'x' it is declared with"):
+        _ = reg.get("x").factory
+    reg.register("y", Cfg)(len)
+    reg.declare("y", Cfg, "json")  # an entry already registered stays as it is
+    assert reg.get("y").factory is len

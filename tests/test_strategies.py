@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from fedmm.errors import FedmmError
 from fedmm.fl.update import Update
 from fedmm.fl.strategy import STRATEGIES, StrategyContext
 from fedmm.fl.strategy.fedavg import masked_weighted_average, weighted_average
@@ -123,7 +124,12 @@ def test_trimmed_mean_cuts_floor_of_beta_n_where_ceil_and_the_median_differ():
     ups = [{"w": np.array([v], np.float32)} for v in vals]
     np.testing.assert_allclose(trimmed_mean(g, ups, beta=0.2)["w"], [4.0])
     assert [trim_count(n, 0.2) for n in (2, 3, 7, 10, 11)] == [0, 1, 1, 2, 2]
-    assert trim_count(5, 0.45) == 2 and trim_count(4, 0.45) == 1  # never past the middle
+    assert trim_count(5, 0.45) == 2 and trim_count(4, 0.45) == 1
+    assert trim_count(4, 0.9) == 1 and trim_count(5, 0.9) == 2  # never past the middle: one value always stays
+    assert make("trimmed_mean", beta=0.0).cfg.beta == 0.0  # beta 0 is the plain mean, allowed
+    for beta in (0.5, -0.1, 1.0):
+        with pytest.raises(FedmmError, match=rf"strategy.beta must be in \[0, 0.5\) \(got {beta}\)"):
+            make("trimmed_mean", beta=beta)
 
 
 # -- missing modalities -------------------------------------------------------------------------------------------
