@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -43,6 +44,13 @@ def read_rgb(source: str | Path | bytes, size: int | None = None, name: str | No
         raise FedmmError(f"image file not found: {name}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise FedmmError(f"cannot read image {name} ({type(e).__name__}: {e}); replace or remove the file") from None
+
+
+def png_bytes(image: Any) -> bytes:
+    """A PIL image (what a Hugging Face `Image` feature decodes to) as PNG bytes, for `read_rgb` or a file."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 class ImageFiles:

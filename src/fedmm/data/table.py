@@ -16,7 +16,6 @@ F1 (`task.zero_division`) instead of accuracy.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ import numpy as np
 
 from fedmm.data.bad_samples import BadSamples
 from fedmm.data.dataset import MultimodalDataset, TaskData, concat, zero_division
-from fedmm.data.images import read_rgb
+from fedmm.data.hf import load_split
+from fedmm.data.images import png_bytes, read_rgb
 from fedmm.errors import FedmmError
 from fedmm.registry import TASKS
 from fedmm.options import opt
@@ -166,9 +166,7 @@ def _decode(image: Any, size: int, where: str) -> np.ndarray:
     if isinstance(image, (bytes, Path)):
         return read_rgb(image, size, name=f"{image}" if isinstance(image, Path) else f"bytes at {where}")
     if hasattr(image, "convert"):  # a PIL image (a Hugging Face Image feature decodes to one)
-        buf = io.BytesIO()
-        image.convert("RGB").save(buf, format="PNG")
-        return read_rgb(buf.getvalue(), size, name=f"image at {where}")
+        return read_rgb(png_bytes(image), size, name=f"image at {where}")
     raise FedmmError(f"the image is a {type(image).__name__}; give a path, image bytes or an image")
 
 
@@ -193,18 +191,7 @@ def _file_rows(path: Path, cfg: TableConfig, bad: BadSamples) -> list[Row]:
 
 
 def _hf_rows(split: str, cfg: TableConfig, bad: BadSamples) -> list[Row]:
-    try:
-        import datasets
-    except ImportError:
-        raise FedmmError("task.dataset needs the datasets package: pip install 'fedmm[hf]'") from None
-    try:
-        ds = datasets.load_dataset(cfg.dataset, split=split)
-    except Exception as e:  # noqa: BLE001 - the hub's, the cache's and the builder's errors are many
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise FedmmError(
-            f"cannot load the dataset '{cfg.dataset}' split '{split}' ({first}); offline, it must be in the Hugging "
-            f"Face cache or a local folder"
-        ) from None
+    ds = load_split(cfg.dataset, split)
     return read_rows(((row, f"{cfg.dataset}[{split}] row {n}") for n, row in enumerate(ds)), cfg, None, bad)
 
 

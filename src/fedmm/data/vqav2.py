@@ -24,7 +24,6 @@ Images are read from disk when a batch needs them (`ImageFiles`); a missing imag
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -37,7 +36,8 @@ import numpy as np
 
 from fedmm.data.bad_samples import BadSamples
 from fedmm.data.dataset import MultimodalDataset, TaskData
-from fedmm.data.images import ImageFiles
+from fedmm.data.hf import load_split
+from fedmm.data.images import ImageFiles, png_bytes
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
 from fedmm.options import opt
@@ -153,9 +153,7 @@ def _export_row(r: dict, where: str, file: Path, bad: BadSamples) -> dict | None
     image = r.get("image")
     image = image.get("bytes") if isinstance(image, dict) else image
     if hasattr(image, "save") and not file.is_file():  # a PIL image (a Hugging Face Image feature decodes to one)
-        buf = io.BytesIO()
-        image.convert("RGB").save(buf, format="PNG")
-        image = buf.getvalue()
+        image = png_bytes(image)
     if not answers or not (isinstance(image, bytes) or file.is_file()) or not isinstance(r.get("question"), str):
         bad(f"{where}: needs a question, answers and the image")
         return None
@@ -174,19 +172,8 @@ def _export_row(r: dict, where: str, file: Path, bad: BadSamples) -> dict | None
 
 def _rows_from_dataset(cfg: VQAv2Config, split: str, bad: BadSamples) -> list[dict]:
     """The questions of a Hugging Face dataset split (split strings such as validation[:50%] included)."""
-    try:
-        import datasets
-    except ImportError:
-        raise FedmmError("task.dataset needs the datasets package: pip install 'fedmm[hf]'") from None
     split = {"train2014": "train", "val2014": "validation"}.get(split, split)
-    try:
-        ds = datasets.load_dataset(cfg.dataset, split=split)
-    except Exception as e:  # noqa: BLE001 - the hub's, the cache's and the builder's errors are many
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise FedmmError(
-            f"cannot load the dataset '{cfg.dataset}' split '{split}' ({first}); offline, it must be in the Hugging "
-            f"Face cache or a local folder"
-        ) from None
+    ds = load_split(cfg.dataset, split)
     safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text)
     # the dataset's fingerprint names the folder, so that a changed dataset never reads another version's images
     cache = image_cache() / "vqav2" / safe(cfg.dataset) / f"{safe(split)}-{getattr(ds, '_fingerprint', '')[:16]}"
