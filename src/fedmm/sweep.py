@@ -54,9 +54,10 @@ def run_sweep(
     names = [n if names.count(n) == 1 else f"{i}-{n}" for i, n in enumerate(names)]  # never two jobs in a folder
     settings = [load(c + [f"output_dir={root / n}"]) for c, n in zip(combos, names)]
     launcher = settings[0].typed("launcher", LauncherConfig)
-    how = {"local": f"{launcher.jobs} at a time" if launcher.jobs > 1 else "one after another"}.get(
-        launcher.name, f"on {launcher.cluster} through submitit"
-    )
+    if launcher.name == "slurm":
+        how = f"on {launcher.cluster} through submitit"
+    else:
+        how = f"{launcher.jobs} at a time" if launcher.jobs > 1 else "one after another"
     say(f"sweep: {len(combos)} jobs under {root}/, {how}")
     root.mkdir(parents=True, exist_ok=True)
     jobs = [
