@@ -215,6 +215,8 @@ def test_each_subcommand_has_its_own_help_a_version_and_quiet(tmp_path):
     assert fedmm("--version").stdout.strip() == f"fedmm {__version__}"
     quiet = fedmm("-q", "run", *TINY, "rounds=1", f"output_dir={tmp_path / 'q'}")
     assert quiet.stdout == "" and quiet.stderr == "" and (tmp_path / "q" / "metrics.jsonl").exists()
+    between = fedmm("run", *TINY, "rounds=1", "-q", f"output_dir={tmp_path / 'q2'}")  # -q among the overrides
+    assert between.stdout == "" and (tmp_path / "q2" / "metrics.jsonl").exists()
 
 
 def test_the_default_jobs_modality_masks_stay_with_its_task(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedmm.data.partition import dirichlet_partition, fair_split_counts, iid_partition
+from fedmm.data.partition import dirichlet_partition, fair_split_counts, iid_partition, roundrobin_partition
 from fedmm.errors import FedmmError
 
 
@@ -87,3 +87,10 @@ def test_dirichlet_deals_each_class_in_a_shuffled_order():
     parts = dirichlet_partition(labels, 2, alpha=100.0, seed=0, min_size=2)
     for part in parts:  # dealt without a shuffle, a client would hold one contiguous run of indices
         assert np.diff(np.sort(part)).max() > 1
+
+
+def test_roundrobin_deals_in_the_datas_order_like_the_fedumm_seeds_alpha_zero():
+    parts = roundrobin_partition(10, 3)
+    assert [p.tolist() for p in parts] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    with pytest.raises(FedmmError):
+        roundrobin_partition(2, 3)

@@ -2,7 +2,7 @@
 
     fedmm run [-m] [key=value ...]        federated training (the default job with no overrides)
     fedmm centralized [key=value ...]     the centralized baseline on the same data and model
-    fedmm config [key=value ...]          print the composed configuration
+    fedmm config [--help] [key=value ...] print the composed configuration (--help: every option, described)
     fedmm info [key=value ...]            the model's parameter counts and update size, without any weights
     fedmm prepare mmimdb SOURCE OUT ...   split MM-IMDb (any layout) into per-site folders (--help for options)
     fedmm flower app OUT [key=value ...]  a Flower App folder for a SuperLink/SuperNode deployment (`flwr run OUT`)
@@ -150,9 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p = verb("report", "(re)write report.md and metrics.png of a run, or summary.csv/.md of a sweep folder")
     p.add_argument("run_dir", help="a run directory, or a sweep folder, written by fedmm")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # -q anywhere (`fedmm run rounds=2 -q output_dir=x`): argparse cannot take an option between the overrides
+    quiet = any(a in ("-q", "--quiet") for a in argv)
+    args = parser.parse_args([a for a in argv if a not in ("-q", "--quiet")])
     quiet_libraries()
-    if args.quiet or getattr(args, "quiet_here", False):
+    if quiet:
         console.QUIET = True
         logging.getLogger().setLevel(logging.ERROR)
     if threading.current_thread() is threading.main_thread():

@@ -90,7 +90,7 @@ BOUNDS = {
 class PartitionConfig:
     """How a task's training split is dealt to the clients (fedmm.data.partition)."""
 
-    name: str = opt("iid", "iid | dirichlet")
+    name: str = opt("iid", "iid (shuffled deal) | dirichlet (label skew) | roundrobin (example i to client i mod K)")
     alpha: float = opt(0.5, "Dirichlet concentration: small = skewed")
     min_size: int = opt(2, "every client gets at least this many training examples (redraws, then an error)")
     max_tries: int = opt(100, "Dirichlet draws tried before giving up on min_size (each with the next seed)")

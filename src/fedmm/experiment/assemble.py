@@ -17,7 +17,7 @@ from fedmm.config import Settings
 from fedmm.data.dataset import MultimodalDataset, TaskData, subsample
 from fedmm.data.modality import assign_modalities, client_modalities, sample_missing
 from fedmm.data.noise import noisy_labels
-from fedmm.data.partition import dirichlet_partition, iid_partition
+from fedmm.data.partition import dirichlet_partition, iid_partition, roundrobin_partition
 from fedmm.data.tasks import load_task, site_count
 from fedmm.errors import FedmmError
 from fedmm.fl.strategy.base import Strategy
@@ -75,12 +75,14 @@ def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]
         n, train, p = count_clients(settings, sites=None), data.train, settings.partition
         if p.name == "iid":
             idx = iid_partition(len(train), n, settings.seed)
+        elif p.name == "roundrobin":
+            idx = roundrobin_partition(len(train), n)
         elif p.name == "dirichlet":
             idx = dirichlet_partition(
                 train.partition_labels(), n, p.alpha, settings.seed, min_size=p.min_size, max_tries=p.max_tries
             )
         else:
-            raise FedmmError(f"unknown partition '{p.name}'; choose iid or dirichlet")
+            raise FedmmError(f"unknown partition '{p.name}'; choose iid, dirichlet or roundrobin")
         parts = [train.subset(i) for i in idx]
     mods = assign_modalities(
         n,
