@@ -56,3 +56,16 @@ def test_fedavg_strategy_weights_by_num_examples():
     ups = [Update(0, {"w": np.array([1.0], np.float32)}, 1), Update(1, {"w": np.array([3.0], np.float32)}, 3)]
     out = FedAvg(FedAvgConfig()).aggregate(1, g, ups)
     np.testing.assert_allclose(out["w"], [2.5])
+
+
+def test_masked_average_accumulates_in_float64_whatever_the_dtype():
+    from fedmm.fl.strategy.fedavg import masked_weighted_average
+
+    rng = np.random.default_rng(3)
+    g = {"w": np.zeros(200, np.float16)}
+    ups = [({"w": rng.normal(size=200).astype(np.float16)}, float(w)) for w in rng.uniform(0.1, 3.0, size=40)]
+    expected = sum(w * u["w"].astype(np.float64) for u, w in ups) / sum(w for _, w in ups)
+    np.testing.assert_array_equal(masked_weighted_average(g, ups)["w"], expected.astype(np.float16))
+    np.testing.assert_array_equal(weighted_average(g, ups)["w"], expected.astype(np.float16))
+    with pytest.raises(ValueError, match="aggregation weights of w must sum to a positive number"):
+        masked_weighted_average(g, [({"w": g["w"]}, 0.0)])

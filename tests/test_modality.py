@@ -16,8 +16,14 @@ def test_parse_spec_forms():
         3: frozenset({"image", "text"}),
     }
     assert client_modalities([2], [3]) == {2: frozenset({"text"}), 3: frozenset({"image"})}
-    with pytest.raises(FedmmError, match="modalities"):
+    with pytest.raises(FedmmError, match=r"client 1: modalities must be a non-empty subset of \['image', 'text'\]"):
         parse_client_modalities("1:audio")
+    with pytest.raises(FedmmError, match=r"client 1: modalities must be .* \(got \['text:image'\]\)"):
+        parse_client_modalities("1:text:image")  # the first colon splits
+    with pytest.raises(FedmmError, match="bad modality spec '2'; write CLIENT:MODALITIES, e.g. '1:text,2:image'"):
+        parse_client_modalities("1:text,2")
+    with pytest.raises(FedmmError, match="'x' is not a client index"):
+        parse_client_modalities("x:text")
     with pytest.raises(FedmmError, match="both"):
         client_modalities([1], [1])
 

@@ -15,6 +15,9 @@ def test_iid_covers_everything_once_and_sizes_differ_by_at_most_one():
     assert sorted(allidx.tolist()) == list(range(103))
     sizes = [len(p) for p in parts]
     assert max(sizes) - min(sizes) <= 1
+    assert [p.tolist() for p in iid_partition(103, 10, seed=1)] == [p.tolist() for p in parts]  # by the seed
+    assert [p.tolist() for p in iid_partition(103, 10, seed=2)] != [p.tolist() for p in parts]
+    assert sorted(len(p) for p in iid_partition(3, 3, seed=0)) == [1, 1, 1]  # one example each is enough
 
 
 def test_dirichlet_is_a_partition_and_deterministic():
