@@ -331,3 +331,17 @@ def test_fedmap_never_keeps_a_non_finite_aggregator():
     out = s.aggregate(1, {"w": np.zeros(2, np.float32)}, ups)
     assert all(torch.equal(v, before[k]) for k, v in s.student.state_dict().items())  # restored, not kept
     assert np.isfinite(out["w"]).all()
+
+
+def test_delta_norm_and_clip_by_hand_on_a_non_zero_global():
+    from fedmm.fl.validation import _names, clip_update
+
+    g = {"a": np.array([1.0, 2.0], np.float16), "b": np.array([[-1.0]], np.float32)}
+    sent = {"a": np.array([4.0, 6.0], np.float16), "b": np.array([[11.0]], np.float32)}  # delta (3, 4) and 12
+    assert delta_norm(sent, g) == 13.0  # sqrt(9 + 16 + 144); adding the global instead would give another
+    clipped = clip_update(sent, g, 13.0, 6.5)  # half the delta
+    np.testing.assert_array_equal(clipped["a"], [2.5, 4.0])
+    np.testing.assert_array_equal(clipped["b"], [[5.0]])
+    assert clipped["a"].dtype == np.float16 and clipped["b"].dtype == np.float32
+    assert clip_update(sent, g, 13.0, 13.0) is sent  # at the bound: unchanged
+    assert _names(["a", "b", "c"]) == "a, b, c" and _names(list("abcde")) == "a, b, c and 2 more"
