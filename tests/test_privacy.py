@@ -272,3 +272,35 @@ def test_privacy_refusals_are_one_line(tmp_path, tiny_args, args, message):
 def test_centralized_refuses_privacy_options(tmp_path, tiny_args):
     proc = fedmm("centralized", *tiny_args, "privacy=dp", f"output_dir={tmp_path / 'x'}", check=False)
     assert proc.returncode == 2 and "fedmm centralized has none" in proc.stderr, proc.stderr
+
+
+def test_the_pure_pieces_by_hand_on_a_non_zero_global():
+    """Small cases where a flipped sign, a dropped cast or a changed boundary shows: a non-zero global (so params -
+    global differs from params + global), a delta exactly at the bound (not clipped, not recorded), float16 and
+    integer tensors."""
+    from fedmm.fl.privacy import _round_event, add_noise, as_update
+
+    g = {"a": np.array([1.0, -1.0], np.float16), "n": np.array([7], np.int64)}
+    near = Update(client_id=4, params={"a": np.array([4.0, 3.0], np.float16)}, num_examples=9)  # delta (3, 4): 5
+    far = Update(client_id=6, params={"a": np.array([7.0, 7.0], np.float16)}, num_examples=2)  # delta (6, 8): 10
+    delta, norm = clip_delta(near.params, g, clip_norm=5.0)
+    assert norm == 5.0 and delta["a"].tolist() == [3.0, 4.0]  # at the bound: unchanged
+    clipped: dict = {}
+    total = clipped_sum([near, far], g, clip_norm=5.0, clipped=clipped)
+    assert total.delta_sum["a"].tolist() == [6.0, 8.0] and clipped == {6: 10.0}  # 3+3, 4+4; only `far` clipped
+    assert (total.weight, total.clients, total.num_examples) == (2.0, [4, 6], 11)
+    assert clipped_sum([far], g, clip_norm=None).delta_sum["a"].tolist() == [6.0, 8.0]  # local mode: no clipping
+    rng_values = np.random.default_rng(5).normal(0.0, 2.0, size=2)
+    assert add_noise({"a": np.zeros(2)}, 2.0, np.random.default_rng(5))["a"].tolist() == rng_values.tolist()
+    same = {"a": np.zeros(2)}
+    assert add_noise(same, 0.0, np.random.default_rng(5)) is same  # no noise: nothing drawn
+    out = privatize(far.params, g, 5.0, 0.0, np.random.default_rng(0))
+    assert out["a"].dtype == np.float16 and out["a"].tolist() == [4.0, 3.0]  # global + clipped delta (3, 4)
+    u = as_update(g, {"a": np.array([0.5, 0.5])}, 0)
+    assert (u.client_id, u.num_examples, u.params["a"].tolist()) == (-1, 1, [1.5, -0.5]) and u.params["n"][0] == 7
+    assert u.params["a"].dtype == np.float16
+    assert local_noise_std(2.0, 3.0, 0) == 6.0 and local_noise_std(2.0, 3.0, 4) == 3.0
+    assert sample(5, 1.0, 0, 1) == [0, 1, 2, 3, 4] and len(sample(2000, 0.25, 0, 1)) < 2000
+    assert type(_round_event(1.0, 0.0)).__name__ == "NonPrivateDpEvent"
+    assert type(_round_event(1.0, 1.0)).__name__ == "GaussianDpEvent"
+    assert type(_round_event(0.5, 1.0)).__name__ == "PoissonSampledDpEvent"
