@@ -91,3 +91,40 @@ def test_missing_modality_keys_count_with_the_global_value():
     entry = STRATEGIES.get("multikrum")
     out = entry.factory(entry.config_cls()).aggregate(1, g, ups)
     assert out["img"][0] == 1.0 and out["txt"][0] == 5.0
+
+
+def make(name, **kw):
+    entry = STRATEGIES.get(name)
+    return entry.factory(entry.config_cls(**kw))
+
+
+def test_krum_keeps_one_multikrum_n_minus_f_and_both_check_their_options():
+    """Two tensors of different shapes (the flattening must advance past each), five clients on a line and one far
+    away: Krum returns the single best client as is, Multi-Krum the mean of the n - f best."""
+    g = {"a": np.zeros((2, 2), np.float32), "b": np.zeros(3, np.float16)}
+    values = [0.0, 1.0, 2.0, 3.0, 4.0, 100.0]
+    ups = [
+        Update(
+            client_id=i, params={"a": np.full((2, 2), v, np.float32), "b": np.full(3, -v, np.float16)}, num_examples=1
+        )
+        for i, v in enumerate(values)
+    ]
+    out = make("krum", f=1).aggregate(1, g, ups)
+    # clients 1, 2, 3 tie (their 3 nearest are at 1, 1, 2 steps): the lowest index wins
+    assert out["a"].tolist() == [[1.0, 1.0], [1.0, 1.0]] and out["b"].tolist() == [-1.0] * 3
+    assert out["a"].dtype == np.float32 and out["b"].dtype == np.float16
+    multi = make("multikrum", f=1)
+    out = multi.aggregate(1, g, ups)
+    assert multi.round_metrics["selected"] == [0, 1, 2, 3, 4] and out["a"][0, 0] == 2.0  # n - f = 5 kept
+    out = make("multikrum", f=1, m=2).aggregate(1, g, ups)
+    assert out["a"][0, 0] == 1.5  # the two best: clients 1 and 2
+    assert make("krum", f=0).cfg.f == 0 and make("multikrum", m=1).cfg.m == 1  # the smallest allowed values
+    with pytest.raises(FedmmError, match=r"strategy.f must be >= 0 \(got -1\)"):
+        make("krum", f=-1)
+    with pytest.raises(FedmmError, match=r"strategy.m must be at least 1 \(got 0\)"):
+        make("multikrum", m=0)
+    # n - f - 2 neighbours, but at least one and at most n - 1 (here n = 3, f = 2: one neighbour each)
+    x = np.array([[0.0], [1.0], [3.0]])
+    assert krum_scores(x, 2).tolist() == [1.0, 1.0, 4.0]
+    assert krum_scores(x, 0).tolist() == [1.0, 1.0, 4.0]  # n - f - 2 = 1
+    assert krum_scores(np.array([[0.0], [1.0]]), 5).tolist() == [1.0, 1.0]
