@@ -61,13 +61,18 @@ def test_adaptive_server_optimizers_follow_the_update_rule(name, kind):
 def test_fedadam_state_round_trips_and_stats_are_averaged_not_optimized():
     a = make("fedadam", server_lr=0.05)
     a.setup(StrategyContext(stat_keys=frozenset({"bn.running_var"})))
-    g = {"w": np.zeros(2, np.float32), "bn.running_var": np.ones(2, np.float32)}
+    # the statistics come first: the tensors after them are still optimized
+    g = {"bn.running_var": np.ones(2, np.float32), "w": np.zeros(2, np.float32)}
     ups = [
         upd(0, 1, w=[1.0, 2.0], **{"bn.running_var": [2.0, 2.0]}),
         upd(1, 1, w=[3.0, 0.0], **{"bn.running_var": [4.0, 4.0]}),
     ]
     g1 = a.aggregate(1, g, ups)
     np.testing.assert_allclose(g1["bn.running_var"], [3.0, 3.0])
+    # Adam's first step on the mean delta d = (2, 1): lr * (1 - b1) d / (sqrt(b2 tau^2 + (1 - b2) d^2) + tau)
+    d = np.array([2.0, 1.0])
+    np.testing.assert_allclose(g1["w"], 0.05 * 0.1 * d / (np.sqrt(0.99e-6 + 0.01 * d * d) + 1e-3), rtol=1e-6)
+    assert g1["w"].dtype == np.float32
     b = make("fedadam", server_lr=0.05)
     b.setup(StrategyContext(stat_keys=frozenset({"bn.running_var"})))
     b.load_state_dict(a.state_dict())
