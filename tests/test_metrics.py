@@ -144,3 +144,15 @@ def test_f1_scores_match_scikit_learn(zero_division):
     empty = np.zeros((3, 2), int)  # no positives anywhere and none predicted
     assert M.micro_f1(empty, empty) == f1_score(empty, empty, average="micro", zero_division=1) == 1.0
     assert M.micro_f1(empty, empty, 0) == f1_score(empty, empty, average="micro", zero_division=0) == 0.0
+
+
+def test_f1_edges_and_vqa_normalisation_of_whitespace():
+    pred = np.array([[1, 0], [0, 0]])
+    labels = np.array([[0, 0], [0, 0]])  # no positives anywhere: weighted F1 has no support to weight by
+    assert M.weighted_f1(pred, labels) == 0.0 and M.samples_f1(np.zeros((0, 2)), np.zeros((0, 2))) == 0.0
+    # defaults are fedmm's zero_division=1: the empty second example and the untouched label count as 1
+    assert M.samples_f1(pred, labels) == 0.5 and M.macro_f1(pred, labels) == 0.5
+    assert M.weighted_f1(np.array([[1, 0]]), np.array([[1, 0]])) == 1.0
+    assert M.normalize_answer("two\tdogs\n") == "2 dogs" and M.vqa_accuracy("Two\nDogs", ["2 dogs"] * 4) == 1.0
+    with pytest.raises(ValueError, match="vqa_accuracy needs at least one reference answer"):
+        M.vqa_accuracy("yes", [])
