@@ -200,3 +200,11 @@ def test_bad_rows_stop_or_are_skipped_with_their_line(tmp_path):
     assert len(task.train) + len(task.val) + len(task.test) == 29
     proc = fedmm("run", "task=table", f"task.path={path}", *RUN, f"output_dir={tmp_path / 'r'}", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "task.on_bad_sample=skip" in proc.stderr
+
+
+def test_only_the_per_site_form_counts_as_per_site_folders():
+    """`fedmm export nvflare --site ...` trusts a site list only for tasks whose data sits in per-site folders."""
+    from fedmm.data.tasks import has_sites
+
+    assert has_sites(TableConfig(root="sites", test_path="t.csv"))
+    assert not has_sites(TableConfig(path="data.csv"))

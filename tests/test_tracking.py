@@ -5,7 +5,8 @@ import pytest
 
 import fedmm
 from conftest import TINY, fedmm as cli, metrics
-from fedmm.experiment.tracking import flat_params, numbers
+from fedmm.config.load import flat
+from fedmm.experiment.tracking import numbers
 
 ARGS = [*TINY, "rounds=2"]
 
@@ -27,7 +28,7 @@ def test_numbers_flatten_nested_values_and_drop_what_is_not_a_number():
         "client_eval/0/num_examples": 10.0,
         "client_eval/0/accuracy": 0.75,
     }
-    assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": "1", "a.c": "[1, 2]", "d": "None"}
+    assert flat({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
 
 
 def _tensorboard_scalars(folder):

@@ -6,7 +6,7 @@ a list or dict default is copied for every instance, as `default_factory` would.
 from __future__ import annotations
 
 import copy
-from dataclasses import MISSING, Field, field
+from dataclasses import Field, field
 from typing import Any
 
 
@@ -20,6 +20,3 @@ def opt(default: Any, help: str) -> Any:
 def description(f: Field) -> str:
     """A field's one-line description ("" when it has none)."""
     return str(f.metadata.get("help", "")) if f.metadata else ""
-
-
-__all__ = ["opt", "description", "MISSING"]

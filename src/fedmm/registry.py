@@ -141,6 +141,7 @@ def load_entry_point_plugins() -> None:
 
 
 # factory(cfg, seed, centralized=False) -> TaskData; hook `site_count(cfg) -> int` for tasks with per-site folders
+# (and `has_sites(cfg) -> bool` when only some settings use them)
 TASKS: Registry[Callable] = Registry(
     "task", ("fedmm.data.easyvqa", "fedmm.data.synthetic", "fedmm.data.mmimdb", "fedmm.data.vqav2", "fedmm.data.table")
 )

@@ -79,15 +79,16 @@ class Settings:
         return cls(**OmegaConf.to_container(self.cfg[key], resolve=True))
 
 
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested configuration (dicts) as `a.b` -> value; lists stay values."""
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
 def identity(settings: Settings) -> dict[str, Any]:
     """The settings that define what the experiment computes (all but how long it runs and how it reports), flat
     as dotted keys: stored in every checkpoint, and what a resume must match."""
-
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
     skip = RESUMABLE | {"resume", "output_dir", "launcher"}
     return {
         k: v for k, v in flat(OmegaConf.to_container(settings.cfg, resolve=True)).items() if k.split(".")[0] not in skip

@@ -215,7 +215,7 @@ def _cut(n: int, fraction: float, order: np.ndarray) -> tuple[np.ndarray, np.nda
     return order[:k], order[k:]
 
 
-@TASKS.register("table", TableConfig, site_count=count_sites)
+@TASKS.register("table", TableConfig, site_count=count_sites, has_sites=lambda cfg: bool(cfg.root))
 def load_table(cfg: TableConfig, seed: int, centralized: bool = False) -> TaskData:
     sources = [k for k in ("path", "root", "dataset") if getattr(cfg, k)]
     if len(sources) != 1:

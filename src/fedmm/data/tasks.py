@@ -16,8 +16,11 @@ def load_task(cfg: Any, seed: int, centralized: bool = False) -> TaskData:
 
 
 def has_sites(cfg: Any) -> bool:
-    """Whether the task's data comes in per-site folders (one client each) rather than being partitioned."""
-    return "site_count" in TASKS.get(cfg.name).hooks
+    """Whether the task's data comes in per-site folders (one client each) rather than being partitioned, from the
+    settings alone (the folders may live at the sites). A task that can do both says which with a `has_sites`
+    hook (task=table: with task.root)."""
+    hooks = TASKS.get(cfg.name).hooks
+    return "site_count" in hooks and hooks.get("has_sites", lambda c: True)(cfg)
 
 
 def site_count(cfg: Any) -> Optional[int]:

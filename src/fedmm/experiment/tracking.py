@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fedmm.config import Settings
+from fedmm.config.load import flat
 from fedmm.config.schema import TrackingConfig
 from fedmm.console import say
 from fedmm.errors import FedmmError
@@ -34,13 +35,6 @@ def numbers(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and name not in STEP_KEYS:
             out[name] = float(value)
     return out
-
-
-def flat_params(node: Any, prefix: str = "") -> dict[str, str]:
-    """A configuration as `a.b` -> text, the form both trackers take parameters in."""
-    if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in flat_params(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: str(node)}
 
 
 class TensorBoardTracker:
@@ -132,7 +126,7 @@ def tracked(settings: Settings, run_dir: Path) -> Iterator[Callable[[dict[str, A
         yield lambda record: None
         return
     run_dir = Path(run_dir)
-    params = flat_params(OmegaConf.to_container(settings.cfg, resolve=True))
+    params = {k: str(v) for k, v in flat(OmegaConf.to_container(settings.cfg, resolve=True)).items()}
     trackers: list[Any] = []
     try:
         for name in cfg.to:
