@@ -10,10 +10,17 @@ from fedmm.fl.strategy.fedmap import (
     FEATURES,
     FedMAP,
     FedMAPConfig,
+    balance_feature,
     candidate_mixes,
     client_features,
+    distill_loss,
     gate,
+    gate_original,
+    improvement_over_previous,
     kl,
+    lipschitz_tau,
+    original_candidate_mixes,
+    search_score,
     softmax,
     teacher_features,
     zscore,
@@ -112,13 +119,15 @@ def _ctx(evals, seed=0, run_dir=None):
     return StrategyContext(evaluate_val=evaluate_val, metric="accuracy", seed=seed, run_dir=run_dir)
 
 
-def test_fedmap_bounded_evaluations_modality_aware_average_and_exact_resume(tmp_path):
-    cfg = FedMAPConfig(n_trials_per_round=3)
+@pytest.mark.parametrize("variant", ["fixed", "original"])
+def test_fedmap_bounded_evaluations_modality_aware_average_and_exact_resume(tmp_path, variant):
+    cfg = FedMAPConfig(n_trials_per_round=3, variant=variant)
     evals = []
     s = FedMAP(cfg)
     s.setup(_ctx(evals, run_dir=tmp_path))
     outs = _run_rounds(s, 2, evals)
-    assert len(evals) == 2 * (3 + 1) and outs[0][1]["evals"] == 4
+    per_round = 3 + 1 + (variant == "original")  # the original's Lipschitz probe is one more evaluation
+    assert len(evals) == 2 * per_round and outs[0][1]["evals"] == per_round
     g1, m1 = outs[0]
     w = m1["weights"]
     assert set(w) == {0, 1, 2} and sum(w.values()) == pytest.approx(1.0)
@@ -171,3 +180,138 @@ def test_fedmap_config_errors():
     with pytest.raises(FedmmError, match="validation split"):
         FedMAP(FedMAPConfig()).setup(StrategyContext())
     assert softmax(np.array([0.0, 0.0])).tolist() == [0.5, 0.5]
+
+
+# -- variant=original: each published rule that fedmm's default changes, pinned ---------------------------------
+
+
+def test_original_forces_the_modality_flags_to_one():
+    ups = [update(0, 10, {"image", "text"}), update(1, 20, {"text"}), update(2, 30, {"image"})]
+    col = {f: client_features(ups, forced_modalities=True)[:, i] for i, f in enumerate(FEATURES)}
+    assert col["m_img"].tolist() == col["m_txt"].tolist() == [1, 1, 1]
+    assert col["modality_div"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_original_c_k_is_the_improvement_over_the_clients_previous_round():
+    assert improvement_over_previous({0: 0.6, 1: 0.4, 2: 0.9}, {0: 0.5, 2: 0.95, 7: 0.1}) == pytest.approx(
+        {0: 0.1, 1: 0.0, 2: -0.05}
+    )
+    # In the strategy: round 2's c_k column comes from round 1's p_k, not from what the client reported.
+    s = FedMAP(FedMAPConfig(variant="original", n_trials_per_round=1))
+    s.setup(_ctx([]))
+    ups1 = [update(0, 10, {"image", "text"}, p_k=0.5, c_k=0.3), update(1, 10, {"image", "text"}, p_k=0.2)]
+    ups2 = [update(0, 10, {"image", "text"}, p_k=0.7, c_k=0.3), update(1, 10, {"image", "text"}, p_k=0.1)]
+    g = {"head": np.zeros(3, np.float32), "img": np.zeros(3, np.float32)}
+    s.aggregate(1, g, ups1)
+    assert s.previous_p == {0: 0.5, 1: 0.2}
+    state = s.state_dict()
+    s.aggregate(2, g, ups2)
+    assert s.previous_p == {0: 0.7, 1: 0.1}
+    restored = FedMAP(FedMAPConfig(variant="original", n_trials_per_round=1))
+    restored.setup(_ctx([]))
+    restored.load_state_dict(state)
+    assert restored.previous_p == {0: 0.5, 1: 0.2}
+
+
+def test_original_balance_prefers_a_share_of_one_half():
+    r = np.array([0.5, 0.3, 0.9])
+    np.testing.assert_allclose(balance_feature(r, "original"), [1.0, 0.6, 0.2])
+    np.testing.assert_allclose(balance_feature(r, "fixed"), [-0.5, -0.3, -0.9])
+    ups = [update(i, 10, {"image", "text"}, imbalance_ratio=v) for i, v in enumerate(r)]
+    raw = client_features(ups)
+    fixed, orig = teacher_features(raw, 0.7, 3.0)[:, 6], teacher_features(raw, 0.7, 3.0, "original")[:, 6]
+    assert np.argmax(fixed) == 1 and np.argmax(orig) == 0  # the two rules rank the clients differently
+
+
+def test_original_candidates_are_normalised_uniform_draws_without_the_previous_best():
+    a = original_candidate_mixes(4, seed=1, rnd=3)
+    np.testing.assert_array_equal(a, original_candidate_mixes(4, seed=1, rnd=3))
+    assert a.shape == (4, 7) and np.allclose(a.sum(1), 1) and (a > 0).all()
+    assert not np.allclose(a[0], 1 / 7)
+    # Normalised uniforms spread far less than a flat Dirichlet's draws (variance 6/392 = 0.0153 per component).
+    many = original_candidate_mixes(4000, seed=0, rnd=1)
+    assert many.mean(0) == pytest.approx(np.full(7, 1 / 7), abs=0.005)
+    assert 0.004 < many.var(0).max() < 0.009
+    assert candidate_mixes(np.full(7, 1 / 7), 4000, seed=0, rnd=1)[1:].var(0).min() > 0.013
+
+
+def test_original_search_scores_macro_f1_then_accuracy():
+    m = {"micro_f1": 0.8, "macro_f1": 0.5, "loss": 1.0}
+    assert search_score(m, "micro_f1", "original") == 0.5 and search_score(m, "micro_f1") == 0.8
+    assert search_score({"accuracy": 0.7, "loss": 0.1}, "accuracy", "original") == 0.7
+    assert search_score({"vqa_accuracy": 0.6, "loss": 0.1}, "vqa_accuracy", "original") == 0.6
+
+
+def test_original_distillation_divides_the_kl_by_the_number_of_clients():
+    import torch
+
+    t = torch.tensor([0.7, 0.2, 0.1], dtype=torch.float64)
+    logp = torch.log(torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
+    kl_by_hand = 0.7 * np.log(0.7 / 0.5) + 0.2 * np.log(0.2 / 0.25) + 0.1 * np.log(0.1 / 0.25)
+    neg_entropy = 0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25)
+    assert distill_loss(t, logp, 0.01).item() == pytest.approx(kl_by_hand + 0.01 * neg_entropy)
+    assert distill_loss(t, logp, 0.01, "original").item() == pytest.approx(kl_by_hand / 3 + 0.01 * neg_entropy)
+
+
+def test_original_gate_needs_kl_within_tau_and_counts_warmup_strictly():
+    # tau by hand: the probe lost 0.01 over an L1 step of 0.05, so L = 0.2 and tau = 0.5 (0.002 / 0.2)^2.
+    assert lipschitz_tau(0.80, 0.79, 0.05, 0.002) == pytest.approx(5e-5)
+    assert lipschitz_tau(0.80, 0.80, 0.05, 0.002) == pytest.approx(0.5 * (0.002 / 1e-8) ** 2)  # flat: no bound
+    cfg = FedMAPConfig(student_warmup=2, student_win_needed=2)
+    t, s = np.array([0.5, 0.5]), np.array([0.6, 0.4])
+    kl_ts = kl(t, s)  # 0.0204
+    beta_kl = min(1.0, 0.2 / np.sqrt(2 * kl_ts))
+    big, small = 1.0, kl_ts / 2
+    # Round == warmup: the original is past its warm-up (`<`), the fixed gate still in it (`<=`).
+    assert gate_original(2, t, s, 0.8, 0.8, big, 0, cfg) == (pytest.approx(beta_kl), 1, True)
+    assert gate(2, t, s, 0.8, 0.8, 0, cfg)[0] == 0.25
+    # The student scores better but KL > tau: it fails, the streak resets and its share is capped.
+    assert gate_original(3, t, s, 0.8, 0.9, small, 1, cfg) == (0.25, 0, False)
+    assert gate(3, t, s, 0.8, 0.9, 1, cfg)[:2] == (pytest.approx(beta_kl), 2)  # fixed: passed, streak 2
+    # The student scores worse but KL <= tau: the original still takes the trust-region step; fixed caps it.
+    assert gate_original(3, t, s, 0.8, 0.7, big, 0, cfg) == (pytest.approx(beta_kl), 0, False)
+    assert gate(3, t, s, 0.8, 0.7, 0, cfg)[0] == 0.25
+    far_t, far_s = np.array([0.01, 0.99]), np.array([0.99, 0.01])  # beta_kl 0.046: the streak lifts it to 0.6
+    assert gate_original(3, far_t, far_s, 0.8, 0.8, 1e9, 1, cfg)[:2] == (0.6, 2)
+    assert gate_original(1, t, s, 0.8, 0.8, big, 0, FedMAPConfig(use_student=False))[0] == 0.0
+
+
+def test_original_pth_aggregator_warm_starts_and_is_written_back(tmp_path):
+    import torch
+    from torch import nn
+
+    class OriginalMLP(nn.Module):  # the published AggregatorMLP's layout (a ReLU module between two layers)
+        def __init__(self, input_dim=10, hidden_dim=16):
+            super().__init__()
+            self.fc1, self.relu, self.fc2 = nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1)
+
+        def forward(self, x):
+            return self.fc2(self.relu(self.fc1(x)))
+
+    torch.manual_seed(3)
+    theirs = OriginalMLP()
+    path = tmp_path / "aggregator_mlp.pth"
+    torch.save(theirs.state_dict(), path)
+    s = FedMAP(FedMAPConfig(variant="original", aggregator_path=str(path)))
+    s.setup(_ctx([]))
+    x = torch.randn(5, 10)
+    torch.testing.assert_close(s.student(x.double()).float(), theirs(x).view(-1), rtol=1e-6, atol=1e-6)
+    _run_rounds(s, 1, [])  # one distillation step, then saved back in the original's format
+    back = torch.load(path, weights_only=True)
+    assert (
+        set(back) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"} and back["fc1.weight"].dtype == torch.float32
+    )
+    theirs.load_state_dict(back)
+    assert not torch.equal(back["fc1.weight"], OriginalMLP().fc1.weight)
+
+    torch.save(OriginalMLP(hidden_dim=32).state_dict(), path)
+    with pytest.raises(FedmmError, match=r"fc1.weight has shape \(32, 10\), this aggregator's is \(16, 10\)"):
+        FedMAP(FedMAPConfig(aggregator_path=str(path))).setup(_ctx([]))
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(FedmmError, match="are not the aggregator's"):
+        FedMAP(FedMAPConfig(aggregator_path=str(path))).setup(_ctx([]))
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(FedmmError, match="cannot load the FedMAP aggregator"):
+        FedMAP(FedMAPConfig(aggregator_path=str(path))).setup(_ctx([]))
+    with pytest.raises(FedmmError, match="strategy.variant must be fixed or original"):
+        FedMAPConfig(variant="paper")

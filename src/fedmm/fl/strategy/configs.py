@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedmm.errors import FedmmError
 from fedmm.options import opt
 from fedmm.registry import STRATEGIES
 
@@ -13,7 +14,15 @@ from fedmm.registry import STRATEGIES
 @dataclass
 class FedMAPConfig:
     name: str = opt("fedmap", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
-    aggregator_path: str = opt("", '"" = <run_dir>/aggregator.safetensors')
+    variant: str = opt(
+        "fixed",
+        "fixed | original: the published FedOps rules point by point (README: FedMAP, the two variants)",
+    )
+    aggregator_path: str = opt(
+        "",
+        '"" = <run_dir>/aggregator.safetensors; a .pth file is read and written in the original\'s format '
+        "(a torch state dict of the student)",
+    )
     input_dim: int = opt(10, "client features the aggregator reads (FedMAP's 10)")
     hidden_dim: int = opt(16, "hidden units of the aggregator network (the student)")
     aggregator_lr: float = opt(0.001, "the student's learning rate when distilled toward the teacher")
@@ -27,10 +36,14 @@ class FedMAPConfig:
     z_clip: float = opt(3.0, "client features are z-scored and clipped to +-z_clip")
     client_val_fraction: float = opt(0.1, "the slice of each client's data it scores itself on (not trained on)")
     use_student: bool = opt(True, "learn the student aggregator (off: the teacher's weights are used every round)")
-    student_warmup: int = opt(5, "rounds 1..warmup: the student's share is capped at 0.25")
+    student_warmup: int = opt(5, "rounds 1..warmup (variant=original: 1..warmup-1) cap the student's share at 0.25")
     student_win_needed: int = opt(3, "consecutive passing rounds before the student dominates")
     gate_delta: float = opt(0.002, "the student passes when its score is at most this far below the teacher's")
     gate_eta: float = opt(0.2, "trust-region step: beta = min(1, eta / sqrt(2 KL(teacher || student)))")
+
+    def __post_init__(self) -> None:  # checked when the configuration is composed, before anything runs
+        if self.variant not in ("fixed", "original"):
+            raise FedmmError(f"strategy.variant must be fixed or original (got '{self.variant}')")
 
 
 STRATEGIES.declare("fedmap", FedMAPConfig, "fedmm.fl.strategy.fedmap")

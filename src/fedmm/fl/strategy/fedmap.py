@@ -23,10 +23,17 @@ Lipschitz probe evaluation); candidate mixes come from the run's seed rather tha
 and the whole state (student, its Adam moments, the gate's streak, the best mix) is checkpointed, so a resumed run
 continues exactly. The student is also saved to `aggregator_path` after every round and loaded from there when a
 new run starts, to carry a trained aggregator over to the next run.
+
+`variant=original` follows the published FedOps code (`ModalityAwareAggregation` and its client) where fedmm's
+rules differ on purpose; each difference is one function below, named in VARIANT_RULES and listed in the README.
+What stays fixed in both variants: candidates are scored on the validation split (the original scores on the
+server's test-like data), every evaluation goes through the server's one model, a key a client did not send does not
+weigh on its average, and the state is checkpointed for an exact resume.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -58,18 +65,34 @@ FEATURES = (
     "imbalance_ratio",
 )
 TEACHER_FEATURES = ("performance", "size", "diversity", "modality", "val_loss", "grad_norm", "balance")
+# The rules in which variant=original follows the published code; each is a function (or a branch of one) below.
+VARIANT_RULES = {
+    "modality flags": "client_features(forced_modalities=True): m_img = m_txt = 1 for every client",
+    "c_k": "improvement_over_previous: p_k minus the client's p_k in its previous round (0 the first time)",
+    "balance": "balance_feature: z(1 - 2|r - 0.5|) instead of -z(r)",
+    "candidates": "original_candidate_mixes: n independent uniform [0, 1]^7 draws, normalised (Optuna's start-up "
+    "trials); no previous best",
+    "search score": "search_score: macro_f1, else accuracy, else the task's metric (fixed: the task's metric)",
+    "distillation": "distill_loss: KL divided by the number of clients (KLDivLoss batchmean on one row)",
+    "gate": "gate_original: the KL <= tau condition (tau from a Lipschitz probe, one more evaluation), warm-up "
+    "rounds < warmup, the trust-region step only when KL <= tau",
+}
 
 
 # -- pure functions ---------------------------------------------------------------------------------------------
 
 
-def client_features(updates: list[Update]) -> np.ndarray:
+def client_features(updates: list[Update], forced_modalities: bool = False) -> np.ndarray:
     """The student's raw (K, 10) input, columns as in FEATURES. The modality flags come from the modalities the
-    client really has; modality_div is 1.0 with both modalities and 0.5 with one."""
+    client really has; modality_div is 1.0 with both modalities and 0.5 with one. `forced_modalities` reproduces
+    the original, whose server reads `int(metrics.get("m_img", 1) or 1)`: a 0 flag becomes 1, so every client
+    counts as having both modalities."""
     rows = []
     for u in updates:
         m = u.metrics
         img, txt = float("image" in u.modalities), float("text" in u.modalities)
+        if forced_modalities:
+            img = txt = 1.0
         rows.append(
             [
                 m.get("c_k", 0.0),
@@ -94,7 +117,15 @@ def zscore(x: np.ndarray, clip: float) -> np.ndarray:
     return np.clip((x - x.mean(axis=0)) / std, -clip, clip)
 
 
-def teacher_features(raw: np.ndarray, perf_mix_lambda: float, clip: float) -> np.ndarray:
+def balance_feature(imbalance_ratio: np.ndarray, variant: str = "fixed") -> np.ndarray:
+    """The teacher's balance column before z-scoring (larger is better). fixed: minus the most frequent label's
+    share. original: 1 - 2|r - 0.5|, the published rule, made for a binary task's positive share (best at 0.5);
+    applied to fedmm's r (the most frequent label's share) it ranks a client with r = 0.5 above a balanced one."""
+    r = np.asarray(imbalance_ratio, dtype=np.float64)
+    return 1.0 - 2.0 * np.abs(r - 0.5) if variant == "original" else -r
+
+
+def teacher_features(raw: np.ndarray, perf_mix_lambda: float, clip: float, variant: str = "fixed") -> np.ndarray:
     """The (K, 7) teacher features, columns as in TEACHER_FEATURES; larger is better in every column."""
     col = {name: raw[:, i] for i, name in enumerate(FEATURES)}
 
@@ -110,7 +141,7 @@ def teacher_features(raw: np.ndarray, perf_mix_lambda: float, clip: float) -> np
             z(col["modality_div"]),
             -z(col["val_loss"]),
             -z(col["grad_norm"]),
-            -z(col["imbalance_ratio"]),
+            z(balance_feature(col["imbalance_ratio"], variant)),
         ],
         axis=1,
     )
@@ -126,6 +157,42 @@ def candidate_mixes(previous: np.ndarray, n: int, seed: int, rnd: int) -> np.nda
     rng = np.random.default_rng([seed, rnd, 7])
     draws = rng.dirichlet(np.ones(len(previous)), size=max(n - 1, 0))
     return np.concatenate([previous[None, :], draws])[:n]
+
+
+def original_candidate_mixes(n: int, seed: int, rnd: int) -> np.ndarray:
+    """The original's candidates: a fresh Optuna study per round whose `n` trials (fewer than TPE's 10 start-up
+    trials) each draw 7 independent uniform [0, 1] numbers, normalised to sum 1. Drawn here from the run's seed so
+    that a run is reproducible; no candidate carries over from the previous round."""
+    draws = np.random.default_rng([seed, rnd, 13]).uniform(0.0, 1.0, size=(n, len(TEACHER_FEATURES)))
+    return draws / draws.sum(axis=1, keepdims=True)
+
+
+def improvement_over_previous(p_k: dict[int, float], previous: dict[int, float]) -> dict[int, float]:
+    """The original's c_k: each client's score now minus its score the last round it took part (0 on its first
+    round). fixed: the gain within the round (after minus before local training), reported by the client."""
+    return {cid: (p - previous[cid] if cid in previous else 0.0) for cid, p in p_k.items()}
+
+
+def search_score(metrics: dict[str, float], task_metric: str, variant: str = "fixed") -> float:
+    """What the teacher's search maximises. fixed: the task's first metric (micro-F1 on MM-IMDb). original:
+    `test_f1_macro`, else `accuracy`, as the published code reads them; where the task has neither (VQA accuracy)
+    the original would score every candidate 0 and keep the first, so the task's metric is used instead."""
+    if variant == "original":
+        for name in ("macro_f1", "accuracy"):
+            if name in metrics:
+                return float(metrics[name])
+    return float(metrics[task_metric])
+
+
+def distill_loss(
+    teacher: torch.Tensor, logp: torch.Tensor, entropy_coeff: float, variant: str = "fixed"
+) -> torch.Tensor:
+    """KL(teacher || student) - entropy_coeff * H(student). The original computes the KL with
+    `nn.KLDivLoss(reduction="batchmean")` on the K clients' 1-D row, which divides it by K."""
+    kl_ts = torch.sum(teacher * (torch.log(teacher.clamp_min(1e-12)) - logp))
+    if variant == "original":
+        kl_ts = kl_ts / len(teacher)
+    return kl_ts + entropy_coeff * torch.sum(logp.exp() * logp)
 
 
 def kl(p: np.ndarray, q: np.ndarray) -> float:
@@ -164,6 +231,44 @@ def gate(
         beta = max(0.6, beta_kl)
     else:
         beta = beta_kl if passed else min(0.25, beta_kl)
+    return beta, streak, passed
+
+
+PROBE_STEP = 0.1  # the original's Lipschitz probe: weights 0.9 teacher + 0.1 student
+
+
+def lipschitz_tau(teacher_score: float, probe_score: float, l1_step: float, delta: float) -> float:
+    """The original's KL budget tau = 0.5 (delta / L)^2 (Pinsker + Lipschitz), L the score's change per unit of
+    L1 distance measured by the probe step toward the student."""
+    lipschitz = abs(probe_score - teacher_score) / max(l1_step, 1e-8)
+    return 0.5 * (delta / max(lipschitz, 1e-8)) ** 2
+
+
+def gate_original(
+    rnd: int,
+    teacher: np.ndarray,
+    student: np.ndarray,
+    teacher_score: float,
+    student_score: float,
+    tau: float,
+    streak: int,
+    cfg: FedMAPConfig,
+) -> tuple[float, int, bool]:
+    """The published gate: as `gate`, except that the student passes only when also KL(teacher || student) <= tau;
+    the warm-up covers rounds 1..student_warmup-1 (`server_round < warmup`); and outside warm-up and streak the
+    trust-region step beta_kl is taken when KL <= tau (else capped at 0.25), whether or not the student scored."""
+    kl_ts = kl(teacher, student)
+    beta_kl = min(1.0, cfg.gate_eta / math.sqrt(max(2.0 * kl_ts, 1e-16)))
+    passed = student_score >= teacher_score - cfg.gate_delta and kl_ts <= tau
+    streak = streak + 1 if passed else 0
+    if not cfg.use_student:
+        beta = 0.0
+    elif rnd < cfg.student_warmup:
+        beta = min(0.25, beta_kl)
+    elif streak >= cfg.student_win_needed:
+        beta = max(0.6, beta_kl)
+    else:
+        beta = beta_kl if kl_ts <= tau else min(0.25, beta_kl)
     return beta, streak, passed
 
 
@@ -255,8 +360,9 @@ class FedMAP(Strategy):
         super().__init__(cfg)
         self.streak = 0
         self.best_mix = np.full(len(TEACHER_FEATURES), 1.0 / len(TEACHER_FEATURES))
+        self.previous_p: dict[int, float] = {}  # variant=original: each client's p_k the last round it took part
         self.path: Optional[Path] = None
-        self._evals = 0  # server evaluations in the current round (reported, and bounded by n_trials + 1)
+        self._evals = 0  # server evaluations this round: n_trials + 1 (original: + 2, with the probe)
         self._build(seed=0)
 
     def _build(self, seed: int) -> None:
@@ -281,18 +387,28 @@ class FedMAP(Strategy):
     def _score(self, global_params: Params, updates: list[Update], weights: np.ndarray) -> tuple[Params, float]:
         params = masked_weighted_average(global_params, [(u.params, float(w)) for u, w in zip(updates, weights)])
         self._evals += 1
-        return params, float(self.ctx.evaluate_val(params)[self.ctx.metric])
+        return params, search_score(self.ctx.evaluate_val(params), self.ctx.metric, self.cfg.variant)
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
-        cfg = self.cfg
+        cfg, original = self.cfg, self.cfg.variant == "original"
         self._evals = 0
-        raw = client_features(updates)
+        raw = client_features(updates, forced_modalities=original)
+        if original:
+            p_k = {u.client_id: float(raw[i, FEATURES.index("p_k")]) for i, u in enumerate(updates)}
+            c_k = improvement_over_previous(p_k, self.previous_p)
+            raw[:, FEATURES.index("c_k")] = [c_k[u.client_id] for u in updates]
+            self.previous_p.update(p_k)
         x = torch.from_numpy(zscore(raw, cfg.z_clip))
-        tf = teacher_features(raw, cfg.perf_mix_lambda, cfg.z_clip)
+        tf = teacher_features(raw, cfg.perf_mix_lambda, cfg.z_clip, cfg.variant)
 
         # Teacher: the best of n candidate mixes, scored on the validation split.
+        mixes = (
+            original_candidate_mixes(cfg.n_trials_per_round, self.ctx.seed, rnd)
+            if original
+            else candidate_mixes(self.best_mix, cfg.n_trials_per_round, self.ctx.seed, rnd)
+        )
         best = (-math.inf, None, None, None)
-        for mix in candidate_mixes(self.best_mix, cfg.n_trials_per_round, self.ctx.seed, rnd):
+        for mix in mixes:
             w = softmax(tf @ mix)
             params, score = self._score(global_params, updates, w)
             if score > best[0]:
@@ -301,8 +417,7 @@ class FedMAP(Strategy):
 
         # Student: one distillation step toward the teacher, then its own weights get one evaluation.
         logp = torch.log_softmax(self.student(x), dim=0)
-        t = torch.from_numpy(teacher)
-        loss = torch.sum(t * (torch.log(t.clamp_min(1e-12)) - logp)) + cfg.entropy_coeff * torch.sum(logp.exp() * logp)
+        loss = distill_loss(torch.from_numpy(teacher), logp, cfg.entropy_coeff, cfg.variant)
         snapshot = self._student_state()
         self.optimizer.zero_grad()
         loss.backward()
@@ -313,7 +428,17 @@ class FedMAP(Strategy):
             student = torch.softmax(self.student(x), dim=0).numpy()
         student_params, student_score = self._score(global_params, updates, student)
 
-        beta, self.streak, passed = gate(rnd, teacher, student, teacher_score, student_score, self.streak, cfg)
+        extra: dict[str, float] = {}
+        if original:  # the Lipschitz probe: one more evaluation, a small step from the teacher toward the student
+            probe = (1 - PROBE_STEP) * teacher + PROBE_STEP * student
+            _, probe_score = self._score(global_params, updates, probe)
+            tau = lipschitz_tau(teacher_score, probe_score, float(np.abs(probe - teacher).sum()), cfg.gate_delta)
+            beta, self.streak, passed = gate_original(
+                rnd, teacher, student, teacher_score, student_score, tau, self.streak, cfg
+            )
+            extra = {"probe_score": probe_score, "tau": tau, "kl": kl(teacher, student)}
+        else:
+            beta, self.streak, passed = gate(rnd, teacher, student, teacher_score, student_score, self.streak, cfg)
         final = (1 - beta) * teacher + beta * student
         if beta == 0.0:
             out = teacher_params
@@ -329,6 +454,7 @@ class FedMAP(Strategy):
             "student_passed": passed,
             "streak": self.streak,
             "distill_loss": float(loss.item()),
+            **extra,
             "weights": {u.client_id: round(float(w), 6) for u, w in zip(updates, final)},
         }
         if self.path is not None:
@@ -359,7 +485,12 @@ class FedMAP(Strategy):
                 self.optimizer.state[p] = st
 
     def state_dict(self) -> dict[str, Any]:
-        return {"student": self._student_state(), "streak": self.streak, "best_mix": self.best_mix.tolist()}
+        return {
+            "student": self._student_state(),
+            "streak": self.streak,
+            "best_mix": self.best_mix.tolist(),
+            "previous_p": {str(k): v for k, v in self.previous_p.items()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -367,19 +498,54 @@ class FedMAP(Strategy):
         self._load_student_state(state["student"])
         self.streak = int(state["streak"])
         self.best_mix = np.asarray(state["best_mix"], dtype=np.float64)
+        self.previous_p = {int(k): float(v) for k, v in state.get("previous_p", {}).items()}
 
     def _save_file(self, path: Path) -> None:
+        if path.suffix == ".pth":  # the original's format, so that its code can warm-start from fedmm's student
+            buf = io.BytesIO()
+            torch.save({k: v.detach().float() for k, v in self.student.state_dict().items()}, buf)
+            atomic_write_bytes(path, buf.getvalue())
+            return
         meta = {"fedmm_fedmap": json.dumps({"streak": self.streak, "best_mix": self.best_mix.tolist()})}
         atomic_write_bytes(path, params_to_bytes(self._student_state(), meta))
 
     def _load_file(self, path: Path) -> None:
+        def refuse(why: str) -> FedmmError:
+            return FedmmError(
+                f"cannot load the FedMAP aggregator {path} ({why}); delete it or set strategy.aggregator_path to "
+                f"another file"
+            )
+
+        if path.suffix == ".pth":
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise refuse(f"{type(e).__name__}: {e}") from None
+            self.student.load_state_dict(original_student_state(state, self.student, refuse))
+            return
         data = path.read_bytes()
         try:
             arrays, meta = params_from_bytes(data), json.loads(bytes_metadata(data)["fedmm_fedmap"])
             self._load_student_state(arrays)
         except Exception as e:
-            raise FedmmError(
-                f"cannot load the FedMAP aggregator {path} ({type(e).__name__}: {e}); delete it or set "
-                f"strategy.aggregator_path to another file"
-            ) from None
+            raise refuse(f"{type(e).__name__}: {e}") from None
         self.best_mix = np.asarray(meta["best_mix"], dtype=np.float64)
+
+
+def original_student_state(state: Any, student: nn.Module, refuse: Any) -> dict[str, torch.Tensor]:
+    """The original's `torch.save(aggregator.state_dict())` (fc1.weight, fc1.bias, fc2.weight, fc2.bias, float32,
+    optionally under DataParallel's `module.` prefix) mapped onto fedmm's student (the same layout, in float64)."""
+    if not isinstance(state, dict):
+        raise refuse(f"a {type(state).__name__}, not a state dict")
+    mine = student.state_dict()
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    if set(state) != set(mine):
+        raise refuse(f"its keys {sorted(state)} are not the aggregator's {sorted(mine)}")
+    for k, v in mine.items():
+        if not torch.is_tensor(state[k]) or tuple(state[k].shape) != tuple(v.shape):
+            shape = tuple(state[k].shape) if torch.is_tensor(state[k]) else type(state[k]).__name__
+            raise refuse(
+                f"{k} has shape {shape}, this aggregator's is {tuple(v.shape)}; strategy.hidden_dim sets its hidden "
+                f"size"
+            )
+    return {k: state[k].to(v.dtype) for k, v in mine.items()}
