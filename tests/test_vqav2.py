@@ -177,6 +177,38 @@ def test_the_papers_grid_is_a_ready_sweep(tmp_path, capsys):
     assert (tmp_path / "grid" / "summary.csv").read_text().count("\n") == 4  # a header and three jobs
 
 
+def test_the_papers_own_settings_are_a_ready_sweep(capsys):
+    """experiment=fedumm_paper: the same 12 cells at the paper's settings (100 rounds, constant lr, accumulation 8)."""
+    from fedmm.config.load import expand_sweeps
+
+    combos = expand_sweeps(
+        ["experiment=fedumm_paper", "task.dataset=HuggingFaceM4/VQAv2", "task.eval_split=validation[:50%]"]
+    )
+    cells = [load_settings(c) for c in combos]
+    assert sorted((s.num_clients, s.partition.alpha) for s in cells) == [
+        (k, a) for k in (2, 4, 8, 16) for a in (0.1, 0.5, 1.0)
+    ]
+    for s in cells:
+        assert (s.rounds, s.lr_schedule, s.grad_accum_steps, s.lr, s.weight_decay, s.batch_size, s.local_epochs) == (
+            100,
+            "constant",
+            8,
+            2e-5,
+            0.05,
+            32,
+            5,
+        )
+        assert (s.model.name, s.model.lora_r, s.model.lora_alpha, s.partition.name) == (
+            "blip_vqa",
+            16,
+            32.0,
+            "dirichlet",
+        )
+        assert (s.task.dataset, s.task.eval_split) == ("HuggingFaceM4/VQAv2", "validation[:50%]")
+    assert cli.main(["run", "experiment=fedumm_paper", "task.root=/data/vqav2"]) == 2
+    assert "is a sweep over num_clients, partition.alpha: add -m" in capsys.readouterr().err
+
+
 def test_a_hugging_face_dataset_by_name_with_the_seeds_split_strings(tmp_path, monkeypatch):
     """`task.dataset` goes through datasets.load_dataset (a local folder here; a hub name reads the cache offline),
     and the seed's `validation[:50%]` split strings work; decoded images are written once under $FEDMM_CACHE."""
