@@ -536,8 +536,9 @@ Produced by `{meta["command"]}` on {meta["date"]} ({meta["machine"]}); the suite
 alternate within each repeat. Raw figures: [benchmarks/suite.json](benchmarks/suite.json).{reruns}
 Other pages, each written by its own script: [strategies on missing modalities](benchmarks/strategies.md)
 (`python3 dev.py bench strategies`), [robustness to Byzantine clients](benchmarks/robustness.md)
-(`python3 dev.py bench robustness`) and [privacy against utility, and the cost of SecAgg+](benchmarks/privacy.md)
-(`python3 dev.py bench privacy`).
+(`python3 dev.py bench robustness`), [privacy against utility, and the cost of SecAgg+](benchmarks/privacy.md)
+(`python3 dev.py bench privacy`) and [the source systems as published beside fedmm's fixes](benchmarks/seeds.md)
+(`python3 dev.py bench seeds`).
 
 ## Runtime overhead: `runtime=local` against `fedmm centralized`
 
