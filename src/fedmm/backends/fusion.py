@@ -10,8 +10,8 @@ A frozen text encoder is deterministic (eval mode, no gradients), so its pooled 
 memoised: data sets such as VQA repeat the same questions thousands of times. When *both* encoders are frozen (and
 `cache_features` is on), `prepare` encodes a data set's texts and images once and later batches carry the cached
 features instead of tokens and pixels, so rounds after the first train only the projections and the head. The cache
-is keyed by the data set and a checksum of the encoders' weights: new weights (another checkpoint, a resumed run in
-a new process) mean new features.
+is keyed by the data set and the encoders' weights: new weights (another checkpoint) mean new features; on disk
+(`model.cache_dir`), by a digest of the weights, the preprocessing and the data (backends/feature_cache.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,16 @@ from torch import nn
 
 from fedmm.backends.configs import FusionConfig
 from fedmm.backends.base import BACKENDS, Backend
+from fedmm.backends.feature_cache import (
+    FeatureCache,
+    array_fingerprint,
+    cache_root,
+    entry_key,
+    texts_fingerprint,
+    weights_digest,
+)
 from fedmm.backends.loading import from_pretrained, image_stats, load_tokenizer
+from fedmm.backends.mobilenet import MobileNetV2, is_mobilenet, load_mobilenet_v2
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.console import say
 from fedmm.errors import FedmmError
@@ -64,7 +73,7 @@ class FusionClassifier(nn.Module):
         self.image_encoder = image_encoder
         self.pooling = cfg.text_pooling
         text_hidden = text_encoder.config.hidden_size
-        image_hidden = image_encoder.config.hidden_sizes[-1]
+        image_hidden = getattr(image_encoder, "out_features", None) or image_encoder.config.hidden_sizes[-1]
         self.text_proj = nn.Linear(text_hidden, cfg.text_dim)
         self.image_proj = nn.Linear(image_hidden, cfg.image_dim)
         self.fusion = nn.Linear(cfg.text_dim + cfg.image_dim, cfg.fusion_dim)
@@ -116,10 +125,9 @@ class FusionClassifier(nn.Module):
         return torch.stack([self._text_memo[k] for k in keys])
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self._frozen(self.image_encoder):
-            with torch.no_grad():
-                return self.image_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
-        return self.image_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._frozen(self.image_encoder)):
+            out = self.image_encoder(pixel_values=pixel_values)
+        return (out if torch.is_tensor(out) else out.pooler_output).flatten(1)  # MobileNetV2 gives the tensor
 
     def forward(
         self,
@@ -178,8 +186,10 @@ class FusionBackend(Backend):
         self._token_cache: dict[str, list[int]] = {}  # text -> token ids: data sets repeat texts across rounds
         self.max_length = cfg.max_text_length  # capped at the text encoder's positions when the model is built
         # id(data set) -> (a weak reference to it, the encoders' weight versions, text features [N, H] | None,
-        # the image ids it uses, their features)
+        # its image table's features [M, H] | None)
         self._features: dict[int, tuple] = {}
+        self._tables: dict[int, tuple] = {}  # id(image table) -> (a reference to it, weights digest, features)
+        self._digests: dict[int, tuple] = {}  # id(encoder) -> (weight versions, SHA-256 of its weights)
         mean, std = self.image_stats()
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -191,7 +201,7 @@ class FusionBackend(Backend):
         mean, std = list(cfg.image_mean), list(cfg.image_std)
         if (mean or std) and not (len(mean) == 3 and len(std) == 3):
             raise FedmmError("model.image_mean and model.image_std need 3 values each (one per RGB channel)")
-        if not mean and cfg.image_encoder:
+        if not mean and cfg.image_encoder and not is_mobilenet(cfg.image_encoder):
             mean, std = image_stats(cfg.image_encoder) or ([], [])
         return (mean, std) if mean else (IMAGENET_MEAN, IMAGENET_STD)
 
@@ -214,7 +224,9 @@ class FusionBackend(Backend):
                 tc = dict(cfg.text_config or BERT_BASE)
                 tc.setdefault("vocab_size", len(self.tokenizer))
                 text = BertModel(BertConfig(**tc))
-            if cfg.image_encoder:
+            if is_mobilenet(cfg.image_encoder):  # ImageNet weights, authenticated (backends/mobilenet.py)
+                image = MobileNetV2() if meta else load_mobilenet_v2(cfg.image_encoder)
+            elif cfg.image_encoder:
                 image = pretrained(ResNetModel, cfg.image_encoder, "image encoder", "image_encoder")
             else:
                 image = ResNetModel(ResNetConfig(**dict(cfg.image_config or RESNET18)))
@@ -274,7 +286,9 @@ class FusionBackend(Backend):
 
     @torch.no_grad()
     def prepare(self, model: nn.Module, data: MultimodalDataset) -> None:
-        """With both encoders frozen, encode `data` once (or find it encoded by these very weights)."""
+        """With both encoders frozen, encode `data` once (or find it encoded by these very weights): its distinct
+        texts, and its whole image table (shared by every client's subset, so encoded once for all of them), from
+        the disk cache when an earlier run stored them (backends/feature_cache.py)."""
         enc = (model.text_encoder, model.image_encoder)
         if not (self.cfg.cache_features and all(model._frozen(e) for e in enc)):
             self._features.pop(id(data), None)
@@ -286,35 +300,88 @@ class FusionBackend(Backend):
             return
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
-        text = None
-        if data.texts is not None:
-            chunks = [
-                model.encode_text(*(t.to(device) for t in self.tokenize(list(data.texts[i : i + 256]))))
-                for i in range(0, len(data), 256)
-            ]
-            text = torch.cat(chunks).cpu() if chunks else None
-        ids = image = None
-        if data.images is not None:
-            ids = np.unique(data.image_ids)
-            image = (
-                torch.cat(
-                    [
-                        model.encode_image(self._pixels(data, ids[i : i + 256]).to(device)).cpu()
-                        for i in range(0, len(ids), 256)
-                    ]
-                )
-                if len(ids)
-                else None
-            )
+        text = self._text_features(model, data.texts) if data.texts is not None else None
+        image = self._image_table(model, data.images) if data.images is not None else None
         model.train(was_training)
         if id(data) not in self._features:  # the entry goes when the data set does
             weakref.finalize(data, self._features.pop, id(data), None)
-        self._features[id(data)] = (weakref.ref(data), weights, text, ids, image)
+        self._features[id(data)] = (weakref.ref(data), weights, text, image)
 
-    def _pixels(self, data: MultimodalDataset, image_ids: np.ndarray) -> torch.Tensor:
+    def _digest(self, module: nn.Module) -> str:
+        """The weights' SHA-256, recomputed only when a weight changed."""
+        version = tuple((p.data_ptr(), p._version) for p in module.parameters())
+        memo = self._digests.get(id(module))
+        if memo is None or memo[0] != version:
+            memo = self._digests[id(module)] = (version, weights_digest(module))
+        return memo[1]
+
+    def _stored(self, key: Optional[str], compute) -> torch.Tensor:
+        if key is None or self.cfg.cache_dir == "none":
+            return compute()
+        return FeatureCache(cache_root(self.cfg.cache_dir)).get_or_compute(key, compute)
+
+    def _text_features(self, model: FusionClassifier, texts) -> torch.Tensor:
+        distinct = sorted(set(texts))
+        device = next(model.parameters()).device
+
+        def encode() -> torch.Tensor:
+            chunks = [
+                model.encode_text(*(t.to(device) for t in self.tokenize(distinct[i : i + 256]))).float().cpu()
+                for i in range(0, len(distinct), 256)
+            ]
+            return torch.cat(chunks) if chunks else torch.zeros(0, model.text_proj.in_features)
+
+        cfg = self.cfg
+        key = entry_key(
+            kind="text",
+            weights=self._digest(model.text_encoder),
+            encoder=cfg.text_encoder,
+            tokenizer=[cfg.tokenizer, len(self.tokenizer)],
+            max_length=self.max_length,
+            pooling=cfg.text_pooling,
+            data=texts_fingerprint(distinct),
+        )
+        row = {t: i for i, t in enumerate(distinct)}
+        return self._stored(key, encode)[torch.as_tensor([row[t] for t in texts], dtype=torch.long)]
+
+    def _image_table(self, model: FusionClassifier, images) -> torch.Tensor:
+        memo = self._tables.get(id(images))
+        digest = self._digest(model.image_encoder)
+        if memo is not None and memo[0]() is images and memo[1] == digest:
+            return memo[2]
+        device = next(model.parameters()).device
+        ids = np.arange(len(images))
+
+        def encode() -> torch.Tensor:
+            chunks = [
+                model.encode_image(self._pixels(images, ids[i : i + 128]).to(device)).float().cpu()
+                for i in range(0, len(ids), 128)
+            ]
+            return torch.cat(chunks) if chunks else torch.zeros(0, model.image_proj.in_features)
+
+        key = None
+        if isinstance(images, np.ndarray):  # lazily read image stores (VQA v2) are encoded, not stored on disk
+            key = entry_key(
+                kind="image",
+                weights=digest,
+                encoder=self.cfg.image_encoder,
+                image_size=self.cfg.image_size,
+                mean=self._mean.flatten().tolist(),
+                std=self._std.flatten().tolist(),
+                resize="bilinear",
+                data=array_fingerprint(images),
+            )
+        table = self._stored(key, encode)
+        try:
+            ref = weakref.ref(images)
+        except TypeError:
+            ref = lambda: images  # noqa: E731 (a store without weak references lives as long as the backend)
+        self._tables[id(images)] = (ref, digest, table)
+        return table
+
+    def _pixels(self, images, image_ids: np.ndarray) -> torch.Tensor:
         return normalized_pixels(
-            np.stack([data.images[j] for j in image_ids]), self.cfg.image_size, self._mean, self._std, mode="bilinear"
+            np.stack([images[j] for j in image_ids]), self.cfg.image_size, self._mean, self._std, mode="bilinear"
         )
 
     def collate(self, data: MultimodalDataset, idx: np.ndarray) -> dict[str, torch.Tensor]:
@@ -326,11 +393,11 @@ class FusionBackend(Backend):
                 batch[key] = torch.from_numpy(present[idx].astype(np.float32))
         cached = self._features.get(id(data))
         if cached is not None and cached[0]() is data:  # prepared: the frozen encoders' outputs
-            _, _, text, ids, image = cached
+            _, _, text, image = cached
             if text is not None:
                 batch["text_features"] = text[idx]
             if image is not None:
-                batch["image_features"] = image[np.searchsorted(ids, data.image_ids[idx])]
+                batch["image_features"] = image[torch.from_numpy(data.image_ids[idx])]
             return batch
         if data.texts is not None:
             batch["input_ids"], batch["attention_mask"] = self.tokenize([data.texts[i] for i in idx])
@@ -342,5 +409,5 @@ class FusionBackend(Backend):
                 batch["image_index"] = torch.from_numpy(inverse.astype(np.int64))
             else:
                 uniq = data.image_ids[idx]
-            batch["pixel_values"] = self._pixels(data, uniq)
+            batch["pixel_values"] = self._pixels(data.images, uniq)
         return batch
