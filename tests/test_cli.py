@@ -23,8 +23,8 @@ from fedmm.config import expand_sweeps
         (["rounds=abc"], "rounds"),
         (
             ["model=nosuchmodel"],
-            "unknown model 'nosuchmodel'; choose one of: blip_vqa, blip_vqa_tiny, fusion, fusion_minilm, fusion_tiny, "
-            "hf_vlm, hf_vlm_tiny, januspro, januspro_tiny",
+            "unknown model 'nosuchmodel'; choose one of: blip_vqa, blip_vqa_tiny, fusion, fusion_minilm, "
+            "fusion_mobilenet, fusion_tiny, hf_vlm, hf_vlm_tiny, januspro, januspro_tiny",
         ),
         (["model.nosuch=3"], "unknown option 'model.nosuch'"),
         (["+model.nosuch=3"], "unknown option 'model.nosuch'"),
@@ -254,7 +254,7 @@ def test_every_option_has_a_description_and_config_help_lists_them():
     out = fedmm("config", "--help", "model=blip_vqa_tiny", "strategy=fedprox").stdout
     assert out.startswith("usage: fedmm config")
     assert "  model.lora_r=4" in out and "LoRA rank" in out  # the chosen option's own fields
-    assert "  strategy.mu=" in out and "rounds=24" in out and "federated rounds" in out
+    assert "  strategy.mu=" in out and "rounds=60" in out and "federated rounds" in out
     lines = [line for line in out.splitlines() if "=" in line.split(" ")[0] or line.startswith("  ")]
     assert all(len(line.split(None, 1)) == 2 for line in lines)  # every option line has its description
 

@@ -60,3 +60,90 @@ def test_no_cache_while_an_encoder_trains():
     backend, model, data = backend_model_data("model.freeze_image=false")
     backend.prepare(model, data)
     assert "pixel_values" in backend.collate(data, np.arange(4)) and not backend._features
+
+
+# -- the disk cache ------------------------------------------------------------------------------------------------
+
+
+def entries(cache):
+    return {p.name: p.stat().st_mtime_ns for p in (cache / "features").glob("*.safetensors")}
+
+
+def test_disk_cache_hits_on_a_repeat_and_misses_on_new_weights_preprocessing_or_data(tmp_path, capsys, monkeypatch):
+    from fedmm.backends.fusion import FusionClassifier
+
+    cache = tmp_path / "cache"
+
+    def run(name, *extra):
+        args = ["run", *FROZEN, f"model.cache_dir={cache}", f"output_dir={tmp_path / name}", *extra]
+        assert cli.main(args) == 0, capsys.readouterr().err
+        return entries(cache)
+
+    first = run("a")
+    assert first
+    original_encode = FusionClassifier.encode_image
+
+    def no_encoding(*a, **k):
+        raise AssertionError("encoded although the features are cached")
+
+    monkeypatch.setattr(FusionClassifier, "encode_image", no_encoding)
+    monkeypatch.setattr(FusionClassifier, "_pool", no_encoding)
+    assert run("b") == first  # a hit: nothing encoded, nothing rewritten, and the same model
+    a, b = (load_file(str(tmp_path / r / "global.safetensors")) for r in ("a", "b"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    monkeypatch.setattr(FusionClassifier, "encode_image", original_encode)
+    # New preprocessing: the image tables are encoded again (new entries); no entry is rewritten.
+    resized = run("c", "model.image_size=24")
+    assert set(first) < set(resized) and all(resized[k] == t for k, t in first.items())
+    monkeypatch.undo()
+    # New data, new weights: new entries each time.
+    more = run("d", "task.num_train=640")
+    assert set(resized) < set(more)
+    assert set(more) < set(run("e", "seed=7"))  # seed 7 initialises other (frozen, random) encoder weights
+
+
+def test_a_damaged_entry_is_encoded_again(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    args = ["run", *FROZEN, f"model.cache_dir={cache}"]
+    assert cli.main([*args, f"output_dir={tmp_path / 'a'}"]) == 0
+    victim = sorted((cache / "features").glob("*.safetensors"))[0]
+    victim.write_bytes(b"\0" * 100)
+    assert cli.main([*args, f"output_dir={tmp_path / 'b'}"]) == 0, capsys.readouterr().err
+    a, b = (load_file(str(tmp_path / r / "global.safetensors")) for r in ("a", "b"))
+    assert all(np.array_equal(a[k], b[k]) for k in a) and victim.stat().st_size > 100
+
+
+def _writer(root, key, log):
+    import time
+
+    from fedmm.backends.feature_cache import FeatureCache
+
+    def compute():
+        with open(log, "a") as f:
+            f.write("computed\n")
+        time.sleep(0.5)  # long enough for the other writer to arrive meanwhile
+        return torch.arange(6, dtype=torch.float32).view(2, 3)
+
+    return FeatureCache(root).get_or_compute(key, compute).tolist()
+
+
+def test_concurrent_writers_encode_an_entry_once(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    log = tmp_path / "log"
+    with ctx.Pool(2) as pool:
+        out = pool.starmap(_writer, [(tmp_path, "k" * 64, log)] * 2)
+    assert out[0] == out[1] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert log.read_text() == "computed\n"
+
+
+def test_cache_clear_from_the_command_line(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert cli.main(["run", *FROZEN, f"model.cache_dir={cache}", f"output_dir={tmp_path / 'a'}"]) == 0
+    n = len(entries(cache))
+    capsys.readouterr()
+    assert cli.main(["cache", "info", "--cache-dir", str(cache)]) == 0
+    assert f"holds {n} cached feature file(s)" in capsys.readouterr().out
+    assert cli.main(["cache", "clear", "--cache-dir", str(cache)]) == 0
+    assert f"removed {n} cached feature file(s)" in capsys.readouterr().out and not (cache / "features").exists()

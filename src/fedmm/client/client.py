@@ -97,6 +97,7 @@ class ClientTrainer:
             batch_size=ins.batch_size,
             lr=ins.lr,
             weight_decay=ins.weight_decay,
+            optimizer_name=ins.optimizer,
             seed=client_seed(ins.seed, ins.round, cid),
             desc=f"client {cid}",
             progress=self.progress,

@@ -189,6 +189,8 @@ def validate(cfg: DictConfig) -> Settings:
         raise FedmmError(_one_line(e)) from None
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise FedmmError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} (got '{cfg.lr_schedule}')")
+    if cfg.optimizer not in ("adamw", "sgd"):
+        raise FedmmError(f"optimizer must be adamw or sgd (got '{cfg.optimizer}')")
     if cfg.precision not in PRECISIONS:
         raise FedmmError(f"precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
     _check_bounds(cfg)

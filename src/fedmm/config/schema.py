@@ -257,7 +257,10 @@ class Schema:
     lr: float = opt(1e-3, "the clients' learning rate (AdamW), before lr_schedule and lr_warmup_rounds")
     lr_schedule: str = opt("constant", "constant | cosine (decays the clients' lr to lr/10 over the rounds)")
     lr_warmup_rounds: int = opt(0, "rounds (centralized: epochs) of linear warm-up before the schedule")
-    weight_decay: float = opt(0.01, "AdamW's")
+    weight_decay: float = opt(0.01, "the optimizer's (decoupled for AdamW, L2 for SGD)")
+    optimizer: str = opt(
+        "adamw", "adamw | sgd (momentum 0.9): the clients' optimizer, and the centralized baseline's; fresh each round"
+    )
     grad_accum_steps: int = opt(1, "batches per optimizer step (effective batch = batch_size x grad_accum_steps)")
     device: str = opt("auto", "auto (a GPU when there is one) | cpu | cuda | cuda:N")
     precision: str = opt("fp32", "fp32 | bf16 | fp16: autocast for training and evaluation on a GPU (CPU stays fp32)")

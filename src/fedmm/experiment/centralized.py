@@ -36,7 +36,7 @@ def train_centralized(settings: Settings) -> tuple[Any, dict[str, Any]]:
     say(f"centralized {settings.task.name}: {len(data.train)} train / {len(data.test)} test examples")
     epochs = settings.epochs or settings.rounds * settings.local_epochs
     table = RoundTable("epoch", table_metrics(data))
-    optimizer = make_optimizer(model, settings.lr, settings.weight_decay)
+    optimizer = make_optimizer(model, settings.lr, settings.weight_decay, settings.optimizer)
     pos_weight = positive_weights(data.train.labels) if data.pos_weight else None
     with tracked(settings, rundir.path) as track:
         for epoch in range(1, epochs + 1):

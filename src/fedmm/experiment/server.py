@@ -113,6 +113,7 @@ def instructions(settings: Settings, data: TaskData) -> FitInstructions:
         local_epochs=settings.local_epochs,
         batch_size=settings.batch_size,
         weight_decay=settings.weight_decay,
+        optimizer=settings.optimizer,
         grad_accum_steps=settings.grad_accum_steps,
         precision=settings.precision,
         pos_weight=data.pos_weight,

@@ -21,7 +21,8 @@ class FitInstructions:
     lr: float  # this round's learning rate, after the schedule
     local_epochs: int  # passes over the client's training data
     batch_size: int
-    weight_decay: float  # AdamW's
+    weight_decay: float  # the optimizer's
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9), fresh each round
     grad_accum_steps: int = 1  # batches per optimizer step
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast on a GPU
     pos_weight: bool = False  # multilabel: weight positives by the client's own negatives / positives

@@ -41,13 +41,15 @@ def train_epochs(
     desc: str = "train",
     progress: bool = True,
     optimizer: Optional[torch.optim.Optimizer] = None,
+    optimizer_name: str = "adamw",
     on_step: Optional[StepHook] = None,
     pos_weight: Optional[np.ndarray] = None,
     grad_accum_steps: int = 1,
     precision: str = "fp32",
 ) -> dict[str, float]:
-    """AdamW for `epochs` passes over `data`, on the model's device. Without `optimizer`, a fresh one: federated
-    clients keep no optimizer state between rounds; the centralized baseline passes its own to keep it across epochs.
+    """AdamW (or SGD with momentum, `optimizer_name`) for `epochs` passes over `data`, on the model's device. Without
+    `optimizer`, a fresh one: federated clients keep no optimizer state between rounds; the centralized baseline
+    passes its own to keep it across epochs.
 
     `on_step` sees (and may change) the gradients of the trained parameters before every optimizer step.
     `pos_weight` (multilabel, per label) weights the positive terms of the loss (see `positive_weights`).
@@ -59,7 +61,7 @@ def train_epochs(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
-    opt = optimizer or make_optimizer(model, lr, weight_decay)
+    opt = optimizer or make_optimizer(model, lr, weight_decay, optimizer_name)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
     trained = [p for p in model.parameters() if p.requires_grad]
     pw = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32, device=device)
