@@ -50,7 +50,7 @@ FULL = {
         "model=januspro",
         "model.pretrained=''",
         "precision=bf16",
-        *(f"+model.text_config.{k}={v}" for k, v in JANUS_1B.items()),
+        "model.text_config={" + ",".join(f"{k}:{v}" for k, v in JANUS_1B.items()) + "}",
     ],
 }
 TINY = {

@@ -696,9 +696,9 @@ Target: at least 0.98 (the FedUMM paper reports 80.2 vs 82.4, 0.973). What was t
 With both encoders frozen and their features cached, a round costs only the head (about 0.4 s for 6,000
 examples), so more and cheaper rounds are the lever that wins; a constant learning rate beats the cosine decay at
 the same budget. Server momentum (0.5: within a few thousandths of plain FedAvg; 0.9: worse), FedAdam and FedProx
-(mu 0.1) do not help this model, and neither do a larger batch, more local epochs per round or SGD clients. The tiny-BLIP job runs both arms at
-lr=0.003: at the preset's 0.01 the centralized run (3,000 sequential steps) does not learn (0.345, against 0.666
-federated).
+(mu 0.1) do not help this model, and neither do a larger batch, more local epochs per round or SGD clients.
+The tiny-BLIP job runs both arms at lr=0.003: at the preset's 0.01 the centralized run (3,000 sequential steps)
+does not learn (0.345, against 0.666 federated).
 
 ## The default job
 

@@ -14,6 +14,18 @@ from safetensors.numpy import load_file
 
 from conftest import TINY, fedmm, metrics
 from fedmm.config import expand_sweeps
+from fedmm.errors import FedmmError
+
+
+def test_a_mapping_option_takes_new_keys_on_the_command_line():
+    """Free-form mappings (model.text_config, model.vision_config) accept `key={a:1}` like any other value, while an
+    unknown option is still refused."""
+    from fedmm.config import load_settings
+
+    s = load_settings(["model=januspro", "model.text_config={hidden_size:2048,num_hidden_layers:24}"])
+    assert s.model.text_config == {"hidden_size": 2048, "num_hidden_layers": 24}
+    with pytest.raises(FedmmError, match="unknown option 'model.nosuch'"):
+        load_settings(["model=januspro", "model.nosuch={a:1}"])
 
 
 @pytest.mark.parametrize(

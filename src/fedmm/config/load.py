@@ -122,6 +122,9 @@ def _register_store() -> None:
                 typed = OmegaConf.merge(OmegaConf.structured(schema), node)
             except OmegaConfBaseException as e:
                 raise FedmmError(f"preset {group}/{option}: {_one_line(e)}") from None
+            for key, f in schema.__dataclass_fields__.items():  # free-form mappings (`model.text_config={a:1}`)
+                if str(f.type).startswith(("Dict", "dict")):  # take new keys, as a typed node would refuse them
+                    OmegaConf.set_struct(typed[key], False)
             cs.store(group=group, name=option, node=typed)
 
 
