@@ -25,7 +25,7 @@ continues exactly. The student is also saved to `aggregator_path` after every ro
 new run starts, to carry a trained aggregator over to the next run.
 
 `variant=original` follows the published FedOps code (`ModalityAwareAggregation` and its client) where fedmm's
-rules differ on purpose; each difference is one function below, named in VARIANT_RULES and listed in the README.
+rules differ on purpose; each difference is one function below (or a branch of one), listed in the README's table.
 What stays fixed in both variants: candidates are scored on the validation split (the original scores on the
 server's test-like data), every evaluation goes through the server's one model, a key a client did not send does not
 weigh on its average, and the state is checkpointed for an exact resume.
@@ -65,18 +65,6 @@ FEATURES = (
     "imbalance_ratio",
 )
 TEACHER_FEATURES = ("performance", "size", "diversity", "modality", "val_loss", "grad_norm", "balance")
-# The rules in which variant=original follows the published code; each is a function (or a branch of one) below.
-VARIANT_RULES = {
-    "modality flags": "client_features(forced_modalities=True): m_img = m_txt = 1 for every client",
-    "c_k": "improvement_over_previous: p_k minus the client's p_k in its previous round (0 the first time)",
-    "balance": "balance_feature: z(1 - 2|r - 0.5|) instead of -z(r)",
-    "candidates": "original_candidate_mixes: n independent uniform [0, 1]^7 draws, normalised (Optuna's start-up "
-    "trials); no previous best",
-    "search score": "search_score: macro_f1, else accuracy, else the task's metric (fixed: the task's metric)",
-    "distillation": "distill_loss: KL divided by the number of clients (KLDivLoss batchmean on one row)",
-    "gate": "gate_original: the KL <= tau condition (tau from a Lipschitz probe, one more evaluation), warm-up "
-    "rounds < warmup, the trust-region step only when KL <= tau",
-}
 
 
 # -- pure functions ---------------------------------------------------------------------------------------------
