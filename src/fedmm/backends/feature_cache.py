@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
+from fedmm.data.images import cache_home
 from fedmm.errors import FedmmError
 from fedmm.params import atomic_write_bytes
 
@@ -29,13 +29,8 @@ if TYPE_CHECKING:
 
 
 def cache_root(setting: str = "") -> Path:
-    """The cache folder: the setting, else $FEDMM_CACHE, else ~/.cache/fedmm (XDG_CACHE_HOME respected)."""
-    if setting:
-        return Path(setting).expanduser()
-    if os.environ.get("FEDMM_CACHE"):
-        return Path(os.environ["FEDMM_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "fedmm"
+    """The cache folder: `model.cache_dir` when set, else fedmm's cache home ($FEDMM_CACHE, ...)."""
+    return Path(setting).expanduser() if setting else cache_home()
 
 
 def weights_digest(module: "torch.nn.Module") -> str:

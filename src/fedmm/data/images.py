@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -67,3 +68,11 @@ class ImageFiles:
 
     def __getitem__(self, j: int) -> np.ndarray:
         return read_rgb(self.paths[int(j)], self.size)
+
+
+def cache_home() -> Path:
+    """fedmm's cache folder (decoded dataset images, frozen encoders' features): $FEDMM_CACHE, else
+    $XDG_CACHE_HOME/fedmm, else ~/.cache/fedmm."""
+    if os.environ.get("FEDMM_CACHE"):
+        return Path(os.environ["FEDMM_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "fedmm"

@@ -25,7 +25,6 @@ Images are read from disk when a batch needs them (`ImageFiles`); a missing imag
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import numpy as np
 from fedmm.data.bad_samples import BadSamples
 from fedmm.data.dataset import MultimodalDataset, TaskData
 from fedmm.data.hf import load_split
-from fedmm.data.images import ImageFiles, png_bytes
+from fedmm.data.images import ImageFiles, cache_home, png_bytes
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
 from fedmm.options import opt
@@ -176,17 +175,9 @@ def _rows_from_dataset(cfg: VQAv2Config, split: str, bad: BadSamples) -> list[di
     ds = load_split(cfg.dataset, split)
     safe = lambda text: re.sub(r"[^A-Za-z0-9._-]+", "_", text)
     # the dataset's fingerprint names the folder, so that a changed dataset never reads another version's images
-    cache = image_cache() / "vqav2" / safe(cfg.dataset) / f"{safe(split)}-{getattr(ds, '_fingerprint', '')[:16]}"
+    cache = cache_home() / "vqav2" / safe(cfg.dataset) / f"{safe(split)}-{getattr(ds, '_fingerprint', '')[:16]}"
     rows = [_export_row(r, f"{cfg.dataset}[{split}] row {i}", cache / f"{i}.img", bad) for i, r in enumerate(ds)]
     return [r for r in rows if r]
-
-
-def image_cache() -> Path:
-    """Where images of a Hugging Face dataset are written once for lazy reading: $FEDMM_CACHE, else
-    $XDG_CACHE_HOME/fedmm, else ~/.cache/fedmm."""
-    if os.environ.get("FEDMM_CACHE"):
-        return Path(os.environ["FEDMM_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "fedmm"
 
 
 def partition_groups(
