@@ -57,6 +57,14 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def same_site_figures(a: dict, b: dict, atol: float = 1e-6) -> None:
+    """Two records' client_eval (per site: its example count and figures) agree, to atol."""
+    assert a["client_eval"].keys() == b["client_eval"].keys() and a["client_eval"]
+    for site, figures in a["client_eval"].items():
+        assert figures.keys() == b["client_eval"][site].keys()
+        assert all(abs(v - b["client_eval"][site][k]) <= atol for k, v in figures.items()), site
+
+
 def same_globals(a: Path, b: Path, atol: float = 1e-6) -> None:
     """Two runs ended with the same global model (to atol)."""
     import torch

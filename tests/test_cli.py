@@ -103,7 +103,10 @@ def test_acceptance_run_writes_the_run_directory(tmp_path):
     # A text-only and an image-only client send fewer bytes than they receive: only their modality's tensors.
     part = json.loads((out / "partition.json").read_text())
     assert [p["modalities"] for p in part[:3]] == [["image", "text"], ["text"], ["image"]]
-    assert sum(p["num_examples"] for p in part) == 2000 and min(p["num_examples"] for p in part) >= 2
+    # client_eval=final (the default): each client holds out round(0.1 n) of its partition as its own test data
+    assert sum(p["num_examples"] + p["test_examples"] for p in part) == 2000
+    assert all(p["test_examples"] == round(0.1 * (p["num_examples"] + p["test_examples"])) for p in part)
+    assert min(p["num_examples"] for p in part) >= 2
     assert records[0]["bytes_up"] < records[0]["bytes_down"]
     assert "eval_accuracy" in (out / "report.md").read_text()
 

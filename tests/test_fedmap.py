@@ -315,3 +315,44 @@ def test_original_pth_aggregator_warm_starts_and_is_written_back(tmp_path):
         FedMAP(FedMAPConfig(aggregator_path=str(path))).setup(_ctx([]))
     with pytest.raises(FedmmError, match="strategy.variant must be fixed or original"):
         FedMAPConfig(variant="paper")
+
+
+@pytest.mark.parametrize("variant", ["fixed", "original"])
+def test_the_teacher_is_the_best_scoring_candidate_and_one_distillation_step_moves_the_student_toward_it(variant):
+    import torch
+
+    # A validation "score" that prefers the mean closest to 1.3 (not a client's value, not the plain mean), so the
+    # candidates score differently; every evaluation is logged with the parameters it scored.
+    scored = []
+
+    def evaluate_val(params):
+        score = -float(abs(params["head"][0] - 1.3))
+        scored.append((params["head"].copy(), score))
+        return {"accuracy": score, "loss": -score}
+
+    updates = [
+        update(0, 10, {"text", "image"}, p_k=0.9, c_k=0.3),
+        update(1, 40, {"text"}, p_k=0.2, c_k=-0.1, val_loss=2.0),
+        update(2, 25, {"image"}, p_k=0.6, diversity=0.2, imbalance_ratio=0.9),
+    ]
+    # use_student=false: the output is the teacher's alone (the student still distils, its share is 0)
+    cfg = FedMAPConfig(variant=variant, n_trials_per_round=6, entropy_coeff=0.0, use_student=False)
+    strategy = FedMAP(cfg)
+    strategy.setup(StrategyContext(evaluate_val=evaluate_val, metric="accuracy", seed=3))
+    raw = client_features(updates, forced_modalities=variant == "original")
+    x = torch.from_numpy(zscore(raw, cfg.z_clip))
+    with torch.no_grad():
+        before = torch.softmax(strategy.student(x), dim=0).numpy()
+    out = strategy.aggregate(1, {"head": np.zeros(3, np.float32), "img": np.zeros(3, np.float32)}, updates)
+
+    # The output is the teacher's: the best of the candidates, which are evaluated first.
+    candidates = scored[: cfg.n_trials_per_round]
+    best_head, best_score = max(candidates, key=lambda c: c[1])
+    assert len({round(s, 9) for _, s in candidates}) > 1  # the candidates really differ
+    np.testing.assert_array_equal(out["head"], best_head)
+    assert strategy.round_metrics["teacher_score"] == best_score and strategy.round_metrics["beta"] == 0.0
+    # The teacher's weights, read back from the record, and KL(teacher || student) before and after the step.
+    teacher = np.array([strategy.round_metrics["weights"][c] for c in (0, 1, 2)])
+    with torch.no_grad():
+        after = torch.softmax(strategy.student(x), dim=0).numpy()
+    assert kl(teacher, after) < kl(teacher, before)

@@ -15,7 +15,7 @@ pytest.importorskip("flwr")
 from fedmm.runtime.flower.deploy import write_app, write_certificates  # noqa: E402
 from fedmm.runtime.flower.localnet import LocalDeployment  # noqa: E402
 
-from conftest import assert_stopped, fedmm, metrics, same_globals  # noqa: E402
+from conftest import assert_stopped, fedmm, metrics, same_globals, same_site_figures  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,10 @@ def _tiny(tiny_args, clients):
 
 
 def test_simulation_matches_local(tmp_path, tiny_args):
-    # client 1 is Byzantine (sends NaN): both runtimes reject it through the same validation and agree on the rest
+    # client 1 is Byzantine (sends NaN): both runtimes reject it through the same validation and agree on the rest;
+    # each site also trains a Ditto personal model and, after the last round, scores both on its own test data
     args = _tiny(tiny_args, 3) + ["rounds=2", "compression.kind=int8_block", "attack=nan", "attack.clients=[1]"]
+    args += ["personalize=ditto", "client_eval=final"]
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
     out = fedmm("run", *args, "runtime=flower", "runtime.cpus=2", f"output_dir={tmp_path / 'flower'}", timeout=300)
     assert "done in" in out.stdout
@@ -38,9 +40,12 @@ def test_simulation_matches_local(tmp_path, tiny_args):
         assert a["eval_accuracy"] == b["eval_accuracy"]
         assert a["rejected"] == b["rejected"] == {"1": "non-finite values in " + a["rejected"]["1"].split(" in ")[1]}
         assert a["clients"] == [0, 2]
+    same_site_figures(local[-1], flower[-1])
+    assert "personal_accuracy" in local[-1]["client_eval"]["2"]
     for name in ("config.yaml", "report.md", "partition.json", "checkpoints/round_0002/global.safetensors"):
         assert (tmp_path / "flower" / name).exists(), name
     assert list((tmp_path / "flower" / "client_state").glob("client_*/residual-r2.safetensors"))
+    assert len(list((tmp_path / "flower" / "client_state").glob("client_*/personal-r2.safetensors"))) == 3
 
 
 def test_deployment_with_tls_supernode_auth_and_resume(tmp_path, tiny_args):

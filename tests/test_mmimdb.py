@@ -63,6 +63,8 @@ def test_prepare_then_two_federated_rounds(tmp_path, capsys, layout):
         "1.0",
         "--modalities",
         "1:text,2:image",
+        "--test-fraction",
+        "0.2",
     )
     assert code == 0, err
     assert "examples" in stdout and "Romance" in stdout and "text" in stdout  # the per-client label table
@@ -85,6 +87,12 @@ def test_prepare_then_two_federated_rounds(tmp_path, capsys, layout):
     )
     parts = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert [p["modalities"] for p in parts] == [["image", "text"], ["text"], ["image"]]
+    # client_eval (default final): each site scored the global model on its own test.csv, with its own modalities
+    sites = recs[-1]["client_eval"]
+    for k in range(3):
+        rows = (out / "dataset" / f"client_{k}" / "test.csv").read_text().splitlines()[1:]
+        assert sites[str(k)]["num_examples"] == parts[k]["test_examples"] == len(rows) > 0
+    assert "client_eval_micro_f1_mean" in recs[-1] and "eval_micro_f1" in recs[-1]
 
 
 def test_seed_layout_runs_directly_from_a_nested_server_zip(tmp_path, capsys):
@@ -146,13 +154,13 @@ def test_a_site_reads_only_its_own_folder(tmp_path):
     for line in (site / "train.csv").read_text().splitlines()[1:] + (site / "val.csv").read_text().splitlines()[1:]:
         name = line.split(",")[0]
         shutil.copy(root / "all_in_one_dataset" / "mmimdb_posters" / name, site / "images" / name)
-    train, val = load_site(site, labels, cfg, BadSamples("error"))
+    train, val, _ = load_site(site, labels, cfg, BadSamples("error"))
     assert len(train) == 10 and len(val) == 2 and train.images.shape == (10, 16, 16, 3)
 
     text_site = tmp_path / "alone" / "client_1"
     shutil.copytree(root / "dataset" / "client_1", text_site)
     (text_site / "modality.json").write_text(json.dumps({"modalities": ["text"]}))
-    train, _ = load_site(text_site, labels, cfg, BadSamples("error"))  # no posters anywhere: not needed
+    train, _, _ = load_site(text_site, labels, cfg, BadSamples("error"))  # no posters anywhere: not needed
     assert train.images is None and len(train.texts) == 10
 
 

@@ -49,7 +49,7 @@ def test_text_only_client_batches_contain_no_image_data():
         ]
     )
     data = load_task(s.task, s.seed)
-    clients = split_clients(s, data)
+    clients, _ = split_clients(s, data)
     assert clients[1].images is None and clients[1].image_ids is None  # the client never holds images
     assert clients[2].texts is None
     backend = FusionBackend(s.model, data.train.num_labels, data.train.multilabel)
@@ -113,8 +113,8 @@ def test_per_sample_settings_reach_the_clients_the_record_and_the_model(tmp_path
         ]
     )
     data = load_task(s.task, s.seed)
-    clients = split_clients(s, data)
-    plain = split_clients(load_settings([*args, "modality.text_only=[2]"]), data)
+    clients, _ = split_clients(s, data)
+    plain, _ = split_clients(load_settings([*args, "modality.text_only=[2]"]), data)
     assert clients[0].image_present is not None and clients[2].image_present is None  # text-only: nothing to drop
     assert clients[1].noisy_labels.sum() == (clients[1].labels != plain[1].labels).sum() > 0
     assert clients[0].noisy_labels is None and np.array_equal(clients[0].labels, plain[0].labels)

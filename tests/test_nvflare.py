@@ -8,7 +8,7 @@ pytest.importorskip("nvflare")
 
 from fedmm.runtime.nvflare.poc import PocSystem  # noqa: E402
 
-from conftest import assert_stopped, fedmm, metrics, same_globals  # noqa: E402
+from conftest import assert_stopped, fedmm, metrics, same_globals, same_site_figures  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -18,8 +18,10 @@ def _tiny(tiny_args, clients):
 
 
 def test_simulator_matches_local(tmp_path, tiny_args):
-    # a server optimizer (fedmm's strategy runs), and client 1 sending NaN: rejected by the same validation
+    # a server optimizer (fedmm's strategy runs), and client 1 sending NaN: rejected by the same validation; the
+    # classifier heads stay at the sites (FedPer), and each site scores the global and its own model (validate task)
     args = _tiny(tiny_args, 3) + ["rounds=2", "strategy=fedadam", "attack=nan", "attack.clients=[1]"]
+    args += ["personalize=fedper", "client_eval=final"]
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
     out = fedmm("run", *args, "runtime=nvflare", f"output_dir={tmp_path / 'nvflare'}", timeout=400)
     assert "done in" in out.stdout
@@ -27,6 +29,7 @@ def test_simulator_matches_local(tmp_path, tiny_args):
     for a, b in zip(metrics(tmp_path / "local"), metrics(tmp_path / "nvflare"), strict=True):
         assert a["clients"] == b["clients"] and a["bytes_up"] == b["bytes_up"] and a["bytes_down"] == b["bytes_down"]
         assert a["rejected"] == b["rejected"] and list(a["rejected"]) == ["1"] and "non-finite" in a["rejected"]["1"]
+    same_site_figures(metrics(tmp_path / "local")[-1], metrics(tmp_path / "nvflare")[-1])
     for name in ("config.yaml", "report.md", "checkpoints/round_0002/global.safetensors"):
         assert (tmp_path / "nvflare" / name).exists(), name
 

@@ -68,7 +68,8 @@ def test_single_label_csv_runs_from_the_shell_and_learns(tmp_path):
     final = metrics(run)[-1]
     assert final["eval_accuracy"] >= 0.9  # the colour is plain to see: far above chance (1/3)
     partition = json.loads((run / "partition.json").read_text())
-    assert sum(c["num_examples"] for c in partition) == 120  # 150 less 10% test, 10% validation
+    # 150 less 10% test, 10% validation; each client holds out its own 10% for client_eval (the default)
+    assert sum(c["num_examples"] + c["test_examples"] for c in partition) == 120
 
 
 def test_multilabel_jsonl_is_scored_with_f1(tmp_path):

@@ -128,7 +128,8 @@ def test_tiny_blip_two_federated_rounds_on_vqav2(tmp_path, capsys):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(0.0 <= r["eval_vqa_accuracy"] <= 1.0 for r in records)
     parts = json.loads((tmp_path / "run" / "partition.json").read_text())
-    assert min(p["num_examples"] for p in parts) >= 4
+    assert min(p["num_examples"] + p["test_examples"] for p in parts) >= 4  # min_size, before client_eval's cut
+    assert records[-1]["client_eval"].keys() == {"0", "1", "2"}  # every site scored its own questions
 
 
 def test_the_papers_grid_is_a_ready_sweep(tmp_path, capsys):

@@ -14,6 +14,7 @@ Generative VQA: `vqa_accuracy(prediction, answers)`, the official VQA accuracy o
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
@@ -166,3 +167,21 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     hits = sum(r == pred for r in refs)
     # leaving out annotator i removes one match when i's answer is the prediction
     return float(np.mean([min((hits - (r == pred)) / 3.0, 1.0) for r in refs]))
+
+
+def site_summary(per_site: dict[Any, dict[str, float]]) -> dict[str, float]:
+    """Client-side evaluation over the sites that scored (`{site: {"num_examples": n, metric: value, ...}}`): for
+    every metric but losses, `<metric>_mean` weighted by the sites' example counts (the figure of the union of
+    their test data for accuracy-like metrics), `<metric>_min` (the worst site: fairness) and `<metric>_std` (the
+    population std across sites, unweighted: each site counts once)."""
+    names = sorted({k for s in per_site.values() for k in s if k != "num_examples" and not k.endswith("loss")})
+    out: dict[str, float] = {}
+    for name in names:
+        scored = [(s["num_examples"], s[name]) for s in per_site.values() if name in s and s["num_examples"] > 0]
+        if not scored:
+            continue
+        n, v = np.array(scored, dtype=np.float64).T
+        out[f"{name}_mean"] = float((n * v).sum() / n.sum())
+        out[f"{name}_min"] = float(v.min())
+        out[f"{name}_std"] = float(v.std())
+    return out

@@ -32,7 +32,7 @@ class RoundRecord:
     bytes_up: int = _f("bytes", "serialized updates received, summed over the replies (rejected ones included)")
     client_seconds: float = _f("s", "local training time, summed over the clients")
     client_seconds_max: float = _f("s", "the slowest client's training time (what parallel clients wait for)")
-    eval_seconds: float = _f("s", "server evaluation time")
+    eval_seconds: float = _f("s", "evaluation time: the server's, and the sites' in a round with client_eval")
     seconds: float = _f("s", "the whole round, wall time")
     eval: dict[str, float] = _f(
         "", "server evaluation on the test split, written as eval_<metric>", default_factory=dict
@@ -59,6 +59,19 @@ class RoundRecord:
         default=None,
     )
 
+    client_eval: dict[int, dict[str, float]] = _f(
+        "",
+        "client_eval: client id -> num_examples and its figures on its own test data (personal_<metric>: its personal "
+        "model's), only in rounds with client-side evaluation",
+        default_factory=dict,
+    )
+    client_eval_summary: dict[str, float] = _f(
+        "",
+        "over the sites that scored: <metric>_mean (example-weighted), <metric>_min (the worst site), <metric>_std "
+        "(across sites), written as client_eval_<metric>_<stat>",
+        default_factory=dict,
+    )
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "round": self.round,
@@ -76,6 +89,8 @@ class RoundRecord:
                 "norm_bound",
                 "dp_epsilon",
                 "dp_noise_multiplier",
+                "client_eval",
+                "client_eval_summary",
                 "seconds",
             ):
                 continue
@@ -85,6 +100,9 @@ class RoundRecord:
         for name in ("failures", "rejected", "clipped", "norm_bound", "dp_epsilon", "dp_noise_multiplier"):
             if getattr(self, name) or (name.startswith("dp_") and getattr(self, name) is not None):
                 out[name] = getattr(self, name)
+        if self.client_eval:
+            out["client_eval"] = {str(k): v for k, v in self.client_eval.items()}
+            out.update(prefixed("client_eval", self.client_eval_summary))
         out["seconds"] = self.seconds
         return out
 
@@ -143,6 +161,10 @@ def describe() -> str:
     lines = ["| record | column | unit | meaning |", "|---|---|---|---|"]
     for cls in (RoundRecord, EpochRecord):
         for f in fields(cls):
-            name = {"eval": "eval_<metric>", "strategy": "strategy_<name>"}.get(f.name, f.name)
+            name = {
+                "eval": "eval_<metric>",
+                "strategy": "strategy_<name>",
+                "client_eval_summary": "client_eval_<metric>_<stat>",
+            }.get(f.name, f.name)
             lines.append(f"| {cls.__name__} | `{name}` | {f.metadata['unit']} | {f.metadata['help']} |")
     return "\n".join(lines)

@@ -124,6 +124,79 @@ def plot_metrics(records: list[dict], step: str, path: Path) -> None:
     plt.close(fig)
 
 
+def site_figures(record: dict[str, Any]) -> list[str]:
+    """The figures a round's client_eval reports per site, global before personal (losses left out)."""
+    names = {k for site in record.get("client_eval", {}).values() for k in site if k != "num_examples"}
+    return sorted((k for k in names if not k.endswith("loss")), key=lambda k: (k.startswith("personal_"), k))
+
+
+def site_summary_line(record: dict[str, Any]) -> str:
+    """client_eval in one line: each figure's example-weighted mean and the worst site's."""
+    parts = []
+    for name in site_figures(record):
+        worst = min(record["client_eval"].items(), key=lambda kv: kv[1].get(name, float("inf")))[0]
+        parts.append(
+            f"{name} mean {record[f'client_eval_{name}_mean']:.4f}, worst {record[f'client_eval_{name}_min']:.4f} "
+            f"(client {worst})"
+        )
+    return f"sites ({len(record['client_eval'])}, own test data): " + "; ".join(parts)
+
+
+def site_section(record: dict[str, Any], path: Path) -> list[str]:
+    """report.md's per-site table of the last round with client_eval, and sites.png: each site's figure (global
+    and personal) beside the server's on its own test split."""
+    names, sites = site_figures(record), record["client_eval"]
+    lines = [f"## Per-site evaluation (round {record['round']}, each site's own test data)", ""]
+    lines += ["| site | test examples | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for site, figures in sorted(sites.items(), key=lambda kv: int(kv[0])):
+        lines.append(
+            f"| {site} | {figures['num_examples']} | " + " | ".join(_fmt(figures.get(n, "")) for n in names) + " |"
+        )
+    for stat, label in (("mean", "mean (example-weighted)"), ("min", "worst site"), ("std", "std across sites")):
+        lines.append(
+            f"| {label} | | " + " | ".join(_fmt(record.get(f"client_eval_{n}_{stat}", "")) for n in names) + " |"
+        )
+    server = f"eval_{names[0]}" if names else ""
+    if server in record:
+        lines += ["", f"The server's `{server}` on its own test split: {_fmt(record[server])}."]
+    try:
+        plot_sites(record, names, path)
+        lines += ["", f"![sites]({path.name})"]
+    except Exception as e:  # noqa: BLE001 - a plot never costs the report
+        lines += ["", f"(no plot: {e})"]
+    return lines + [""]
+
+
+def plot_sites(record: dict[str, Any], names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metric = next((n for n in names if not n.startswith("personal_")), None)
+    if metric is None:
+        return
+    shown = [metric] + ([f"personal_{metric}"] if f"personal_{metric}" in names else [])
+    sites = sorted(record["client_eval"], key=int)
+    x = np.arange(len(sites))
+    width = 0.8 / len(shown)
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(sites) + 2), 3.5))
+    for i, name in enumerate(shown):
+        ax.bar(x + i * width, [record["client_eval"][s].get(name, 0) for s in sites], width, label=name)
+    if f"eval_{metric}" in record:
+        ax.axhline(record[f"eval_{metric}"], color="black", linestyle="--", label=f"server eval_{metric}")
+    ax.set_xticks(
+        x + width * (len(shown) - 1) / 2, [f"client {s}" for s in sites], rotation=45 if len(sites) > 8 else 0
+    )
+    ax.set_ylabel(metric)
+    ax.set_title(f"per-site {metric}, round {record['round']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_report(run_dir: str | Path, title: str = "fedmm run") -> Path:
     rd = RunDir(run_dir)
     records = rd.read_metrics()
@@ -138,7 +211,10 @@ def write_report(run_dir: str | Path, title: str = "fedmm run") -> Path:
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_fmt(r.get(c, ""), c) for c in cols) + " |" for r in records]
         plot_metrics(records, step, rd.path / "metrics.png")
-        lines += ["", "![metrics](metrics.png)"]
+        lines += ["", "![metrics](metrics.png)", ""]
+        at_sites = [r for r in records if r.get("client_eval")]
+        if at_sites:
+            lines += site_section(at_sites[-1], rd.path / "sites.png")
     else:
         lines += ["No completed rounds yet."]
     rd.write_text("report.md", "\n".join(lines) + "\n")

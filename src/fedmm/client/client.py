@@ -9,10 +9,14 @@ own module. `pos_weight` (a multilabel task's option) weights the loss by the cl
 site knows its own data, not the federation's. A compressed update is the delta, with the client's error-feedback
 residual kept in `ClientState`. Under local DP (`privacy.mode=local`) the update is clipped and noised here, before
 it leaves the site (`fedmm.fl.privacy.privatize`).
+
+An `evaluate` request (client_eval) scores the global model, and the site's personal one (fedmm.client.personal),
+on the site's own test data and returns only the figures and the example count.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,6 +25,7 @@ import torch
 
 from fedmm.backends.base import Backend
 from fedmm.client.attacks import attack_update, attacking, flip_labels
+from fedmm.client.personal import KEEPS_TENSORS, PERSONAL
 from fedmm.client.state import ClientState
 from fedmm.config.schema import AttackConfig
 from fedmm.data.dataset import MultimodalDataset
@@ -28,9 +33,10 @@ from fedmm.fl.compression import compress_update
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.privacy import privatize
 from fedmm.fl.strategy.base import ClientHook, LocalRound
+from fedmm.fl.strategy.fedprox import ProximalTerm
 from fedmm.fl.update import Update
 from fedmm.modelops import get_params, set_params
-from fedmm.params import params_from_bytes
+from fedmm.params import Params, params_from_bytes
 from fedmm.registry import STRATEGIES
 from fedmm.train.loop import positive_weights, train_epochs
 
@@ -60,6 +66,81 @@ class ClientTrainer:
         self.progress = progress
         self.state = ClientState(state_dir)  # where this process keeps its clients' state (None: in memory)
         self.attack = attack  # simulated Byzantine behaviour of some clients (fedmm.client.attacks)
+        self._initial: Params = {}  # the personal tensors' initial values (fedper, fedbn), taken before any training
+
+    def _train(self, cid: int, data: MultimodalDataset, ins: FitInstructions, epochs: int, rnd: int, **kw) -> dict:
+        return train_epochs(
+            self.model,
+            self.backend,
+            data,
+            epochs=epochs,
+            batch_size=ins.batch_size,
+            lr=ins.lr,
+            weight_decay=ins.weight_decay,
+            optimizer_name=ins.optimizer,
+            seed=client_seed(ins.seed, rnd, cid),
+            desc=f"client {cid}",
+            progress=self.progress,
+            grad_accum_steps=ins.grad_accum_steps,
+            precision=ins.precision,
+            **kw,
+        )
+
+    def _personal(self, cid: int, ins: FitInstructions, through: bool = False) -> Optional[Params]:
+        """This site's personal tensors as of round `ins.round` (before it, or `through` it); fedper / fedbn
+        start from the initial values, ditto from the global model (None)."""
+        stored = self.state.load(PERSONAL, cid, ins.round, through=through)
+        if stored is None and ins.personalize in KEEPS_TENSORS:
+            if not self._initial:
+                self._initial = get_params(self.model, ins.local_keys)
+            return self._initial
+        return stored
+
+    def _ditto(self, cid: int, data: MultimodalDataset, received: Params, ins: FitInstructions) -> None:
+        """Ditto's personal step: the site's personal model trained on its data, pulled toward `received`."""
+        set_params(self.model, received)
+        pull = ProximalTerm({"prox_mu": ins.personal_lam})
+        pull.before_training(LocalRound(cid, self.model, data, None, ins, score=None))  # anchored at the global
+        personal = self._personal(cid, ins)
+        if personal is not None:
+            set_params(self.model, personal)
+        self._train(cid, data, ins, ins.local_epochs, ins.round, on_step=pull.on_step)
+        self.state.save(PERSONAL, cid, ins.round, get_params(self.model, list(received)))
+
+    def evaluate(
+        self,
+        cid: int,
+        data: MultimodalDataset,
+        test: Optional[MultimodalDataset],
+        payload: bytes,
+        ins: FitInstructions,
+    ) -> Update:
+        """client_eval: the global model's figures on `test` (the site's own held-out data), and with personalization
+        its personal model's as `personal_<name>`; no tensors."""
+        if test is None or len(test) == 0:
+            return Update(client_id=cid, params={}, num_examples=0, modalities=data.modalities)
+        received = params_from_bytes(payload)
+        set_params(self.model, received)
+        if ins.local_keys:  # the global model as the server has it: local keys at their initial values
+            set_params(self.model, self._initial or self._personal(cid, replace(ins, round=0)))
+        metrics = self._evaluate(test, ins)
+        personal = None
+        if ins.personalize == "finetune":
+            self._train(cid, data, ins, ins.personal_epochs, ins.round + 1)
+            personal = self._evaluate(test, ins)
+        elif ins.personalize != "none":
+            own = self._personal(cid, ins, through=True)
+            if own is not None:
+                set_params(self.model, own)
+            personal = self._evaluate(test, ins)
+        if personal is not None:
+            metrics.update({f"personal_{k}": v for k, v in personal.items()})
+        return Update(client_id=cid, params={}, num_examples=len(test), metrics=metrics, modalities=data.modalities)
+
+    def _evaluate(self, test: MultimodalDataset, ins: FitInstructions) -> dict[str, float]:
+        return self.backend.evaluate(
+            self.model, test, tuple(ins.eval_metrics), ins.batch_size, zero_division=ins.zero_division
+        )
 
     def _score(self, data: MultimodalDataset, metric: str, ins: FitInstructions) -> dict[str, float]:
         return self.backend.evaluate(self.model, data, (metric,), ins.batch_size, zero_division=ins.zero_division)
@@ -77,6 +158,8 @@ class ClientTrainer:
         ins = instructions if isinstance(instructions, FitInstructions) else FitInstructions.from_json(instructions)
         received = params_from_bytes(payload)
         set_params(self.model, received)
+        if ins.local_keys:  # fedper / fedbn: this site's own copy of the local tensors
+            set_params(self.model, self._personal(cid, ins))
         hook = client_hook(ins)
         run = LocalRound(
             cid=cid,
@@ -89,26 +172,21 @@ class ClientTrainer:
         hook.before_training(run)
         byzantine = attacking(self.attack, cid, ins.round)
         train = flip_labels(run.train) if byzantine and self.attack.name == "label_flip" else run.train
-        stats = train_epochs(
-            self.model,
-            self.backend,
+        stats = self._train(
+            cid,
             train,
-            epochs=ins.local_epochs,
-            batch_size=ins.batch_size,
-            lr=ins.lr,
-            weight_decay=ins.weight_decay,
-            optimizer_name=ins.optimizer,
-            seed=client_seed(ins.seed, ins.round, cid),
-            desc=f"client {cid}",
-            progress=self.progress,
+            ins,
+            ins.local_epochs,
+            ins.round,
             on_step=hook.on_step,
             pos_weight=positive_weights(train.labels) if ins.pos_weight else None,
-            grad_accum_steps=ins.grad_accum_steps,
-            precision=ins.precision,
         )
         run.metrics.update(train_loss=stats["train_loss"], seconds=stats["seconds"])
         hook.after_training(run)
-        keys = self.backend.client_keys(self.model, data.modalities)
+        if ins.local_keys:
+            self.state.save(PERSONAL, cid, ins.round, get_params(self.model, ins.local_keys))
+        local = set(ins.local_keys)
+        keys = [k for k in self.backend.client_keys(self.model, data.modalities) if k not in local]
         params, compression = get_params(self.model, keys), {}
         if byzantine:
             params = attack_update(self.attack, params, received, client_seed(ins.seed, ins.round, cid))
@@ -121,6 +199,8 @@ class ClientTrainer:
             params, compression, residual = compress_update(params, received, residual, comp.kind, comp.block_size)
             if comp.error_feedback:
                 self.state.save_residual(cid, ins.round, residual)
+        if ins.personalize == "ditto":
+            self._ditto(cid, train, received, ins)
         return Update(
             client_id=cid,
             params=params,
@@ -137,5 +217,11 @@ class ClientTrainer:
         payload: bytes,
         instructions: Union[FitInstructions, dict],
         val: Optional[MultimodalDataset] = None,
+        test: Optional[MultimodalDataset] = None,
     ) -> bytes:
-        return self.fit(cid, data, payload, instructions, val).to_bytes()
+        """The reply to a round's request, fit or evaluate, as the bytes a runtime carries back. `test` is the
+        site's own test data (its validation rows stand in when it has none)."""
+        ins = instructions if isinstance(instructions, FitInstructions) else FitInstructions.from_json(instructions)
+        if ins.task == "evaluate":
+            return self.evaluate(cid, data, test if test is not None else val, payload, ins).to_bytes()
+        return self.fit(cid, data, payload, ins, val).to_bytes()

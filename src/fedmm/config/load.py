@@ -26,7 +26,9 @@ from omegaconf.errors import OmegaConfBaseException
 from fedmm.config.schema import (
     ATTACKS,
     BOUNDS,
+    CLIENT_EVAL,
     NORM_BOUNDS,
+    PERSONALIZE,
     PRECISIONS,
     PRIVACY,
     PRIVACY_MODES,
@@ -34,6 +36,7 @@ from fedmm.config.schema import (
     AttackConfig,
     LauncherConfig,
     PartitionConfig,
+    PersonalizeConfig,
     PrivacyConfig,
     Schema,
 )
@@ -49,6 +52,7 @@ RUN_GROUPS = {
     "partition": PartitionConfig,
     "attack": AttackConfig,
     "privacy": PrivacyConfig,
+    "personalize": PersonalizeConfig,
     "launcher": LauncherConfig,
 }
 OPTION_GROUPS = (*GROUPS, *RUN_GROUPS, "experiment")  # groups chosen with group=option
@@ -196,6 +200,10 @@ def validate(cfg: DictConfig) -> Settings:
         raise FedmmError(f"optimizer must be adamw or sgd (got '{cfg.optimizer}')")
     if cfg.precision not in PRECISIONS:
         raise FedmmError(f"precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
+    if cfg.client_eval not in CLIENT_EVAL:
+        raise FedmmError(f"client_eval must be one of {', '.join(CLIENT_EVAL)} (got '{cfg.client_eval}')")
+    if cfg.personalize.name not in PERSONALIZE:
+        raise FedmmError(f"unknown personalize '{cfg.personalize.name}'; choose one of: {', '.join(PERSONALIZE)}")
     _check_bounds(cfg)
     _check_trust(cfg)
     _check_tools(cfg)

@@ -68,6 +68,8 @@ BOUNDS = {
     "attack.scale": Bound(),
     "attack.std": Bound(0),
     "attack.start_round": Bound(1),
+    "personalize.epochs": Bound(1),
+    "personalize.lam": Bound(0),
     "privacy.clip_norm": Bound(0, low_open=True),
     "privacy.noise_multiplier": Bound(0, low_open=True),
     "privacy.delta": Bound(0, 1, low_open=True),
@@ -203,6 +205,25 @@ PRIVACY = ("none", "dp")
 PRIVACY_MODES = ("central", "local")
 ATTACKS = ("none", "nan", "inf", "scale", "sign_flip", "gaussian", "label_flip", "shape")
 NORM_BOUNDS = ("clip", "reject")
+CLIENT_EVAL = ("none", "final", "every")
+PERSONALIZE = ("none", "finetune", "fedper", "fedbn", "ditto")
+
+
+@dataclass
+class PersonalizeConfig:
+    """Each site's own model beside the global one (fedmm.client.personal); personal tensors stay at the site."""
+
+    name: str = opt(
+        "none",
+        "none | finetune (after the last round each site fine-tunes the global model) | fedper (local_keys stay at "
+        "the site) | fedbn (normalisation layers stay at the site) | ditto (a personal model pulled toward the "
+        "global one)",
+    )
+    epochs: int = opt(1, "finetune: passes over the site's training data after the last round")
+    local_keys: str = opt(
+        "", "fedper: a regex over state-dict keys that never leave the site (empty: the backend's classifier head)"
+    )
+    lam: float = opt(0.1, "ditto: the pull of the personal model toward the global one, lambda/2 ||w - w_global||^2")
 
 
 @dataclass
@@ -229,6 +250,7 @@ class Schema:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     max_update_norm: Optional[Any] = opt(
@@ -270,6 +292,11 @@ class Schema:
     max_train_samples: Optional[int] = opt(None, "subsample the training split before partitioning")
     max_eval_samples: Optional[int] = opt(None, "subsample the server's validation and test splits")
     eval_every: int = opt(1, "server evaluation every k rounds (and always after the last)")
+    client_eval: str = opt(
+        "final",
+        "none | final | every: each site scores the global (and its personal) model on its own held-out data after "
+        "the last round, or with every server evaluation; only metrics and counts leave the site",
+    )
     keep_checkpoints: int = opt(3, "per-round checkpoints kept (0 = all)")
     output_dir: Optional[str] = opt(None, "default runs/<timestamp>")
     resume: Optional[str] = opt(None, "a run directory to continue after its last completed round")

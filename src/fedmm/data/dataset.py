@@ -125,15 +125,23 @@ class MultimodalDataset:
         return out
 
 
+# task.client_test_fraction, shared by the tasks whose training split fedmm partitions
+CLIENT_TEST_HELP = (
+    0.1,
+    "of each client's partition, held out as that site's own test data when client_eval is on (split before "
+    "training, by the seed; partition.json records the counts)",
+)
+
+
 @dataclass(frozen=True)
 class TaskData:
     """A task's splits: `train` is partitioned over clients, `val` is the server's for selection and tuning,
     `test` is the server's held-out evaluation set.
 
     Tasks whose training data already lives in per-site folders (MM-IMDb as `fedmm prepare` writes it) give
-    `clients` instead: one data set per site, each holding only the modalities that site has, and `client_val`, the
-    site's own validation rows (or None). Their `train` then holds the sites' labels only (the inputs stay with the
-    sites), for counts and label statistics.
+    `clients` instead: one data set per site, each holding only the modalities that site has, `client_val`, the
+    site's own validation rows (or None), and `client_test`, its test rows (test.csv, or None). Their `train` then
+    holds the sites' labels only (the inputs stay with the sites), for counts and label statistics.
     """
 
     train: MultimodalDataset
@@ -142,6 +150,7 @@ class TaskData:
     metrics: tuple[str, ...]  # names computed by fedmm.metrics.compute
     clients: Optional[tuple[MultimodalDataset, ...]] = None
     client_val: Optional[tuple[Optional[MultimodalDataset], ...]] = None
+    client_test: Optional[tuple[Optional[MultimodalDataset], ...]] = None
     tune_thresholds: bool = False  # multilabel: also report metrics at per-label thresholds tuned on `val`
     pos_weight: bool = False  # multilabel: weight positives by (negatives / positives) of the training labels
     zero_division: float = 1.0  # F1 of a label or example with no positives and no predictions (task.zero_division)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmm.data.dataset import MultimodalDataset, TaskData
+from fedmm.data.dataset import MultimodalDataset, TaskData, CLIENT_TEST_HELP
 from fedmm.data.images import read_rgb
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
@@ -26,6 +26,7 @@ class EasyVQAConfig:
     name: str = opt("easyvqa", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
     root: str = opt("", 'folder with answers.txt and {train,test}/{questions.json,images/}; "" = the easy-vqa package')
     val_fraction: float = opt(0.1, "share of the training images (with their questions) held out for validation")
+    client_test_fraction: float = opt(CLIENT_TEST_HELP[0], CLIENT_TEST_HELP[1])
 
 
 def _default_root() -> Path:

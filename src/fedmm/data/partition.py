@@ -82,3 +82,16 @@ def _check(num_examples: int, num_clients: int, min_size: int) -> None:
             f"{num_examples} training examples cannot give {num_clients} clients at least "
             f"{max(min_size, 1)} each; lower num_clients or raise max_train_samples"
         )
+
+
+def holdout_split(num_examples: int, fraction: float, seed: int, client: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) positions of one client's partition: `round(fraction * n)` examples held out as the site's own
+    test data, at least one when the fraction is positive and the client has two or more, never all of them. Drawn
+    from (seed, client) alone, so a site computes its own split without knowing the others'."""
+    n_test = int(round(fraction * num_examples))
+    if fraction > 0 and num_examples >= 2:
+        n_test = min(max(n_test, 1), num_examples - 1)
+    else:
+        n_test = 0
+    perm = np.random.default_rng([seed, client, 31]).permutation(num_examples)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])

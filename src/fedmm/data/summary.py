@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from fedmm.data.dataset import MultimodalDataset
 
 
-def partition_summary(clients: list[MultimodalDataset]) -> list[dict[str, Any]]:
+def partition_summary(
+    clients: list[MultimodalDataset], tests: Optional[list[Optional[MultimodalDataset]]] = None
+) -> list[dict[str, Any]]:
     """Per client: examples, modalities, label counts, and (when set) how many samples lack their image or text
-    (`missing_image`, `missing_text`) and how many labels noise changed (`noisy_labels`)."""
+    (`missing_image`, `missing_text`), how many labels noise changed (`noisy_labels`) and how many examples the
+    site holds out as its own test data (`test_examples`, client_eval)."""
     names = clients[0].label_names
+    tests = tests or [None] * len(clients)
 
     def robustness(c: MultimodalDataset) -> dict[str, int]:
         out = {}
@@ -28,8 +32,9 @@ def partition_summary(clients: list[MultimodalDataset]) -> list[dict[str, Any]]:
             "modalities": sorted(c.modalities),
             "label_counts": {n: int(v) for n, v in zip(names, c.label_counts())},
             **robustness(c),
+            **({"test_examples": len(t)} if t is not None else {}),
         }
-        for k, c in enumerate(clients)
+        for k, (c, t) in enumerate(zip(clients, tests))
     ]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedmm.data.dataset import MultimodalDataset, TaskData
+from fedmm.data.dataset import MultimodalDataset, TaskData, CLIENT_TEST_HELP
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
 from fedmm.options import opt
@@ -69,6 +69,7 @@ class SyntheticConfig:
     num_test: int = opt(600, "the server's test examples")
     image_size: int = opt(32, "generated images are image_size x image_size")
     noise: float = opt(20.0, "std of the pixel noise, in 0..255 units")
+    client_test_fraction: float = opt(CLIENT_TEST_HELP[0], CLIENT_TEST_HELP[1])
 
 
 def _make(cfg: SyntheticConfig, n: int, rng: np.random.Generator, names: tuple[str, ...]) -> MultimodalDataset:

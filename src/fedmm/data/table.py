@@ -25,7 +25,7 @@ from typing import Any, Iterable, List, Optional
 import numpy as np
 
 from fedmm.data.bad_samples import BadSamples
-from fedmm.data.dataset import MultimodalDataset, TaskData, concat, zero_division
+from fedmm.data.dataset import MultimodalDataset, TaskData, concat, zero_division, CLIENT_TEST_HELP
 from fedmm.data.hf import load_split
 from fedmm.data.images import png_bytes, read_rgb
 from fedmm.errors import FedmmError
@@ -51,6 +51,7 @@ class TableConfig:
     val_path: str = opt("", 'the server\'s validation file ("" = val_fraction of `path`; none with `root`)')
     test_fraction: float = opt(0.1, "of the rows, for the server's test set, when no test file or split is given")
     val_fraction: float = opt(0.1, "of the rows, for the server's validation set, when none is given")
+    client_test_fraction: float = opt(CLIENT_TEST_HELP[0], CLIENT_TEST_HELP[1])
     image_column: str = opt("image", "a path relative to the file, image bytes, or a Hugging Face Image")
     text_column: str = opt("text", "the column holding the text")
     label_column: str = opt("label", "the column holding the label (or the labels, with label_separator)")

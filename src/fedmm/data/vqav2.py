@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from fedmm.data.bad_samples import BadSamples
-from fedmm.data.dataset import MultimodalDataset, TaskData
+from fedmm.data.dataset import MultimodalDataset, TaskData, CLIENT_TEST_HELP
 from fedmm.data.hf import load_split
 from fedmm.data.images import ImageFiles, cache_home, png_bytes
 from fedmm.registry import TASKS
@@ -59,6 +59,7 @@ class VQAv2Config:
         "the evaluation split (server val + test): official name (val2014), or a split string such as validation[:50%]",
     )
     val_fraction: float = opt(0.1, "of the evaluation split's images (with their questions): the server's val split")
+    client_test_fraction: float = opt(CLIENT_TEST_HELP[0], CLIENT_TEST_HELP[1])
     partition_by: str = opt("answer_type", "answer_type | top_answers: the class Dirichlet partitioning splits on")
     top_answers: int = opt(10, 'partition_by=top_answers: this many answer classes plus one "rest" class')
     image_size: int = opt(384, "images are resized to image_size x image_size when a batch reads them")

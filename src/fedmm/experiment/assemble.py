@@ -14,11 +14,12 @@ import torch
 
 from fedmm.backends.base import Backend
 from fedmm.config import Settings
-from fedmm.data.dataset import MultimodalDataset, TaskData, subsample
+from fedmm.data.dataset import CLIENT_TEST_HELP, MultimodalDataset, TaskData, subsample
 from fedmm.data.modality import assign_modalities, client_modalities, sample_missing
 from fedmm.data.noise import noisy_labels
-from fedmm.data.partition import dirichlet_partition, iid_partition, roundrobin_partition
+from fedmm.data.partition import dirichlet_partition, holdout_split, iid_partition, roundrobin_partition
 from fedmm.data.tasks import load_task, site_count
+from fedmm.client.personal import personal_keys
 from fedmm.errors import FedmmError
 from fedmm.fl.strategy.base import Strategy
 from fedmm.modelops import resolve_device
@@ -65,12 +66,25 @@ def count_clients(settings: Settings, sites: Optional[int] = None) -> int:
     return sites
 
 
-def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]:
-    """The clients' training data: the task's own sites, or the training split partitioned over the clients. The
-    run's modality settings then take modalities away (on top of what a site lacks)."""
+def client_eval_mode(settings: Settings) -> str:
+    """`client_eval`, unless the run is private: per-site figures fall outside privacy=dp's guarantee, and secure
+    aggregation exists to keep each site's contribution hidden, so both run without client-side evaluation."""
+    p = settings.privacy
+    return "none" if p.name == "dp" or p.secure_aggregation else settings.client_eval
+
+
+def split_clients(
+    settings: Settings, data: TaskData
+) -> tuple[list[MultimodalDataset], list[Optional[MultimodalDataset]]]:
+    """The clients' training data and their own test data: the task's own sites (with their test.csv), or the
+    training split partitioned over the clients, each holding out `task.client_test_fraction` when client_eval is
+    on. The run's modality settings then take modalities away (on top of what a site lacks); the per-sample
+    robustness settings change the training data only."""
+    tests: list[Optional[MultimodalDataset]]
     if data.clients is not None:
         parts = list(data.clients)
         n = count_clients(settings, sites=len(parts))
+        tests = list(data.client_test or [None] * n)
     else:
         n, train, p = count_clients(settings, sites=None), data.train, settings.partition
         if p.name == "iid":
@@ -83,7 +97,12 @@ def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]
             )
         else:
             raise FedmmError(f"unknown partition '{p.name}'; choose iid, dirichlet or roundrobin")
-        parts = [train.subset(i) for i in idx]
+        parts, tests = [train.subset(i) for i in idx], [None] * n
+        if client_eval_mode(settings) != "none":
+            fraction = getattr(settings.task, "client_test_fraction", CLIENT_TEST_HELP[0])
+            cuts = [holdout_split(len(part), fraction, settings.seed, k) for k, part in enumerate(parts)]
+            tests = [part.subset(test) if len(test) else None for part, (_, test) in zip(parts, cuts)]
+            parts = [part.subset(train_idx) for part, (train_idx, _) in zip(parts, cuts)]
     mods = assign_modalities(
         n,
         client_modalities(settings.modality.text_only, settings.modality.image_only),
@@ -98,7 +117,8 @@ def split_clients(settings: Settings, data: TaskData) -> list[MultimodalDataset]
             f"{'+'.join(sorted(parts[empty[0]].modalities))}, and the modality settings take that away"
         )
     parts = [part.with_modalities(m & part.modalities) for part, m in zip(parts, mods)]
-    return [per_sample(settings, k, part) for k, part in enumerate(parts)]
+    tests = [t.with_modalities(p.modalities & t.modalities) if t is not None else None for p, t in zip(parts, tests)]
+    return [per_sample(settings, k, part) for k, part in enumerate(parts)], tests
 
 
 def per_sample(settings: Settings, k: int, part: MultimodalDataset) -> MultimodalDataset:
@@ -167,6 +187,8 @@ class Parts:
     strategy: Optional[Strategy] = None
     clients: Optional[list[MultimodalDataset]] = None
     client_val: Optional[list[Optional[MultimodalDataset]]] = None
+    client_test: Optional[list[Optional[MultimodalDataset]]] = None  # each site's own test data (client_eval)
+    local_keys: tuple[str, ...] = ()  # trained but never sent: the sites' personal tensors (personalize)
 
 
 def assemble(settings: Settings, role: Role) -> Parts:
@@ -176,7 +198,7 @@ def assemble(settings: Settings, role: Role) -> Parts:
         torch.set_num_threads(settings.threads)
     strategy = build_strategy(settings) if role in ("server", "site") else None
     data = load_data(settings, centralized=role == "centralized")
-    clients = split_clients(settings, data) if role in ("server", "site") else None
+    clients, client_test = split_clients(settings, data) if role in ("server", "site") else (None, None)
     backend = build_backend(settings, data, check_metrics=role != "info")
     if settings.modality.sample_missing_image or settings.modality.sample_missing_text:
         if not backend.per_sample_missing:
@@ -189,6 +211,8 @@ def assemble(settings: Settings, role: Role) -> Parts:
     else:
         model = backend.build_model(seed=settings.seed).to(resolve_device(settings.device))
     keys = travelling_keys(backend, model, strategy)
+    local = personal_keys(settings.personalize, model, keys) if role in ("server", "site") else ()
+    keys = [k for k in keys if k not in local]
     return Parts(
         settings=settings,
         data=data,
@@ -198,4 +222,6 @@ def assemble(settings: Settings, role: Role) -> Parts:
         strategy=strategy,
         clients=clients,
         client_val=client_val(data, clients) if clients is not None else None,
+        client_test=client_test,
+        local_keys=local,
     )

@@ -22,7 +22,7 @@ from fedmm import console
 from fedmm.console import say
 from fedmm.data.dataset import MultimodalDataset, TaskData
 from fedmm.data.summary import format_partition, partition_summary
-from fedmm.experiment.assemble import assemble
+from fedmm.experiment.assemble import assemble, client_eval_mode
 from fedmm.fl.compression import check_kind
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.privacy import Accountant, epsilon, noise_for_epsilon
@@ -33,7 +33,7 @@ from fedmm.fl.validation import Expected
 from fedmm.modelops import get_params, set_params
 from fedmm.params import Params
 from fedmm.experiment.tracking import tracked
-from fedmm.report import RoundTable, write_report
+from fedmm.report import RoundTable, site_summary_line, write_report
 from fedmm.rundir import RunDir, open_run_dir
 
 
@@ -73,6 +73,7 @@ class Federation:
     data: TaskData
     clients: list[MultimodalDataset]
     client_val: list[Optional[MultimodalDataset]]  # each site's own validation rows, when the task has them
+    client_test: list[Optional[MultimodalDataset]]  # each site's own test data (client_eval), when it has some
     backend: Backend
     model: torch.nn.Module
     server: Server
@@ -94,6 +95,8 @@ class Federation:
 
             def on_round(record: dict[str, Any]) -> None:
                 table(record)
+                if record.get("client_eval"):
+                    say(site_summary_line(record))
                 track(record)
 
             self.params = self.server.run(
@@ -104,8 +107,9 @@ class Federation:
         return records[-1] if records else {}
 
 
-def instructions(settings: Settings, data: TaskData) -> FitInstructions:
+def instructions(settings: Settings, data: TaskData, local_keys: tuple[str, ...] = ()) -> FitInstructions:
     """What every client is told, before the schedule (lr) and the strategy adjust it for a round."""
+    p = settings.personalize
     return FitInstructions(
         round=0,
         seed=settings.seed,
@@ -120,6 +124,11 @@ def instructions(settings: Settings, data: TaskData) -> FitInstructions:
         zero_division=data.zero_division,
         compression=settings.typed("compression", CompressionConfig),
         strategy=settings.strategy.name,
+        eval_metrics=list(data.metrics),
+        personalize=p.name,
+        personal_epochs=p.epochs,
+        personal_lam=float(p.lam),
+        local_keys=list(local_keys),
     )
 
 
@@ -182,7 +191,7 @@ def build_server(settings: Settings) -> Federation:
     data, clients, backend, model, strategy = parts.data, parts.clients, parts.backend, parts.model, parts.strategy
     rundir = open_run_dir(settings.resume, settings.output_dir, "run", settings.to_yaml())
     ckpt = resume_point(rundir, settings) if settings.resume else None
-    summary = partition_summary(clients)
+    summary = partition_summary(clients, parts.client_test)
     rundir.write_json("partition.json", summary)
     say(
         f"task {settings.task.name}: {sum(map(len, clients))} train / {len(data.val)} val / {len(data.test)} test "
@@ -196,9 +205,12 @@ def build_server(settings: Settings) -> Federation:
         f"{next(model.parameters()).device}"
     )
 
+    initial_local = get_params(model, list(parts.local_keys))  # personalize=fedper/fedbn: never trained here
+
     def evaluate_on(split: MultimodalDataset, global_params: Params) -> dict[str, float]:
-        """Server-side evaluation with the one model instance the clients also use."""
-        set_params(model, global_params)
+        """Server-side evaluation with the one model instance the clients also use (the sites' local tensors, which
+        the embedded runtime's clients leave in it, at their initial values: the global model has no others)."""
+        set_params(model, {**global_params, **initial_local})
         return server_metrics(model, backend, data, split, settings.eval_batch_size)
 
     param_names = {n for n, _ in model.named_parameters()}
@@ -224,13 +236,14 @@ def build_server(settings: Settings) -> Federation:
         lr_warmup_rounds=settings.lr_warmup_rounds,
         max_update_norm=settings.max_update_norm,
         norm_bound=settings.norm_bound,
+        client_eval=client_eval_mode(settings),
     )
     params, start = get_params(model, parts.keys), 1
     privacy = accountant(settings, len(clients), per_round, params)
     local_dp = privacy is not None and privacy.local  # noised clients send every key (fedmm.fl.privacy.privatize)
     expected = {
         cid: Expected(
-            keys=None if local_dp else frozenset(backend.client_keys(model, c.modalities)),
+            keys=None if local_dp else frozenset(backend.client_keys(model, c.modalities)) - set(parts.local_keys),
             modalities=c.modalities,
             max_examples=len(c),
         )
@@ -240,7 +253,7 @@ def build_server(settings: Settings) -> Federation:
         strategy,
         server_cfg,
         evaluate=lambda p: evaluate_on(data.test, p),
-        instructions=instructions(settings, data),
+        instructions=instructions(settings, data, parts.local_keys),
         expected=expected,
         privacy=privacy,
     )
@@ -258,6 +271,7 @@ def build_server(settings: Settings) -> Federation:
         data=data,
         clients=clients,
         client_val=parts.client_val,
+        client_test=parts.client_test,
         backend=backend,
         model=model,
         server=server,

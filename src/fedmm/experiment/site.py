@@ -23,6 +23,7 @@ class Site:
     model: torch.nn.Module
     train: MultimodalDataset
     val: Optional[MultimodalDataset]
+    test: Optional[MultimodalDataset]  # the site's own test data (client_eval)
 
 
 def build_site(settings: Settings, cid: int) -> Site:
@@ -37,4 +38,10 @@ def build_site(settings: Settings, cid: int) -> Site:
             f"the site's partition-id (Flower: the SuperNode's --node-config, NVFlare: the job's "
             f"--partition-id)"
         )
-    return Site(backend=parts.backend, model=parts.model, train=parts.clients[cid], val=parts.client_val[cid])
+    return Site(
+        backend=parts.backend,
+        model=parts.model,
+        train=parts.clients[cid],
+        val=parts.client_val[cid],
+        test=parts.client_test[cid],
+    )

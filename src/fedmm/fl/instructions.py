@@ -16,6 +16,9 @@ from fedmm.config.schema import CompressionConfig
 
 @dataclass
 class FitInstructions:
+    """What one client does in one round (`task=fit`: train and send an update) or after it (`task=evaluate`: score
+    the global and its personal model on its own held-out data and send only the figures)."""
+
     round: int  # 1-based; with `seed` and the client id it seeds the client's batch order and dropout
     seed: int  # the run's seed
     lr: float  # this round's learning rate, after the schedule
@@ -33,6 +36,12 @@ class FitInstructions:
     dp_noise_seed: Optional[int] = None  # local DP: null draws the noise from the OS; a number makes it repeatable
     strategy: str = "fedavg"  # the strategy's registered name: its ClientHook does the client-side work
     strategy_options: dict[str, Any] = field(default_factory=dict)  # what the strategy asks (JSON values)
+    task: str = "fit"  # fit | evaluate (client_eval; runtimes send it as their evaluate/validate message)
+    eval_metrics: list[str] = field(default_factory=list)  # evaluate: the task's metrics
+    personalize: str = "none"  # none | finetune | fedper | fedbn | ditto (fedmm.client.personal)
+    personal_epochs: int = 1  # finetune: local epochs after the last round
+    personal_lam: float = 0.1  # ditto: the personal model's pull toward the global one
+    local_keys: list[str] = field(default_factory=list)  # fedper / fedbn: the tensors that stay at the site
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,6 +4,8 @@ A runtime supplies one function, `fit_clients(round, client_ids, payload, instru
 error}`, that delivers the serialized global parameters and each client's `FitInstructions` to the sampled clients
 and returns their serialized updates. All the rest (sampling, instructing, aggregating, evaluating, checkpointing,
 byte accounting, the metrics record) happens here, so every runtime produces the same results for the same seed.
+Client-side evaluation (`client_eval`) goes through the same function: instructions with `task="evaluate"`, which a
+runtime sends as its evaluate message, and replies that carry figures instead of tensors.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fedmm.fl.privacy import Accountant, Summed, clipped_sum, local_noise_std
 from fedmm.fl.sampling import sample_clients
 from fedmm.fl.strategy.base import Strategy
 from fedmm.fl.update import Update
+from fedmm.metrics import site_summary
 from fedmm.fl.validation import Expected, Rejected, check_reply, clip_update, delta_norm, norm_bound
 from fedmm.params import Params, params_to_bytes
 from fedmm.record import RoundRecord
@@ -84,6 +87,7 @@ class ServerConfig:
     lr_warmup_rounds: int = 0
     max_update_norm: Any = None  # None | a number | "auto" (see fedmm.fl.validation)
     norm_bound: str = "clip"  # clip | reject
+    client_eval: str = "none"  # none | final | every: every site scores the new global model on its own test data
 
 
 class Server:
@@ -253,6 +257,9 @@ class Server:
         t_eval = time.perf_counter()
         evaluated = rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds
         metrics = self.evaluate(new_params) if evaluated else {}
+        at_sites = {}
+        if self.cfg.client_eval == "every" and evaluated or self.cfg.client_eval == "final" and rnd == self.cfg.rounds:
+            at_sites = self.evaluate_clients(rnd, lr, new_params, fit_clients)
         record = RoundRecord(
             round=rnd,
             clients_sampled=len(ids),
@@ -274,9 +281,34 @@ class Server:
             norm_bound=bound,
             dp_epsilon=spent.get("dp_epsilon"),
             dp_noise_multiplier=spent.get("dp_noise_multiplier"),
+            client_eval=at_sites,
+            client_eval_summary=site_summary(at_sites),
             seconds=time.perf_counter() - t0,
         )
         return new_params, record.to_json()
+
+    def evaluate_clients(
+        self, rnd: int, lr: float, params: Params, fit_clients: FitClients
+    ) -> dict[int, dict[str, float]]:
+        """client_eval: every client scores `params` (and its personal model) on its own held-out data, asked with
+        an evaluate request through the runtime; {client id: {"num_examples": n, metric: value, ...}} of those that
+        scored (a failure is logged, a site without test data left out)."""
+        ids = list(range(self.cfg.num_clients))
+        ins = replace(self.instructions, round=rnd, lr=lr, task="evaluate")
+        out: dict[int, dict[str, float]] = {}
+        for cid, reply in _in_order(ids, fit_clients(rnd, ids, params_to_bytes(params), {c: ins for c in ids})):
+            if isinstance(reply, BaseException):
+                log.warning("round %d: client %d did not evaluate: %s: %s", rnd, cid, type(reply).__name__, reply)
+                continue
+            try:
+                scored = Update.from_bytes(reply)
+            except Exception as e:  # noqa: BLE001 - a damaged reply is that client's, logged
+                log.warning("round %d: client %d sent an unreadable evaluation: %s", rnd, cid, e)
+                continue
+            figures = {k: float(v) for k, v in scored.metrics.items() if isinstance(v, (int, float))}
+            if scored.num_examples > 0 and all(np.isfinite(v) for v in figures.values()):
+                out[cid] = {"num_examples": int(scored.num_examples), **figures}
+        return out
 
     def run(
         self,

@@ -45,6 +45,7 @@ def in_process_clients(fed):
         for cid in tqdm(
             ids, desc=f"round {rnd}/{fed.settings.rounds}", leave=False, unit="client", disable=not fed.progress or None
         ):
-            yield cid, trainer.fit_bytes(cid, fed.clients[cid], payload, instructions[cid], fed.client_val[cid])
+            data, val, test = fed.clients[cid], fed.client_val[cid], fed.client_test[cid]
+            yield cid, trainer.fit_bytes(cid, data, payload, instructions[cid], val, test)
 
     return fit_clients

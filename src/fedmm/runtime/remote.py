@@ -64,7 +64,8 @@ def simulated_sites_state(folder: Path) -> Iterator[None]:
 
 
 def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) -> bytes:
-    """One round of local training for this site's client (`request["config"]` is its `FitInstructions` as JSON);
+    """One round of local training, or an evaluation (client_eval), for this site's client (`request["config"]` is
+    its `FitInstructions` as JSON, whose `task` says which);
     the model and data of the last call are reused while the experiment is the same."""
     from fedmm.client.client import ClientTrainer
     from fedmm.config.load import settings_from_yaml
@@ -96,7 +97,7 @@ def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) ->
             ),
         )
     site = _SITE["site"]
-    return _SITE["trainer"].fit_bytes(cid, site.train, payload, request["config"], site.val)
+    return _SITE["trainer"].fit_bytes(cid, site.train, payload, request["config"], site.val, site.test)
 
 
 def request_for_clients(fed: "Federation", runtime: str, **extra: Any) -> dict[str, Any]:

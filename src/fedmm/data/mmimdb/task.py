@@ -58,9 +58,9 @@ def load_site(
     project: Optional[Path] = None,
     modalities: Optional[frozenset[str]] = None,
     labels_file: str = "labels.json",
-) -> tuple[MultimodalDataset, Optional[MultimodalDataset]]:
-    """(train, val) of one site folder, with the modalities of its modality.json (or `modalities`). A site without
-    images is never asked for posters."""
+) -> tuple[MultimodalDataset, Optional[MultimodalDataset], Optional[MultimodalDataset]]:
+    """(train, val, test) of one site folder (val.csv and test.csv are optional), with the modalities of its
+    modality.json (or `modalities`). A site without images is never asked for posters."""
     mods = modalities or read_modalities(folder)
     posters = poster_folder(folder, project, cfg.image_dir) if "image" in mods else None
 
@@ -76,8 +76,8 @@ def load_site(
     train = split("train")
     if train is None or len(train) == 0:
         raise FedmmError(f"{folder / 'train.csv'} has no usable rows; a client needs training data")
-    val = split("val")
-    return train, (val if val is not None and len(val) else None)
+    val, test = split("val"), split("test")
+    return train, (val if val is not None and len(val) else None), (test if test is not None and len(test) else None)
 
 
 def _server_split(
@@ -127,7 +127,7 @@ def load_mmimdb(cfg: MMIMDbConfig, seed: int, centralized: bool = False) -> Task
         for folder in layout.clients
     ]
     bad.warn(str(layout.project))
-    trains = [train for train, _ in sites]
+    trains = [train for train, _, _ in sites]
     common = dict(
         val=val,
         test=test,
@@ -139,4 +139,10 @@ def load_mmimdb(cfg: MMIMDbConfig, seed: int, centralized: bool = False) -> Task
     if centralized:
         return TaskData(train=concat(trains), **common)
     labels_only = concat([t.with_modalities(frozenset()) for t in trains])
-    return TaskData(train=labels_only, clients=tuple(trains), client_val=tuple(v for _, v in sites), **common)
+    return TaskData(
+        train=labels_only,
+        clients=tuple(trains),
+        client_val=tuple(v for _, v, _ in sites),
+        client_test=tuple(t for _, _, t in sites),
+        **common,
+    )

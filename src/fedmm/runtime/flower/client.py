@@ -25,15 +25,24 @@ def query(msg: Message, context: Context) -> Message:
     return query_reply(msg, partition_id(dict(context.node_config)))
 
 
+def _serve(node_config: dict, node_id: int, payload: bytes, request: dict) -> bytes:
+    if request["warm"]:
+        from fedmm.runtime.flower.worker import call_worker
+
+        return call_worker(node_config, node_id, payload, request)
+    return fit(node_config, payload, request)
+
+
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     secure = is_secure(msg)
     payload, request = secure_request(msg) if secure else train_request(msg)
-    node_config = dict(context.node_config)
-    if request["warm"]:
-        from fedmm.runtime.flower.worker import call_worker
-
-        update = call_worker(node_config, context.node_id, payload, request)
-    else:
-        update = fit(node_config, payload, request)
+    update = _serve(dict(context.node_config), context.node_id, payload, request)
     return secure_reply(msg, payload, update, request["weighted"]) if secure else train_reply(msg, update)
+
+
+@client_app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """client_eval: the site scores the global model on its own test data; the reply carries figures only."""
+    payload, request = train_request(msg)
+    return train_reply(msg, _serve(dict(context.node_config), context.node_id, payload, request))

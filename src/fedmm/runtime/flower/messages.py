@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 QUERY = "query"  # which client are you? (the SuperNode's partition-id)
 TRAIN = "train"
+EVALUATE = "evaluate"  # client_eval: score the global model on the site's own test data (Flower's MessageType)
 
 
 def _blob(data: bytes) -> ArrayRecord:
@@ -37,9 +38,12 @@ def partition_of(reply: Message) -> int:
     return int(reply.content["node"]["partition-id"])
 
 
-def train_message(node_id: int, rnd: int, payload: bytes, request: dict[str, Any]) -> Message:
+def train_message(
+    node_id: int, rnd: int, payload: bytes, request: dict[str, Any], message_type: str = TRAIN
+) -> Message:
+    """A round's request (train, or evaluate for client_eval: the same content, the site's reply holds no tensors)."""
     content = RecordDict({"global": _blob(payload), "request": ConfigRecord({"json": json.dumps(request)})})
-    return Message(content, dst_node_id=node_id, message_type=TRAIN, group_id=str(rnd))
+    return Message(content, dst_node_id=node_id, message_type=message_type, group_id=str(rnd))
 
 
 def train_request(msg: Message) -> tuple[bytes, dict[str, Any]]:

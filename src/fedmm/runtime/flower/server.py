@@ -21,7 +21,14 @@ from fedmm.errors import FedmmError
 from fedmm.fl.privacy import Summed
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.server import Reply
-from fedmm.runtime.flower.messages import partition_of, query_message, train_message, update_of
+from fedmm.runtime.flower.messages import (
+    EVALUATE,
+    TRAIN,
+    partition_of,
+    query_message,
+    train_message,
+    update_of,
+)
 
 log = logging.getLogger(__name__)
 POLL = 0.05  # seconds between pulls for replies
@@ -132,7 +139,8 @@ class GridClients:
         for cid in ids:
             if cid not in self.nodes:
                 out[cid] = ConnectionError(f"no SuperNode with partition-id={cid} is connected")
-        if self.secure:
+        evaluating = all(configs[c].task == "evaluate" for c in ids)
+        if self.secure and not evaluating:
             from fedmm.params import params_from_bytes
             from fedmm.runtime.flower.secagg import secure_round
 
@@ -153,8 +161,10 @@ class GridClients:
             )
             summed.failures.update({c: f"{type(e).__name__}: {e}" for c, e in out.items()})
             return summed
+        kind = EVALUATE if evaluating else TRAIN
         messages = [
-            train_message(self.nodes[c], rnd, payload, {**self.request, "config": configs[c].to_json()}) for c in sent
+            train_message(self.nodes[c], rnd, payload, {**self.request, "config": configs[c].to_json()}, kind)
+            for c in sent
         ]
         for cid, reply in zip(sent, self._exchange(messages, self.round_timeout)):
             if reply is None:

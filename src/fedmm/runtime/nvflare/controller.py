@@ -74,7 +74,8 @@ class FedmmController(ModelController):
             current_round=rnd,
             meta={"fedmm": json.dumps(request)},
         )
-        results = self.send_model_and_wait(task_name="train", data=task, targets=targets, timeout=self.round_timeout)
+        name = "validate" if all(configs[c].task == "evaluate" for c in ids) else "train"  # client_eval: validate
+        results = self.send_model_and_wait(task_name=name, data=task, targets=targets, timeout=self.round_timeout)
         by_site = {r.meta.get("client_name"): r for r in results}
         out: dict[int, Reply] = {}
         for cid, site in zip(ids, targets):
