@@ -33,7 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "privacy"
 EPSILONS = [1.0, 3.0, 8.0, None]
-COMMON = ["partition=iid", "modality.text_only=[]", "modality.image_only=[]", "progress=false", "threads=2"]
+COMMON = [
+    "partition=iid",
+    "modality.text_only=[]",
+    "modality.image_only=[]",
+    "client_eval=none",
+    "progress=false",
+    "threads=2",
+]
 MODELS = {
     # name: (overrides, clip_norm (about half the first round's median update norm), trainable values, metric)
     "fusion_minilm": (

@@ -57,6 +57,7 @@ SYNTHETIC = [
     "batch_size=32",
     "lr=0.003",
     "lr_schedule=constant",
+    "client_eval=none",
     "progress=false",
 ]
 EASYVQA = [
@@ -66,6 +67,7 @@ EASYVQA = [
     "partition=iid",
     "modality.text_only=[]",
     "modality.image_only=[]",
+    "client_eval=none",
     "progress=false",
 ]
 EASYVQA_ATTACKS = ["none", "scale", "sign_flip", "label_flip"]
@@ -73,7 +75,7 @@ EASYVQA_DEFENCES = ["fedavg", "fedavg + max_update_norm=auto", "median", "krum"]
 # (label, clients, attacking clients, Byzantine clients the Krum family is told to tolerate)
 SETTINGS = [("1 of 5", 5, [1], 1), ("2 of 10", 10, [1, 6], 2)]
 # The issue's own check: the default synthetic job, 5 clients, 3 rounds, client 1 scaling its update by 1e6.
-CHECK = ["task=synthetic", "model=fusion_tiny", "num_clients=5", "rounds=3", "progress=false"]
+CHECK = ["task=synthetic", "model=fusion_tiny", "num_clients=5", "rounds=3", "client_eval=none", "progress=false"]
 
 
 def run(overrides: list[str], name: str) -> dict:

@@ -58,6 +58,7 @@ FEDUMM_CELL = [
     "rounds=4",
     "max_train_samples=1200",
     "max_eval_samples=500",
+    "client_eval=none",
 ]
 LEARNS = ["lr=0.01", "model.lora_targets='text_(encoder|decoder)\\..*\\.(query|key|value|dense)'"]
 FEDUMM = {

@@ -41,7 +41,9 @@ DEST = ROOT / "docs" / "benchmarks"
 MODES = ["none", "finetune", "fedper", "fedbn", "ditto"]
 ALPHAS = [0.1, 1.0]
 # the strategy comparison's synthetic set, every client with both modalities (personalization is about label skew)
-SYNTHETIC = [a for a in STRATEGY_BENCHMARK if not a.startswith(("progress=", "modality.", "partition.alpha="))] + [
+SYNTHETIC = [
+    a for a in STRATEGY_BENCHMARK if not a.startswith(("progress=", "modality.", "partition.alpha=", "client_eval="))
+] + [
     "modality.text_only=[]",
     "modality.image_only=[]",
 ]

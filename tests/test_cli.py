@@ -124,6 +124,7 @@ def test_multirun_sweep_runs_every_combination_and_writes_a_summary(tmp_path):
     for r in rows:  # the summary's figures are each job's own final record
         final = metrics(sweep / r["job"])[-1]
         assert r["status"] == "done" and float(r["eval_accuracy"]) == final["eval_accuracy"]
+        assert float(r["client_eval_accuracy_min"]) == final["client_eval_accuracy_min"]  # the worst site, per job
         assert r["job"] == f"seed-{r['seed']}_partition-{r['partition']}" and float(r["seconds"]) > 0
     assert (sweep / "summary.png").exists() and "| job |" in (sweep / "summary.md").read_text()
     (sweep / "summary.csv").unlink()

@@ -112,6 +112,9 @@ def test_seed_layout_runs_directly_from_a_nested_server_zip(tmp_path, capsys):
     assert "eval_micro_f1_tuned" in last and "eval_samples_f1_tuned" in last
     # the seed's val.csv rows are the sites' own, not training rows
     assert sum(p["num_examples"] for p in json.loads((tmp_path / "run" / "partition.json").read_text())) == 20
+    # the seed's sites have no test.csv: client_eval scores each on its val.csv, and says so once
+    assert stdout.count("have no test data (test.csv); they score on val.csv") == 1
+    assert all(site["num_examples"] == 2 for site in last["client_eval"].values())
 
 
 def test_centralized_trains_on_the_union_of_the_sites_with_both_modalities(tmp_path, capsys):

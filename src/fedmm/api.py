@@ -106,7 +106,8 @@ def centralized(overrides: Optional[list[str]] = None, *, verbose: bool = False,
 
 def _summary(rundir: RunDir, final: dict[str, Any], seconds: float) -> None:
     say(f"done in {seconds:.1f}s: {eval_summary(final)}")
-    say(f"outputs: {rundir.path}/ (metrics.jsonl, global.safetensors, report.md, metrics.png)")
+    plots = "metrics.png, sites.png" if (rundir.path / "sites.png").exists() else "metrics.png"
+    say(f"outputs: {rundir.path}/ (metrics.jsonl, global.safetensors, report.md, {plots})")
 
 
 def run_federated(settings: Settings) -> dict[str, Any]:

@@ -3,8 +3,8 @@ them all that survives a failed or interrupted job.
 
 `sweep.json` in the sweep folder lists the jobs (their folder, overrides, status and wall time), rewritten as each
 starts and ends, so the summary can always be rebuilt from the folder: `summary.csv` (one row per job: its
-varying overrides, status, seconds and final evaluation figures), `summary.md` (the same as a table, with
-`summary.png`, the task's first metric per job). `fedmm report SWEEP_DIR` rewrites them.
+varying overrides, status, seconds, final evaluation figures and the sites' summaries), `summary.md` (the same
+as a table, with `summary.png`, the task's first metric per job). `fedmm report SWEEP_DIR` rewrites them.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def run_sweep(
 
 def read_jobs(root: Path) -> list[dict[str, Any]]:
     """One row per job of the sweep in `root`: job, its varying overrides, status, seconds, rounds completed, final
-    eval figures."""
+    eval figures and client_eval summaries."""
     if not (root / JOBS).is_file():
         raise FedmmError(f"{root} is not a sweep folder (it has no {JOBS}); give a folder written by fedmm run -m")
     rows = []
@@ -123,6 +123,7 @@ def read_jobs(root: Path) -> list[dict[str, Any]]:
                 "seconds": info["seconds"],
                 "rounds": len(records),
                 **{k: final[k] for k in eval_metrics([final])},
+                **{k: v for k, v in final.items() if k.startswith("client_eval_") and isinstance(v, float)},
             }
         )
     return rows

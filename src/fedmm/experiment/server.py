@@ -185,6 +185,16 @@ def accountant(settings: Settings, num_clients: int, per_round: int, params: Par
     return Accountant(p.clip_norm, z, p.delta, rate, num_clients, local=p.mode == "local", noise_seed=p.noise_seed)
 
 
+def say_site_test_data(tests: list, vals: list) -> None:
+    """Once, before the rounds: the sites client_eval scores on their val.csv (no test.csv), and those it leaves out."""
+    on_val = [k for k, (t, v) in enumerate(zip(tests, vals)) if t is None and v is not None]
+    left_out = [k for k, (t, v) in enumerate(zip(tests, vals)) if t is None and v is None]
+    if on_val:
+        say(f"client_eval: client(s) {', '.join(map(str, on_val))} have no test data (test.csv); they score on val.csv")
+    if left_out:
+        say(f"client_eval: client(s) {', '.join(map(str, left_out))} have no test or validation data; left out")
+
+
 def build_server(settings: Settings) -> Federation:
     check_kind(settings.compression.kind, settings.compression.block_size)
     parts = assemble(settings, "server")
@@ -198,6 +208,8 @@ def build_server(settings: Settings) -> Federation:
         f"examples over {len(clients)} clients"
     )
     say(format_partition(summary))
+    if client_eval_mode(settings) != "none":
+        say_site_test_data(parts.client_test, parts.client_val)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     say(
