@@ -131,10 +131,12 @@ def test_parquet_bytes_with_a_test_file_and_per_site_folders(tmp_path):
         (tmp_path / "sites" / f"site{k}").mkdir(parents=True)
         parquet(tmp_path / "sites" / f"site{k}" / "train.parquet", data[30 + 20 * k : 50 + 20 * k])
     write_csv(tmp_path / "sites" / "site0", data[:5], name="val.csv")
+    write_csv(tmp_path / "sites" / "site1", data[5:12], name="test.csv")
     cfg = TableConfig(root=str(tmp_path / "sites"), test_path=str(tmp_path / "test.parquet"), image_size=16)
     task = load_table(cfg, 0)
     assert [len(c) for c in task.clients] == [20, 20, 20] and len(task.test) == 30
     assert len(task.client_val[0]) == 5 and task.client_val[1] is None
+    assert task.client_test[0] is None and len(task.client_test[1]) == 7
     run = tmp_path / "run"
     proc = fedmm(
         "run",
@@ -146,6 +148,9 @@ def test_parquet_bytes_with_a_test_file_and_per_site_folders(tmp_path):
     )
     assert len(metrics(run)) == 2 and "eval_accuracy" in proc.stdout
     assert [c["num_examples"] for c in json.loads((run / "partition.json").read_text())] == [20, 20, 20]
+    # client_eval: site 1 scores on its test.csv, site 0 on its val.csv (said once), site 2 has neither
+    assert {k: v["num_examples"] for k, v in metrics(run)[-1]["client_eval"].items()} == {"0": 5, "1": 7}
+    assert "client(s) 2 have no test or validation data; left out" in proc.stdout
 
 
 def test_a_hugging_face_dataset_folder_through_datasets(tmp_path):

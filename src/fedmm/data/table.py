@@ -5,7 +5,8 @@ each with an image, a text and a label.
   server's test and validation rows come from `task.test_path` / `task.val_path` (`task.test_split` /
   `task.val_split` for a dataset), else are cut from it (`task.test_fraction`, `task.val_fraction`) by the seed.
 - Per-site folders (`task.root`): each sub-folder holds one site's `train.{csv,jsonl,parquet}` (and optionally its
-  own `val.*`); one client per folder, and `task.test_path` is the server's test set.
+  own `val.*` and `test.*`, the site's held-out data for client_eval); one client per folder, and
+  `task.test_path` is the server's test set.
 
 The image column holds a path relative to the file's folder (never outside it), encoded image bytes (Parquet), or
 an image (a Hugging Face `Image` feature). Single-label by default: the label column's values are the classes;
@@ -40,7 +41,7 @@ MULTILABEL_METRICS = ("micro_f1", "macro_f1", "weighted_f1", "samples_f1")
 class TableConfig:
     name: str = opt("table", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
     path: str = opt("", "one CSV / JSONL / Parquet file, partitioned over the clients")
-    root: str = opt("", "or per-site folders: root/<site>/train.{csv,jsonl,parquet} (+ val.*), one client each")
+    root: str = opt("", "or per-site folders: root/<site>/train.{csv,jsonl,parquet} (+ val.*, test.*), one client each")
     dataset: str = opt(
         "", "or a Hugging Face dataset by name or local folder (datasets.load_dataset; its cache offline)"
     )
@@ -241,11 +242,13 @@ def load_table(cfg: TableConfig, seed: int, centralized: bool = False) -> TaskDa
 
     sites: list[list[Row]] = []
     site_val: list[Optional[list[Row]]] = []
+    site_test: list[Optional[list[Row]]] = []  # a site's own test.* (client_eval)
     if cfg.root:
         for folder in site_folders(cfg):
             sites.append(_file_rows(_data_file(folder, "train"), cfg, bad))
-            val_file = _data_file(folder, "val")
-            site_val.append(_file_rows(val_file, cfg, bad) if val_file else None)
+            for split, kept in (("val", site_val), ("test", site_test)):
+                found = _data_file(folder, split)
+                kept.append(_file_rows(found, cfg, bad) if found else None)
         if not cfg.test_path:
             raise FedmmError("task.root (per-site folders) needs task.test_path, the server's test file")
         test_rows, val_rows = rows_of(cfg.test_path, "", "task.test_path"), rows_of(cfg.val_path, "", "task.val_path")
@@ -279,12 +282,14 @@ def load_table(cfg: TableConfig, seed: int, centralized: bool = False) -> TaskDa
     )
     if cfg.root:
         trains = [to_dataset(s, names, cfg, bad) for s in sites]
-        vals = [to_dataset(v, names, cfg, bad) if v else None for v in site_val]
+        vals, tests = ([to_dataset(v, names, cfg, bad) if v else None for v in rows] for rows in (site_val, site_test))
         bad.warn(str(cfg.root))
         if centralized:
             return TaskData(train=concat(trains), **common)
         labels_only = concat([t.with_modalities(frozenset()) for t in trains])
-        return TaskData(train=labels_only, clients=tuple(trains), client_val=tuple(vals), **common)
+        return TaskData(
+            train=labels_only, clients=tuple(trains), client_val=tuple(vals), client_test=tuple(tests), **common
+        )
     train = to_dataset(train_rows, names, cfg, bad)
     bad.warn(cfg.path or cfg.dataset)
     return TaskData(train=train, **common)
