@@ -637,8 +637,9 @@ alternate within each repeat. Raw figures: [benchmarks/suite.json](benchmarks/su
 Other pages, each written by its own script: [strategies on missing modalities](benchmarks/strategies.md)
 (`python3 dev.py bench strategies`), [robustness to Byzantine clients](benchmarks/robustness.md)
 (`python3 dev.py bench robustness`), [privacy against utility, and the cost of SecAgg+](benchmarks/privacy.md)
-(`python3 dev.py bench privacy`) and [the source systems as published beside fedmm's fixes](benchmarks/seeds.md)
-(`python3 dev.py bench seeds`).
+(`python3 dev.py bench privacy`), [the source systems as published beside fedmm's fixes](benchmarks/seeds.md)
+(`python3 dev.py bench seeds`) and [per-site evaluation and personalization](benchmarks/sites.md) (`python3 dev.py
+bench sites`).
 
 ## Runtime overhead: `runtime=local` against `fedmm centralized`
 
@@ -707,8 +708,8 @@ does not learn (0.345, against 0.666 federated).
 ## The default job
 
 `fedmm run` with no arguments (fusion_mobilenet on easy-VQA: 4 clients, Dirichlet alpha 0.5 over the answers,
-client 2 text-only and client 3 image-only, 60 rounds of FedAvg on 12,000 questions, evaluated on all 9,673 test
-questions). The first run starts from an empty feature cache (`model.cache_dir`) and encodes every image and
+client 2 text-only and client 3 image-only, 60 rounds of FedAvg on 12,000 questions of which each client holds out
+10% as its own test set for `client_eval`, evaluated on all 9,673 test questions). The first run starts from an empty feature cache (`model.cache_dir`) and encodes every image and
 question once; the repeat finds them on disk. Wall time of the whole command, environment already built.
 
 {default_rows}

@@ -210,6 +210,11 @@ def build_server(settings: Settings) -> Federation:
     say(format_partition(summary))
     if client_eval_mode(settings) != "none":
         say_site_test_data(parts.client_test, parts.client_val)
+    elif settings.client_eval != "none":
+        say(
+            "client_eval: off under privacy=dp and secure aggregation (per-site figures fall outside their "
+            "guarantees); no data is held out"
+        )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     say(
