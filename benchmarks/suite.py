@@ -710,7 +710,8 @@ does not learn (0.345, against 0.666 federated).
 `fedmm run` with no arguments (fusion_mobilenet on easy-VQA: 4 clients, Dirichlet alpha 0.5 over the answers,
 client 2 text-only and client 3 image-only, 60 rounds of FedAvg on 12,000 questions of which each client holds out
 10% as its own test set for `client_eval`, evaluated on all 9,673 test questions). The first run starts from an
-empty feature cache (`model.cache_dir`) and encodes every image and question once; the repeat finds them on disk. Wall time of the whole command, environment already built.
+empty feature cache (`model.cache_dir`) and encodes every image and question once; the repeat finds them on disk.
+Wall time of the whole command, environment already built.
 
 {default_rows}
 Target: at least 0.95 accuracy, at most 120 s on a first run and 60 s on a repeat.
