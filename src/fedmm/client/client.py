@@ -16,7 +16,6 @@ on the site's own test data and returns only the figures and the example count.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -86,15 +85,20 @@ class ClientTrainer:
             **kw,
         )
 
+    def _initial_local(self, ins: FitInstructions) -> Params:
+        """The local tensors' initial values (fedper, fedbn): taken from the model the first time this process asks,
+        before it loads any site's copy into the model (which the embedded runtime's clients share), and the same at
+        every site (the model is built by seed)."""
+        if not self._initial:
+            self._initial = get_params(self.model, ins.local_keys)
+        return self._initial
+
     def _personal(self, cid: int, ins: FitInstructions, through: bool = False) -> Optional[Params]:
         """This site's personal tensors as of round `ins.round` (before it, or `through` it); fedper / fedbn
         start from the initial values, ditto from the global model (None)."""
+        initial = self._initial_local(ins) if ins.personalize in KEEPS_TENSORS else None  # before any copy is loaded
         stored = self.state.load(PERSONAL, cid, ins.round, through=through)
-        if stored is None and ins.personalize in KEEPS_TENSORS:
-            if not self._initial:
-                self._initial = get_params(self.model, ins.local_keys)
-            return self._initial
-        return stored
+        return initial if stored is None else stored
 
     def _ditto(self, cid: int, data: MultimodalDataset, received: Params, ins: FitInstructions) -> None:
         """Ditto's personal step: the site's personal model trained on its data, pulled toward `received`."""
@@ -122,7 +126,7 @@ class ClientTrainer:
         received = params_from_bytes(payload)
         set_params(self.model, received)
         if ins.local_keys:  # the global model as the server has it: local keys at their initial values
-            set_params(self.model, self._initial or self._personal(cid, replace(ins, round=0)))
+            set_params(self.model, self._initial_local(ins))
         metrics = self._evaluate(test, ins)
         personal = None
         if ins.personalize == "finetune":
