@@ -64,6 +64,7 @@ def test_deployment_with_tls_supernode_auth_and_resume(tmp_path, tiny_args):
         out = net.run([f"resume={run}", "rounds=3"])  # a new Flower run continues the fedmm run
         assert "resuming" in out.stdout and [r["round"] for r in metrics(run)] == [1, 2, 3]
         same_globals(tmp_path / "local", run)  # the same result as the embedded runtime, over the network
+        same_site_figures(metrics(tmp_path / "local")[-1], metrics(run)[-1])  # evaluate messages, via warm workers
         assert len(list((tmp_path / "net" / "workers").glob("*.sock"))) == 2  # warm workers served the rounds
     finally:
         net.stop()

@@ -124,6 +124,7 @@ def test_exported_job_on_a_poc_system(tmp_path, tiny_args):
         assert [r["round"] for r in metrics(run)] == [1, 2]
         assert all(r["clients"] == [0, 1] and "failures" not in r for r in metrics(run))
         same_globals(tmp_path / "local", run)  # the embedded runtime's result, from real NVFlare processes
+        same_site_figures(metrics(tmp_path / "local")[-1], metrics(run)[-1])  # each site's validate task
         assert (run / "report.md").exists() and (run / "checkpoints" / "round_0002" / "global.safetensors").exists()
 
         state = poc.wait(poc.submit(tmp_path / "bad-job"), timeout=300)  # ends, named and explained; no hang
