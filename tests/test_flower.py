@@ -78,7 +78,10 @@ def test_run_goes_on_when_a_supernode_dies(tmp_path, tiny_args):
         job = threading.Thread(
             target=lambda: result.update(
                 out=net.run(
-                    _tiny(tiny_args, 3) + ["rounds=3", "min_clients=2", "runtime.warm=false", f"output_dir={run}"]
+                    # client_eval=none: without warm workers every message starts a ClientApp process; the
+                    # evaluate messages are tested with warm workers above
+                    _tiny(tiny_args, 3)
+                    + ["rounds=3", "min_clients=2", "runtime.warm=false", "client_eval=none", f"output_dir={run}"]
                 )
             )
         )
