@@ -69,11 +69,11 @@ FEDUMM = {
 }
 
 
-def run(overrides: list[str], name: str) -> dict:
-    """One run through the Python API (what `fedmm run` does): its final record and wall time."""
+def run(overrides: list[str], name: str, out: Path = OUT) -> dict:
+    """One run through the Python API (what `fedmm run` does) in out/name: its final record and wall time."""
     from fedmm.api import load_settings, run_federated
 
-    run_dir = OUT / name
+    run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -187,17 +187,22 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows = fedmap_rows("synthetic", SYNTHETIC, ["accuracy"])
     rows += fedmap_rows("mmimdb", [*MMIMDB, f"task.root={mmimdb_sites()}"], ["micro_f1", "macro_f1"])
+    return publish("seeds", {"fedmap": rows, "fedumm": fedumm_rows()}, render)
+
+
+def publish(page: str, results: dict, render) -> int:
+    """`results` with the command, date and machine as docs/benchmarks/<page>.json, and `render` of them as
+    <page>.md (printed too)."""
     saved = {
-        "command": "python3 dev.py bench seeds",
+        "command": f"python3 dev.py bench {page}",
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "fedmap": rows,
-        "fedumm": fedumm_rows(),
+        **results,
     }
     DEST.mkdir(parents=True, exist_ok=True)
-    (DEST / "seeds.json").write_text(json.dumps(saved, indent=2) + "\n")
-    (DEST / "seeds.md").write_text(render(saved))
-    print((DEST / "seeds.md").read_text())
+    (DEST / f"{page}.json").write_text(json.dumps(saved, indent=2) + "\n")
+    (DEST / f"{page}.md").write_text(render(saved))
+    print((DEST / f"{page}.md").read_text())
     return 0
 
 

@@ -22,18 +22,13 @@ Run directories go to benchmarks/results/sites/ (not committed).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import platform
-import shutil
 import sys
-import time
-from datetime import date
 from pathlib import Path
 
-from strategies import COMMON as STRATEGY_BENCHMARK  # benchmarks/ is the script's folder
+from seeds import publish, run  # benchmarks/ is the script's folder
+from strategies import COMMON as STRATEGY_BENCHMARK
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "sites"
@@ -53,19 +48,6 @@ MISSING = [("none", 0.0), ("image", 0.3), ("image", 0.6), ("text", 0.3), ("text"
 NOISE = [0.0, 0.2]
 
 
-def run(overrides: list[str], name: str) -> dict:
-    """One run through the Python API (what `fedmm run` does): its final record and wall time."""
-    from fedmm.api import load_settings, run_federated
-
-    run_dir = OUT / name
-    shutil.rmtree(run_dir, ignore_errors=True)
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        final = run_federated(load_settings([*overrides, "progress=false", f"output_dir={run_dir}"]))
-    final["seconds"] = time.perf_counter() - t0
-    return final
-
-
 def personalization_rows(task: str, base: list[str]) -> list[dict]:
     rows = []
     for alpha in ALPHAS:
@@ -73,6 +55,7 @@ def personalization_rows(task: str, base: list[str]) -> list[dict]:
             final = run(
                 [*base, f"partition.alpha={alpha}", f"personalize={mode}", "client_eval=final"],
                 f"{task}-{alpha}-{mode}",
+                OUT,
             )
             row = {"task": task, "alpha": alpha, "personalize": mode, "server": final["eval_accuracy"]}
             for who in ("", "personal_"):
@@ -99,7 +82,7 @@ def robustness_rows() -> list[dict]:
                     f"noise.label_rate={noise}",
                     *missing,
                 ]
-                final = run([*args, "client_eval=none"], f"robust-{strategy}-{modality}{rate}-{noise}")
+                final = run([*args, "client_eval=none"], f"robust-{strategy}-{modality}{rate}-{noise}", OUT)
                 row = {"strategy": strategy, "missing": modality, "rate": rate, "noise": noise}
                 rows.append({**row, "accuracy": final["eval_accuracy"], "seconds": final["seconds"]})
                 print(rows[-1], file=sys.stderr)
@@ -215,18 +198,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows = personalization_rows("synthetic", SYNTHETIC)
     rows += personalization_rows("easyvqa", EASYVQA)
-    saved = {
-        "command": "python3 dev.py bench sites",
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "personalization": rows,
-        "robustness": robustness_rows(),
-    }
-    DEST.mkdir(parents=True, exist_ok=True)
-    (DEST / "sites.json").write_text(json.dumps(saved, indent=2) + "\n")
-    (DEST / "sites.md").write_text(render(saved))
-    print((DEST / "sites.md").read_text())
-    return 0
+    return publish("sites", {"personalization": rows, "robustness": robustness_rows()}, render)
 
 
 if __name__ == "__main__":
