@@ -48,6 +48,22 @@ def fedmm(*args: str, cwd: Path | None = None, check: bool = True, timeout: int 
     return proc
 
 
+def untrained(args: list[str], tmp_path: Path) -> dict[str, float]:
+    """The test-split figures of a run's initial global model (what its round 0 would score), built from the same
+    settings and seed: the baseline an end-to-end run must beat by a stated margin to show that it learned."""
+    import contextlib
+    import io
+
+    from fedmm.config import load_settings
+    from fedmm.experiment import build_server
+    from fedmm.experiment.server import server_metrics
+
+    settings = load_settings([*args, f"output_dir={tmp_path / 'untrained'}"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        exp = build_server(settings)
+    return server_metrics(exp.model, exp.backend, exp.data, exp.data.test, settings.eval_batch_size)
+
+
 @pytest.fixture
 def tiny_args():
     return list(TINY)

@@ -62,8 +62,24 @@ def test_batchnorm_fusion_is_safe_at_batch_size_one():
     backend, data = _tiny(norm="batchnorm")
     model = backend.build_model(seed=0).train()
     assert isinstance(model.norm, SafeBatchNorm1d)
+    # Plain BatchNorm1d raises on one example in training mode; the safe one normalises with the running statistics,
+    # leaves them as they were, and still gives a finite loss and gradients.
+    model.norm.running_mean.fill_(0.5)
+    model.norm.running_var.fill_(4.0)
+    x = torch.randn(1, model.norm.num_features)
+    with pytest.raises(ValueError):
+        torch.nn.BatchNorm1d(model.norm.num_features).train()(x)
+    expected = (x - 0.5) / torch.sqrt(torch.tensor(4.0) + model.norm.eps) * model.norm.weight + model.norm.bias
+    torch.testing.assert_close(model.norm(x), expected)
     loss, _ = backend.loss(model, backend.collate(data, np.arange(1)))
     loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert torch.equal(model.norm.running_mean, torch.full_like(model.norm.running_mean, 0.5))
+    assert torch.equal(model.norm.running_var, torch.full_like(model.norm.running_var, 4.0))
+    # A batch of two trains the usual way: batch statistics, running statistics updated.
+    model.norm(torch.randn(2, model.norm.num_features))
+    assert not torch.equal(model.norm.running_mean, torch.full_like(model.norm.running_mean, 0.5))
 
 
 def test_bad_option_values_are_clear():

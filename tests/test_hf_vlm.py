@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 from torch import nn
 
-from conftest import fedmm
+from conftest import fedmm, untrained
 from fedmm import cli
 from fedmm.backends import BACKENDS
 from fedmm.backends.hf_vlm import HFVLMBackend, HFVLMConfig
@@ -98,9 +98,10 @@ def run(tmp_path, capsys, *model_args: str) -> list[dict]:
 
 
 def test_tiny_llava_two_federated_rounds_send_only_the_language_adapters(tmp_path, capsys):
-    records = run(tmp_path, capsys, "model=hf_vlm_tiny")
+    records = run(tmp_path, capsys, "model=hf_vlm_tiny", "lr=0.05")
     assert [r["round"] for r in records] == [1, 2]
-    assert all(0.0 <= r["eval_vqa_accuracy"] <= 1.0 for r in records)
+    # Too small to answer in two rounds, but it learns: the eval loss falls (measured 5.35 -> 5.04).
+    assert records[-1]["eval_loss"] < untrained([*RUN, "model=hf_vlm_tiny"], tmp_path)["loss"] - 0.15
     adapters = load_file(str(tmp_path / "global.safetensors"))
     assert adapters and all(k.startswith("model.language_model.") and "lora_" in k for k in adapters)
     adapter_bytes = sum(v.nbytes for v in adapters.values())

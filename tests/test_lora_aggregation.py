@@ -3,7 +3,8 @@
 import numpy as np
 
 from fedmm.fl.update import Update
-from fedmm.fl.strategy.lora import LoraExact, LoraExactConfig, lora_pairs, product_average
+from fedmm.fl.strategy.fedavg import FedAvg, FedAvgConfig
+from fedmm.fl.strategy.lora import FfaLora, FfaLoraConfig, LoraExact, LoraExactConfig, lora_pairs, product_average
 
 A, B = "enc.q.lora_A.default.weight", "enc.q.lora_B.default.weight"
 
@@ -20,19 +21,32 @@ def weighted_product(factors):
     return sum(w * b @ a for b, a, w in factors) / total
 
 
-def test_naive_averaging_differs_from_the_average_product():
-    f = clients(np.random.default_rng(0))
-    total = sum(w for _, _, w in f)
-    naive = (sum(w * b for b, _, w in f) / total) @ (sum(w * a for _, a, w in f) / total)
-    assert np.abs(naive - weighted_product(f)).max() > 0.1
+def _updates(factors):
+    return [Update(client_id=i, num_examples=int(w), params={A: a, B: b}) for i, (b, a, w) in enumerate(factors)]
 
 
-def test_ffa_lora_is_exact_when_a_is_shared():
+def test_fedavg_on_adapters_is_not_the_average_change_and_lora_exact_is():
+    f = clients(np.random.default_rng(0), k=2, r=2)  # two rank-2 changes: their sum has rank <= 4
+    g = {A: np.zeros((4, 10)), B: np.zeros((12, 4))}  # a rank-4 adapter holds the sum exactly
+    ups = _updates([(np.pad(b, ((0, 0), (0, 2))), np.pad(a, ((0, 2), (0, 0))), w) for b, a, w in f])
+    naive = FedAvg(FedAvgConfig()).aggregate(1, g, ups)
+    assert np.abs(naive[B] @ naive[A] - weighted_product(f)).max() > 0.1
+    exact = LoraExact(LoraExactConfig()).aggregate(1, g, ups)
+    np.testing.assert_allclose(exact[B] @ exact[A], weighted_product(f), atol=1e-10)
+
+
+def test_ffa_lora_keeps_a_at_home_and_its_average_of_b_is_exact():
     rng = np.random.default_rng(1)
-    f = clients(rng, shared_a=rng.normal(size=(2, 10)))
-    total = sum(w for _, _, w in f)
-    averaged_b = sum(w * b for b, _, w in f) / total
-    np.testing.assert_allclose(averaged_b @ f[0][1], weighted_product(f), atol=1e-12)
+    shared_a = rng.normal(size=(2, 10))
+    f = clients(rng, shared_a=shared_a)
+    strategy = FfaLora(FfaLoraConfig())
+    assert not strategy.travels(A) and strategy.travels(B) and strategy.travels("head.w")
+    # A does not travel (the experiment freezes it everywhere): the server aggregates the B's alone, and the mean B
+    # times the shared A is the mean change.
+    ups = [Update(client_id=i, num_examples=int(w), params={B: b}) for i, (b, _, w) in enumerate(f)]
+    out = strategy.aggregate(1, {B: np.zeros((12, 2))}, ups)
+    assert list(out) == [B]
+    np.testing.assert_allclose(out[B] @ shared_a, weighted_product(f), atol=1e-12)
 
 
 def test_product_average_is_exact_when_the_sum_has_rank_r():

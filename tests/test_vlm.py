@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import fedmm
+from conftest import fedmm, untrained
 from fedmm import cli
 from fedmm.backends import BACKENDS
 from fedmm.config import load_settings
@@ -26,12 +26,17 @@ BLIP_TINY = [
 ]
 
 
-def test_blip_tiny_two_federated_rounds_send_only_the_adapters(tmp_path, capsys):
-    code = cli.main(["run", *BLIP_TINY, "rounds=2", "num_clients=3", "partition=iid", f"output_dir={tmp_path}"])
+def test_blip_tiny_two_federated_rounds_learn_and_send_only_the_adapters(tmp_path, capsys):
+    args = [*BLIP_TINY, "rounds=2", "num_clients=3", "partition=iid", "lr=0.1"]
+    code = cli.main(["run", *args, f"output_dir={tmp_path}"])
     assert code == 0, capsys.readouterr().err
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2]
-    assert all(0.0 <= r["eval_vqa_accuracy"] <= 1.0 for r in records)
+    # The untrained random model answers nothing right; two rounds of adapters teach it the commonest answers
+    # (measured: vqa_accuracy 0 -> 0.375 and eval loss 5.26 -> 4.95).
+    base = untrained(args, tmp_path)
+    assert records[-1]["eval_vqa_accuracy"] >= base["vqa_accuracy"] + 0.2
+    assert records[-1]["eval_loss"] < base["loss"] - 0.15
     adapters = load_file(str(tmp_path / "global.safetensors"))
     assert adapters and all("lora_" in k for k in adapters)  # the global model is the adapters, nothing else
     adapter_bytes = sum(v.nbytes for v in adapters.values())

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import mmimdb_data as D
+from conftest import untrained
 from fedmm import cli
 from fedmm.config import load_settings
 from fedmm.data.partition import dirichlet_partition
@@ -108,25 +109,27 @@ def test_parquet_and_save_to_disk_exports_read_like_the_official_files(tmp_path)
         np.testing.assert_array_equal(exported.train.images[0], official.train.images[0])  # the same JPEG bytes
 
 
-def test_tiny_blip_two_federated_rounds_on_vqav2(tmp_path, capsys):
+def test_tiny_blip_two_federated_rounds_on_vqav2_learn(tmp_path, capsys):
     root = D.write_vqav2(tmp_path / "vqa")
-    code = cli.main(
-        [
-            "run",
-            "task=vqav2",
-            f"task.root={root}",
-            *BLIP,
-            "rounds=2",
-            "num_clients=3",
-            "partition=dirichlet",
-            "partition.alpha=0.5",
-            "partition.min_size=4",
-            f"output_dir={tmp_path / 'run'}",
-        ]
-    )
+    args = [
+        "task=vqav2",
+        f"task.root={root}",
+        *BLIP,
+        "rounds=2",
+        "num_clients=3",
+        "partition=dirichlet",
+        "partition.alpha=0.5",
+        "partition.min_size=4",
+        "lr=0.1",
+    ]
+    code = cli.main(["run", *args, f"output_dir={tmp_path / 'run'}"])
     assert code == 0, capsys.readouterr().err
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 2 and all(0.0 <= r["eval_vqa_accuracy"] <= 1.0 for r in records)
+    assert len(records) == 2
+    # From no right answer to the commonest ones (measured: vqa_accuracy 0 -> 0.41, eval loss 5.22 -> 4.94).
+    base = untrained(args, tmp_path)
+    assert records[-1]["eval_vqa_accuracy"] >= base["vqa_accuracy"] + 0.2
+    assert records[-1]["eval_loss"] < base["loss"] - 0.15
     parts = json.loads((tmp_path / "run" / "partition.json").read_text())
     assert min(p["num_examples"] + p["test_examples"] for p in parts) >= 4  # min_size, before client_eval's cut
     assert records[-1]["client_eval"].keys() == {"0", "1", "2"}  # every site scored its own questions
