@@ -128,3 +128,37 @@ def test_krum_keeps_one_multikrum_n_minus_f_and_both_check_their_options():
     assert krum_scores(x, 2).tolist() == [1.0, 1.0, 4.0]
     assert krum_scores(x, 0).tolist() == [1.0, 1.0, 4.0]  # n - f - 2 = 1
     assert krum_scores(np.array([[0.0], [1.0]]), 5).tolist() == [1.0, 1.0]
+
+
+def test_flattening_is_float64_and_walks_every_tensor():
+    from fedmm.fl.strategy.krum import flatten, unflatten
+
+    # float16 updates far apart: their squared distances (> 65,504) overflow in float16 but not in float64
+    g = {"a": np.zeros(1, np.float16), "b": np.zeros((2, 2), np.float16), "c": np.zeros(3, np.float16)}
+    ups = [{k: np.full(v.shape, s, np.float16) for k, v in g.items()} for s in (0.0, 300.0, 310.0)]
+    x = flatten(g, ups)
+    assert x.dtype == np.float64 and x.shape == (3, 8)
+    assert krum_scores(x, 0).tolist() == [8 * 300.0**2, 8 * 10.0**2, 8 * 10.0**2]  # k = n - f - 2 = 1 nearest
+    back = unflatten(g, np.arange(8.0))  # three tensors: each starts where the last ended
+    assert back["a"].tolist() == [0.0] and back["b"].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert back["c"].tolist() == [5.0, 6.0, 7.0] and back["c"].dtype == np.float16
+    assert krum_scores(np.zeros((1, 2)), 0).tolist() == [0.0]  # a lone client has no neighbours to sum
+
+
+def test_multikrum_ties_go_to_the_lower_index_and_its_default_keep(monkeypatch):
+    import fedmm.fl.strategy.krum as krum
+
+    # 40 scores in three tied groups: a stable order, not whatever an unstable sort gives
+    scores = np.random.default_rng(0).integers(0, 3, 40).astype(float)
+    monkeypatch.setattr(krum, "krum_scores", lambda x, f: scores)
+    picked = krum.multi_krum_select(np.zeros((40, 1)), 1, 20).tolist()
+    assert picked == [i for i in range(40) if scores[i] == 0] + [i for i in range(40) if scores[i] == 1][:6]
+    assert make("multikrum", f=2).keep(3) == 1 and make("multikrum", f=2).keep(7) == 5
+
+
+def test_coordinatewise_rules_answer_in_the_global_dtype():
+    g = {"w": np.zeros(3, np.float32)}
+    ups = [{"w": np.array([1.0, 2.0, 3.0], np.float32) * s} for s in (1, 2, 4)]
+    for name in ("median", "trimmed_mean"):
+        out = make(name).aggregate(1, g, [Update(client_id=i, params=p, num_examples=1) for i, p in enumerate(ups)])
+        assert out["w"].dtype == np.float32 and out["w"].tolist() == [2.0, 4.0, 6.0], name

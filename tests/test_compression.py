@@ -149,3 +149,22 @@ def test_compressed_run_sends_fewer_bytes_and_learns(tmp_path, capsys):
 @pytest.mark.slow
 def test_killed_compressed_run_with_error_feedback_resumes_exactly(tmp_path):
     kill_and_resume(tmp_path, [*TINY, "rounds=4", "num_clients=3", "compression.kind=int8_block"])
+
+
+def test_bf16_encodes_float64_and_float16_deltas_as_their_float32_values():
+    def bf16(x):
+        return decode(*encode({"w": x}, "bf16"))["w"]
+
+    values = np.array([1.0, -2.5, 3.14159, 1e-3], np.float64)
+    np.testing.assert_array_equal(bf16(values), bf16(values.astype(np.float32)))
+    half = values.astype(np.float16)
+    np.testing.assert_array_equal(bf16(half), bf16(half.astype(np.float32)))
+
+
+def test_compress_update_sends_float32_deltas_and_blocks_of_256_by_default():
+    received = {"w": np.linspace(-1, 1, 600).astype(np.float16)}
+    trained = {"w": (received["w"] + np.float16(0.5)).astype(np.float16)}
+    tensors, meta, residual = compress_update(trained, received, None, "none")
+    assert tensors["w"].dtype == np.float32 and residual["w"].dtype == np.float32
+    _, meta, _ = compress_update(trained, received, None, "int8_block")
+    assert json.loads(meta["fedmm_compression"])["block_size"] == 256

@@ -146,3 +146,13 @@ def test_vlm_backends_refuse_samples_without_an_image():
         fedmm.run(
             ["experiment=blip_tiny_easyvqa", "modality.sample_missing_image=0.2", "rounds=1", "max_train_samples=50"]
         )
+
+
+def test_label_noise_draws_are_pinned():
+    """A resumed run and every runtime must flip exactly these (a changed stream constant shows here)."""
+    from fedmm.data.noise import noisy_labels
+
+    new, changed = noisy_labels(np.array([0, 1, 2, 0, 1, 2, 0, 1]), 3, 0.5, seed=4, client=1)
+    assert new.tolist() == [0, 1, 2, 2, 0, 2, 0, 1] and changed.tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    new, changed = noisy_labels(np.array([[0, 1], [1, 0], [0, 0]], np.float32), 2, 0.5, seed=4, client=1)
+    assert new.tolist() == [[0, 1], [0, 1], [1, 1]] and changed.tolist() == [0, 1, 1]

@@ -97,3 +97,9 @@ def test_roundrobin_deals_in_the_datas_order_like_the_fedumm_seeds_alpha_zero():
     assert [p.tolist() for p in parts] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     with pytest.raises(FedmmError):
         roundrobin_partition(2, 3)
+
+
+def test_roundrobin_deals_one_example_each_when_there_are_just_enough():
+    from fedmm.data.partition import roundrobin_partition
+
+    assert [p.tolist() for p in roundrobin_partition(3, 3)] == [[0], [1], [2]]

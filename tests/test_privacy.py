@@ -304,3 +304,46 @@ def test_the_pure_pieces_by_hand_on_a_non_zero_global():
     assert type(_round_event(1.0, 0.0)).__name__ == "NonPrivateDpEvent"
     assert type(_round_event(1.0, 1.0)).__name__ == "GaussianDpEvent"
     assert type(_round_event(0.5, 1.0)).__name__ == "PoissonSampledDpEvent"
+
+
+def test_release_by_hand_central_and_local():
+    """The release step with the noise key pinned: the central noise is exactly z * clip normal draws from the key's
+    stream for that round, the mean divides by rate * N whoever contributed; in local mode the server adds nothing,
+    its z is the contributed shares' and a round nobody contributed to costs nothing."""
+    from fedmm.fl.privacy import add_noise
+
+    g = {"w": np.array([1.0, -2.0, 0.5], np.float32)}
+    ups = [
+        Update(client_id=0, params={"w": np.array([1.3, -2.4, 0.5], np.float32)}, num_examples=5),  # delta 0.5
+        Update(client_id=2, params={"w": np.array([1.0, -2.0, 1.5], np.float32)}, num_examples=1),  # delta 1.0 -> 0.8
+    ]
+    summed = clipped_sum(ups, g, clip_norm=0.8)
+    central = Accountant(0.8, 2.0, 1e-5, rate=0.5, num_clients=4, local=False, noise_seed=9)
+    assert central.noise_seed == 9 and central.key == "9"
+    update, z = central.release(3, summed, sampled=2, global_params=g)
+    noised = add_noise(summed.delta_sum, 2.0 * 0.8, np.random.default_rng([9, 3, 307]))
+    expected = (g["w"].astype(np.float64) + noised["w"] / (0.5 * 4)).astype(np.float32)
+    assert z == 2.0 and central.history == [(0.5, 2.0)]
+    np.testing.assert_array_equal(update.params["w"], expected)
+    assert central.epsilon() == epsilon([(0.5, 2.0)], 1e-5) > 0
+    # Nobody contributed: the central server still releases noise, so the round is counted.
+    central.release(4, clipped_sum([], g, 0.8), sampled=2, global_params=g)
+    assert central.history == [(0.5, 2.0), (0.5, 2.0)]
+
+    local = Accountant(0.8, 2.0, 1e-5, rate=1.0, num_clients=4, local=True, noise_seed=9)
+    update, z = local.release(1, summed, sampled=4, global_params=g)
+    assert z == pytest.approx(2.0 * math.sqrt(2 / 4)) and local.history == [(1.0, z)]
+    by_hand = (g["w"].astype(np.float64) + summed.delta_sum["w"] / 4).astype(np.float32)
+    np.testing.assert_array_equal(update.params["w"], by_hand)  # no server noise
+    assert local.release(2, clipped_sum([], g, 0.8), sampled=4, global_params=g)[1] == 0.0
+    assert local.history == [(1.0, z)] and local.noise_in_sum(sampled=0, contributed=0) == 0.0
+
+
+def test_poisson_draws_are_pinned():
+    """A resumed run must draw exactly these (a changed stream constant or comparison shows here)."""
+    assert sample(10, 0.5, 3, 2) == [2, 3, 4, 9] and sample(10, 0.3, 1, 1) == [2, 3]
+
+
+def test_target_noise_is_the_smallest_to_its_tolerance():
+    z = noise_for_epsilon(2.0, 0.2, 20, 1e-5)
+    assert epsilon([(0.2, z)] * 20, 1e-5) <= 2.0 * (1 + 1e-9) < epsilon([(0.2, z - 2e-4)] * 20, 1e-5)

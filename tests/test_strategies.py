@@ -95,8 +95,32 @@ def test_fedavgm_momentum():
 
 
 def test_adaptive_step_rejects_unknown_kind():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^unknown adaptive optimizer 'nesterov'$"):
         adaptive_step("nesterov", np.zeros(1), np.zeros(1), np.zeros(1), np.zeros(1), 0.1, 0.9, 0.99, 1e-3)
+
+
+def test_yogi_leaves_v_alone_when_it_equals_the_squared_change():
+    # sign(v - d^2) = 0: v stays 0.25 exactly (dividing by the sign instead of multiplying would make it infinite).
+    x, m, v = adaptive_step("yogi", np.zeros(1), np.array([0.5]), np.zeros(1), np.array([0.25]), 0.1, 0.9, 0.99, 0.0)
+    assert v.tolist() == [0.25] and m[0] == pytest.approx(0.05) and x[0] == pytest.approx(0.1 * 0.05 / 0.5)
+
+
+def test_fedopt_passes_integer_tensors_through_as_the_average_and_restores_float64_state():
+    s = make("fedadam", server_lr=0.1)
+    g = {"steps": np.array([4], np.int64), "w": np.zeros(1, np.float32)}
+    ups = [
+        Update(client_id=i, params={"steps": np.array([n], np.int64), "w": np.ones(1, np.float32)}, num_examples=1)
+        for i, n in enumerate([6, 10])
+    ]
+    out = s.aggregate(1, g, ups)
+    assert out["steps"].tolist() == [8] and out["steps"].dtype == np.int64  # averaged, not optimized
+    assert set(s.state_dict()["m"]) == {"w"}
+    restored = make("fedadam")
+    restored.load_state_dict({"m": {"w": np.array([0.1], np.float32)}, "v": {"w": np.array([0.2], np.float32)}})
+    assert restored.m["w"].dtype == restored.v["w"].dtype == np.float64  # the moments keep accumulating in float64
+    empty = make("fedadam")
+    empty.load_state_dict({})  # a checkpoint written before the first round
+    assert empty.m == {} and empty.v == {}
 
 
 # -- robust aggregation -------------------------------------------------------------------------------------------

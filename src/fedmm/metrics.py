@@ -64,7 +64,6 @@ def tune_thresholds(probs: np.ndarray, labels: np.ndarray, grid: np.ndarray | No
     given (validation) data; ties keep the threshold closest to 0.5."""
     grid = np.round(np.arange(0.05, 0.951, 0.05), 2) if grid is None else np.asarray(grid, dtype=np.float64)
     order = grid[np.argsort(np.abs(grid - 0.5), kind="stable")]  # argmax takes the first best: nearest to 0.5
-    labels = np.asarray(labels, bool)
     scores = np.stack([_f1(*f1_counts(probs >= t, labels)) for t in order])  # [thresholds, C]
     return order[scores.argmax(axis=0)]
 
