@@ -168,3 +168,8 @@ def test_compress_update_sends_float32_deltas_and_blocks_of_256_by_default():
     assert tensors["w"].dtype == np.float32 and residual["w"].dtype == np.float32
     _, meta, _ = compress_update(trained, received, None, "int8_block")
     assert json.loads(meta["fedmm_compression"])["block_size"] == 256
+
+
+def test_block_size_below_one_is_refused():
+    with pytest.raises(FedmmError, match=r"^compression.block_size must be at least 1 \(got 0\)$"):
+        encode({"w": np.zeros(3, np.float32)}, "int8_block", block_size=0)

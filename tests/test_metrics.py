@@ -181,3 +181,12 @@ def test_vqa_punctuation_next_to_any_whitespace_is_removed():
     for text in ("b-c\n-d", "b-c\t-d", "b-c- d", "b-c -d"):
         assert M.normalize_answer(text) == "bc d", text
     assert M.normalize_answer("b-c-d") == "b c d"
+
+
+def test_unknown_metric_and_sites_without_a_figure():
+    with pytest.raises(ValueError, match="^unknown metric auc$"):
+        M.compute(["auc"], np.zeros((2, 3)), np.array([0, 1]))
+    # a site that sent no accuracy (or no examples) is left out; a figure nobody sent gets no summary at all
+    summary = M.site_summary({"0": {"num_examples": 4, "accuracy": 0.5}, "1": {"num_examples": 0, "accuracy": 0.1}})
+    assert summary["accuracy_mean"] == 0.5 and summary["accuracy_min"] == 0.5
+    assert not any(k.startswith("loss") for k in M.site_summary({"0": {"num_examples": 0, "loss": 1.0}}))

@@ -156,3 +156,13 @@ def test_label_noise_draws_are_pinned():
     assert new.tolist() == [0, 1, 2, 2, 0, 2, 0, 1] and changed.tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
     new, changed = noisy_labels(np.array([[0, 1], [1, 0], [0, 0]], np.float32), 2, 0.5, seed=4, client=1)
     assert new.tolist() == [[0, 1], [0, 1], [1, 1]] and changed.tolist() == [0, 1, 1]
+
+
+def test_modality_settings_refuse_bad_rates_and_drops_and_an_empty_spec_names_nobody():
+    from fedmm.data.modality import assign_modalities, parse_client_modalities
+
+    assert parse_client_modalities("") == {}
+    with pytest.raises(FedmmError, match=r"^modality.missing_rate must be in \[0, 1\] \(got 1.5\)$"):
+        assign_modalities(3, {}, 1.5, "image", 0)
+    with pytest.raises(FedmmError, match=r"^modality.drop must be image, text or random \(got 'audio'\)$"):
+        assign_modalities(3, {}, 0.5, "audio", 0)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from fedmm.fl.update import Update
 
@@ -58,3 +59,13 @@ def test_truncated_metrics_line_is_ignored(tmp_path):
     with open(rd.metrics_path, "a") as f:
         f.write('{"round": 2, "trunc')
     assert rd.read_metrics() == [{"round": 1}]
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+    from fedmm.params import atomic_write_bytes
+
+    target = tmp_path / "taken"
+    target.mkdir()  # os.replace cannot put a file over a directory
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"data")
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"] and not any(target.iterdir())

@@ -103,3 +103,15 @@ def test_roundrobin_deals_one_example_each_when_there_are_just_enough():
     from fedmm.data.partition import roundrobin_partition
 
     assert [p.tolist() for p in roundrobin_partition(3, 3)] == [[0], [1], [2]]
+
+
+def test_partition_refusals_and_holdouts_that_keep_nothing_back():
+    from fedmm.data.partition import dirichlet_partition, holdout_split, iid_partition
+
+    with pytest.raises(FedmmError, match=r"partition.alpha must be > 0 \(got 0.0\); use partition=iid"):
+        dirichlet_partition(np.zeros(10, int), 2, 0.0, seed=0)
+    with pytest.raises(FedmmError, match=r"^num_clients must be >= 1 \(got 0\)$"):
+        iid_partition(10, 0, seed=0)
+    for n, fraction in ((1, 0.5), (5, 0.0)):  # a single example stays for training; no fraction, no test data
+        train, test = holdout_split(n, fraction, seed=0, client=0)
+        assert train.tolist() == list(range(n)) and test.tolist() == []

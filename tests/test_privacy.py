@@ -347,3 +347,12 @@ def test_poisson_draws_are_pinned():
 def test_target_noise_is_the_smallest_to_its_tolerance():
     z = noise_for_epsilon(2.0, 0.2, 20, 1e-5)
     assert epsilon([(0.2, z)] * 20, 1e-5) <= 2.0 * (1 + 1e-9) < epsilon([(0.2, z - 2e-4)] * 20, 1e-5)
+
+
+def test_the_summed_mean_and_the_accountants_own_draws():
+    from fedmm.fl.privacy import Summed
+
+    summed = Summed(delta_sum={"w": np.array([2.0, 4.0])}, weight=4.0, num_examples=7)
+    u = summed.mean_update({"w": np.array([1.0, 1.0], np.float32)})
+    assert u.params["w"].tolist() == [1.5, 2.0] and u.params["w"].dtype == np.float32 and u.num_examples == 7
+    assert Accountant(1.0, 1.0, 1e-5, 0.5, 10, local=False).sample(3, 2) == [2, 3, 4, 9] == sample(10, 0.5, 3, 2)
