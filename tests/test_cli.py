@@ -214,6 +214,9 @@ def test_centralized_baseline(tmp_path):
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all("eval_accuracy" in r and "round" not in r for r in records)
+    # Two epochs over the pooled data learn (measured: accuracy 0.08 -> 0.32, loss 2.58 -> 1.39).
+    base = untrained(TINY, tmp_path)
+    assert records[-1]["eval_accuracy"] > base["accuracy"] + 0.15 and records[-1]["eval_loss"] < base["loss"] - 0.5
     assert records[0]["num_examples"] == 600
     assert (out / "global.safetensors").exists() and (out / "report.md").exists()
     assert "outputs:" in proc.stdout

@@ -39,7 +39,7 @@ def test_every_strategy_learns_in_two_rounds(tmp_path):
         runs[name] = records
     # Adagrad's v sums every squared change, so its first steps are server_lr * (1 - beta1) per coordinate, a tenth
     # of Adam's: with Flower's default server_lr (0.1) it learns like the others.
-    fedmm("run", *args, "strategy=fedadagrad", "strategy.server_lr=0.1", f"output_dir={tmp_path}/adagrad")
+    assert main(["run", *args, "strategy=fedadagrad", "strategy.server_lr=0.1", f"output_dir={tmp_path}/adagrad"]) == 0
     assert metrics(tmp_path / "adagrad")[-1]["eval_accuracy"] > base["accuracy"] + MARGIN
     assert runs["fedmap"][-1]["strategy_evals"] == 4 + 1  # n_trials_per_round + the student
     assert {"teacher_score", "student_score", "beta", "weights"} <= {k[9:] for k in runs["fedmap"][-1]}
@@ -49,7 +49,7 @@ def test_every_strategy_learns_in_two_rounds(tmp_path):
     assert not any(
         ".lora_A." in k for k in load_file(str(tmp_path / "sw" / "strategy-ffa_lora" / "global.safetensors"))
     )
-    fedmm("run", *args, "num_clients=7", "strategy=bulyan", f"output_dir={tmp_path}/bulyan")
+    assert main(["run", *args, "num_clients=7", "strategy=bulyan", f"output_dir={tmp_path}/bulyan"]) == 0
     records = metrics(tmp_path / "bulyan")
     assert all(len(r["strategy_selected"]) == 7 - 2 for r in records)  # n - 2f picked by repeated Krum
     assert records[-1]["eval_accuracy"] > base["accuracy"] + MARGIN
