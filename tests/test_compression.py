@@ -133,6 +133,7 @@ def test_a_round_reads_the_newest_residual_written_before_it_and_keeps_it(tmp_pa
         ]
 
 
+@pytest.mark.run
 def test_compressed_run_sends_fewer_bytes_and_learns(tmp_path, capsys):
     common = [*TINY, "rounds=3", "num_clients=3", "progress=false"]
     finals = {}

@@ -71,6 +71,7 @@ def test_masked_average_accumulates_in_float64_whatever_the_dtype():
         masked_weighted_average(g, [({"w": g["w"]}, 0.0)])
 
 
+@pytest.mark.run
 def test_a_text_only_and_an_image_only_client_do_not_pull_the_encoder_they_lack_toward_zero(tmp_path):
     """End to end: three even clients, client 1 text-only, client 2 image-only, one FedAvg round. Each encoder is
     sent by two clients of three; the third counts with the global value, so the encoder's size stays about where it

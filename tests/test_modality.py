@@ -94,6 +94,7 @@ def test_label_noise_single_label_and_multilabel():
     assert np.array_equal(changed, (new != multi).any(axis=1))
 
 
+@pytest.mark.run
 def test_per_sample_settings_reach_the_clients_the_record_and_the_model(tmp_path):
     import json
 

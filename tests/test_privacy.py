@@ -152,6 +152,7 @@ def test_accountant_state_survives_a_checkpoint():
 # ------------------------------------------------------------------------------------------------ command line
 
 
+@pytest.mark.run
 def test_a_dp_run_records_increasing_epsilon_and_resumes_counting(tmp_path, tiny_args):
     dp = ["privacy=dp", "privacy.noise_multiplier=1.0", "privacy.clip_norm=1.0", "privacy.noise_seed=5"]
     fedmm("run", *tiny_args, *dp, "rounds=3", f"output_dir={tmp_path / 'a'}")
@@ -168,6 +169,7 @@ def test_a_dp_run_records_increasing_epsilon_and_resumes_counting(tmp_path, tiny
     same_globals(tmp_path / "a", tmp_path / "b", atol=0)
 
 
+@pytest.mark.run
 def test_target_epsilon_run_ends_at_or_below_the_target(tmp_path, tiny_args):
     out = fedmm(
         "run",
@@ -184,6 +186,7 @@ def test_target_epsilon_run_ends_at_or_below_the_target(tmp_path, tiny_args):
     assert records[-1]["dp_epsilon"] <= 3.0 and records[-1]["dp_epsilon"] > 2.9
 
 
+@pytest.mark.run
 def test_local_mode_noises_on_the_clients_and_the_server_adds_none(tmp_path, tiny_args):
     """With local noise the clients send every key (noise on all of them), the server accepts that, and the
     model moves by the clients' noise only: a run whose shares are tiny matches the unweighted mean closely."""
@@ -213,6 +216,7 @@ def test_local_mode_noises_on_the_clients_and_the_server_adds_none(tmp_path, tin
     same_globals(tmp_path / "local", tmp_path / "central", atol=1e-5)  # float32 rounding of the clients' sends
 
 
+@pytest.mark.run
 def test_dp_works_for_a_lora_vlm_and_only_the_adapters_travel(tmp_path):
     fedmm(
         "run",
