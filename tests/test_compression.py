@@ -174,3 +174,32 @@ def test_compress_update_sends_float32_deltas_and_blocks_of_256_by_default():
 def test_block_size_below_one_is_refused():
     with pytest.raises(FedmmError, match=r"^compression.block_size must be at least 1 \(got 0\)$"):
         encode({"w": np.zeros(3, np.float32)}, "int8_block", block_size=0)
+
+
+def test_quantiser_edges_block_of_one_zero_blocks_and_float32_outputs():
+    import warnings
+
+    values = np.array([1.0, 1e-3, -0.25], np.float64)
+    tensors, meta = encode({"w": values}, "int8_block", block_size=1)  # every value its own scale: nearly exact
+    np.testing.assert_allclose(decode(tensors, meta)["w"], values, rtol=1e-6)
+    assert tensors["w" + SCALE].dtype == np.float32 and decode(tensors, meta)["w"].dtype == np.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an all-zero block divides by a safe scale of 1: no 0/0
+        tensors, meta = encode({"w": np.zeros(4, np.float32)}, "int8_block", block_size=2)
+    assert tensors["w"].tolist() == [0, 0, 0, 0] and decode(tensors, meta)["w"].tolist() == [0.0] * 4
+    assert decode(*encode({"w": values}, "fp16"))["w"].dtype == np.float32
+    assert json.loads(encode({"w": values}, "int8_block")[1]["fedmm_compression"])["block_size"] == 256
+    with pytest.raises(FedmmError) as e:
+        encode({"w": values}, "zip")
+    assert str(e.value) == "compression.kind must be one of none, fp16, bf16, int8, int8_block (got 'zip')"
+
+
+def test_compress_update_uses_its_block_size_and_a_residual_without_the_key():
+    received = {"w": np.zeros(8, np.float32)}
+    trained = {"w": np.linspace(-1, 1, 8).astype(np.float32)}
+    _, meta, _ = compress_update(trained, received, None, "int8_block", block_size=4)
+    assert json.loads(meta["fedmm_compression"])["block_size"] == 4
+    plain = compress_update(trained, received, None, "int8")
+    empty = compress_update(trained, received, {}, "int8")  # a residual that lacks the key adds nothing
+    np.testing.assert_array_equal(plain[0]["w"], empty[0]["w"])
+    np.testing.assert_array_equal(plain[2]["w"], empty[2]["w"])

@@ -98,3 +98,12 @@ def test_a_text_only_and_an_image_only_client_do_not_pull_the_encoder_they_lack_
         before = np.sqrt(sum(np.sum(exp.params[k].astype(np.float64) ** 2) for k in keys))
         after = np.sqrt(sum(np.sum(final[k].astype(np.float64) ** 2) for k in keys))
         assert 0.95 < after / before < 1.1, (modality, after / before)
+
+
+def test_weights_that_sum_to_one_or_less_are_fine_and_zero_is_refused_word_for_word():
+    g = {"w": np.zeros(1, np.float64)}
+    assert weighted_average(g, [({"w": np.array([3.0])}, 1.0)])["w"].tolist() == [3.0]
+    out = weighted_average(g, [({"w": np.array([1.0])}, 0.25), ({"w": np.array([3.0])}, 0.5)])
+    assert out["w"][0] == pytest.approx(7 / 3)
+    with pytest.raises(ValueError, match="^aggregation weights must sum to a positive number$"):
+        weighted_average(g, [({"w": np.array([1.0])}, 0.0)])

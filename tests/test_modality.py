@@ -167,3 +167,26 @@ def test_modality_settings_refuse_bad_rates_and_drops_and_an_empty_spec_names_no
         assign_modalities(3, {}, 1.5, "image", 0)
     with pytest.raises(FedmmError, match=r"^modality.drop must be image, text or random \(got 'audio'\)$"):
         assign_modalities(3, {}, 0.5, "audio", 0)
+
+
+def test_missing_samples_are_pinned_and_shares_may_sum_to_exactly_one():
+    from fedmm.data.modality import sample_missing
+
+    image, text = sample_missing(8, 0.25, 0.25, seed=0, client=0)
+    assert image.astype(int).tolist() == [0, 1, 1, 0, 1, 0, 1, 0]
+    assert text.astype(int).tolist() == [1, 0, 1, 1, 0, 1, 1, 1]
+    image, text = sample_missing(6, 0.0, 0.5, seed=0, client=0)
+    assert image is None and text.tolist() == [False, False, True, False, False, False]  # None: nothing missing
+    image, text = sample_missing(6, 0.5, 0.5, seed=3, client=0)  # every sample lacks exactly one modality
+    assert (image ^ text).all()
+    with pytest.raises(FedmmError, match=r"= 1\.2 is over 1"):
+        sample_missing(6, 0.7, 0.5, seed=3, client=0)
+
+
+def test_missing_rate_draws_are_pinned_distinct_and_may_be_everyone():
+    from fedmm.data.modality import assign_modalities
+
+    mods = [sorted(m) for m in assign_modalities(10, {}, 0.9, "random", 3)]
+    both, text, image = ["image", "text"], ["text"], ["image"]
+    assert mods == [both, text, image, image, image, text, text, text, image, image]  # 9 distinct clients, both kinds
+    assert [sorted(m) for m in assign_modalities(4, {}, 1.0, "text", 3)] == [image] * 4

@@ -69,3 +69,29 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(OSError):
         atomic_write_bytes(target, b"data")
     assert [p.name for p in tmp_path.iterdir()] == ["taken"] and not any(target.iterdir())
+
+
+def test_atomic_writes_make_folders_and_stage_beside_the_target(tmp_path, monkeypatch):
+    import os
+
+    from fedmm.params import atomic_write_bytes, bytes_metadata
+
+    assert bytes_metadata(params_to_bytes({"w": np.zeros(1, np.float32)})) == {}  # no metadata: an empty dict
+    target = tmp_path / "a" / "b" / "global.safetensors"
+    staged = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (staged.append(src), real_replace(src, dst))[1])
+    atomic_write_bytes(target, b"data")  # missing parent folders are made
+    assert target.read_bytes() == b"data"
+    # staged in the target's own folder (same file system: the rename is atomic), hidden, named after it
+    assert os.path.dirname(staged[0]) == str(target.parent)
+    assert os.path.basename(staged[0]).startswith(".global.safetensors.")
+
+    def fail(src, dst):
+        os.unlink(src)  # the staged file is already gone: cleaning up must not hide the real error
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write_bytes(target, b"other")
+    assert target.read_bytes() == b"data"

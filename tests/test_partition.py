@@ -115,3 +115,30 @@ def test_partition_refusals_and_holdouts_that_keep_nothing_back():
     for n, fraction in ((1, 0.5), (5, 0.0)):  # a single example stays for training; no fraction, no test data
         train, test = holdout_split(n, fraction, seed=0, client=0)
         assert train.tolist() == list(range(n)) and test.tolist() == []
+
+
+def test_holdouts_by_hand():
+    from fedmm.data.partition import holdout_split
+
+    def sizes(n, fraction):
+        train, test = holdout_split(n, fraction, seed=0, client=0)
+        return len(train), len(test)
+
+    # round(0.25 * 10) = 2 (half to even), drawn from (seed, client): a resumed site holds out the same examples
+    assert [p.tolist() for p in holdout_split(10, 0.25, seed=1, client=2)] == [[1, 2, 3, 5, 6, 7, 8, 9], [0, 4]]
+    assert sizes(4, 0.5) == (2, 2)
+    assert sizes(2, 0.1) == (1, 1)  # rounds to none, but a positive fraction holds out at least one
+    assert sizes(3, 0.9) == (1, 2)  # rounds to all three, but one always stays for training
+
+
+def test_dirichlet_accepts_one_example_per_client_and_the_size_check_says_what_it_needs():
+    # three examples for three clients: each holds exactly one (the default min_size is 1)
+    assert sorted(len(p) for p in dirichlet_partition(np.array([0, 1, 2]), 3, 1.0, seed=0)) == [1, 1, 1]
+    assert sorted(np.concatenate(iid_partition(5, 1, seed=0)).tolist()) == [0, 1, 2, 3, 4]  # one client is fine
+    with pytest.raises(FedmmError) as e:
+        dirichlet_partition(np.zeros(5, int), 3, 1.0, seed=0, min_size=2)
+    assert str(e.value) == (
+        "5 training examples cannot give 3 clients at least 2 each; lower num_clients or raise max_train_samples"
+    )
+    with pytest.raises(FedmmError, match=r"^2 training examples cannot give 3 clients at least 1 each"):
+        iid_partition(2, 3, seed=0)

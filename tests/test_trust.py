@@ -16,7 +16,7 @@ from fedmm.fl.server import Server, ServerConfig
 from fedmm.fl.strategy import STRATEGIES
 from fedmm.fl.strategy.fedavg import weighted_average
 from fedmm.fl.update import Update
-from fedmm.fl.validation import AUTO_NORM_MULTIPLE, Expected, Rejected, check_reply, delta_norm
+from fedmm.fl.validation import AUTO_NORM_MULTIPLE, Expected, Rejected, check_reply, delta_norm, norm_bound
 
 G = {"enc.w": np.zeros((4, 4), np.float32), "head.b": np.zeros(4, np.float32)}
 MAY = Expected(keys=frozenset(G), modalities=frozenset({"image", "text"}), max_examples=100)
@@ -37,7 +37,7 @@ def honest(cid: int, value: float = 1.0, n: int = 10, **kw) -> Update:
 @pytest.mark.parametrize(
     "bad, reason",
     [
-        (b"garbage", "not a fedmm update"),
+        (b"garbage", "not a fedmm update (JSONDecodeError: Expecting value: line 1 column 1 (char 0))"),
         (honest(2).to_bytes(), "claims to be client 2"),
         (honest(1, n=0).to_bytes(), "num_examples=0 outside [1, 100]"),
         (honest(1, n=-10).to_bytes(), "num_examples=-10 outside [1, 100]"),
@@ -49,7 +49,7 @@ def honest(cid: int, value: float = 1.0, n: int = 10, **kw) -> Update:
                 5,
                 modalities=frozenset({"image", "text", "audio"}),
             ).to_bytes(),
-            "claims modalities",
+            "claims modalities ['audio', 'image', 'text'] beyond its ['image', 'text']",
         ),
         (
             honest(
@@ -80,7 +80,7 @@ def honest(cid: int, value: float = 1.0, n: int = 10, **kw) -> Update:
                 modalities=frozenset({"text"}),
                 compression={"fedmm_compression": json.dumps({"kind": "int8", "block_size": 4})},
             ).to_bytes(),
-            "undecodable compressed update",
+            "undecodable compressed update (KeyError: 'head.b.__scale__')",
         ),  # an int8 tensor without its scale
         (
             Update(
@@ -100,18 +100,18 @@ def honest(cid: int, value: float = 1.0, n: int = 10, **kw) -> Update:
                 modalities=frozenset({"text"}),
                 compression={"fedmm_compression": json.dumps({"kind": "zip"})},
             ).to_bytes(),
-            "undecodable",
+            "undecodable compressed update (ValueError: unknown kind 'zip')",
         ),
         (
             Update(1, {"head.b": np.ones(4, np.float32)}, 5, metrics={"train_loss": float("nan")}).to_bytes(),
-            "metrics that are not finite numbers",
+            "reports metrics that are not finite numbers",
         ),
     ],
 )
 def test_every_rejection_reason(bad, reason):
     with pytest.raises(Rejected) as e:
         check_reply(bad, 1, G, MAY)
-    assert reason in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value) == reason  # the whole message, word for word
 
 
 def test_a_valid_reply_passes_with_safe_casts_and_compression():
@@ -345,3 +345,27 @@ def test_delta_norm_and_clip_by_hand_on_a_non_zero_global():
     assert clipped["a"].dtype == np.float16 and clipped["b"].dtype == np.float32
     assert clip_update(sent, g, 13.0, 13.0) is sent  # at the bound: unchanged
     assert _names(["a", "b", "c"]) == "a, b, c" and _names(list("abcde")) == "a, b, c and 2 more"
+
+
+def test_edges_of_the_reply_check():
+    # exactly max_examples is allowed; True is not a count; without a bound the message says inf
+    assert check_reply(honest(1, n=100).to_bytes(), 1, G, MAY).num_examples == 100
+    for n, expected, message in (
+        (True, MAY, "num_examples=True outside [1, 100]"),
+        (0, Expected(), "num_examples=0 outside [1, inf]"),
+    ):
+        with pytest.raises(Rejected) as e:
+            check_reply(honest(1, n=n).to_bytes(), 1, G, expected)
+        assert str(e.value) == message
+    # the keys this client may send are its own list, not every global key; a listed key the model lacks is refused
+    only_head = Expected(keys=frozenset({"head.b"}))
+    with pytest.raises(Rejected, match=r"^sends keys it may not: enc.w$"):
+        check_reply(honest(1).to_bytes(), 1, G, only_head)
+    ghost = Expected(keys=frozenset({*G, "ghost.w"}))
+    with pytest.raises(Rejected, match=r"^sends keys it may not: ghost.w$"):
+        check_reply(honest(1, params={"ghost.w": np.ones(2, np.float32)}).to_bytes(), 1, G, ghost)
+
+
+def test_the_automatic_norm_bound_needs_norms():
+    assert norm_bound("auto", []) is None and norm_bound(None, [1.0]) is None and norm_bound(2, [9.0]) == 2.0
+    assert norm_bound("auto", [1.0, 3.0, 10.0]) == AUTO_NORM_MULTIPLE * 3.0
