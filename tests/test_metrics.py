@@ -190,3 +190,31 @@ def test_unknown_metric_and_sites_without_a_figure():
     summary = M.site_summary({"0": {"num_examples": 4, "accuracy": 0.5}, "1": {"num_examples": 0, "accuracy": 0.1}})
     assert summary["accuracy_mean"] == 0.5 and summary["accuracy_min"] == 0.5
     assert M.site_summary({"0": {"num_examples": 0, "accuracy": 0.3}}) == {}
+
+
+def test_compute_conventions_at_the_edges():
+    assert M.accuracy(np.array([]), np.array([])) == 0.0  # nothing scored: 0, not nan
+    # a logit of exactly 0 is p = 0.5: predicted, as p >= t is with tuned thresholds
+    labels = np.array([[1, 0], [0, 0]])
+    logits = np.array([[0.0, -1.0], [-1.0, -1.0]])
+    assert M.compute(["micro_f1"], logits, labels)["micro_f1"] == 1.0
+    # the default zero_division is 1: label 1 has nothing to find and nothing predicted
+    assert M.compute(["macro_f1"], logits, labels)["macro_f1"] == 1.0
+
+
+def test_site_summary_by_hand():
+    sites = {
+        "0": {"num_examples": 1, "loss": 2.0, "accuracy": 0.5},  # one example still counts
+        "1": {"num_examples": 3, "loss": 1.0, "accuracy": 0.7, "f1": 0.4},
+        "2": {"num_examples": 0, "accuracy": 0.1},  # scored nothing: left out
+    }
+    out = M.site_summary(sites)
+    assert set(out) == {f"{m}_{s}" for m in ("accuracy", "f1") for s in ("mean", "min", "std")}  # no loss, no count
+    assert out["accuracy_mean"] == pytest.approx((0.5 + 3 * 0.7) / 4) and out["accuracy_min"] == 0.5
+    assert out["accuracy_std"] == pytest.approx(0.1) and out["f1_std"] == 0.0
+    # a figure nobody scored is skipped, and the ones after it are still summarised
+    assert set(M.site_summary({"0": {"num_examples": 0, "a": 1.0}, "1": {"num_examples": 2, "b": 0.3}})) == {
+        "b_mean",
+        "b_min",
+        "b_std",
+    }

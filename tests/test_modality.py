@@ -154,7 +154,11 @@ def test_label_noise_draws_are_pinned():
     from fedmm.data.noise import noisy_labels
 
     new, changed = noisy_labels(np.array([0, 1, 2, 0, 1, 2, 0, 1]), 3, 0.5, seed=4, client=1)
-    assert new.tolist() == [0, 1, 2, 2, 0, 2, 0, 1] and changed.tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    assert (
+        new.dtype == np.int64
+        and new.tolist() == [0, 1, 2, 2, 0, 2, 0, 1]
+        and changed.tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    )
     new, changed = noisy_labels(np.array([[0, 1], [1, 0], [0, 0]], np.float32), 2, 0.5, seed=4, client=1)
     assert new.tolist() == [[0, 1], [0, 1], [1, 1]] and changed.tolist() == [0, 1, 1]
 
@@ -177,6 +181,7 @@ def test_missing_samples_are_pinned_and_shares_may_sum_to_exactly_one():
     assert text.astype(int).tolist() == [1, 0, 1, 1, 0, 1, 1, 1]
     image, text = sample_missing(6, 0.0, 0.5, seed=0, client=0)
     assert image is None and text.tolist() == [False, False, True, False, False, False]  # None: nothing missing
+    assert sample_missing(6, 0.5, 0.0, seed=0, client=0)[1] is None
     image, text = sample_missing(6, 0.5, 0.5, seed=3, client=0)  # every sample lacks exactly one modality
     assert (image ^ text).all()
     with pytest.raises(FedmmError, match=r"= 1\.2 is over 1"):

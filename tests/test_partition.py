@@ -126,7 +126,7 @@ def test_holdouts_by_hand():
 
     # round(0.25 * 10) = 2 (half to even), drawn from (seed, client): a resumed site holds out the same examples
     assert [p.tolist() for p in holdout_split(10, 0.25, seed=1, client=2)] == [[1, 2, 3, 5, 6, 7, 8, 9], [0, 4]]
-    assert sizes(4, 0.5) == (2, 2)
+    assert sizes(4, 0.5) == (2, 2) and sizes(10, 0.1) == (9, 1)
     assert sizes(2, 0.1) == (1, 1)  # rounds to none, but a positive fraction holds out at least one
     assert sizes(3, 0.9) == (1, 2)  # rounds to all three, but one always stays for training
 
@@ -142,3 +142,12 @@ def test_dirichlet_accepts_one_example_per_client_and_the_size_check_says_what_i
     )
     with pytest.raises(FedmmError, match=r"^2 training examples cannot give 3 clients at least 1 each"):
         iid_partition(2, 3, seed=0)
+
+
+def test_dirichlet_gives_up_after_100_draws_and_says_what_to_change():
+    with pytest.raises(FedmmError) as e:
+        dirichlet_partition(np.zeros(30, int), 3, 0.001, seed=0, min_size=5)
+    assert str(e.value) == (
+        "dirichlet split with alpha=0.001 left a client below partition.min_size=5 examples in 100 draws; raise "
+        "partition.alpha, lower num_clients or partition.min_size, or add data"
+    )

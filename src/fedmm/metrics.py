@@ -84,7 +84,7 @@ def compute(
     on probabilities) replace 0.5; `zero_division` is the F1 of a label or example with nothing to find."""
     out = {}
     if labels.ndim == 2:
-        pred = logits > 0.0 if thresholds is None else sigmoid(logits) >= thresholds
+        pred = logits >= 0.0 if thresholds is None else sigmoid(logits) >= thresholds  # p >= 0.5 like p >= t
     else:
         pred = logits.argmax(axis=1)
     for name in names:

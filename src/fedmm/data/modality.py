@@ -66,7 +66,7 @@ def assign_modalities(
     free = [k for k in range(num_clients) if k not in explicit]
     n_missing = int(round(missing_rate * len(free)))
     rng = np.random.default_rng([seed, 7])
-    for k in rng.choice(free, size=n_missing, replace=False) if n_missing else []:
+    for k in rng.choice(free, size=n_missing, replace=False):
         lost = drop if drop != "random" else str(rng.choice(MODALITIES))
         out[int(k)] = frozenset(MODALITIES) - {lost}
     return out
