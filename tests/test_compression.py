@@ -203,3 +203,18 @@ def test_compress_update_uses_its_block_size_and_a_residual_without_the_key():
     empty = compress_update(trained, received, {}, "int8")  # a residual that lacks the key adds nothing
     np.testing.assert_array_equal(plain[0]["w"], empty[0]["w"])
     np.testing.assert_array_equal(plain[2]["w"], empty[2]["w"])
+
+
+def test_int8_codes_are_the_nearest_under_the_scale_that_travels_and_the_rebuild_rounds_once():
+    from fedmm.fl.compression import apply_delta
+
+    # max 1.7277515 -> float32 scale 0.013604342; 1.4352580 / scale is 105.49999627, which float32 rounds to 105.5
+    x = np.array([1.4352580308914185, 1.7277514934539795, -0.26284196972846985, -1.4170292615890503], np.float32)
+    tensors, meta = encode({"w": x}, "int8")
+    scale = float(tensors["w" + SCALE][0])
+    assert tensors["w"].tolist() == [105, 127, -19, -104]
+    assert np.all(np.abs(decode(tensors, meta)["w"].astype(np.float64) - x) <= scale / 2)
+    # float16 1.0 + (2^-11 + 2^-24): just above half a float16 step, so it rounds up; a float32 sum would first
+    # round to the exact half and then to even (1.0)
+    delta = np.array([2.0**-11 + 2.0**-24], np.float32)
+    assert apply_delta({"w": delta}, {"w": np.ones(1, np.float16)})["w"][0] == np.float16(1 + 2.0**-10)

@@ -45,15 +45,19 @@ def _from_bf16_bits(b: np.ndarray) -> np.ndarray:
 
 
 def _quantise(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """int8 codes and float32 scales for `x` flattened into blocks of `block` values (the last one shorter)."""
+    """int8 codes and float32 scales for `x` flattened into blocks of `block` values (the last one shorter).
+
+    The codes are the nearest under the float32 scale that travels, so every decoded value is within half a step:
+    the quotient is taken in float64, because in float32 it can round to an exact half (105.49999627 -> 105.5) and
+    `rint` then picks the farther code."""
     block = max(block, 1)
-    flat = x.astype(np.float32).ravel()
+    flat = x.astype(np.float64).ravel()
     pad = (-flat.size) % block
     blocks = np.pad(flat, (0, pad)).reshape(-1, block)
-    scale = np.abs(blocks).max(axis=1) / 127.0
+    scale = (np.abs(blocks).max(axis=1) / 127.0).astype(np.float32)
     safe = np.where(scale > 0, scale, 1.0)
     codes = np.clip(np.rint(blocks / safe[:, None]), -127, 127).astype(np.int8)
-    return codes.ravel()[: flat.size], scale.astype(np.float32)
+    return codes.ravel()[: flat.size], scale
 
 
 def _dequantise(codes: np.ndarray, scale: np.ndarray, block: int) -> np.ndarray:
@@ -114,5 +118,6 @@ def compress_update(
 
 def apply_delta(delta: Params, global_params: Params) -> Params:
     """The global parameters plus a decoded delta, in the global dtypes (only for the keys of `delta`): how the
-    server rebuilds a compressed update's parameters (`fedmm.fl.validation.check_reply` checks shapes first)."""
-    return {k: (global_params[k].astype(np.float32) + d).astype(global_params[k].dtype) for k, d in delta.items()}
+    server rebuilds a compressed update's parameters (`fedmm.fl.validation.check_reply` checks shapes first). The sum
+    is taken in float64 and rounded once to the global dtype (in float32 a float16 global would be rounded twice)."""
+    return {k: (global_params[k].astype(np.float64) + d).astype(global_params[k].dtype) for k, d in delta.items()}
