@@ -48,20 +48,27 @@ def fedmm(*args: str, cwd: Path | None = None, check: bool = True, timeout: int 
     return proc
 
 
-def untrained(args: list[str], tmp_path: Path) -> dict[str, float]:
-    """The test-split figures of a run's initial global model (what its round 0 would score), built from the same
-    settings and seed: the baseline an end-to-end run must beat by a stated margin to show that it learned."""
+def initial_server(args: list[str], tmp_path: Path):
+    """The server side of a run as `fedmm run` builds it from `args` (its seed, data and initial global model in
+    `.params`), quietly, in `tmp_path / "untrained"`."""
     import contextlib
     import io
 
     from fedmm.config import load_settings
     from fedmm.experiment import build_server
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return build_server(load_settings([*args, f"output_dir={tmp_path / 'untrained'}"]))
+
+
+def untrained(args: list[str], tmp_path: Path) -> dict[str, float]:
+    """The test-split figures of a run's initial global model (what its round 0 would score): the baseline an
+    end-to-end run must beat by a stated margin to show that it learned."""
+    from fedmm.config import load_settings
     from fedmm.experiment.server import server_metrics
 
-    settings = load_settings([*args, f"output_dir={tmp_path / 'untrained'}"])
-    with contextlib.redirect_stdout(io.StringIO()):
-        exp = build_server(settings)
-    return server_metrics(exp.model, exp.backend, exp.data, exp.data.test, settings.eval_batch_size)
+    exp = initial_server(args, tmp_path)
+    return server_metrics(exp.model, exp.backend, exp.data, exp.data.test, load_settings(args).eval_batch_size)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from fedmm.errors import FedmmError
 from fedmm.fl.strategy import STRATEGIES
 from fedmm.fl.strategy.bulyan import bulyan
-from fedmm.fl.strategy.krum import krum_scores, multi_krum_select
+from fedmm.fl.strategy.krum import flatten, krum_scores, multi_krum_select, unflatten
 from fedmm.fl.update import Update
 
 
@@ -131,8 +131,6 @@ def test_krum_keeps_one_multikrum_n_minus_f_and_both_check_their_options():
 
 
 def test_flattening_is_float64_and_walks_every_tensor():
-    from fedmm.fl.strategy.krum import flatten, unflatten
-
     # float16 updates far apart: their squared distances (> 65,504) overflow in float16 but not in float64
     g = {"a": np.zeros(1, np.float16), "b": np.zeros((2, 2), np.float16), "c": np.zeros(3, np.float16)}
     ups = [{k: np.full(v.shape, s, np.float16) for k, v in g.items()} for s in (0.0, 300.0, 310.0)]

@@ -1,5 +1,9 @@
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
+
+import fedmm
+from conftest import TINY, initial_server
 
 from fedmm.fl.update import Update
 from fedmm.fl.strategy.fedavg import FedAvg, FedAvgConfig, weighted_average
@@ -77,20 +81,9 @@ def test_a_text_only_and_an_image_only_client_do_not_pull_the_encoder_they_lack_
     sent by two clients of three; the third counts with the global value, so the encoder's size stays about where it
     was (measured: 1.0003 for text and 1.03 for image, where training moves each weight a little). Counting the
     missing one as zero would scale it to about 2/3."""
-    import contextlib
-    import io
-
-    from safetensors.numpy import load_file
-
-    import fedmm
-    from conftest import TINY
-    from fedmm.config import load_settings
-    from fedmm.experiment import build_server
-
     args = [*TINY, "num_clients=3", "partition=iid", "modality.text_only=[1]", "modality.image_only=[2]", "rounds=1"]
     fedmm.run([*args, f"output_dir={tmp_path}/run"])
-    with contextlib.redirect_stdout(io.StringIO()):
-        exp = build_server(load_settings([*args, f"output_dir={tmp_path}/untrained"]))
+    exp = initial_server(args, tmp_path)
     final = load_file(str(tmp_path / "run" / "global.safetensors"))
     for modality in ("text", "image"):
         keys = [k for k in final if exp.backend.key_modality(k) == modality]

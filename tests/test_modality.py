@@ -164,8 +164,6 @@ def test_label_noise_draws_are_pinned():
 
 
 def test_modality_settings_refuse_bad_rates_and_drops_and_an_empty_spec_names_nobody():
-    from fedmm.data.modality import assign_modalities, parse_client_modalities
-
     assert parse_client_modalities("") == {}
     with pytest.raises(FedmmError, match=r"^modality.missing_rate must be in \[0, 1\] \(got 1.5\)$"):
         assign_modalities(3, {}, 1.5, "image", 0)
@@ -189,8 +187,6 @@ def test_missing_samples_are_pinned_and_shares_may_sum_to_exactly_one():
 
 
 def test_missing_rate_draws_are_pinned_distinct_and_may_be_everyone():
-    from fedmm.data.modality import assign_modalities
-
     mods = [sorted(m) for m in assign_modalities(10, {}, 0.9, "random", 3)]
     both, text, image = ["image", "text"], ["text"], ["image"]
     assert mods == [both, text, image, image, image, text, text, text, image, image]  # 9 distinct clients, both kinds

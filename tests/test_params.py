@@ -1,9 +1,18 @@
+import os
+
 import numpy as np
 import pytest
 
 from fedmm.fl.update import Update
 
-from fedmm.params import load_params, params_from_bytes, params_to_bytes, save_params
+from fedmm.params import (
+    atomic_write_bytes,
+    bytes_metadata,
+    load_params,
+    params_from_bytes,
+    params_to_bytes,
+    save_params,
+)
 from fedmm.rundir import RunDir, flatten_state, unflatten_state
 
 
@@ -62,8 +71,6 @@ def test_truncated_metrics_line_is_ignored(tmp_path):
 
 
 def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
-    from fedmm.params import atomic_write_bytes
-
     target = tmp_path / "taken"
     target.mkdir()  # os.replace cannot put a file over a directory
     with pytest.raises(OSError):
@@ -72,10 +79,6 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
 
 
 def test_atomic_writes_make_folders_and_stage_beside_the_target(tmp_path, monkeypatch):
-    import os
-
-    from fedmm.params import atomic_write_bytes, bytes_metadata
-
     assert bytes_metadata(params_to_bytes({"w": np.zeros(1, np.float32)})) == {}  # no metadata: an empty dict
     target = tmp_path / "a" / "b" / "global.safetensors"
     staged = []

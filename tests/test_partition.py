@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from fedmm.data.partition import dirichlet_partition, fair_split_counts, iid_partition, roundrobin_partition
+from fedmm.data.partition import (
+    dirichlet_partition,
+    fair_split_counts,
+    holdout_split,
+    iid_partition,
+    roundrobin_partition,
+)
 from fedmm.errors import FedmmError
 
 
@@ -100,26 +106,17 @@ def test_roundrobin_deals_in_the_datas_order_like_the_fedumm_seeds_alpha_zero():
 
 
 def test_roundrobin_deals_one_example_each_when_there_are_just_enough():
-    from fedmm.data.partition import roundrobin_partition
-
     assert [p.tolist() for p in roundrobin_partition(3, 3)] == [[0], [1], [2]]
 
 
-def test_partition_refusals_and_holdouts_that_keep_nothing_back():
-    from fedmm.data.partition import dirichlet_partition, holdout_split, iid_partition
-
+def test_partition_refusals():
     with pytest.raises(FedmmError, match=r"partition.alpha must be > 0 \(got 0.0\); use partition=iid"):
         dirichlet_partition(np.zeros(10, int), 2, 0.0, seed=0)
     with pytest.raises(FedmmError, match=r"^num_clients must be >= 1 \(got 0\)$"):
         iid_partition(10, 0, seed=0)
-    for n, fraction in ((1, 0.5), (5, 0.0)):  # a single example stays for training; no fraction, no test data
-        train, test = holdout_split(n, fraction, seed=0, client=0)
-        assert train.tolist() == list(range(n)) and test.tolist() == []
 
 
 def test_holdouts_by_hand():
-    from fedmm.data.partition import holdout_split
-
     def sizes(n, fraction):
         train, test = holdout_split(n, fraction, seed=0, client=0)
         return len(train), len(test)
@@ -129,6 +126,7 @@ def test_holdouts_by_hand():
     assert sizes(4, 0.5) == (2, 2) and sizes(10, 0.1) == (9, 1)
     assert sizes(2, 0.1) == (1, 1)  # rounds to none, but a positive fraction holds out at least one
     assert sizes(3, 0.9) == (1, 2)  # rounds to all three, but one always stays for training
+    assert sizes(1, 0.5) == (1, 0) and sizes(5, 0.0) == (5, 0)  # a lone example trains; no fraction, no test data
 
 
 def test_dirichlet_accepts_one_example_per_client_and_the_size_check_says_what_it_needs():
