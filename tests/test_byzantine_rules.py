@@ -78,8 +78,12 @@ def test_strategies_resist_an_outlier_and_report_what_they_selected():
     s = entry.factory(entry.config_cls())
     out = s.aggregate(1, g, _updates(values + [[1.02, 0.98], [0.95, 1.0]]))
     assert abs(out["w"][0] - 1.0) < 0.1 and 4 not in s.round_metrics["selected"]
+    assert s.round_metrics["f"] == 1
+    # 5 updates (clients that failed) support f = 0 only: the round says so instead of stopping the run
+    s.aggregate(1, g, _updates(values))
+    assert s.round_metrics["f"] == 0
     with pytest.raises(FedmmError, match=r"bulyan with strategy.f=1 needs at least 7 updates per round \(4f \+ 3\)"):
-        s.aggregate(1, g, _updates(values))
+        bulyan(flatten(g, [u.params for u in _updates(values)]), 1)  # the rule itself never runs outside its bound
 
 
 def test_missing_modality_keys_count_with_the_global_value():
@@ -151,7 +155,7 @@ def test_multikrum_ties_go_to_the_lower_index_and_its_default_keep(monkeypatch):
     monkeypatch.setattr(krum, "krum_scores", lambda x, f: scores)
     picked = krum.multi_krum_select(np.zeros((40, 1)), 1, 20).tolist()
     assert picked == [i for i in range(40) if scores[i] == 0] + [i for i in range(40) if scores[i] == 1][:6]
-    assert make("multikrum", f=2).keep(3) == 1 and make("multikrum", f=2).keep(7) == 5
+    assert make("multikrum", f=2).keep(3, 2) == 1 and make("multikrum", f=2).keep(7, 2) == 5
 
 
 def test_coordinatewise_rules_answer_in_the_global_dtype():

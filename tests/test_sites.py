@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fedmm.errors import SiteRefusal
 from fedmm.runtime.remote import SITE_STATE_ENV, state_dir
 
 from conftest import fedmm
@@ -22,24 +23,23 @@ class FakeGrid:
         return sorted(self.connected)
 
 
-class Reply:
-    def __init__(self, cid):
-        self.content = {"node": {"partition-id": cid}}
-
-    def has_error(self):
-        return False
-
-
-def test_a_second_supernode_cannot_take_a_partition_id_in_use(monkeypatch):
+@pytest.fixture
+def flower_messages(monkeypatch):
+    """Flower's own Message objects outside a running app (they need a task identity)."""
     pytest.importorskip("flwr")
-    from fedmm.runtime.flower import server
-    from fedmm.runtime.flower.server import GridClients
+    from flwr.supercore.task_identity import TaskIdentity
 
-    monkeypatch.setattr(server, "query_message", lambda node: node)  # the query: addressed to a node id
+    for name in ("run_id", "node_id", "task_id"):
+        monkeypatch.setattr(TaskIdentity, f"_{name}", 1, raising=False)
+
+
+def test_a_second_supernode_cannot_take_a_partition_id_in_use(flower_messages):
+    from fedmm.runtime.flower.messages import query_reply
+    from fedmm.runtime.flower.server import GridClients
 
     class Clients(GridClients):
         def _exchange(self, messages, timeout):  # each SuperNode answers with the partition-id it claims
-            return [Reply(self.grid.partition[node]) for node in messages]
+            return [query_reply(m, self.grid.partition[m.metadata.dst_node_id]) for m in messages]
 
     grid = FakeGrid({11: 0, 12: 1})
     clients = Clients(grid, num_clients=2, min_clients=1, request={}, round_timeout=1, connect_timeout=1)
@@ -61,7 +61,7 @@ def test_the_site_decides_its_state_folder(tmp_path, monkeypatch):
     assert state_dir({"state-dir": str(tmp_path / "s")}, request) == tmp_path / "s" / "run-1"
     assert state_dir({}, {**request, "runtime": "../../x"}).parent.name == "remote-state"
     for run in ("../../etc", "/etc", "a/b", "..", ""):
-        with pytest.raises(ValueError, match="not a plain folder name"):
+        with pytest.raises(SiteRefusal, match="not a plain folder name"):
             state_dir({}, {**request, "run": run})
     monkeypatch.setenv(SITE_STATE_ENV, str(tmp_path / "sim"))  # what a simulation sets for the sites it starts
     assert state_dir({}, request) == tmp_path / "sim"
@@ -108,4 +108,4 @@ def test_sites_receive_no_server_paths(tmp_path):
 
     s = load_settings(["task=synthetic", "model=fusion_tiny", f"output_dir={tmp_path}/run"])
     text = site_settings(s)
-    assert str(tmp_path) not in text and "output_dir: null" in text
+    assert str(tmp_path) not in text and "output_dir" not in text

@@ -28,7 +28,7 @@ def honest(cid: int, value: float = 1.0, n: int = 10, **kw) -> Update:
         client_id=cid,
         params=params,
         num_examples=n,
-        metrics={"train_loss": 0.5, "seconds": 0.1},
+        metrics=kw.pop("metrics", {"train_loss": 0.5, "seconds": 0.1}),
         modalities=frozenset({"image", "text"}),
         **kw,
     )
@@ -104,8 +104,25 @@ def honest(cid: int, value: float = 1.0, n: int = 10, **kw) -> Update:
         ),
         (
             Update(1, {"head.b": np.ones(4, np.float32)}, 5, metrics={"train_loss": float("nan")}).to_bytes(),
-            "reports metrics that are not finite numbers",
+            "reports metrics that are not finite numbers within +-1e+12",
         ),
+        # a 400-digit integer is refused before any conversion (math.isfinite raised OverflowError on it)
+        (
+            honest(1, metrics={"train_loss": 10**400}).to_bytes(),
+            "reports metrics that are not finite numbers within +-1e+12",
+        ),
+        # finite but extreme: loss x examples would overflow the record
+        (
+            honest(1, metrics={"train_loss": 1e308}).to_bytes(),
+            "reports metrics that are not finite numbers within +-1e+12",
+        ),
+        (
+            honest(1, metrics={"train_loss": "0.5"}).to_bytes(),
+            "reports metrics that are not finite numbers within +-1e+12",
+        ),
+        (honest(1, n=10**400).to_bytes(), "num_examples=10000000000000000000 outside [1, 100]"),
+        (honest(1, n=3.0).to_bytes(), "num_examples=3.0 outside [1, 100]"),
+        (honest(1, params={}).to_bytes(), "sends no tensors (a training reply must carry its update)"),
     ],
 )
 def test_every_rejection_reason(bad, reason):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import os
 import shutil
@@ -95,8 +96,10 @@ class RunDir:
 
     # -- metrics ------------------------------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
+        """One record as one line of strict JSON: a non-finite number (whatever a client or strategy reported)
+        is written as null, never as NaN or Infinity, which JSON does not have."""
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -232,6 +235,17 @@ class RunDir:
         (self.path / ".lock.pid").write_text(f"{os.getpid()}\n")
         _HELD.append(lock)
         os.environ[LOCK_ENV] = str(self.path.resolve())
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (dicts and lists walked)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _sha(data: bytes) -> str:

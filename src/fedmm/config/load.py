@@ -443,6 +443,21 @@ def settings_from_yaml(text: str) -> Settings:
     return validate(cfg)
 
 
+def validate_site(raw: dict[str, Any]) -> Settings:
+    """A site's settings: the server's, as plain data after the site's policy (`site_policy.apply_policy`, which
+    imported the plugins it allows), validated like any run's. A problem is the site's refusal, in fedmm's words."""
+    from fedmm.errors import SiteRefusal
+
+    try:
+        cfg = OmegaConf.create(raw)
+        OmegaConf.set_struct(cfg, True)
+        return validate(cfg)
+    except FedmmError as e:
+        raise SiteRefusal("bad_request", f"the settings do not validate at this site: {str(e)[:200]}") from None
+    except (OmegaConfBaseException, ValueError, TypeError):
+        raise SiteRefusal("bad_request", "the settings do not validate at this site") from None
+
+
 def show_config(overrides: Optional[list[str]] = None) -> str:
     return load_settings(overrides or []).to_yaml()
 

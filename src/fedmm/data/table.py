@@ -80,8 +80,18 @@ def _cell(row: dict[str, Any], column: str, where: str, kind: str) -> Any:
     return row[column]
 
 
-def _records(path: Path) -> Iterable[tuple[dict[str, Any], str]]:
-    """(row, where) of a CSV, JSONL or Parquet file."""
+def _records(path: Path) -> Iterable[tuple[Any, str]]:
+    """(row, where) of a CSV, JSONL or Parquet file; a row is a dict, except a JSONL line that holds another JSON
+    value (a bad sample for `read_rows`). A file that is not UTF-8 text, or not Parquet, is a one-line error."""
+    try:
+        yield from _parsed(path)
+    except UnicodeDecodeError as e:
+        raise FedmmError(
+            f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
+
+
+def _parsed(path: Path) -> Iterable[tuple[Any, str]]:
     if path.suffix == ".csv":
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -93,15 +103,22 @@ def _records(path: Path) -> Iterable[tuple[dict[str, Any], str]]:
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        yield json.loads(line), f"{path} line {n}"
-                    except json.JSONDecodeError as e:
-                        raise FedmmError(f"{path} line {n} is not JSON ({e.msg}); fix that line") from None
+                        row = json.loads(line)
+                    except ValueError as e:  # JSONDecodeError, and an integer of more than 4300 digits
+                        why = e.msg if isinstance(e, json.JSONDecodeError) else str(e).split(";")[0]
+                        raise FedmmError(f"{path} line {n} is not JSON ({why}); fix that line") from None
+                    yield row, f"{path} line {n}"
     else:
         try:
             import pyarrow.parquet as pq
         except ImportError:
             raise FedmmError(f"reading {path} needs pyarrow: pip install 'fedmm[parquet]'") from None
-        for n, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow's ArrowInvalid / OSError: an empty, cut or foreign file
+            first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise FedmmError(f"{path} is not a readable Parquet file ({first}); write it again") from None
+        for n, row in enumerate(table.to_pylist()):
             yield row, f"{path} row {n}"
 
 
@@ -111,6 +128,9 @@ def read_rows(
     """The rows with an image, a text and labels; a path is resolved against `folder` and must stay inside it."""
     rows = []
     for row, where in records:
+        if not isinstance(row, dict):
+            bad(f"{where}: not an object with {cfg.image_column}, {cfg.text_column} and {cfg.label_column}")
+            continue
         image = _cell(row, cfg.image_column, where, "image")
         text = _cell(row, cfg.text_column, where, "text")
         label = _cell(row, cfg.label_column, where, "label")
@@ -120,13 +140,20 @@ def read_rows(
             if folder is None or not image.strip():
                 bad(f"{where}: no image")
                 continue
-            resolved = (folder / image.strip()).resolve()
+            try:
+                resolved = (folder / image.strip()).resolve()
+            except (ValueError, OSError, RuntimeError):  # a NUL byte; a symlink loop
+                bad(f"{where}: image path {image[:80]!r} cannot be resolved (a NUL byte or a link loop)")
+                continue
             if not resolved.is_relative_to(folder.resolve()):
                 bad(f"{where}: image '{image[:80]}' points outside {folder}")
                 continue
             image = resolved
         if image is None or label is None or (isinstance(label, str) and not label.strip()):
             bad(f"{where}: no {'image' if image is None else 'label'}")
+            continue
+        if not _label_value(label, bool(cfg.label_separator)):
+            bad(f"{where}: the label is a {type(label).__name__} ({str(label)[:40]}), not a class name or number")
             continue
         if cfg.label_separator:
             cells = label if isinstance(label, list) else str(label).split(cfg.label_separator)
@@ -135,6 +162,16 @@ def read_rows(
             labels = (str(label).strip(),)
         rows.append(Row(image, "" if text is None else str(text)[: cfg.max_text_chars], labels, where))
     return rows
+
+
+def _label_value(label: Any, multilabel: bool) -> bool:
+    """A label cell fedmm can name a class by: a text, an integer or a finite number (multilabel: or a list of
+    them); never a mapping, a bool or NaN."""
+    if multilabel and isinstance(label, list):
+        return all(_label_value(v, False) for v in label)
+    if isinstance(label, bool) or not isinstance(label, (str, int, float)):
+        return False
+    return not isinstance(label, float) or label == label and abs(label) != float("inf")
 
 
 def to_dataset(rows: list[Row], names: tuple[str, ...], cfg: TableConfig, bad: BadSamples) -> MultimodalDataset:

@@ -199,6 +199,16 @@ def build_server(settings: Settings) -> Federation:
     check_kind(settings.compression.kind, settings.compression.block_size)
     parts = assemble(settings, "server")
     data, clients, backend, model, strategy = parts.data, parts.clients, parts.backend, parts.model, parts.strategy
+    per_round = num_sampled(len(clients), settings.clients_per_round, settings.client_fraction, settings.min_clients)
+    strategy.check_round_size(per_round)  # before anything is written: a rule that cannot keep its promise
+    attackers = (
+        [c for c in settings.attack.clients if not 0 <= c < len(clients)] if settings.attack.name != "none" else []
+    )
+    if attackers:
+        raise FedmmError(
+            f"attack.clients names client {attackers[0]}, but this experiment has {len(clients)} clients "
+            f"(0..{len(clients) - 1}); fix attack.clients"
+        )
     rundir = open_run_dir(settings.resume, settings.output_dir, "run", settings.to_yaml())
     ckpt = resume_point(rundir, settings) if settings.resume else None
     summary = partition_summary(clients, parts.client_test)
@@ -240,7 +250,6 @@ def build_server(settings: Settings) -> Federation:
             seed=settings.seed,
         )
     )
-    per_round = num_sampled(len(clients), settings.clients_per_round, settings.client_fraction, settings.min_clients)
     server_cfg = ServerConfig(
         num_clients=len(clients),
         per_round=per_round,

@@ -24,7 +24,15 @@ from fedmm.fl.sampling import sample_clients
 from fedmm.fl.strategy.base import Strategy
 from fedmm.fl.update import Update
 from fedmm.metrics import site_summary
-from fedmm.fl.validation import Expected, Rejected, check_reply, clip_update, delta_norm, norm_bound
+from fedmm.fl.validation import (
+    Expected,
+    Rejected,
+    check_eval_reply,
+    check_reply,
+    clip_update,
+    delta_norm,
+    norm_bound,
+)
 from fedmm.params import Params, params_to_bytes
 from fedmm.record import RoundRecord
 from fedmm.rundir import RunDir
@@ -57,18 +65,28 @@ def checked_sum(summed: Summed, global_params: Params, rnd: int) -> Summed:
 
 
 def _in_order(
-    ids: list[int], replies: Union[dict[int, Reply], Iterable[tuple[int, Reply]]]
+    ids: list[int], replies: Union[dict[int, Reply], Iterable[tuple[int, Reply]]], refused: dict[Any, str]
 ) -> Iterator[tuple[int, Reply]]:
-    """(client id, reply) for every sampled client: a dict's in the order of `ids`, an iterator's as it yields them;
-    a client that never replied gets a TimeoutError."""
+    """(client id, reply) for every sampled client, once: a dict's in the order of `ids`, an iterator's as it yields
+    them; a client that never replied gets a TimeoutError. What a runtime hands over for a client it was not asked
+    about, or a second time for the same client, goes to `refused` (whatever the runtime: a user's can do this)."""
+    sampled = set(ids)
     if isinstance(replies, dict):
+        for cid in replies:
+            if cid not in sampled:
+                refused[str(cid)[:40]] = "was not sampled this round"
         for cid in ids:
             yield cid, replies.get(cid, TimeoutError("no reply"))
         return
     seen = set()
     for cid, reply in replies:
-        seen.add(cid)
-        yield cid, reply
+        if cid not in sampled:
+            refused[str(cid)[:40]] = "was not sampled this round"
+        elif cid in seen:
+            log.warning("client %s replied twice this round; the second reply is ignored", cid)
+        else:
+            seen.add(cid)
+            yield cid, reply
     for cid in ids:
         if cid not in seen:
             yield cid, TimeoutError("no reply")
@@ -172,10 +190,13 @@ class Server:
         def checked() -> Iterator[Update]:
             """The replies that pass validation, as updates with full tensors, in arrival order; failures and
             rejections noted."""
-            for cid, reply in _in_order(ids, replies):
+            for cid, reply in _in_order(ids, replies, rejected):
                 if isinstance(reply, BaseException):
                     failures[cid] = f"{type(reply).__name__}: {reply}"
                     log.warning("round %d: client %d failed: %s", rnd, cid, failures[cid])
+                    continue
+                if not isinstance(reply, (bytes, bytearray, memoryview)):
+                    rejected[cid] = f"not a fedmm update (a {type(reply).__name__}, not bytes)"
                     continue
                 got["bytes_up"] += len(reply)
                 try:
@@ -235,6 +256,7 @@ class Server:
                         raise
             else:
                 updates = list(stream)
+                self.strategy.caught = len(rejected)  # Byzantine replies already kept out (Krum, Bulyan)
                 if len(updates) >= self.cfg.min_clients:
                     new_params = self.strategy.aggregate(rnd, global_params, updates)
         if len(got["ids"]) < required:
@@ -259,7 +281,7 @@ class Server:
         metrics = self.evaluate(new_params) if evaluated else {}
         at_sites = {}
         if self.cfg.client_eval == "every" and evaluated or self.cfg.client_eval == "final" and rnd == self.cfg.rounds:
-            at_sites = self.evaluate_clients(rnd, lr, new_params, fit_clients)
+            at_sites = self.evaluate_clients(rnd, lr, new_params, fit_clients, rejected)
         record = RoundRecord(
             round=rnd,
             clients_sampled=len(ids),
@@ -288,26 +310,36 @@ class Server:
         return new_params, record.to_json()
 
     def evaluate_clients(
-        self, rnd: int, lr: float, params: Params, fit_clients: FitClients
+        self,
+        rnd: int,
+        lr: float,
+        params: Params,
+        fit_clients: FitClients,
+        rejected: Optional[dict[Any, str]] = None,
     ) -> dict[int, dict[str, float]]:
         """client_eval: every client scores `params` (and its personal model) on its own held-out data, asked with
         an evaluate request through the runtime; {client id: {"num_examples": n, metric: value, ...}} of those that
-        scored (a failure is logged, a site without test data left out)."""
+        scored. A failure is logged; a reply that fails `check_eval_reply` goes to `rejected` ("client_eval: ...")."""
         ids = list(range(self.cfg.num_clients))
         ins = replace(self.instructions, round=rnd, lr=lr, task="evaluate")
+        refused = rejected if rejected is not None else {}
         out: dict[int, dict[str, float]] = {}
-        for cid, reply in _in_order(ids, fit_clients(rnd, ids, params_to_bytes(params), {c: ins for c in ids})):
+        replies = fit_clients(rnd, ids, params_to_bytes(params), {c: ins for c in ids})
+        for cid, reply in _in_order(ids, replies, refused):
             if isinstance(reply, BaseException):
                 log.warning("round %d: client %d did not evaluate: %s: %s", rnd, cid, type(reply).__name__, reply)
                 continue
             try:
-                scored = Update.from_bytes(reply)
-            except Exception as e:  # noqa: BLE001 - a damaged reply is that client's, logged
-                log.warning("round %d: client %d sent an unreadable evaluation: %s", rnd, cid, e)
+                if not isinstance(reply, (bytes, bytearray, memoryview)):
+                    raise Rejected(f"not a fedmm update (a {type(reply).__name__}, not bytes)")
+                scored = check_eval_reply(bytes(reply), cid)
+            except Rejected as e:
+                why = f"client_eval: {e}"
+                refused[cid] = f"{refused[cid]}; {why}" if cid in refused else why
+                log.warning("round %d: client %d's evaluation rejected: %s", rnd, cid, e)
                 continue
-            figures = {k: float(v) for k, v in scored.metrics.items() if isinstance(v, (int, float))}
-            if scored.num_examples > 0 and all(np.isfinite(v) for v in figures.values()):
-                out[cid] = {"num_examples": int(scored.num_examples), **figures}
+            if scored.num_examples:  # 0: a site without test data
+                out[cid] = {"num_examples": scored.num_examples, **{k: float(v) for k, v in scored.metrics.items()}}
         return out
 
     def run(

@@ -9,9 +9,11 @@ compressed update must decode. Anything else is `Rejected` with a one-line reaso
 counts as a failed client.
 
 Norm bounding takes the L2 norm of the delta (what the client changed) over all tensors it sent: `clip` scales the
-delta down to the bound, `reject` drops the update. `auto` bounds at AUTO_NORM_MULTIPLE x the round's median norm:
-honest clients of a round move by similar amounts, so a bound a few times their median leaves them untouched and
-cuts a scaled (x1e6) update down to an honest one's size.
+delta down to the bound, `reject` drops the update. `auto` bounds at AUTO_NORM_MULTIPLE x the round's lower median norm
+(the ceil(n/2)-th smallest): honest clients of a round move by similar amounts, so a bound a few times theirs
+leaves them untouched and cuts a scaled (x1e6) update down to an honest one's size. Large updates can raise that
+reference only if they are more than half of the round (with 2 clients, one attacker cannot); a majority of
+attackers can set it, as it can any statistic of the round: `auto` is no defence against a majority.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from fedmm.fl.update import Update
 from fedmm.params import Params
 
 AUTO_NORM_MULTIPLE = 2.0
+METRIC_BOUND = 1e12  # |a reported figure| at most: sums over clients stay finite in float64, and so does the record
+MAX_EXAMPLES = 2**40  # a client's example count at most, when the server knows no smaller bound
 
 
 class Rejected(Exception):
@@ -48,25 +52,50 @@ def _names(keys: list[str], limit: int = 3) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _bounded_number(v) -> bool:
+    """A reported figure: an int or float (not a bool), finite, within +-METRIC_BOUND. Compared before any
+    conversion, so that a 400-digit integer is refused, not an OverflowError."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return -METRIC_BOUND <= v <= METRIC_BOUND  # False for nan; ints are compared exactly
+
+
+def _header(update: Update, cid: int, max_examples: Optional[int]) -> None:
+    """What every reply must get right, fit or evaluate: the sender, the example count, the figures."""
+    if isinstance(update.client_id, bool) or not isinstance(update.client_id, int) or update.client_id != cid:
+        raise Rejected(f"claims to be client {str(update.client_id)[:20]}")
+    n = update.num_examples
+    limit = max_examples if max_examples is not None else MAX_EXAMPLES
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+        raise Rejected(f"num_examples={str(n)[:20]} outside [1, {limit if max_examples is not None else 'inf'}]")
+    if not isinstance(update.metrics, dict) or not all(_bounded_number(v) for v in update.metrics.values()):
+        raise Rejected(f"reports metrics that are not finite numbers within +-{METRIC_BOUND:g}")
+
+
+def _read(reply: bytes) -> Update:
+    try:
+        return Update.from_bytes(reply)
+    except Exception as e:  # noqa: BLE001 - any malformed message is a rejection, never a crash
+        raise Rejected(f"not a fedmm update ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+def check_eval_reply(reply: bytes, cid: int, max_examples: Optional[int] = None) -> Update:
+    """A client_eval reply: the figures of the client that was asked, about at most `max_examples` of its own
+    examples, and no tensors (or, from a site without test data, no figures about 0 examples); `Rejected`
+    otherwise."""
+    update = _read(reply)
+    if update.num_examples == 0 and update.metrics == {} and not update.params and update.client_id == cid:
+        return update
+    _header(update, cid, max_examples)
+    if update.params:
+        raise Rejected("sends tensors in an evaluation reply")
+    return update
 
 
 def check_reply(reply: bytes, cid: int, global_params: Params, expected: Expected = Expected()) -> Update:
     """The update in `reply`, with `params` the client's full tensors in the global dtypes; `Rejected` otherwise."""
-    try:
-        update = Update.from_bytes(reply)
-    except Exception as e:  # noqa: BLE001 - any malformed message is a rejection, never a crash
-        raise Rejected(f"not a fedmm update ({type(e).__name__}: {str(e)[:80]})") from None
-    if update.client_id != cid:
-        raise Rejected(f"claims to be client {update.client_id}")
-    n = update.num_examples
-    too_many = expected.max_examples is not None and isinstance(n, int) and n > expected.max_examples
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or too_many:
-        limit = expected.max_examples or "inf"
-        raise Rejected(f"num_examples={n!r} outside [1, {limit}]")
-    if not isinstance(update.metrics, dict) or not all(_finite_number(v) for v in update.metrics.values()):
-        raise Rejected("reports metrics that are not finite numbers")
+    update = _read(reply)
+    _header(update, cid, expected.max_examples)
     if expected.modalities is not None and not update.modalities <= expected.modalities:
         raise Rejected(f"claims modalities {sorted(update.modalities)} beyond its {sorted(expected.modalities)}")
     allowed = expected.keys if expected.keys is not None else frozenset(global_params)
@@ -75,6 +104,8 @@ def check_reply(reply: bytes, cid: int, global_params: Params, expected: Expecte
     unknown = sorted(k for k in sent if k not in allowed or k not in global_params)
     if unknown:
         raise Rejected(f"sends keys it may not: {_names(unknown)}")
+    if not sent:
+        raise Rejected("sends no tensors (a training reply must carry its update)")
     tensors = update.params
     if compressed:
         try:
@@ -125,9 +156,10 @@ def clip_update(params: Params, global_params: Params, norm: float, bound: float
 
 
 def norm_bound(setting, norms: list[float]) -> Optional[float]:
-    """The round's bound: None (off), a number, or auto = AUTO_NORM_MULTIPLE x the median of `norms`."""
+    """The round's bound: None (off), a number, or auto = AUTO_NORM_MULTIPLE x the lower median of `norms` (the
+    ceil(n/2)-th smallest: a minority of large norms, or one of two, cannot raise it)."""
     if setting is None:
         return None
     if setting == "auto":
-        return AUTO_NORM_MULTIPLE * float(np.median(norms)) if norms else None
+        return AUTO_NORM_MULTIPLE * float(sorted(norms)[(len(norms) - 1) // 2]) if norms else None
     return float(setting)

@@ -1,37 +1,60 @@
-"""A client that runs apart from the server (a Flower SuperNode, an NVFlare site): it receives the run's config.yaml
-with every round, builds its share of the experiment from it once, and keeps that across rounds.
+"""A client that runs apart from the server (a Flower SuperNode, an NVFlare site): it receives the run's settings
+with every round, checks them against its own site policy (`fedmm.config.site_policy`), builds its share of the
+experiment from what passes once, and keeps that across rounds.
 
 Its site settings (a Flower node config, an NVFlare site's script arguments) are:
 - `partition-id`: which client of the experiment it is (required);
-- `data-root`: where this site's data is, replacing the config's `task.root` (MM-IMDb: the folder `fedmm prepare`
-  wrote, of which a site needs only its own `client_<i>/`); a task that fedmm partitions (easy-VQA, synthetic) gives
-  each site its share of the configured split;
+- `site-policy`: its policy file (site.yaml; else $FEDMM_SITE_POLICY; none: the secure defaults);
+- `data-root`: where this site's data is (the policy's `data.root`, given directly); a task that fedmm partitions
+  (easy-VQA, synthetic) gives each site its share of the configured split;
 - `state-dir`: where its clients' state (error-feedback residuals) lives, default `~/.fedmm/<runtime>-state`
   (see `state_dir`: the site decides, never the server).
+
+What goes back is an update or a `SiteRefusal` (`answer`): a fixed code and a message fedmm wrote; an exception's
+own text stays in the site's log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from fedmm.config.site_policy import SitePolicy, check_epochs
+from fedmm.errors import FedmmError, SiteRefusal
+from fedmm.fl.instructions import FitInstructions
+
 if TYPE_CHECKING:
     from fedmm.experiment.server import Federation
 
+log = logging.getLogger("fedmm.site")
 SITE_STATE_ENV = "FEDMM_SITE_STATE_DIR"
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _SITE: dict[str, Any] = {}  # the one client this process serves: {"key": ..., "site": Site, "trainer": ClientTrainer}
 
 
 def partition_id(site_config: dict[str, Any]) -> int:
-    if "partition-id" not in site_config:
-        raise ValueError(
-            "this site has no partition-id; give it one in its site settings (Flower: --node-config 'partition-id=<i>')"
+    value = site_config.get("partition-id")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FedmmError(
+            "this site has no partition-id (a whole number >= 0); give it one in its site settings (Flower: "
+            "--node-config 'partition-id=<i>', NVFlare: --partition-id)"
         )
-    return int(site_config["partition-id"])
+    return value
+
+
+def policy_of(site_config: dict[str, Any]) -> SitePolicy:
+    """This site's policy: its `site-policy` file (else $FEDMM_SITE_POLICY), with `data-root` / `state-dir`."""
+    from fedmm.config.site_policy import POLICY_ENV, load_policy
+
+    path = site_config.get("site-policy") or os.environ.get(POLICY_ENV)
+    return load_policy(path, **site_config)
 
 
 def state_dir(site_config: dict[str, Any], request: dict[str, Any]) -> Path:
@@ -39,28 +62,53 @@ def state_dir(site_config: dict[str, Any], request: dict[str, Any]) -> Path:
     (one folder per run below it), else $FEDMM_SITE_STATE_DIR (what fedmm's simulations set for the sites they
     start: the run directory's client_state/), else ~/.fedmm/<runtime>-state/<run>. The run's name comes from the
     server and must be a plain folder name."""
-    if "state-dir" not in site_config and os.environ.get(SITE_STATE_ENV):
+    own = site_config.get("state-dir")
+    if not own and os.environ.get(SITE_STATE_ENV):
         return Path(os.environ[SITE_STATE_ENV])
     run, runtime = str(request.get("run", "")), str(request.get("runtime", ""))
     if not SAFE_NAME.fullmatch(run) or run in (".", ".."):
-        raise ValueError(f"the server named the run {run[:40]!r}, which is not a plain folder name; refused")
+        raise SiteRefusal("bad_request", "the server named the run with something that is not a plain folder name")
     default = Path.home() / ".fedmm" / f"{runtime if runtime in ('flower', 'nvflare') else 'remote'}-state"
-    return Path(str(site_config.get("state-dir", default))).expanduser() / run
+    return Path(str(own or default)).expanduser() / run
 
 
 @contextmanager
-def simulated_sites_state(folder: Path) -> Iterator[None]:
-    """For a simulation's sites, started on this machine by fedmm itself: their state goes to `folder` (the run
-    directory's client_state/), set as their own environment, which the processes they run in inherit."""
-    old = os.environ.get(SITE_STATE_ENV)
-    os.environ[SITE_STATE_ENV] = str(Path(folder).resolve())
+def simulated_sites(settings, rundir: Path) -> Iterator[None]:
+    """For a simulation's sites, started on this machine by fedmm itself: their state goes to the run directory's
+    client_state/, and their policy (client_state/site_policy.yaml) gives them the run's own paths, plugins and
+    model sources, set as their own environment, which the processes they run in inherit."""
+    from fedmm.config.site_policy import POLICY_ENV, simulation_policy, write_policy
+
+    state = Path(rundir).resolve() / "client_state"
+    policy = write_policy(simulation_policy(settings), state / "site_policy.yaml")
+    old = {k: os.environ.get(k) for k in (SITE_STATE_ENV, POLICY_ENV)}
+    os.environ[SITE_STATE_ENV], os.environ[POLICY_ENV] = str(state), str(policy)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(SITE_STATE_ENV, None)
-        else:
-            os.environ[SITE_STATE_ENV] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def answer(site_config: dict[str, Any], payload: bytes, request: Any) -> bytes:
+    """`fit`, with every failure turned into what may leave the site: a `SiteRefusal` as it is (its message is
+    fedmm's), anything else as `site_error` with a reference into the site's log, where the whole error goes."""
+    try:
+        if not isinstance(request, dict):
+            raise SiteRefusal("bad_request", "the request is not a mapping")
+        return fit(site_config, payload, request)
+    except SiteRefusal as e:
+        log.warning("refused the server's request: %s", e)
+        raise
+    except Exception as e:  # noqa: BLE001 - nothing of an exception's text leaves the site
+        ref = secrets.token_hex(4)
+        log.error("request failed (reference %s): %s: %s", ref, type(e).__name__, e, exc_info=True)
+        raise SiteRefusal(
+            "site_error", f"the site could not serve this request; its operator's log has the details (reference {ref})"
+        ) from None
 
 
 def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) -> bytes:
@@ -68,22 +116,21 @@ def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) ->
     its `FitInstructions` as JSON, whose `task` says which);
     the model and data of the last call are reused while the experiment is the same."""
     from fedmm.client.client import ClientTrainer
-    from fedmm.config.load import settings_from_yaml
     from fedmm.config.schema import AttackConfig
+    from fedmm.config.site_policy import apply_policy, parse_server_settings
     from fedmm.experiment.site import build_site
 
     cid = partition_id(site_config)
-    key = (request["settings"], cid, str(site_config.get("data-root", "")), str(state_dir(site_config, request)))
+    policy = policy_of(site_config)
+    site_config = {**site_config, "state-dir": policy.state_dir}
+    instructions = check_instructions(request.get("config"), policy)
+    folder = state_dir(site_config, request)
+    key = (request.get("settings"), cid, repr(policy), str(folder))
     if _SITE.get("key") != key:
         _SITE.clear()
-        text = request["settings"]
-        if site_config.get("data-root"):  # this site's data lives here, not where the server's config says
-            from omegaconf import OmegaConf
+        from fedmm.config.load import validate_site
 
-            cfg = OmegaConf.create(text)
-            cfg.task.root = str(site_config["data-root"])
-            text = OmegaConf.to_yaml(cfg)
-        settings = settings_from_yaml(text)
+        settings = validate_site(apply_policy(parse_server_settings(request.get("settings")), policy))
         site = build_site(settings, cid)
         _SITE.update(
             key=key,
@@ -92,12 +139,35 @@ def fit(site_config: dict[str, Any], payload: bytes, request: dict[str, Any]) ->
                 site.backend,
                 site.model,
                 progress=False,
-                state_dir=state_dir(site_config, request),
+                state_dir=folder,
                 attack=settings.typed("attack", AttackConfig),
             ),
         )
     site = _SITE["site"]
-    return _SITE["trainer"].fit_bytes(cid, site.train, payload, request["config"], site.val, site.test)
+    return _SITE["trainer"].fit_bytes(cid, site.train, payload, instructions, site.val, site.test)
+
+
+def check_instructions(data: Any, policy: SitePolicy) -> Any:
+    """A round's `FitInstructions` from the server, typed and within the policy, or a `SiteRefusal`."""
+    if not isinstance(data, dict):
+        raise SiteRefusal("bad_request", "the round's instructions are not a mapping")
+    try:
+        ins = FitInstructions.from_json(data)
+    except (TypeError, ValueError):
+        raise SiteRefusal("bad_request", "the round's instructions have unknown or missing fields") from None
+    if ins.task not in ("fit", "evaluate"):
+        raise SiteRefusal("bad_request", "the round's task is neither fit nor evaluate")
+    if ins.task == "evaluate" and not policy.client_eval:
+        raise SiteRefusal("no_client_eval", "this site does not take part in client-side evaluation")
+    if not isinstance(ins.round, int) or isinstance(ins.round, bool) or ins.round < 1:
+        raise SiteRefusal("bad_request", "the round number is not a positive integer")
+    if policy.max_rounds is not None and ins.round > policy.max_rounds:
+        raise SiteRefusal("limit", f"round {ins.round} is over this site's max_rounds={policy.max_rounds}")
+    if policy.strategies and ins.strategy not in policy.strategies:
+        raise SiteRefusal("not_allowed", f"strategy '{str(ins.strategy)[:60]}' is not among this site's strategies")
+    check_epochs(ins.local_epochs, policy, "local_epochs")
+    check_epochs(ins.personal_epochs, policy, "personal_epochs")
+    return ins
 
 
 def request_for_clients(fed: "Federation", runtime: str, **extra: Any) -> dict[str, Any]:
@@ -107,10 +177,8 @@ def request_for_clients(fed: "Federation", runtime: str, **extra: Any) -> dict[s
 
 
 def site_settings(settings) -> str:
-    """The run's config.yaml without what only the server's machine has (output_dir, resume)."""
-    from omegaconf import OmegaConf
+    """The run's config.yaml as sites take it: without what only the server uses (output_dir, resume, tracking,
+    launcher) and with every site-owned option (paths, folders) cleared: each site sets its own."""
+    from fedmm.config.site_policy import for_sites
 
-    cfg = OmegaConf.create(settings.to_yaml())
-    cfg.output_dir = None
-    cfg.resume = None
-    return OmegaConf.to_yaml(cfg)
+    return for_sites(settings.to_yaml())

@@ -97,9 +97,14 @@ class Strategy:
         self.cfg = cfg
         self.ctx = StrategyContext()
         self.round_metrics: dict[str, Any] = {}
+        self.caught = 0  # replies of this round the server refused (malformed, out of bounds): set before aggregate
 
     def setup(self, ctx: StrategyContext) -> None:
         self.ctx = ctx
+
+    def check_round_size(self, n: int) -> None:
+        """Refuse, with a FedmmError before the run starts, a round of `n` sampled clients that this rule cannot
+        keep its promise for (Krum, Bulyan: their bounds on f)."""
 
     def travels(self, key: str) -> bool:
         """Whether a trainable tensor is trained by clients and sent both ways. A strategy can keep some frozen at

@@ -1,6 +1,8 @@
 """Bulyan (El Mhamdi et al., 2018): Krum to select, then a coordinate-wise trimmed mean around the median.
 
-For n updates, f of which may be Byzantine (the rule needs n >= 4f + 3):
+For n updates, f of which may be Byzantine (the rule needs n >= 4f + 3: a run whose rounds sample fewer clients is
+refused before it starts; replies the server refused count as caught Byzantine clients, and failures lower f for
+that round as in krum.py, recorded as `strategy_f`):
 1. Selection: theta = n - 2f times, apply Krum to the remaining updates and move the one it picks into S.
 2. Aggregation: per coordinate, the beta = theta - 2f values of S closest to the median of S, averaged.
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from fedmm.errors import FedmmError
 from fedmm.fl.strategy.base import STRATEGIES, Strategy
-from fedmm.fl.strategy.krum import check_f, flatten, krum_scores, unflatten
+from fedmm.fl.strategy.krum import check_bound, check_f, flatten, krum_scores, round_f, unflatten
 from fedmm.fl.update import Update
 from fedmm.params import Params
 from fedmm.options import opt
@@ -61,8 +63,12 @@ class Bulyan(Strategy):
         check_f(cfg.f)
         super().__init__(cfg)
 
+    def check_round_size(self, n: int) -> None:
+        check_bound("bulyan", self.cfg.f, n, 4)
+
     def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
         x = flatten(global_params, [u.params for u in updates])
-        agg, chosen = bulyan(x, self.cfg.f)
-        self.round_metrics = {"selected": sorted(updates[i].client_id for i in chosen)}
+        f = round_f(self.cfg.f, self.caught, len(x), 4)
+        agg, chosen = bulyan(x, f)
+        self.round_metrics = {"selected": sorted(updates[i].client_id for i in chosen), "f": f}
         return unflatten(global_params, agg)

@@ -6,7 +6,11 @@ For n updates, f of which may be Byzantine, flattened to vectors x_1..x_n:
     Krum       = x_i with the lowest score
     Multi-Krum = the mean of the m updates with the lowest scores (m = n - f by default)
 
-The paper assumes n >= 2f + 3; with fewer updates the neighbour count is max(1, n - f - 2), as Flower's Krum does.
+The paper assumes n >= 2f + 3: a run whose rounds sample fewer clients is refused before it starts. Replies the
+server refused this round (malformed, out of bounds) are Byzantine clients already caught, so the round's updates
+hold at most f - caught others; when failures (timeouts) leave fewer than 2f' + 3 updates, f' is lowered to what
+the updates can support and the record says so (`strategy_f`). The neighbour count is max(1, n - f - 2), as
+Flower's Krum does.
 Unweighted by design (as in the paper): weighting by example counts would let a client that claims many examples
 dominate again. A client that did not send a tensor (it lacks that modality) counts with the global value there.
 """
@@ -75,19 +79,37 @@ def check_f(f: int) -> None:
         raise FedmmError(f"strategy.f must be >= 0 (got {f})")
 
 
+def round_f(f: int, caught: int, n: int, per_f: int) -> int:
+    """The f a round of `n` updates is aggregated with: f less the Byzantine replies already caught, then lowered
+    until n >= per_f * f + 3 holds (0 at the least). Krum: per_f = 2; Bulyan: per_f = 4."""
+    return max(0, min(f - caught, (n - 3) // per_f))
+
+
+def check_bound(name: str, f: int, n: int, per_f: int) -> None:
+    if n < per_f * f + 3:
+        raise FedmmError(
+            f"strategy={name} with strategy.f={f} needs at least {per_f * f + 3} clients per round ({per_f}f + 3), "
+            f"but a round samples {n}; lower strategy.f or sample more clients (clients_per_round)"
+        )
+
+
 @STRATEGIES.register("krum", KrumConfig)
 class Krum(Strategy):
     def __init__(self, cfg):
         check_f(cfg.f)
         super().__init__(cfg)
 
-    def keep(self, n: int) -> int:
+    def keep(self, n: int, f: int) -> int:
         return 1
+
+    def check_round_size(self, n: int) -> None:
+        check_bound(self.cfg.name, self.cfg.f, n, 2)
 
     def aggregate(self, rnd: int, global_params: Params, updates: list[Update]) -> Params:
         x = flatten(global_params, [u.params for u in updates])
-        chosen = multi_krum_select(x, self.cfg.f, min(self.keep(len(x)), len(x)))
-        self.round_metrics = {"selected": [updates[i].client_id for i in sorted(chosen)]}
+        f = round_f(self.cfg.f, self.caught, len(x), 2)
+        chosen = multi_krum_select(x, f, min(self.keep(len(x), f), len(x)))
+        self.round_metrics = {"selected": [updates[i].client_id for i in sorted(chosen)], "f": f}
         return unflatten(global_params, x[chosen].mean(axis=0))
 
 
@@ -98,5 +120,5 @@ class MultiKrum(Krum):
             raise FedmmError(f"strategy.m must be at least 1 (got {cfg.m})")
         super().__init__(cfg)
 
-    def keep(self, n: int) -> int:
-        return self.cfg.m if self.cfg.m is not None else max(1, n - self.cfg.f)
+    def keep(self, n: int, f: int) -> int:
+        return self.cfg.m if self.cfg.m is not None else max(1, n - f)

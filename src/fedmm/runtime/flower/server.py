@@ -37,7 +37,8 @@ POLL = 0.05  # seconds between pulls for replies
 def reply_error(reply: Message) -> Optional[Exception]:
     """A failed reply as an exception (Flower's error reason, which names the client's exception)."""
     if reply.has_error():
-        return RuntimeError(f"ClientApp error {reply.error.code}: {reply.error.reason}")
+        reason = "".join(c for c in str(reply.error.reason) if c.isprintable())[:300]
+        return RuntimeError(f"ClientApp error {reply.error.code}: {reason}")
     return None
 
 
@@ -88,12 +89,21 @@ class GridClients:
             if error is not None:
                 log.warning("SuperNode %s did not say its partition-id: %s", node, error)
                 continue
-            cid = partition_of(reply)
+            try:
+                cid = partition_of(reply)
+            except ValueError as e:
+                log.warning("SuperNode %s is refused: %s", node, e)
+                continue
             if not 0 <= cid < self.num_clients:
-                raise FedmmError(
-                    f"SuperNode {node} has partition-id={cid}, but this experiment has "
-                    f"{self.num_clients} clients (0..{self.num_clients - 1}); fix its --node-config"
+                log.warning(
+                    "SuperNode %s has partition-id=%d, but this experiment has %d clients (0..%d); refused (fix "
+                    "its --node-config)",
+                    node,
+                    cid,
+                    self.num_clients,
+                    self.num_clients - 1,
                 )
+                continue
             held = self.nodes.get(cid, node)
             if held != node and held in self.grid.get_node_ids():
                 log.warning(

@@ -38,7 +38,7 @@ def run_simulation(settings: "Settings", cfg: "FlowerRuntimeConfig") -> "RunResu
     from fedmm.runtime.base import serve
     from fedmm.runtime.flower.client import client_app
     from fedmm.runtime.flower.server import grid_clients
-    from fedmm.runtime.remote import simulated_sites_state
+    from fedmm.runtime.remote import simulated_sites
 
     fed = build_server(settings)
     result: list["RunResult"] = []
@@ -59,7 +59,7 @@ def run_simulation(settings: "Settings", cfg: "FlowerRuntimeConfig") -> "RunResu
     flwr_log.setLevel(logging.WARNING)
     if not any(isinstance(f, _NotRunSimulationDeprecation) for f in flwr_log.filters):
         flwr_log.addFilter(_NotRunSimulationDeprecation())
-    with simulated_sites_state(fed.rundir.path / "client_state"):
+    with simulated_sites(settings, fed.rundir.path):
         flwr.simulation.run_simulation(
             server_app,
             client_app,

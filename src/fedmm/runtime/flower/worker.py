@@ -26,6 +26,8 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 from typing import Any
 
+from fedmm.errors import SiteRefusal
+
 START_TIMEOUT = 120.0  # seconds for a new worker to listen
 
 
@@ -100,8 +102,8 @@ def _connect(address: str, keyfile: Path):
 
 
 def call_worker(node_config: dict[str, Any], node_id: int, payload: bytes, request: dict[str, Any]) -> bytes:
-    """`remote.fit` in this SuperNode's worker, started on first use; a worker error is raised here, with the
-    worker's traceback, so that Flower reports it to the server as this client's failure."""
+    """`remote.answer` in this SuperNode's worker, started on first use; the worker's refusal is raised here as a
+    `SiteRefusal` (its traceback, if any, is in the worker's log), which the ClientApp sends as its reply."""
     address, keyfile, logfile = _paths(node_config, node_id)
     try:
         conn = _connect(address, keyfile)
@@ -122,7 +124,7 @@ def call_worker(node_config: dict[str, Any], node_id: int, payload: bytes, reque
         conn.send_bytes(pack({"node_config": dict(node_config), "request": request}, payload))
         reply, update = unpack(conn.recv_bytes())
     if reply.get("status") != "ok":
-        raise RuntimeError(reply.get("message", "the fedmm worker failed"))
+        raise SiteRefusal.from_wire(reply)
     return update
 
 
@@ -138,7 +140,7 @@ def _watch(pid: int, idle: float, last: list[float]) -> None:
 
 
 def serve(address: str, keyfile: Path, watch_pid: int, idle: float) -> None:
-    from fedmm.runtime.remote import fit  # imported once: torch, the model and the data stay loaded
+    from fedmm.runtime.remote import answer  # imported once: torch, the model and the data stay loaded
 
     last = [time.monotonic()]
     threading.Thread(target=_watch, args=(watch_pid, idle, last), daemon=True).start()
@@ -149,10 +151,12 @@ def serve(address: str, keyfile: Path, watch_pid: int, idle: float) -> None:
             with listener.accept() as conn:
                 try:
                     meta, payload = unpack(conn.recv_bytes())
-                    conn.send_bytes(pack({"status": "ok"}, fit(meta["node_config"], payload, meta["request"])))
-                except Exception as e:  # noqa: BLE001 - every failure goes back to the ClientApp, named
+                    conn.send_bytes(pack({"status": "ok"}, answer(meta["node_config"], payload, meta["request"])))
+                except SiteRefusal as e:  # what may go back to the server: a code and fedmm's message
+                    conn.send_bytes(pack({"status": "error", **e.to_wire()}))
+                except Exception:  # noqa: BLE001 - a frame this worker cannot read; the traceback stays in its log
                     traceback.print_exc()
-                    conn.send_bytes(pack({"status": "error", "message": f"{type(e).__name__}: {e}"}))
+                    conn.send_bytes(pack({"status": "error", "code": "bad_request", "message": "unreadable request"}))
                 last[0] = time.monotonic()
 
 

@@ -76,17 +76,24 @@ class FedmmController(ModelController):
         )
         name = "validate" if all(configs[c].task == "evaluate" for c in ids) else "train"  # client_eval: validate
         results = self.send_model_and_wait(task_name=name, data=task, targets=targets, timeout=self.round_timeout)
-        by_site = {r.meta.get("client_name"): r for r in results}
-        out: dict[int, Reply] = {}
-        for cid, site in zip(ids, targets):
-            result = by_site.get(site)
-            if result is None:
-                out[cid] = RuntimeError(
-                    f"site {site}: no result (its script failed or the round timed out after "
-                    f"{self.round_timeout}s; the site's log has the details)"
-                )
-            elif result.meta.get("error"):
-                out[cid] = RuntimeError(f"site {site}: {result.meta['error']}")
-            else:
-                out[cid] = np.asarray(result.params["update"], dtype=np.uint8).tobytes()
-        return out
+        by_site = {getattr(r, "meta", {}).get("client_name"): r for r in results if isinstance(r, FLModel)}
+        return {cid: result_of(by_site.get(site), site, self.round_timeout) for cid, site in zip(ids, targets)}
+
+
+def result_of(result: Any, site: str, timeout: int) -> Reply:
+    """A site's task result as the server loop takes it: the update's bytes, or the exception that names what is
+    wrong (its refusal, no result, a result without a uint8 update), recorded as that client's failure."""
+    from fedmm.errors import SiteRefusal
+
+    if result is None:
+        return RuntimeError(
+            f"site {site}: no result (its script failed or the round timed out after {timeout}s; the site's log "
+            f"has the details)"
+        )
+    meta = result.meta if isinstance(result.meta, dict) else {}
+    if "refusal" in meta:
+        return SiteRefusal.from_wire(meta["refusal"])
+    update = result.params.get("update") if isinstance(result.params, dict) else None
+    if not isinstance(update, np.ndarray) or update.dtype != np.uint8 or update.ndim != 1:
+        return ValueError(f"site {site}: its result has no update (a 1-D uint8 array)")
+    return update.tobytes()

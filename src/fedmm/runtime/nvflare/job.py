@@ -89,7 +89,7 @@ def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> "RunResu
     from fedmm.fl.sampling import num_sampled
     from fedmm.runtime.base import RunResult
     from fedmm.runtime.nvflare.controller import ERROR_FILE
-    from fedmm.runtime.remote import simulated_sites_state
+    from fedmm.runtime.remote import simulated_sites
     from fedmm.rundir import open_run_dir
 
     require_nvflare()
@@ -106,7 +106,7 @@ def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> "RunResu
     job = build_job(settings.to_yaml(), sites, [{}] * n, cfg=cfg, min_clients=min(settings.min_clients, per_round))
     workspace = Path(cfg.workspace or rundir.path / "nvflare").resolve()
     (rundir.path / ERROR_FILE).unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory() as tmp, simulated_sites_state(rundir.path / "client_state"):
+    with tempfile.TemporaryDirectory() as tmp, simulated_sites(settings, rundir.path):
         job.simulator_run(str(workspace), threads=cfg.threads or n, log_config=str(_quiet_console(tmp)))
     if (rundir.path / ERROR_FILE).exists():
         raise FedmmError((rundir.path / ERROR_FILE).read_text().strip())
