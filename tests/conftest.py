@@ -72,6 +72,16 @@ def untrained(args: list[str], tmp_path: Path) -> dict[str, float]:
 
 
 @pytest.fixture
+def flower_messages(monkeypatch):
+    """Flower's own Message objects outside a running app (they need a task identity)."""
+    pytest.importorskip("flwr")
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("run_id", "node_id", "task_id"):
+        monkeypatch.setattr(TaskIdentity, f"_{name}", 1, raising=False)
+
+
+@pytest.fixture
 def tiny_args():
     return list(TINY)
 

@@ -11,6 +11,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fedmm.errors import FedmmError, SiteRefusal
+from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.server import Server, ServerConfig
 from fedmm.fl.strategy import STRATEGIES
 from fedmm.fl.validation import check_eval_reply, norm_bound, Rejected
 from fedmm.params import params_to_bytes
@@ -186,15 +188,6 @@ def test_an_evaluation_reply_from_another_client_or_with_bools_is_rejected():
 # -- fake SuperNodes: the real server side of runtime=flower, fed crafted Flower messages --------------------------
 
 
-@pytest.fixture
-def flower_messages(monkeypatch):
-    pytest.importorskip("flwr")
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name in ("run_id", "node_id", "task_id"):
-        monkeypatch.setattr(TaskIdentity, f"_{name}", 1, raising=False)
-
-
 def test_fake_supernodes_with_malformed_replies_are_refused_and_the_run_goes_on(flower_messages):
     from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -285,9 +278,6 @@ def test_krum_and_bulyan_refuse_rounds_too_small_for_their_f(name, f, n, needs):
 def test_bulyan_at_exactly_4f_plus_3_tolerates_the_client_it_rejects():
     entry = STRATEGIES.get("bulyan")
     conf = dict(num_clients=7, per_round=7, min_clients=1, rounds=1, seed=0)
-    from fedmm.fl.server import Server, ServerConfig
-    from test_trust import FitInstructions
-
     ins = FitInstructions(round=0, seed=0, lr=0.1, local_epochs=1, batch_size=8, weight_decay=0.0)
     server = Server(
         entry.factory(entry.config_cls(f=1)), ServerConfig(**conf), lambda p: {}, ins, {c: MAY for c in range(7)}

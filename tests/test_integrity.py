@@ -133,6 +133,42 @@ def test_resume_with_a_damaged_metrics_line_changes_nothing(tmp_path):
 
 # -- a run's identity ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
+def test_damaged_run_folders_are_one_line_errors_or_skipped_checkpoints(tmp_path):
+    from fedmm.experiment import build_server
+    from fedmm.config import load_settings
+
+    run = _run(tmp_path, rounds=2)
+    rd = RunDir(run)
+    (run / "checkpoints" / "round_0006.bak").mkdir()  # a user's copy, and a folder fedmm never names so
+    (run / "checkpoints" / "round_x").mkdir()
+    assert [p.name for p in rd.checkpoints()] == ["round_0001", "round_0002"]
+    state = run / "checkpoints" / "round_0002" / "state.json"
+    meta = json.loads(state.read_text())
+    state.write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))  # no checksums: damage
+    assert rd.latest_checkpoint()[0] == 1
+    state.write_text("[1, 2]")  # not a mapping
+    assert rd.latest_checkpoint()[0] == 1
+    state.write_text(json.dumps(meta))
+    (run / "global.safetensors").unlink()  # restored from the newest intact checkpoint on resume
+    fed = build_server(load_settings([f"resume={run}", "rounds=2"]))
+    assert (
+        fed.start_round == 3
+        and (run / "global.safetensors").read_bytes()
+        == (run / "checkpoints" / "round_0002" / "global.safetensors").read_bytes()
+    )
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([*lines[:-1], lines[-1].replace('"round": 2', '"round": null')]))
+    with pytest.raises(FedmmError, match=r"metrics.jsonl line 2 has no round \(or epoch\) number >= 1"):
+        rd.read_metrics()
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").write_text("not a folder")
+    _refused(fedmm("run", f"resume={run}", check=False), "checkpoints is not a folder; move it away")
+    _refused(fedmm("run", "-m", "rounds=range(0)", *TINY, check=False), "sweeps over no values")
+
+
 def test_edited_shortened_or_malformed_runs_are_refused(tmp_path):
     run = _run(tmp_path)
     config = (run / "config.yaml").read_text()
@@ -203,22 +239,24 @@ def test_output_dirs_that_cannot_be_used(tmp_path):
     assert sorted(p.name for p in (tmp_path / "foreign").iterdir()) == ["thesis.tex"]
 
 
-def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_file(tmp_path, monkeypatch, capsys):
-    import tempfile
-
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_private_file(tmp_path, monkeypatch, capsys):
     from fedmm import api, cli, rundir
 
     def boom(settings):
         raise RuntimeError("something inside broke\nsecond line")
 
     monkeypatch.setattr(api, "run_federated", boom)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # no run directory yet: a temporary file
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no run directory yet: the user's own error folder
     monkeypatch.setattr(rundir, "CURRENT", [])
-    assert cli.main(["run", *TINY, f"output_dir={tmp_path}/r"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "unexpected RuntimeError: something inside broke" in err
-    where = err.split("please report it with ")[1].split(";")[0]
-    assert "Traceback" in Path(where).read_text() and "boom" in Path(where).read_text()
+    monkeypatch.setattr(cli, "ERRORS_KEPT", 2)
+    for _ in range(3):
+        assert cli.main(["run", *TINY, f"output_dir={tmp_path}/r"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unexpected RuntimeError: something inside broke" in err
+    where = Path(err.split("please report it with ")[1].split(";")[0])
+    assert where.parent == tmp_path / "home" / ".fedmm" / "errors" and where.parent.stat().st_mode & 0o077 == 0
+    assert where.stat().st_mode & 0o077 == 0 and len(list(where.parent.iterdir())) == cli.ERRORS_KEPT
+    assert "Traceback" in where.read_text() and "boom" in where.read_text()
     monkeypatch.setenv("FEDMM_DEBUG", "1")
     with pytest.raises(RuntimeError):
         cli.main(["run", *TINY, f"output_dir={tmp_path}/r2"])

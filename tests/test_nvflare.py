@@ -135,9 +135,8 @@ def test_exported_job_on_a_poc_system(tmp_path, tiny_args):
         assert state != "COMPLETED"
         error = (failing / "error.txt").read_text()
         assert (
-            "round 1: only 1 of 2 clients replied with a valid update (client 1: RuntimeError: site hospital-b: "
-            "FedmmError: "
-            "partition-id 7 is out of range" in error
+            "round 1: only 1 of 2 clients replied with a valid update (client 1: SiteRefusal: site refused "
+            "(partition_id): partition-id 7 is out of range" in error
         ), error
     finally:
         poc.stop()

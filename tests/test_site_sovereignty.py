@@ -8,7 +8,6 @@ import os
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import yaml
 
@@ -17,6 +16,7 @@ from fedmm.config.site_policy import POLICY_ENV, for_sites, is_local_path, load_
 from fedmm.errors import FedmmError, SiteRefusal
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.validation import check_reply
+from fedmm.params import params_to_bytes
 from fedmm.runtime import remote
 from fedmm.runtime.remote import SITE_STATE_ENV, answer, site_settings
 
@@ -63,7 +63,7 @@ def refused(site_config: dict, req: dict, payload: bytes = b"") -> SiteRefusal:
 
 def test_a_valid_request_trains_and_the_server_accepts_the_update(site, tmp_path):
     fed = initial_server([*TINY, "num_clients=2", "rounds=1"], tmp_path)
-    payload = __import__("fedmm.params", fromlist=["params_to_bytes"]).params_to_bytes(fed.params)
+    payload = params_to_bytes(fed.params)
     update = answer(site, payload, request(site_settings(fed.settings)))
     assert check_reply(update, 0, fed.params).num_examples == len(fed.clients[0])
 
@@ -222,4 +222,47 @@ def test_the_policy_file_documents_itself(tmp_path):
         100,
         "/srv/state",
     )
-    assert np.isscalar(p.max_rounds)
+
+
+def test_the_flower_client_app_answers_a_hostile_message_with_a_refusal(site, flower_messages):
+    """The ClientApp's own handler, given real Flower messages: a refusal record comes back, never Flower's error
+    reply (whose reason would carry the exception's text)."""
+    from flwr.app import Context, Message, RecordDict
+
+    from fedmm.runtime.flower import client
+    from fedmm.runtime.flower.messages import partition_of, train_message, update_of
+
+    context = Context(run_id=1, node_id=1, node_config=dict(site), state=RecordDict(), run_config={})
+    hostile = {**request(server_text(**{"task.num_train": "${oc.env:SITE_SECRET_TOKEN}"})), "warm": False}
+    for msg, code in (
+        (train_message(1, 1, b"", hostile), "interpolation"),
+        (Message(RecordDict(), dst_node_id=1, message_type="train"), "site_error"),  # nothing readable in it
+    ):
+        reply = client._reply(msg, context, secure=False)
+        refusal = update_of(reply)
+        assert not reply.has_error() and isinstance(refusal, SiteRefusal) and refusal.code == code
+        assert SECRET not in str(refusal) and "Traceback" not in str(refusal)
+    bad_id = Context(run_id=1, node_id=1, node_config={"partition-id": "abc"}, state=RecordDict(), run_config={})
+    reply = client.query(Message(RecordDict(), dst_node_id=1, message_type="query"), bad_id)
+    with pytest.raises(ValueError, match=r"site refused \(partition_id\)"):
+        partition_of(reply)
+
+
+def test_fedmm_site_prints_a_policy_and_checks_a_run_against_it(tmp_path):
+    from conftest import fedmm
+
+    policy = tmp_path / "site.yaml"
+    policy.write_text("strategies: [fedavg]\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(load_settings(TINY).to_yaml())
+    shown = fedmm("site", str(policy))
+    assert "strategies=['fedavg']" in shown.stdout and "the strategies whose client side this site runs" in shown.stdout
+    assert fedmm("site", str(policy), "--settings", str(config)).stdout.strip() == "accepted"
+    config.write_text(load_settings([*TINY, "strategy=fedprox"]).to_yaml())
+    out = fedmm("site", str(policy), "--settings", str(config), check=False)
+    assert (
+        out.returncode == 3
+        and out.stdout.strip() == "refused (not_allowed): strategy 'fedprox' is not among this site's strategies"
+    )
+    out = fedmm("site", str(tmp_path / "missing.yaml"), check=False)
+    assert out.returncode == 2 and out.stderr.startswith("error: site policy") and "Traceback" not in out.stderr

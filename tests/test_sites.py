@@ -23,16 +23,6 @@ class FakeGrid:
         return sorted(self.connected)
 
 
-@pytest.fixture
-def flower_messages(monkeypatch):
-    """Flower's own Message objects outside a running app (they need a task identity)."""
-    pytest.importorskip("flwr")
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for name in ("run_id", "node_id", "task_id"):
-        monkeypatch.setattr(TaskIdentity, f"_{name}", 1, raising=False)
-
-
 def test_a_second_supernode_cannot_take_a_partition_id_in_use(flower_messages):
     from fedmm.runtime.flower.messages import query_reply
     from fedmm.runtime.flower.server import GridClients

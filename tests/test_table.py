@@ -5,6 +5,7 @@ bad rows as one line."""
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -216,3 +217,53 @@ def test_only_the_per_site_form_counts_as_per_site_folders():
 
     assert has_sites(TableConfig(root="sites", test_path="t.csv"))
     assert not has_sites(TableConfig(path="data.csv"))
+
+
+def test_files_and_cells_that_cannot_be_read_are_one_line_errors_or_bad_samples(tmp_path):
+    """Every case here ended in "a bug" before: not UTF-8, JSONL lines that are not objects, a 5,000-digit
+    integer, a NUL byte or a link loop in an image path, a label that is a mapping or NaN, empty and cut Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rows = []
+    for i in range(8):
+        Image.fromarray(np.full((8, 8, 3), i * 30, np.uint8)).save(images / f"{i}.png")
+        rows.append({"image": f"imgs/{i}.png", "text": f"t {i}", "label": "ab"[i % 2]})
+    (images / "loop1.png").symlink_to("loop2.png")
+    (images / "loop2.png").symlink_to("loop1.png")
+    good = "".join(json.dumps(r) + "\n" for r in rows)
+    csv_rows = "image,text,label\n" + "".join(f"{r['image']},{r['text']},{r['label']}\n" for r in rows)
+
+    def load(name: str, data, mode="error"):
+        path = tmp_path / name
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        cfg = TableConfig(path=str(path), image_size=8, test_fraction=0.25, val_fraction=0, on_bad_sample=mode)
+        return load_table(cfg, seed=0)
+
+    for name, data, words in (
+        ("latin1.csv", (csv_rows + "imgs/0.png,caf\xe9,a\n").encode("latin-1"), "is not UTF-8 text (byte 0xe9"),
+        ("latin1.jsonl", good.encode() + b'{"image": "imgs/0.png", "text": "caf\xe9", "label": "a"}\n', "not UTF-8"),
+        ("big.jsonl", good + '{"image": "imgs/0.png", "label": ' + "1" * 5000 + "}\n", "line 9 is not JSON (Exceeds"),
+        ("empty.parquet", b"", "is not a readable Parquet file"),
+    ):
+        for mode in ("error", "skip"):
+            with pytest.raises(FedmmError, match=re.escape(words)):
+                load(name, data, mode)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "whole.parquet")
+    whole = (tmp_path / "whole.parquet").read_bytes()
+    with pytest.raises(FedmmError, match="cut.parquet is not a readable Parquet file"):
+        load("cut.parquet", whole[: len(whole) // 2])
+    for name, data, words in (
+        ("five.jsonl", good + "5\n", "line 9: not an object with image, text and label"),
+        ("null.jsonl", good + "null\n", "line 9: not an object"),
+        ("nul.csv", csv_rows + "imgs/0\x00.png,x,a\n", "line 10: image path 'imgs/0\\x00.png' cannot be resolved"),
+        ("loop.csv", csv_rows + "imgs/loop1.png,x,a\n", "line 10: image path 'imgs/loop1.png' cannot be resolved"),
+        ("dict.jsonl", good + json.dumps({"image": "imgs/0.png", "text": "", "label": {"a": 1}}) + "\n", "a dict"),
+        ("nan.jsonl", good + '{"image": "imgs/0.png", "text": "", "label": NaN}\n', "the label is a float (nan)"),
+    ):
+        with pytest.raises(FedmmError, match=re.escape(words)):
+            load(name, data)
+        data = load(name, data, "skip")  # skipped: the classes are the good rows' only
+        assert data.train.label_names == ("a", "b") and len(data.train) + len(data.test) == 8

@@ -10,10 +10,13 @@
     fedmm export nvflare OUT [key=value ...] [--site NAME[=DATA_ROOT] ...]
                                           an NVFlare job folder (`nvflare job submit -j OUT`)
     fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
+    fedmm site [SITE_YAML] [--settings CONFIG_YAML]
+                                          a site's policy; would this site take that run's settings (exit 3: no)
 
 User errors print one line (`error: ...`) and exit 2; nothing already written is removed. Anything unexpected (a
-bug) prints one line too, exits 1, and leaves its traceback in the run directory's error.txt (or a temporary file;
-FEDMM_DEBUG=1 prints it instead). Ctrl-C exits 130 and SIGTERM 143, each with one line naming the run to resume.
+bug) prints one line too, exits 1, and leaves its traceback in the run directory's error.txt (or, outside a run, in
+the user's own ~/.fedmm/errors/; FEDMM_DEBUG=1 prints it instead). Ctrl-C exits 130 and SIGTERM 143, each with
+one line naming the run to resume.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 import signal
 import sys
 import threading
@@ -151,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p = verb("cache", "the frozen encoders' features kept across runs: how much, or delete them")
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--cache-dir", default="", help="as model.cache_dir (default: $FEDMM_CACHE, else ~/.cache/fedmm)")
+    p = verb("site", "a site's policy (site.yaml): what it accepts from a server; --settings: would it take this run")
+    p.add_argument("policy", nargs="?", default="", help="the site's site.yaml (none: the defaults every site has)")
+    p.add_argument("--settings", default="", help="a run's config.yaml: say whether this site would accept it")
     p = verb("report", "(re)write report.md and metrics.png of a run, or summary.csv/.md of a sweep folder")
     p.add_argument("run_dir", help="a run directory, or a sweep folder, written by fedmm")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -221,6 +228,20 @@ def main(argv: list[str] | None = None) -> int:
             done = "removed" if args.action == "clear" else "holds"
             print(f"{root / 'features'} {done} {files} cached feature file(s), {size / 2**20:.1f} MiB")
             return 0
+        if args.command == "site":
+            from fedmm.config.site_policy import describe_policy, load_policy, try_settings
+
+            policy = load_policy(args.policy)
+            if not args.settings:
+                print(describe_policy(policy), end="")
+                return 0
+            try:
+                text = Path(args.settings).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise FedmmError(f"--settings {args.settings}: cannot be read ({type(e).__name__})") from None
+            verdict = try_settings(text, policy)
+            print(verdict)
+            return 0 if verdict == "accepted" else 3
         if args.command == "report":
             from fedmm.report import write_report
 
@@ -267,20 +288,35 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+ERRORS_KEPT = 20  # tracebacks of errors outside a run kept in ~/.fedmm/errors (the oldest go first)
+
+
 def _save_traceback() -> str:
-    """The current exception's traceback in the run directory's error.txt (or a temporary file); its path."""
+    """The current exception's traceback in the run directory's error.txt, or (outside a run) in the user's own
+    ~/.fedmm/errors/ (mode 0700: a traceback can hold paths and values; never the shared temporary folder); its
+    path."""
     import tempfile
     import traceback
 
     text = traceback.format_exc()
-    for folder in ([rundir.CURRENT[-1]] if rundir.CURRENT else []) + [Path(tempfile.gettempdir())]:
+    if rundir.CURRENT:
         try:
-            name = "error.txt" if folder != Path(tempfile.gettempdir()) else f"fedmm-error-{os.getpid()}.txt"
-            (Path(folder) / name).write_text(text)
-            return str(Path(folder) / name)
+            (Path(rundir.CURRENT[-1]) / "error.txt").write_text(text)
+            return str(Path(rundir.CURRENT[-1]) / "error.txt")
         except OSError:
-            continue
-    return "the traceback (it could not be saved)"
+            pass
+    folder = Path.home() / ".fedmm" / "errors"
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
+        for old in sorted(folder.glob("error-*.txt"), key=lambda p: p.stat().st_mtime_ns)[: -ERRORS_KEPT + 1]:
+            old.unlink(missing_ok=True)
+        fd, path = tempfile.mkstemp(prefix=f"error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt", dir=folder)
+        with os.fdopen(fd, "w") as f:  # mkstemp: mode 0600, a name of its own
+            f.write(text)
+        return path
+    except OSError:
+        return "the traceback (it could not be saved)"
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import json
 import math
 import logging
 import os
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -115,7 +116,7 @@ class RunDir:
                 record = json.loads(line)
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
-                out.append(record)
+                step = record.get("round", record.get("epoch"))
             except ValueError:
                 if i == len(lines) - 1:
                     log.warning(
@@ -127,6 +128,12 @@ class RunDir:
                     f"{self.metrics_path} line {i + 1} is damaged ({line[:40]!r}); repair or remove "
                     f"that line, then try again"
                 ) from None
+            if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+                raise FedmmError(
+                    f"{self.metrics_path} line {i + 1} has no round (or epoch) number >= 1 (got {str(step)[:20]}); "
+                    f"repair or remove that line, then try again"
+                )
+            out.append(record)
         return out
 
     def set_aside_metrics(self, key: str, last: int) -> None:
@@ -179,20 +186,34 @@ class RunDir:
                 shutil.rmtree(old, ignore_errors=True)
 
     def checkpoints(self) -> list[Path]:
+        """The checkpoint folders fedmm wrote (round_NNNN), oldest first; anything else in checkpoints/ (a copy
+        named round_0006.bak, round_x, a file) is left alone, with one line saying so."""
         if not self.ckpt_root.exists():
             return []
-        return sorted(p for p in self.ckpt_root.iterdir() if p.is_dir() and p.name.startswith("round_"))
+        if not self.ckpt_root.is_dir():
+            raise FedmmError(f"{self.ckpt_root} is not a folder; move it away (fedmm keeps its checkpoints there)")
+        out = []
+        for p in sorted(self.ckpt_root.iterdir()):
+            if CHECKPOINT.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+                out.append(p)
+            elif not p.name.startswith("."):  # .round_NNNN.tmp: a checkpoint being written
+                say(f"{p} is not a checkpoint fedmm wrote; ignored")
+        return out
 
     def _load(self, folder: Path) -> tuple[int, Params, dict[str, Any], dict[str, Any]]:
         """(round, params, strategy state, identity) of one checkpoint, verified; ValueError saying what is wrong."""
         try:
             meta = json.loads((folder / "state.json").read_text())
-            blobs = {name: (folder / name).read_bytes() for name in ("global.safetensors", "strategy.safetensors")}
+            blobs = {name: (folder / name).read_bytes() for name in CHECKPOINT_FILES}
         except (OSError, ValueError) as e:
             raise ValueError(f"{type(e).__name__}: {str(e)[:80]}") from None
-        for name, digest in meta.get("sha256", {}).items():
-            if _sha(blobs[name]) != digest:
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
+            raise ValueError("state.json holds no checksums (every checkpoint fedmm writes has them)")
+        for name in CHECKPOINT_FILES:
+            if _sha(blobs[name]) != meta["sha256"].get(name):
                 raise ValueError(f"{name} does not match its checksum")
+        if meta.get("round") != int(folder.name.split("_")[1]) or not isinstance(meta.get("strategy"), dict):
+            raise ValueError("state.json does not describe this checkpoint")
         try:
             params, arrays = (
                 params_from_bytes(blobs["global.safetensors"]),
@@ -207,7 +228,7 @@ class RunDir:
     ) -> Optional[tuple[int, Params, dict[str, Any], dict[str, Any]]]:
         """(round, params, strategy state, identity) of the newest intact checkpoint (of round `up_to` at most); a
         damaged newer one is skipped with one line saying so (and left where it is)."""
-        for folder in reversed(self.checkpoints()):
+        for folder in reversed(self.checkpoints()):  # named round_NNNN: the number parses
             if up_to is not None and int(folder.name.split("_")[1]) > up_to:
                 say(f"checkpoint {folder.name} has no record in metrics.jsonl; resuming from an earlier one")
                 continue
@@ -235,6 +256,10 @@ class RunDir:
         (self.path / ".lock.pid").write_text(f"{os.getpid()}\n")
         _HELD.append(lock)
         os.environ[LOCK_ENV] = str(self.path.resolve())
+
+
+CHECKPOINT = re.compile(r"round_\d{4,}")  # what save_checkpoint names its folders
+CHECKPOINT_FILES = ("global.safetensors", "strategy.safetensors")
 
 
 def json_safe(value: Any) -> Any:

@@ -382,6 +382,8 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
         if o.is_sweep_override():
             key = o.get_key_element()
             axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            if not axes[-1]:
+                raise FedmmError(f"'{o.input_line}' sweeps over no values; give at least one (e.g. range(1,4))")
         else:
             axes.append([o.input_line])
     return [list(combo) for combo in itertools.product(*axes)]

@@ -38,28 +38,22 @@ MAX_NODES = 100_000  # values in the parsed settings (a YAML alias bomb stops he
 # Run-level keys only the server uses: the site resets them to their defaults, whatever arrives.
 SERVER_ONLY = ("output_dir", "resume", "tracking", "launcher")
 # Option names that hold a path on the machine that reads them: site-owned wherever they appear.
-PATH_NAME = re.compile(r"(^|_)(path|paths|root|dir|folder|file|uri|dataset)$")
+PATH_NAME = re.compile(r"(^|_)(path|paths|root|dir|folder|file|json|uri|dataset|workspace)$")
 # Options that name model weights: a hub id or packaged name is accepted, a local path only when the policy lists it.
 MODEL_SOURCES = ("pretrained", "text_encoder", "image_encoder", "tokenizer")
-# Policy fields that give a site-owned option its value: policy field -> the option.
-DATA_KEYS = {
-    "root": "task.root",
-    "path": "task.path",
-    "val_path": "task.val_path",
-    "test_path": "task.test_path",
-    "dataset": "task.dataset",
-}
 
 
 @dataclass
 class DataPaths:
-    """Where this site's data is (the task's path options; a task reads those it has)."""
+    """Where this site's data is: each field is the task option of the same name (a task reads those it has)."""
 
     root: str = opt("", "task.root: the site's data folder (MM-IMDb, easy-VQA, VQA v2, task=table per-site folders)")
     path: str = opt("", "task.path: the site's one table file (task=table)")
     val_path: str = opt("", "task.val_path")
     test_path: str = opt("", "task.test_path")
     dataset: str = opt("", "task.dataset: a Hugging Face dataset folder or name")
+    image_dir: str = opt("", "task.image_dir (MM-IMDb's posters, when not beside the tables)")
+    labels_json: str = opt("", "task.labels_json (MM-IMDb's label list, when not its 23 genres)")
 
 
 @dataclass
@@ -83,12 +77,10 @@ class SitePolicy:
 
     def value_for(self, key: str) -> Any:
         """The site's own value for a site-owned option ("" when the policy sets none)."""
+        group, _, name = key.partition(".")
         if key == "model.cache_dir":
             return self.cache_dir
-        for name, option in DATA_KEYS.items():
-            if option == key:
-                return getattr(self.data, name)
-        return ""
+        return getattr(self.data, name, "") if group == "task" else ""
 
 
 def load_policy(path: Optional[str] = None, **site_config: Any) -> SitePolicy:
@@ -282,11 +274,37 @@ def for_sites(settings_yaml: str) -> str:
     return yaml.safe_dump(raw, sort_keys=False)
 
 
+def describe_policy(policy: SitePolicy) -> str:
+    """Every option of `policy` with its value and description: what `fedmm site` prints."""
+    from fedmm.options import description
+
+    rows = []
+    for f in fields(SitePolicy):
+        value = getattr(policy, f.name)
+        if f.name == "data":
+            rows += [(f"data.{g.name}={getattr(value, g.name)}", description(g)) for g in fields(DataPaths)]
+        else:
+            rows.append((f"{f.name}={'null' if value is None else value}", description(f)))
+    width = max(len(k) for k, _ in rows) + 2
+    return "\n".join(f"{k:<{width}}{d}" for k, d in rows) + "\n"
+
+
+def try_settings(config_yaml: str, policy: SitePolicy) -> str:
+    """Whether this site takes a run's config.yaml as its server would send it: 'accepted', or the refusal."""
+    from fedmm.config.load import validate_site
+
+    try:
+        validate_site(apply_policy(parse_server_settings(for_sites(config_yaml)), policy))
+    except SiteRefusal as e:
+        return f"refused ({e.code}): {e.message}"
+    return "accepted"
+
+
 def simulation_policy(settings: Any) -> SitePolicy:
     """The policy fedmm gives the sites of a simulation it starts on this machine: they are the run's own, so they
     take the run's data paths, cache folder, plugins and model sources (what `for_sites` cleared comes back)."""
     task, model = settings.cfg.task, settings.cfg.model
-    data = DataPaths(**{name: str(task.get(key.split(".")[1], "") or "") for name, key in DATA_KEYS.items()})
+    data = DataPaths(**{f.name: str(task.get(f.name, "") or "") for f in fields(DataPaths)})
     models = [str(model[k]) for k in MODEL_SOURCES if isinstance(model.get(k), str) and model.get(k)]
     return SitePolicy(
         data=data,

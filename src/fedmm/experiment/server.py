@@ -286,6 +286,7 @@ def build_server(settings: Settings) -> Federation:
     if settings.resume:
         if ckpt is not None:
             last, params, state, _ = ckpt
+            rundir.save_global(params)  # global.safetensors is the newest intact checkpoint's, even if it was lost
             server.load_state_dict(state)
             start = last + 1
             say(f"resuming {rundir.path} after round {last}")

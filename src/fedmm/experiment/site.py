@@ -11,7 +11,7 @@ import torch
 from fedmm.backends.base import Backend
 from fedmm.config import Settings
 from fedmm.data.dataset import MultimodalDataset
-from fedmm.errors import FedmmError
+from fedmm.errors import SiteRefusal
 from fedmm.experiment.assemble import assemble
 
 
@@ -33,10 +33,11 @@ def build_site(settings: Settings, cid: int) -> Site:
     parts = assemble(settings, "site")
     if not 0 <= cid < len(parts.clients):
         n = len(parts.clients)
-        raise FedmmError(
+        raise SiteRefusal(
+            "partition_id",
             f"partition-id {cid} is out of range: this experiment has {n} clients (0..{n - 1}); fix "
             f"the site's partition-id (Flower: the SuperNode's --node-config, NVFlare: the job's "
-            f"--partition-id)"
+            f"--partition-id)",
         )
     return Site(
         backend=parts.backend,
