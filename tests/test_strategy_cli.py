@@ -20,7 +20,8 @@ MARGIN = 0.12  # accuracy above the untrained model's (0.265 at seed 42); the we
 
 @pytest.mark.slow
 def test_every_strategy_learns_in_two_rounds(tmp_path):
-    names = [n for n in STRATEGIES.names() if n != "bulyan"]  # bulyan needs 7 clients (4f + 3): run below
+    # Krum and Multi-Krum need 5 clients per round (2f + 3), Bulyan 7 (4f + 3): run below with as many
+    names = [n for n in STRATEGIES.names() if n not in ("bulyan", "krum", "multikrum")]
     # One sweep: every strategy on the tiny fusion model with LoRA adapters on its text encoder and two clients
     # that miss a modality.
     args = [*TINY, *MISSING, *LEARNABLE, "model.lora_r=2", "rounds=2"]
@@ -51,6 +52,9 @@ def test_every_strategy_learns_in_two_rounds(tmp_path):
     assert not any(
         ".lora_A." in k for k in load_file(str(tmp_path / "sw" / "strategy-ffa_lora" / "global.safetensors"))
     )
+    for name in ("krum", "multikrum"):
+        assert main(["run", *args, "num_clients=5", f"strategy={name}", f"output_dir={tmp_path}/{name}"]) == 0
+        assert metrics(tmp_path / name)[-1]["eval_accuracy"] > base["accuracy"] + MARGIN, name
     assert main(["run", *args, "num_clients=7", "strategy=bulyan", f"output_dir={tmp_path}/bulyan"]) == 0
     records = metrics(tmp_path / "bulyan")
     assert all(len(r["strategy_selected"]) == 7 - 2 for r in records)  # n - 2f picked by repeated Krum

@@ -10,6 +10,8 @@
     fedmm export nvflare OUT [key=value ...] [--site NAME[=DATA_ROOT] ...]
                                           an NVFlare job folder (`nvflare job submit -j OUT`)
     fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
+    fedmm evaluate RUN_DIR [--checkpoint best|last|N] [task.key=value ...]
+                                          score a run's model on its test split or on other data (evaluation.json)
     fedmm site [SITE_YAML] [--settings CONFIG_YAML]
                                           a site's policy; would this site take that run's settings (exit 3: no)
 
@@ -155,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     p = verb("cache", "the frozen encoders' features kept across runs: how much, or delete them")
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--cache-dir", default="", help="as model.cache_dir (default: $FEDMM_CACHE, else ~/.cache/fedmm)")
+    p = verb("evaluate", "score a run's global model (best, last or a round) on its test split, or on other data")
+    p.add_argument("run_dir", help="a run directory written by fedmm run")
+    p.add_argument("--checkpoint", default="last", help="best (select_best), last (default) or a round number")
+    p.add_argument("overrides", nargs="*", help="task.* options for other data of the same task, eval_batch_size, ...")
     p = verb("site", "a site's policy (site.yaml): what it accepts from a server; --settings: would it take this run")
     p.add_argument("policy", nargs="?", default="", help="the site's site.yaml (none: the defaults every site has)")
     p.add_argument("--settings", default="", help="a run's config.yaml: say whether this site would accept it")
@@ -163,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # -q anywhere (`fedmm run rounds=2 -q output_dir=x`): argparse cannot take an option between the overrides
     quiet = any(a in ("-q", "--quiet") for a in argv)
-    args = parser.parse_args([a for a in argv if a not in ("-q", "--quiet")])
+    args, extra = parser.parse_known_args([a for a in argv if a not in ("-q", "--quiet")])
+    if extra and getattr(args, "overrides", None) is not None and all("=" in e and e[0] != "-" for e in extra):
+        args.overrides += extra  # overrides after an option (`fedmm evaluate RUN --checkpoint 3 task.x=1`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     quiet_libraries()
     if quiet:
         console.QUIET = True
@@ -227,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
             files, size = clear(root) if args.action == "clear" else usage(root)
             done = "removed" if args.action == "clear" else "holds"
             print(f"{root / 'features'} {done} {files} cached feature file(s), {size / 2**20:.1f} MiB")
+            return 0
+        if args.command == "evaluate":
+            from fedmm.experiment.evaluate import evaluate_run
+
+            out = evaluate_run(args.run_dir, args.overrides, args.checkpoint)
+            figures = ", ".join(f"{k}={v:.4f}" for k, v in out.items() if k.startswith("eval_"))
+            print(f"{out['checkpoint']} (round {out['round']}) on {out['examples']} test examples: {figures}")
+            print(f"wrote {Path(out['run']) / 'evaluation.json'}")
             return 0
         if args.command == "site":
             from fedmm.config.site_policy import describe_policy, load_policy, try_settings

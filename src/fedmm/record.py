@@ -59,6 +59,13 @@ class RoundRecord:
         default=None,
     )
 
+    val: dict[str, float] = _f(
+        "",
+        "select_best: server evaluation on the validation split, written as val_<metric> (what selection uses)",
+        default_factory=dict,
+    )
+    best_round: Optional[int] = _f("", "select_best: the round of best.safetensors so far", default=None)
+    early_stop: Optional[str] = _f("", "why the run ended before `rounds` (early_stop.patience)", default=None)
     client_eval: dict[int, dict[str, float]] = _f(
         "",
         "client_eval: client id -> num_examples and its figures on its own test data (personal_<metric>: its personal "
@@ -91,12 +98,19 @@ class RoundRecord:
                 "dp_noise_multiplier",
                 "client_eval",
                 "client_eval_summary",
+                "val",
+                "best_round",
+                "early_stop",
                 "seconds",
             ):
                 continue
             out[f.name] = getattr(self, f.name)
         out.update(prefixed("eval", self.eval))
         out.update(prefixed("strategy", self.strategy))
+        out.update(prefixed("val", self.val))
+        for name in ("best_round", "early_stop"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         for name in ("failures", "rejected", "clipped", "norm_bound", "dp_epsilon", "dp_noise_multiplier"):
             if getattr(self, name) or (name.startswith("dp_") and getattr(self, name) is not None):
                 out[name] = getattr(self, name)
@@ -163,6 +177,7 @@ def describe() -> str:
         for f in fields(cls):
             name = {
                 "eval": "eval_<metric>",
+                "val": "val_<metric>",
                 "strategy": "strategy_<name>",
                 "client_eval_summary": "client_eval_<metric>_<stat>",
             }.get(f.name, f.name)

@@ -154,6 +154,10 @@ class RunDir:
     def save_global(self, params: Params) -> None:
         save_params(self.path / "global.safetensors", params)
 
+    def save_best(self, params: Params) -> None:
+        """select_best: the best round's global parameters (written atomically, before that round's record)."""
+        save_params(self.path / "best.safetensors", params)
+
     def save_checkpoint(
         self,
         rnd: int,

@@ -32,6 +32,7 @@ from fedmm.config.schema import (
     PRECISIONS,
     PRIVACY,
     PRIVACY_MODES,
+    SELECT_MODES,
     TRACKERS,
     AttackConfig,
     LauncherConfig,
@@ -57,7 +58,16 @@ RUN_GROUPS = {
 }
 OPTION_GROUPS = (*GROUPS, *RUN_GROUPS, "experiment")  # groups chosen with group=option
 # What a resumed run may change: how long and how it reports, never what it computes per round.
-RESUMABLE = {"rounds", "eval_every", "eval_batch_size", "keep_checkpoints", "threads", "progress", "tracking"}
+RESUMABLE = {
+    "rounds",
+    "early_stop",
+    "eval_every",
+    "eval_batch_size",
+    "keep_checkpoints",
+    "threads",
+    "progress",
+    "tracking",
+}
 
 
 @dataclass
@@ -202,6 +212,10 @@ def validate(cfg: DictConfig) -> Settings:
         raise FedmmError(f"precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
     if cfg.client_eval not in CLIENT_EVAL:
         raise FedmmError(f"client_eval must be one of {', '.join(CLIENT_EVAL)} (got '{cfg.client_eval}')")
+    if cfg.select_mode not in SELECT_MODES:
+        raise FedmmError(f"select_mode must be one of {', '.join(SELECT_MODES)} (got '{cfg.select_mode}')")
+    if cfg.early_stop.patience and not cfg.select_best:
+        raise FedmmError("early_stop.patience needs select_best (the figure whose improvement it waits for)")
     if cfg.personalize.name not in PERSONALIZE:
         raise FedmmError(f"unknown personalize '{cfg.personalize.name}'; choose one of: {', '.join(PERSONALIZE)}")
     _check_bounds(cfg)
@@ -389,31 +403,39 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)]
 
 
-def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+def saved_config(run_dir: Path, overrides: list[str], allowed: Any, verb: str, why: str) -> DictConfig:
+    """A run's config.yaml with `overrides` of the `allowed` top-level keys applied (`verb`: resume, evaluate;
+    `why` ends the refusal of any other key): what resume and `fedmm evaluate` start from."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise FedmmError(f"cannot resume: {path} not found; resume= takes a run directory written by `fedmm run`")
+        raise FedmmError(f"cannot {verb}: {path} not found; give a run directory written by `fedmm run`")
     try:
         cfg = OmegaConf.load(path)
     except Exception as e:  # noqa: BLE001 - YAML's own errors are many; one line names the file and the problem
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FedmmError(f"cannot resume: {path} is not valid YAML ({first[:120]}); restore it") from None
+        raise FedmmError(f"cannot {verb}: {path} is not valid YAML ({first[:120]}); restore it") from None
     if not isinstance(cfg, DictConfig):
-        raise FedmmError(f"cannot resume: {path} does not hold a fedmm configuration; restore it")
+        raise FedmmError(f"cannot {verb}: {path} does not hold a fedmm configuration; restore it")
     OmegaConf.set_struct(cfg, True)
     for o in _parse(overrides):
         key = o.key_or_group
-        if key == "resume":
-            continue
-        if key.split(".")[0] not in RESUMABLE or o.is_sweep_override() or o.is_add() or o.is_delete():
-            raise FedmmError(
-                f"'{o.input_line}' cannot change when resuming (it would change the experiment); "
-                f"only {', '.join(sorted(RESUMABLE))} can. Start a new run instead"
-            )
+        if key.split(".")[0] not in allowed or o.is_sweep_override() or o.is_add() or o.is_delete():
+            raise FedmmError(f"'{o.input_line}' cannot change when {verb.rstrip('e')}ing: {why}")
         try:
             OmegaConf.update(cfg, key, o.value(), merge=True)
         except OmegaConfBaseException as e:
             raise FedmmError(_one_line(e)) from None
+    return cfg
+
+
+def _resume_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    cfg = saved_config(
+        run_dir,
+        [o for o in overrides if o.partition("=")[0] != "resume"],
+        RESUMABLE,
+        "resume",
+        f"it would change the experiment; only {', '.join(sorted(RESUMABLE))} can. Start a new run instead",
+    )
     cfg.resume = str(run_dir)
     cfg.output_dir = str(run_dir)
     return cfg

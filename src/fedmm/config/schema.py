@@ -85,6 +85,8 @@ BOUNDS = {
     "launcher.mem_gb": Bound(0, low_open=True),
     "launcher.timeout_min": Bound(1),
     "launcher.max_parallel": Bound(0),
+    "early_stop.patience": Bound(0),
+    "early_stop.min_delta": Bound(0),
 }
 
 
@@ -239,6 +241,17 @@ class AttackConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """End a run whose validation figure stopped improving (fedmm.fl.selection); needs select_best."""
+
+    patience: int = opt(0, "evaluated rounds without an improvement before the run ends (0 = never)")
+    min_delta: float = opt(0.0, "a round improves when it is better by more than this (a tie keeps the earlier round)")
+
+
+SELECT_MODES = ("auto", "max", "min")
+
+
+@dataclass
 class Schema:
     task: Any = MISSING
     model: Any = MISSING
@@ -253,6 +266,13 @@ class Schema:
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    select_best: str = opt(
+        "",
+        '"" = off; a figure of the task (accuracy, macro_f1, loss, ...) or "main" (its first metric): the round '
+        "whose global model scores best on the server's validation split is kept as best.safetensors",
+    )
+    select_mode: str = opt("auto", "auto (min for a loss, else max) | max | min: what better means for select_best")
     max_update_norm: Optional[Any] = opt(
         None,
         "Bound on each client's update norm (L2 over the delta of all its travelling tensors): null = off, a "

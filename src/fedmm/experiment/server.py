@@ -17,6 +17,7 @@ from fedmm.backends.base import Backend
 from fedmm.config import Settings
 from fedmm.config.load import identity
 from fedmm.errors import FedmmError
+from fedmm.fl.selection import Selection, resolve_mode
 from fedmm.config.schema import CompressionConfig, PrivacyConfig
 from fedmm import console
 from fedmm.console import say
@@ -156,6 +157,25 @@ def resume_point(rundir: RunDir, settings: Settings):
     return ckpt
 
 
+def model_selection(settings: Settings, data: TaskData) -> Optional[Selection]:
+    """select_best / early_stop: what is selected on, on the server's validation split (None when off)."""
+    if not settings.select_best:
+        return None
+    metric = data.metrics[0] if settings.select_best == "main" else str(settings.select_best)
+    if metric not in (*data.metrics, "loss"):
+        raise FedmmError(
+            f"select_best={settings.select_best}: task {settings.task.name} reports {', '.join(data.metrics)} and "
+            f"loss; choose one of them, or main"
+        )
+    if not len(data.val):
+        raise FedmmError(
+            f"select_best needs the server's validation split, and task {settings.task.name} has none here; give "
+            f"it one (synthetic: task.num_val, table: task.val_path or task.val_fraction, MM-IMDb: server_val.csv)"
+        )
+    es = settings.early_stop
+    return Selection(metric, resolve_mode(metric, settings.select_mode), es.patience, float(es.min_delta))
+
+
 def accountant(settings: Settings, num_clients: int, per_round: int, params: Params) -> Optional[Accountant]:
     """privacy=dp: the run's privacy accountant, its noise multiplier solved for `target_epsilon` when given;
     announces the plan, and warns when the noise will outweigh every update (None without DP). `params`: the
@@ -209,6 +229,7 @@ def build_server(settings: Settings) -> Federation:
             f"attack.clients names client {attackers[0]}, but this experiment has {len(clients)} clients "
             f"(0..{len(clients) - 1}); fix attack.clients"
         )
+    selection = model_selection(settings, data)  # before anything is written: a figure the task has
     rundir = open_run_dir(settings.resume, settings.output_dir, "run", settings.to_yaml())
     ckpt = resume_point(rundir, settings) if settings.resume else None
     summary = partition_summary(clients, parts.client_test)
@@ -282,6 +303,8 @@ def build_server(settings: Settings) -> Federation:
         instructions=instructions(settings, data, parts.local_keys),
         expected=expected,
         privacy=privacy,
+        selection=selection,
+        evaluate_val=lambda p: evaluate_on(data.val, p),
     )
     if settings.resume:
         if ckpt is not None:

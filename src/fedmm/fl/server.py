@@ -17,10 +17,12 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
+from fedmm.console import say
 from fedmm.errors import FedmmError
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.privacy import Accountant, Summed, clipped_sum, local_noise_std
 from fedmm.fl.sampling import sample_clients
+from fedmm.fl.selection import Selection
 from fedmm.fl.strategy.base import Strategy
 from fedmm.fl.update import Update
 from fedmm.metrics import site_summary
@@ -125,7 +127,11 @@ class Server:
         instructions: FitInstructions,
         expected: Optional[dict[int, Expected]] = None,
         privacy: Optional[Accountant] = None,
+        selection: Optional[Selection] = None,
+        evaluate_val: Optional[Callable[[Params], dict[str, float]]] = None,
     ):
+        self.selection = selection  # select_best / early_stop: scored with evaluate_val (the validation split)
+        self.evaluate_val = evaluate_val
         self.strategy = strategy
         self.cfg = cfg
         self.evaluate = evaluate
@@ -135,14 +141,21 @@ class Server:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps besides the parameters: the strategy's state, and the privacy spent."""
-        state = self.strategy.state_dict()
-        return {**state, "fedmm_privacy": self.privacy.state_dict()} if self.privacy else state
+        state = dict(self.strategy.state_dict())
+        if self.privacy:
+            state["fedmm_privacy"] = self.privacy.state_dict()
+        if self.selection:
+            state["fedmm_selection"] = self.selection.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         spent = state.pop("fedmm_privacy", None)
         if self.privacy and spent:
             self.privacy.load_state_dict(spent)
+        selected = state.pop("fedmm_selection", None)
+        if self.selection and selected:
+            self.selection.load_state_dict(selected)
         self.strategy.load_state_dict(state)
 
     def _configure(self, rnd: int, ids: list[int], lr: float) -> dict[int, FitInstructions]:
@@ -279,6 +292,11 @@ class Server:
         t_eval = time.perf_counter()
         evaluated = rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds
         metrics = self.evaluate(new_params) if evaluated else {}
+        val, stop = {}, None
+        if self.selection is not None and evaluated:
+            val = self.evaluate_val(new_params)
+            self.selection.update(rnd, val)
+            stop = self.selection.reason() if self.selection.exhausted() and rnd < self.cfg.rounds else None
         at_sites = {}
         if self.cfg.client_eval == "every" and evaluated or self.cfg.client_eval == "final" and rnd == self.cfg.rounds:
             at_sites = self.evaluate_clients(rnd, lr, new_params, fit_clients, rejected)
@@ -303,6 +321,9 @@ class Server:
             norm_bound=bound,
             dp_epsilon=spent.get("dp_epsilon"),
             dp_noise_multiplier=spent.get("dp_noise_multiplier"),
+            val=val,
+            best_round=(self.selection.best_round or None) if self.selection else None,
+            early_stop=stop,
             client_eval=at_sites,
             client_eval_summary=site_summary(at_sites),
             seconds=time.perf_counter() - t0,
@@ -353,12 +374,20 @@ class Server:
     ) -> Params:
         """Rounds `start_round`..`rounds`, each recorded and checkpointed (with the run's `identity`, the settings
         a resume must match)."""
+        if self.selection and self.selection.exhausted() and start_round <= self.cfg.rounds:
+            say(self.selection.reason())  # a resumed run that had stopped early: nothing more to train
+            return global_params
         for rnd in range(start_round, self.cfg.rounds + 1):
             global_params, record = self.run_round(rnd, global_params, fit_clients)
+            if record.get("best_round") == rnd:
+                rundir.save_best(global_params)
             rundir.append_metrics(record)
             rundir.save_checkpoint(
                 rnd, global_params, self.state_dict(), keep=self.cfg.keep_checkpoints, identity=identity
             )
             if on_round:
                 on_round(record)
+            if record.get("early_stop"):
+                say(record["early_stop"])
+                break
         return global_params

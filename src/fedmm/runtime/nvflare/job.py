@@ -111,7 +111,7 @@ def run_simulator(settings: "Settings", cfg: "NVFlareRuntimeConfig") -> "RunResu
     if (rundir.path / ERROR_FILE).exists():
         raise FedmmError((rundir.path / ERROR_FILE).read_text().strip())
     records = rundir.read_metrics()
-    if not records or records[-1].get("round") != settings.rounds:
+    if not records or (records[-1].get("round") != settings.rounds and not records[-1].get("early_stop")):
         raise FedmmError(
             f"the NVFlare job ended after {len(records)} of {settings.rounds} rounds; its log is "
             f"{workspace}/server/simulate_job/log.txt (completed rounds are kept: resume={rundir.path})"
