@@ -1,6 +1,7 @@
 """fedmm: federated fine-tuning of multimodal (image + text) models.
 
-The Python API (documented in fedmm.api and the README): `fedmm.run`, `fedmm.centralized`, `fedmm.load_run`, and
+The Python API (documented in fedmm.api and the README): `fedmm.run`, `fedmm.centralized`, `fedmm.load_run`,
+`fedmm.load_model` (a trained model: `.predict(images, texts)`, `.model`), and
 the registries whose `register` decorators add a task, backend, strategy or runtime (`fedmm.TASKS`,
 `fedmm.BACKENDS`, `fedmm.STRATEGIES`, `fedmm.RUNTIMES`). They load on first use, so `import fedmm` (and `fedmm
 --version`) stays light.
@@ -12,6 +13,7 @@ _API = {
     "run": "fedmm.api",
     "centralized": "fedmm.api",
     "load_run": "fedmm.api",
+    "load_model": "fedmm.experiment.trained",
     "Result": "fedmm.api",
     "TASKS": "fedmm.registry",
     "BACKENDS": "fedmm.registry",

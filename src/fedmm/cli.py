@@ -10,6 +10,10 @@
     fedmm export nvflare OUT [key=value ...] [--site NAME[=DATA_ROOT] ...]
                                           an NVFlare job folder (`nvflare job submit -j OUT`)
     fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
+    fedmm export model RUN_DIR OUT [--checkpoint best|last|N]
+                                          the run's fusion model as a self-contained folder with a model card
+    fedmm predict MODEL --input FILE [--output predictions.csv]
+                                          the trained model (a run or an export) on new image (+ text) rows
     fedmm evaluate RUN_DIR [--checkpoint best|last|N] [task.key=value ...]
                                           score a run's model on its test split or on other data (evaluation.json)
     fedmm site [SITE_YAML] [--settings CONFIG_YAML]
@@ -137,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     q.add_argument("--supernodes", type=int, default=2, help="how many SuperNode key pairs to write")
     q.add_argument("--days", type=int, default=365, help="validity of the certificates")
-    p = verb("export", "a job for another federated platform")
-    p.add_argument("platform", choices=["nvflare"])
-    p.add_argument("out", help="an empty folder for the job")
+    p = verb("export", "a job for another federated platform (nvflare), or a run's trained model (model)")
+    p.add_argument("platform", choices=["nvflare", "model"])
+    p.add_argument("out", help="nvflare: an empty folder for the job; model: the run directory, then OUT")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -154,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         help="client i is the i-th site (its name in the provisioned project); DATA_ROOT is its data "
         "folder there (default: the config's task.root). Default: site-1..site-K",
     )
+    p.add_argument("--checkpoint", default="best", help="model: best (last without select_best), last or N")
     p = verb("cache", "the frozen encoders' features kept across runs: how much, or delete them")
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--cache-dir", default="", help="as model.cache_dir (default: $FEDMM_CACHE, else ~/.cache/fedmm)")
@@ -161,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", help="a run directory written by fedmm run")
     p.add_argument("--checkpoint", default="last", help="best (select_best), last (default) or a round number")
     p.add_argument("overrides", nargs="*", help="task.* options for other data of the same task, eval_batch_size, ...")
+    p = verb("predict", "the trained model on new image (+ text) rows of a CSV, JSONL or Parquet file")
+    p.add_argument("model", help="a run directory, or a folder fedmm export model wrote")
+    p.add_argument("--input", required=True, help="rows in task=table's conventions (image path relative to the file)")
+    p.add_argument("--output", default="predictions.csv", help="predictions.csv (default) or a .jsonl file")
+    p.add_argument("--checkpoint", default="best", help="of a run: best (last without select_best), last, or N")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--top-k", type=int, default=3, help="labels with probabilities per row (single-label tasks)")
+    p.add_argument("--on-bad-sample", choices=["error", "skip"], default="error")
     p = verb("site", "a site's policy (site.yaml): what it accepts from a server; --settings: would it take this run")
     p.add_argument("policy", nargs="?", default="", help="the site's site.yaml (none: the defaults every site has)")
     p.add_argument("--settings", default="", help="a run's config.yaml: say whether this site would accept it")
@@ -223,6 +237,32 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for path in deploy.write_certificates(args.out, args.host, args.supernodes, args.days):
                     print(path)
+            return 0
+        if args.command == "export" and args.platform == "model":
+            from fedmm.experiment.trained import export_model
+
+            if len(args.overrides) != 1 or "=" in args.overrides[0]:
+                raise FedmmError("usage: fedmm export model RUN_DIR OUT [--checkpoint best|last|N]")
+            out = export_model(args.out, args.overrides[0], args.checkpoint)
+            print(f"wrote {out} (load it with fedmm.load_model('{out}'); its model card is {out / 'README.md'})")
+            return 0
+        if args.command == "predict":
+            from fedmm.experiment.trained import load_model, predict_file
+
+            if args.top_k < 1:
+                raise FedmmError(f"--top-k must be at least 1 (got {args.top_k})")
+            written, skipped = predict_file(
+                load_model(args.model, args.checkpoint),
+                args.input,
+                args.output,
+                image_column=args.image_column,
+                text_column=args.text_column,
+                on_bad_sample=args.on_bad_sample,
+                top_k=args.top_k,
+            )
+            print(
+                f"wrote {written} predictions to {args.output}" + (f" ({skipped} bad rows skipped)" if skipped else "")
+            )
             return 0
         if args.command == "export":
             from fedmm.runtime.nvflare.job import export_job

@@ -205,12 +205,15 @@ class FusionBackend(Backend):
             mean, std = image_stats(cfg.image_encoder) or ([], [])
         return (mean, std) if mean else (IMAGENET_MEAN, IMAGENET_STD)
 
-    def build_model(self, seed: int = 0, meta: bool = False) -> FusionClassifier:
-        """The model; with `meta`, on the meta device from the encoders' configs alone (no weights read)."""
+    def build_model(self, seed: int = 0, meta: bool = False, weights: bool = True) -> FusionClassifier:
+        """The model; with `meta`, on the meta device from the encoders' configs alone (no weights read); without
+        `weights`, on the CPU from those configs with random values (an exported model's tensors go on top)."""
         from transformers import AutoConfig, AutoModel, BertConfig, BertModel, ResNetConfig, ResNetModel
 
+        weights = weights and not meta
+
         def pretrained(cls, name: str, what: str, key: str):
-            if not meta:
+            if weights:
                 return from_pretrained(cls.from_pretrained, name, what, key)
             config = from_pretrained(AutoConfig.from_pretrained, name, what, key)
             return AutoModel.from_config(config) if cls is AutoModel else cls(config)
@@ -225,7 +228,7 @@ class FusionBackend(Backend):
                 tc.setdefault("vocab_size", len(self.tokenizer))
                 text = BertModel(BertConfig(**tc))
             if is_mobilenet(cfg.image_encoder):  # ImageNet weights, authenticated (backends/mobilenet.py)
-                image = MobileNetV2() if meta else load_mobilenet_v2(cfg.image_encoder)
+                image = load_mobilenet_v2(cfg.image_encoder) if weights else MobileNetV2()
             elif cfg.image_encoder:
                 image = pretrained(ResNetModel, cfg.image_encoder, "image encoder", "image_encoder")
             else:
