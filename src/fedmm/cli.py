@@ -10,8 +10,8 @@
     fedmm export nvflare OUT [key=value ...] [--site NAME[=DATA_ROOT] ...]
                                           an NVFlare job folder (`nvflare job submit -j OUT`)
     fedmm report RUN_DIR                  (re)write report.md and metrics.png of a run
-    fedmm export model RUN_DIR OUT [--checkpoint best|last|N]
-                                          the run's fusion model as a self-contained folder with a model card
+    fedmm export model RUN_DIR OUT [--checkpoint best|last|N] [--format fedmm|peft|merged]
+                                          the run's model in a format others load, with a model card
     fedmm predict MODEL --input FILE [--output predictions.csv]
                                           the trained model (a run or an export) on new image (+ text) rows
     fedmm evaluate RUN_DIR [--checkpoint best|last|N] [task.key=value ...]
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "folder there (default: the config's task.root). Default: site-1..site-K",
     )
     p.add_argument("--checkpoint", default="best", help="model: best (last without select_best), last or N")
+    p.add_argument("--format", default="", help="model: fedmm (fusion), peft (LoRA, default) or merged (LoRA)")
     p = verb("cache", "the frozen encoders' features kept across runs: how much, or delete them")
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--cache-dir", default="", help="as model.cache_dir (default: $FEDMM_CACHE, else ~/.cache/fedmm)")
@@ -242,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             from fedmm.experiment.trained import export_model
 
             if len(args.overrides) != 1 or "=" in args.overrides[0]:
-                raise FedmmError("usage: fedmm export model RUN_DIR OUT [--checkpoint best|last|N]")
-            out = export_model(args.out, args.overrides[0], args.checkpoint)
-            print(f"wrote {out} (load it with fedmm.load_model('{out}'); its model card is {out / 'README.md'})")
+                raise FedmmError("usage: fedmm export model RUN_DIR OUT [--checkpoint best|last|N] [--format F]")
+            out = export_model(args.out, args.overrides[0], args.checkpoint, args.format)
+            print(f"wrote {out}; how to load it: its model card, {out / 'README.md'}")
             return 0
         if args.command == "predict":
             from fedmm.experiment.trained import load_model, predict_file

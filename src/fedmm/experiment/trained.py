@@ -26,6 +26,7 @@ from fedmm.errors import FedmmError
 from fedmm.params import atomic_write_bytes, load_params, save_params
 
 EXPORT_FILE = "fedmm_model.json"
+CHUNK = 256  # rows predicted at a time by fedmm predict
 
 
 @dataclass
@@ -38,6 +39,7 @@ class TrainedModel:
     multilabel: bool
     image_size: int  # images are decoded to this size first, as the task decoded them in training
     info: dict[str, Any] = field(default_factory=dict)  # where it came from: run, checkpoint, round
+    thresholds: Optional[list[float]] = None  # multilabel: per label, tuned on the validation split (else 0.5)
 
     def predict(
         self,
@@ -47,10 +49,29 @@ class TrainedModel:
         batch_size: int = 64,
     ) -> list[dict[str, Any]]:
         """One result per input: `prediction` and `top` ([label, probability] pairs, best first); multilabel:
-        `labels` (every label at p >= 0.5) and `probabilities`. `images`: PIL images, paths or encoded bytes."""
+        `labels` (every label at p >= its threshold: tuned on the validation split with task.tune_thresholds,
+        else 0.5) and `probabilities`; a VQA model: `answer`. `images`: PIL images, paths or encoded bytes."""
         data = self.dataset(images, texts)
+        if self.generative:
+            return [{"answer": a} for a in self.answers(data, batch_size)]
         _, logits = self.backend.predict(self.model, data, batch_size)
         return self.results(logits, top_k)
+
+    @property
+    def generative(self) -> bool:
+        """A VQA backend: it generates an answer instead of scoring labels."""
+        return hasattr(self.backend, "generate_answers")
+
+    @torch.no_grad()
+    def answers(self, data: MultimodalDataset, batch_size: int = 64) -> list[str]:
+        from fedmm.modelops import batch_indices, to_device
+
+        device = next(self.model.parameters()).device
+        out: list[str] = []
+        for idx in batch_indices(len(data), batch_size):
+            batch = to_device(self.backend.collate(data, idx), device)
+            out += self.backend.generate_answers(self.model, data, idx, batch)
+        return out
 
     def dataset(self, images: Sequence[Any], texts: Optional[Sequence[str]]) -> MultimodalDataset:
         from fedmm.data.images import png_bytes
@@ -66,7 +87,7 @@ class TrainedModel:
         shape = (n, len(self.label_names)) if self.multilabel else (n,)
         return MultimodalDataset(
             labels=np.zeros(shape, np.float32 if self.multilabel else np.int64),
-            label_names=self.label_names,
+            label_names=self.label_names or ("",),
             texts=list(texts) if texts is not None else None,
             images=table,
             image_ids=np.arange(n, dtype=np.int64),
@@ -75,10 +96,13 @@ class TrainedModel:
     def results(self, logits: np.ndarray, top_k: int) -> list[dict[str, Any]]:
         names = self.label_names
         if self.multilabel:
-            probs = 1.0 / (1.0 + np.exp(-logits))
+            from fedmm.metrics import sigmoid
+
+            probs = sigmoid(logits)
+            cut = np.asarray(self.thresholds if self.thresholds is not None else [0.5] * len(names))
             return [
                 {
-                    "labels": [names[j] for j in np.flatnonzero(p >= 0.5)],
+                    "labels": [names[j] for j in np.flatnonzero(p >= cut)],
                     "probabilities": {names[j]: round(float(p[j]), 6) for j in range(len(names))},
                 }
                 for p in probs
@@ -107,6 +131,12 @@ def _from_run(run_dir: Path, checkpoint: str) -> TrainedModel:
     set_params(parts.model, params)
     parts.model.eval()
     data = parts.data
+    thresholds = None
+    if data.tune_thresholds and data.train.multilabel and len(data.val):  # as the run's _tuned figures use them
+        from fedmm import metrics as M
+
+        _, val_logits = parts.backend.predict(parts.model, data.val, settings.eval_batch_size)
+        thresholds = [float(t) for t in M.tune_thresholds(M.sigmoid(val_logits), data.val.labels)]
     return TrainedModel(
         backend=parts.backend,
         model=parts.model,
@@ -114,6 +144,7 @@ def _from_run(run_dir: Path, checkpoint: str) -> TrainedModel:
         multilabel=data.train.multilabel,
         image_size=int(getattr(settings.task, "image_size", 0) or data.test.images.shape[1]),
         info={"run": str(rd.path), "checkpoint": source, "round": rnd, "settings": settings},
+        thresholds=thresholds,
     )
 
 
@@ -139,7 +170,8 @@ def _from_export(folder: Path) -> TrainedModel:
             f"{folder / 'model.safetensors'} does not fit its config ({(missing or unexpected)[0]}); export again"
         )
     model.eval()
-    return TrainedModel(backend, model, tuple(meta["labels"]), bool(meta["multilabel"]), int(meta["image_size"]), meta)
+    labels, multilabel = tuple(meta["labels"]), bool(meta["multilabel"])
+    return TrainedModel(backend, model, labels, multilabel, int(meta["image_size"]), meta, meta.get("thresholds"))
 
 
 def _local(model_cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -163,21 +195,48 @@ def load_model(path: Union[str, Path], checkpoint: str = "best") -> TrainedModel
     raise FedmmError(f"{folder} is neither a run directory nor a fedmm export; give one of them")
 
 
-def export_model(run_dir: Union[str, Path], out: Union[str, Path], checkpoint: str = "best") -> Path:
-    """A self-contained folder of the run's model (see the module's docstring) with a model card (README.md)."""
+FORMATS = {
+    "fedmm": "a fusion classifier as a self-contained folder for fedmm.load_model",
+    "peft": "LoRA backends: a PEFT adapter folder for PeftModel.from_pretrained(base, OUT)",
+    "merged": "LoRA backends: the adapters merged into the model, save_pretrained output plus its processor",
+}
+
+
+def export_model(run_dir: Union[str, Path], out: Union[str, Path], checkpoint: str = "best", fmt: str = "") -> Path:
+    """The run's model in format `fmt` (FORMATS; default fedmm for fusion classifiers, peft for LoRA backends),
+    with a model card (README.md)."""
     from fedmm.backends.fusion import FusionBackend
 
     out = Path(out).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise FedmmError(f"{out} is not empty; choose a new folder for the export")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FedmmError(f"{out} is not an empty folder; choose a new folder for the export")
+    if not (Path(run_dir).expanduser() / "config.yaml").is_file():
+        raise FedmmError(f"{run_dir} is not a run directory; fedmm export model reads a run written by fedmm run")
     trained = load_model(run_dir, checkpoint)
-    backend, model = trained.backend, trained.model
-    if not isinstance(backend, FusionBackend):
-        raise FedmmError(
-            f"model={backend.cfg.name}: fedmm export model writes fusion classifiers; its adapters are in "
-            f"{trained.info['run']}/{trained.info['checkpoint']}"
-        )
+    fusion = isinstance(trained.backend, FusionBackend)
+    fmt = fmt or ("fedmm" if fusion else "peft")
+    if fmt not in FORMATS:
+        raise FedmmError(f"--format must be one of {', '.join(FORMATS)} (got '{fmt}')")
+    if (fmt == "fedmm") != fusion or not (fusion or trained.generative):
+        usable = "fedmm" if fusion else "peft or merged"
+        raise FedmmError(f"--format {fmt} is not for model={trained.backend.cfg.name}; use --format {usable}")
     out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "fedmm_version": _version(),
+        "format": fmt,
+        "labels": list(trained.label_names) if fusion else [],
+        "multilabel": trained.multilabel,
+        "image_size": trained.image_size,
+        "thresholds": trained.thresholds,
+        "source": {k: v for k, v in trained.info.items() if k != "settings"},
+    }
+    {"fedmm": _write_fusion, "peft": _write_peft, "merged": _write_merged}[fmt](trained, out, meta)
+    atomic_write_bytes(out / "README.md", model_card(trained, meta).encode())
+    return out
+
+
+def _write_fusion(trained: TrainedModel, out: Path, meta: dict[str, Any]) -> None:
+    backend, model = trained.backend, trained.model
     cfg = asdict(backend.cfg)
     model.text_encoder.config.save_pretrained(out / "text_encoder")
     backend.tokenizer.save_pretrained(out / "text_encoder")
@@ -186,25 +245,93 @@ def export_model(run_dir: Union[str, Path], out: Union[str, Path], checkpoint: s
         model.image_encoder.config.save_pretrained(out / "image_encoder")
         cfg["image_encoder"] = "image_encoder"
     cfg["image_mean"], cfg["image_std"] = backend.image_stats()
-    tensors = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
-    save_params(out / "model.safetensors", tensors)
-    meta = {
-        "fedmm_version": _version(),
-        "model": cfg,
-        "labels": list(trained.label_names),
-        "multilabel": trained.multilabel,
-        "image_size": trained.image_size,
-        "source": {k: v for k, v in trained.info.items() if k != "settings"},
-    }
-    atomic_write_bytes(out / EXPORT_FILE, (json.dumps(meta, indent=2) + "\n").encode())
-    atomic_write_bytes(out / "README.md", model_card(trained, meta).encode())
-    return out
+    save_params(
+        out / "model.safetensors", {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+    )
+    atomic_write_bytes(out / EXPORT_FILE, (json.dumps({**meta, "model": cfg}, indent=2) + "\n").encode())
+
+
+def _write_peft(trained: TrainedModel, out: Path, meta: dict[str, Any]) -> None:
+    """adapter_config.json and adapter_model.safetensors as PeftModel.save_pretrained writes them (PEFT's key
+    names: base_model.model.<module>.lora_A.weight), for the base checkpoint the run used."""
+    import copy
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    base = trained.backend.cfg.pretrained
+    if not base:
+        raise FedmmError(
+            "--format peft needs the base checkpoint the adapters go on (model.pretrained); this run's base was "
+            "randomly initialised: use --format merged"
+        )
+    config = copy.deepcopy(trained.model.peft_config["default"])
+    config.base_model_name_or_path = str(base)
+    config.inference_mode = True
+    config.save_pretrained(str(out))
+    tensors = get_peft_model_state_dict(trained.model)
+    save_file(
+        {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in tensors.items()},
+        out / "adapter_model.safetensors",
+    )
+    _save_processor(trained, out)
+
+
+def _write_merged(trained: TrainedModel, out: Path, meta: dict[str, Any]) -> None:
+    """The adapters merged into their layers (W + scale * B A) and the model saved by its own save_pretrained."""
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    model = copy.deepcopy(trained.model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge(safe_merge=True)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+    model.__dict__.pop("peft_config", None)  # a plain model now: save_pretrained writes all of it, not adapters
+    model._hf_peft_config_loaded = False
+    model.save_pretrained(str(out))
+    _save_processor(trained, out)
+
+
+def _save_processor(trained: TrainedModel, out: Path) -> None:
+    """The tokenizer and image preprocessing the model was trained with, as the model family's processor."""
+    backend = trained.backend
+    mean, std = (t.flatten().tolist() for t in backend._pixel_stats)
+    if backend.cfg.name == "blip_vqa":
+        from transformers import BlipImageProcessor, BlipProcessor
+        from transformers.image_utils import PILImageResampling
+
+        size = int(backend.cfg.image_size)
+        images = BlipImageProcessor(
+            size={"height": size, "width": size}, resample=PILImageResampling.BICUBIC, image_mean=mean, image_std=std
+        )
+        BlipProcessor(image_processor=images, tokenizer=backend.tokenizer).save_pretrained(str(out))
+        return
+    backend.tokenizer.save_pretrained(str(out))
+    if backend.cfg.pretrained:
+        from transformers import AutoProcessor
+
+        try:
+            AutoProcessor.from_pretrained(backend.cfg.pretrained).save_pretrained(str(out))
+        except (OSError, ValueError):  # a checkpoint without a processor: the tokenizer is there
+            pass
 
 
 def _version() -> str:
     from fedmm import __version__
 
     return __version__
+
+
+HOW_TO_LOAD = {
+    "fedmm": "Load it with `fedmm.load_model(THIS_FOLDER)`; `.predict(images, texts)` gives the labels below.",
+    "peft": "Load it with `peft.PeftModel.from_pretrained(<model class>.from_pretrained('{base}'), THIS_FOLDER)`; "
+    "the processor (tokenizer and image preprocessing) is in this folder.",
+    "merged": "Load it with the model class's own `from_pretrained(THIS_FOLDER)` (the adapters are merged); the "
+    "processor is in this folder.",
+}
 
 
 def model_card(trained: TrainedModel, meta: dict[str, Any]) -> str:
@@ -227,13 +354,13 @@ def model_card(trained: TrainedModel, meta: dict[str, Any]) -> str:
     lines = [
         f"# {s.task.name} / {s.model.name} / {s.strategy.name}: a federated fedmm model",
         "",
-        "Load it with `fedmm.load_model(THIS_FOLDER)`; `.predict(images, texts)` gives the labels below.",
+        HOW_TO_LOAD[meta["format"]].format(base=getattr(s.model, "pretrained", "")),
         "",
         "| | |",
         "|---|---|",
         f"| task | {s.task.name} ({'multilabel' if trained.multilabel else 'single-label'}) |",
-        f"| labels | {', '.join(trained.label_names)} |",
-        f"| model | {s.model.name} (fusion of a text and an image encoder) |",
+        f"| labels | {', '.join(trained.label_names) if meta['labels'] else 'generated answers'} |",
+        f"| model | {s.model.name} ({meta['format']} export) |",
         f"| strategy | {s.strategy.name} |",
         f"| rounds | {last.get('round')} of {s.rounds} |",
         f"| this model | {info.get('checkpoint')} (round {info.get('round')}) |",
@@ -311,9 +438,12 @@ def predict_file(
         rows.append((where, pixels, "" if text is None else str(text)))
     for message in bad.skipped:  # one line per bad row
         print(f"skipped {message}", file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
     results: list[dict[str, Any]] = []
-    for start in range(0, len(rows), 1024):  # bounded memory: decoded images of one chunk at a time
-        chunk = rows[start : start + 1024]
+    chunks = range(0, len(rows), CHUNK)  # bounded memory: the decoded images of one chunk at a time
+    for start in tqdm(chunks, desc="predict", unit="chunk", leave=False, disable=not sys.stderr.isatty() or None):
+        chunk = rows[start : start + CHUNK]
         data = MultimodalDataset(
             labels=np.zeros((len(chunk), len(model.label_names)) if model.multilabel else len(chunk), np.int64),
             label_names=model.label_names,
@@ -321,8 +451,11 @@ def predict_file(
             images=np.stack([p for _, p, _ in chunk]),
             image_ids=np.arange(len(chunk), dtype=np.int64),
         )
-        _, logits = model.backend.predict(model.model, data, batch_size)
-        results += model.results(logits, top_k)
+        if model.generative:
+            results += [{"answer": a} for a in model.answers(data, batch_size)]
+        else:
+            _, logits = model.backend.predict(model.model, data, batch_size)
+            results += model.results(logits, top_k)
     lines = []
     if dst.suffix == ".jsonl":
         lines = [json.dumps({"row": w, **r}) + "\n" for (w, _, _), r in zip(rows, results)]
@@ -331,12 +464,16 @@ def predict_file(
         import io
 
         buf = io.StringIO()
-        key = "labels" if model.multilabel else "prediction"
         writer = csv.writer(buf)
-        writer.writerow(["row", key, "top" if not model.multilabel else "probabilities"])
-        for (w, _, _), r in zip(rows, results):
-            value = "|".join(r["labels"]) if model.multilabel else r["prediction"]
-            writer.writerow([w, value, json.dumps(r["probabilities"] if model.multilabel else r["top"])])
+        if model.generative:
+            writer.writerow(["row", "answer"])
+            writer.writerows([w, r["answer"]] for (w, _, _), r in zip(rows, results))
+        else:
+            key = "labels" if model.multilabel else "prediction"
+            writer.writerow(["row", key, "top" if not model.multilabel else "probabilities"])
+            for (w, _, _), r in zip(rows, results):
+                value = "|".join(r["labels"]) if model.multilabel else r["prediction"]
+                writer.writerow([w, value, json.dumps(r["probabilities"] if model.multilabel else r["top"])])
         text = buf.getvalue()
     atomic_write_bytes(dst, text.encode())
     return len(results), len(bad.skipped)
