@@ -166,3 +166,14 @@ def test_fedmm_evaluate_scores_a_checkpoint_as_the_run_did_and_on_other_data(tmp
     ):
         bad = fedmm("evaluate", str(run), *args, check=False)
         assert bad.returncode == 2 and words in bad.stderr, bad.stderr
+
+
+def test_a_killed_and_resumed_run_keeps_the_same_best_round_and_file(tmp_path):
+    from test_cli import kill_and_resume
+
+    args = [*TINY, "rounds=4", "num_clients=2", "progress=false", "select_best=main", "early_stop.patience=10"]
+    full, killed = kill_and_resume(tmp_path, args)
+    a, b = metrics(full), metrics(killed)
+    assert [r["best_round"] for r in a] == [r["best_round"] for r in b]
+    assert [r["val_accuracy"] for r in a] == [r["val_accuracy"] for r in b]
+    assert (full / "best.safetensors").read_bytes() == (killed / "best.safetensors").read_bytes()
