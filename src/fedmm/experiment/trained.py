@@ -381,6 +381,13 @@ def model_card(trained: TrainedModel, meta: dict[str, Any]) -> str:
         if k.startswith(("eval_", "val_")) and not k.endswith("seconds") and isinstance(v, float)
     ]
     lines += [f"- {k}: {v:.4f}" for k, v in last.items() if k.startswith("client_eval_") and isinstance(v, float)]
+    sites = last.get("client_eval") or {}
+    if sites:  # each site's figures on its own held-out data, after the last round
+        names = [k for k in next(iter(sites.values())) if k != "num_examples"]
+        lines += ["", "| site | examples | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+        for cid, fig in sites.items():
+            values = " | ".join(f"{fig.get(n, float('nan')):.4f}" for n in names)
+            lines.append(f"| {cid} | {fig.get('num_examples')} | {values} |")
     lines += ["", "## Configuration", "", "```yaml", settings.to_yaml().rstrip(), "```", ""]
     return "\n".join(lines)
 
