@@ -276,14 +276,14 @@ class Schema:
     max_update_norm: Optional[Any] = opt(
         None,
         "Bound on each client's update norm (L2 over the delta of all its travelling tensors): null = off, a "
-        "number, or auto = AUTO_NORM_MULTIPLE (fedmm.fl.validation) x the round's median update norm",
+        "number, or auto = AUTO_NORM_MULTIPLE (fedmm.fl.validation) x the round's lower median update norm",
     )
     norm_bound: str = opt("clip", "clip (scale the delta down to the bound) | reject (drop the update)")
     plugins: List[str] = opt(
         [],
         "Python modules imported before the configuration is composed, so that the tasks, backends, strategies "
-        "and runtimes they register are selectable (sites import them too); installed packages can use the "
-        "entry-point group fedmm.plugins instead",
+        "and runtimes they register are selectable (remote sites import only those their site policy allows); "
+        "installed packages can use the entry-point group fedmm.plugins instead",
     )
     num_clients: Optional[int] = opt(
         None, "default 4; tasks with per-site folders (mmimdb, table with task.root): one per folder"
