@@ -266,3 +266,15 @@ def test_fedmm_site_prints_a_policy_and_checks_a_run_against_it(tmp_path):
     )
     out = fedmm("site", str(tmp_path / "missing.yaml"), check=False)
     assert out.returncode == 2 and out.stderr.startswith("error: site policy") and "Traceback" not in out.stderr
+
+
+def test_the_sites_own_file_wins_over_job_arguments(tmp_path, monkeypatch):
+    own, job = tmp_path / "own.yaml", tmp_path / "job.yaml"
+    own.write_text("data: {root: /srv/own}\n")
+    job.write_text("plugins: [anything]\n")
+    assert load_policy(str(own), **{"data-root": "/from/the/job"}).data.root == "/srv/own"
+    assert load_policy(None, **{"data-root": "/srv/node"}).data.root == "/srv/node"  # fills what no file sets
+    monkeypatch.setenv(POLICY_ENV, str(own))
+    assert remote.policy_of({"site-policy": str(job)}).plugins == []  # the environment's file, not the job's
+    monkeypatch.delenv(POLICY_ENV)
+    assert remote.policy_of({"site-policy": str(job)}).plugins == ["anything"]

@@ -84,8 +84,9 @@ class SitePolicy:
 
 
 def load_policy(path: Optional[str] = None, **site_config: Any) -> SitePolicy:
-    """The policy in `path` (site.yaml; none: the defaults), with the runtime's own site settings on top:
-    `data-root` and `state-dir` of a Flower node config or an NVFlare client's arguments are the site's too."""
+    """The policy in `path` (site.yaml; none: the defaults). `data-root` and `state-dir` of a Flower node config
+    or an NVFlare client's arguments fill what the file leaves empty: the file wins (an NVFlare job's arguments are
+    written by whoever exported the job)."""
     policy = SitePolicy()
     if path:
         file = Path(str(path)).expanduser()
@@ -94,9 +95,9 @@ def load_policy(path: Optional[str] = None, **site_config: Any) -> SitePolicy:
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise FedmmError(f"site policy {file}: cannot be read ({type(e).__name__}); fix the file") from None
         policy = _typed_policy(raw if raw is not None else {}, file)
-    if site_config.get("data-root"):
+    if site_config.get("data-root") and not policy.data.root:
         policy.data.root = str(site_config["data-root"])
-    if site_config.get("state-dir"):
+    if site_config.get("state-dir") and not policy.state_dir:
         policy.state_dir = str(site_config["state-dir"])
     return policy
 

@@ -4,7 +4,8 @@ experiment from what passes once, and keeps that across rounds.
 
 Its site settings (a Flower node config, an NVFlare site's script arguments) are:
 - `partition-id`: which client of the experiment it is (required);
-- `site-policy`: its policy file (site.yaml; else $FEDMM_SITE_POLICY; none: the secure defaults);
+- `site-policy`: its policy file (site.yaml), unless $FEDMM_SITE_POLICY names one (the site's own environment
+  wins: an NVFlare job's arguments are written by whoever exported the job); none: the secure defaults;
 - `data-root`: where this site's data is (the policy's `data.root`, given directly); a task that fedmm partitions
   (easy-VQA, synthetic) gives each site its share of the configured split;
 - `state-dir`: where its clients' state (error-feedback residuals) lives, default `~/.fedmm/<runtime>-state`
@@ -50,10 +51,11 @@ def partition_id(site_config: dict[str, Any]) -> int:
 
 
 def policy_of(site_config: dict[str, Any]) -> SitePolicy:
-    """This site's policy: its `site-policy` file (else $FEDMM_SITE_POLICY), with `data-root` / `state-dir`."""
+    """This site's policy: $FEDMM_SITE_POLICY (the site's own environment wins), else its `site-policy` setting,
+    with `data-root` / `state-dir` filling what the file leaves empty."""
     from fedmm.config.site_policy import POLICY_ENV, load_policy
 
-    path = site_config.get("site-policy") or os.environ.get(POLICY_ENV)
+    path = os.environ.get(POLICY_ENV) or site_config.get("site-policy")
     return load_policy(path, **site_config)
 
 
