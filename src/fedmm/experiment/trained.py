@@ -320,9 +320,13 @@ def _save_processor(trained: TrainedModel, out: Path) -> None:
 
 
 def _version() -> str:
-    from fedmm import __version__
+    """The installed fedmm's version (read from its metadata: this layer does not import the package's entry)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("fedmm")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 HOW_TO_LOAD = {
