@@ -204,7 +204,7 @@ class RunDir:
                 say(f"{p} is not a checkpoint fedmm wrote; ignored")
         return out
 
-    def _load(self, folder: Path) -> tuple[int, Params, dict[str, Any], dict[str, Any]]:
+    def load_checkpoint(self, folder: Path) -> tuple[int, Params, dict[str, Any], dict[str, Any]]:
         """(round, params, strategy state, identity) of one checkpoint, verified; ValueError saying what is wrong."""
         try:
             meta = json.loads((folder / "state.json").read_text())
@@ -237,7 +237,7 @@ class RunDir:
                 say(f"checkpoint {folder.name} has no record in metrics.jsonl; resuming from an earlier one")
                 continue
             try:
-                return self._load(folder)
+                return self.load_checkpoint(folder)
             except (ValueError, KeyError) as e:
                 say(f"checkpoint {folder.name} is damaged ({e}); falling back to the one before")
         return None

@@ -69,7 +69,7 @@ def checkpoint_params(rd: RunDir, which: str) -> tuple[Params, str, Any]:
         kept = ", ".join(p.name.split("_")[1].lstrip("0") for p in rd.checkpoints()) or "none"
         raise FedmmError(f"{rd.path} keeps no checkpoint of round {which} (kept: {kept}; keep_checkpoints=0 keeps all)")
     try:
-        rnd, params, _, _ = rd._load(folder)
+        rnd, params, _, _ = rd.load_checkpoint(folder)
     except (ValueError, KeyError) as e:
         raise FedmmError(f"checkpoint {folder.name} is damaged ({e}); choose another") from None
     return params, f"checkpoints/{folder.name}/global.safetensors", rnd

@@ -195,7 +195,7 @@ def load_model(path: Union[str, Path], checkpoint: str = "best") -> TrainedModel
     raise FedmmError(f"{folder} is neither a run directory nor a fedmm export; give one of them")
 
 
-FORMATS = {
+EXPORT_FORMATS = {
     "fedmm": "a fusion classifier as a self-contained folder for fedmm.load_model",
     "peft": "LoRA backends: a PEFT adapter folder for PeftModel.from_pretrained(base, OUT)",
     "merged": "LoRA backends: the adapters merged into the model, save_pretrained output plus its processor",
@@ -203,7 +203,7 @@ FORMATS = {
 
 
 def export_model(run_dir: Union[str, Path], out: Union[str, Path], checkpoint: str = "best", fmt: str = "") -> Path:
-    """The run's model in format `fmt` (FORMATS; default fedmm for fusion classifiers, peft for LoRA backends),
+    """The run's model in format `fmt` (EXPORT_FORMATS; default fedmm for fusion classifiers, peft for LoRA backends),
     with a model card (README.md)."""
     from fedmm.backends.fusion import FusionBackend
 
@@ -215,8 +215,8 @@ def export_model(run_dir: Union[str, Path], out: Union[str, Path], checkpoint: s
     trained = load_model(run_dir, checkpoint)
     fusion = isinstance(trained.backend, FusionBackend)
     fmt = fmt or ("fedmm" if fusion else "peft")
-    if fmt not in FORMATS:
-        raise FedmmError(f"--format must be one of {', '.join(FORMATS)} (got '{fmt}')")
+    if fmt not in EXPORT_FORMATS:
+        raise FedmmError(f"--format must be one of {', '.join(EXPORT_FORMATS)} (got '{fmt}')")
     if (fmt == "fedmm") != fusion or not (fusion or trained.generative):
         usable = "fedmm" if fusion else "peft or merged"
         raise FedmmError(f"--format {fmt} is not for model={trained.backend.cfg.name}; use --format {usable}")
