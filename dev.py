@@ -49,11 +49,29 @@ def ensure_env() -> None:
     if not (BIN / "python").exists():
         print(f"creating virtual environment in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    # The whole environment, torch's CPU build included, exactly as locked; then fedmm (editable) on top of it.
+    # The locked pip first (see pyproject.toml's dev extra), then the whole environment, torch's CPU build included,
+    # exactly as locked; then fedmm (editable) on top of it.
+    pinned_pip = _entry(LOCK.read_text(), "pip")
+    if pinned_pip:  # absent only from a lock written before pip was locked (`python3 dev.py lock` adds it)
+        (VENV / "pip.lock").write_text(pinned_pip)
+        _pip("--require-hashes", "-r", str(VENV / "pip.lock"))
     _pip("--require-hashes", "-r", str(LOCK))
     _pip("--no-deps", "--require-hashes", "-r", str(NODEPS))
     _pip("--no-deps", "--no-build-isolation", "-e", ".")
     STAMP.write_text(_digest())
+
+
+def _entry(lock_text: str, name: str) -> str:
+    """One package's entry of a pip-compile lock: its `name==version` line and the hash lines that continue it."""
+    out: list[str] = []
+    for line in lock_text.splitlines(keepends=True):
+        if line.startswith(f"{name}=="):
+            out.append(line)
+        elif out and line.startswith("    --hash"):
+            out.append(line)
+        elif out:
+            break
+    return "".join(out)
 
 
 def _without_fedmm(text: str) -> str:
