@@ -16,7 +16,7 @@ from fedmm.fl.strategy.fedmap import (
     distill_loss,
     gate,
     gate_original,
-    improvement_over_previous,
+    label_statistics,
     kl,
     lipschitz_tau,
     original_candidate_mixes,
@@ -85,14 +85,14 @@ def test_gate_rules():
     # gate_eta = 0.2 the trust-region step is 0.2 / sqrt(2 * 0.020411) = 0.98988.
     assert kl(t, s) == pytest.approx(0.0204110, abs=1e-7)
     beta_kl = 0.98988
-    beta, streak, passed = gate(1, t, s, 0.80, 0.80, 0, cfg)  # warmup caps the student's share
+    beta, streak, passed, _ = gate(1, t, s, 0.80, 0.80, 0, cfg)  # warmup caps the student's share
     assert (beta, streak, passed) == (0.25, 1, True)
-    beta, streak, _ = gate(3, t, s, 0.80, 0.79, streak, cfg)  # failed outside warmup: capped, streak reset
+    beta, streak, _, _ = gate(3, t, s, 0.80, 0.79, streak, cfg)  # failed outside warmup: capped, streak reset
     assert (beta, streak) == (0.25, 0)
-    beta, streak, _ = gate(3, t, s, 0.80, 0.81, 0, cfg)  # passed once: the trust-region step
+    beta, streak, _, _ = gate(3, t, s, 0.80, 0.81, 0, cfg)  # passed once: the trust-region step
     assert beta == pytest.approx(beta_kl, abs=1e-5) and streak == 1
     far = np.array([0.99, 0.01])
-    beta, streak, _ = gate(4, np.array([0.01, 0.99]), far, 0.8, 0.9, 1, cfg)  # streak reached: student dominates
+    beta, streak, _, _ = gate(4, np.array([0.01, 0.99]), far, 0.8, 0.9, 1, cfg)  # streak reached: student dominates
     assert streak == 2 and beta == 0.6
     assert gate(9, t, s, 0.8, 0.9, 5, FedMAPConfig(use_student=False))[0] == 0.0
 
@@ -193,25 +193,26 @@ def test_original_forces_the_modality_flags_to_one():
     assert col["modality_div"].tolist() == [1.0, 1.0, 1.0]
 
 
-def test_original_c_k_is_the_improvement_over_the_clients_previous_round():
-    assert improvement_over_previous({0: 0.6, 1: 0.4, 2: 0.9}, {0: 0.5, 2: 0.95, 7: 0.1}) == pytest.approx(
-        {0: 0.1, 1: 0.0, 2: -0.05}
-    )
-    # In the strategy: round 2's c_k column comes from round 1's p_k, not from what the client reported.
-    s = FedMAP(FedMAPConfig(variant="original", n_trials_per_round=1))
-    s.setup(_ctx([]))
-    ups1 = [update(0, 10, {"image", "text"}, p_k=0.5, c_k=0.3), update(1, 10, {"image", "text"}, p_k=0.2)]
-    ups2 = [update(0, 10, {"image", "text"}, p_k=0.7, c_k=0.3), update(1, 10, {"image", "text"}, p_k=0.1)]
-    g = {"head": np.zeros(3, np.float32), "img": np.zeros(3, np.float32)}
-    s.aggregate(1, g, ups1)
-    assert s.previous_p == {0: 0.5, 1: 0.2}
-    state = s.state_dict()
-    s.aggregate(2, g, ups2)
-    assert s.previous_p == {0: 0.7, 1: 0.1}
-    restored = FedMAP(FedMAPConfig(variant="original", n_trials_per_round=1))
-    restored.setup(_ctx([]))
-    restored.load_state_dict(state)
-    assert restored.previous_p == {0: 0.5, 1: 0.2}
+def test_original_label_statistics_are_the_published_clients():
+    """The published MM-IMDb client sends no diversity and, as imbalance, the share of positive label entries."""
+    from fedmm.data.dataset import MultimodalDataset
+
+    multi = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]], np.float32)  # per-example means 1/4, 2/4, 3/4
+    data = MultimodalDataset(labels=multi, label_names=("a", "b", "c", "d"), texts=["x"] * 3)
+    assert label_statistics(data, "original") == {"diversity": 0.0, "imbalance_ratio": pytest.approx(0.5)}
+    fixed = label_statistics(data)  # label a's share of the 6 positives; the entropy of (3, 2, 1, 0) / log 4
+    assert fixed["imbalance_ratio"] == pytest.approx(0.5) and fixed["diversity"] == pytest.approx(0.7296, abs=1e-4)
+    single = MultimodalDataset(labels=np.array([0, 0, 0, 1]), label_names=("a", "b", "c"), texts=["x"] * 4)
+    assert label_statistics(single, "original")["imbalance_ratio"] == pytest.approx(1 / 3)  # one-hot: 1 / labels
+    assert label_statistics(single)["imbalance_ratio"] == 0.75
+
+
+def test_zscore_tolerance_of_the_original():
+    """0.1 three times has a spread of ~1e-17 in binary: the original's (x - mean) / (std + 1e-8) gives ~0, where
+    dividing by the spread alone gives -1 for every client."""
+    x = np.array([[0.1], [0.1], [0.1], [0.1 + 0.1 + 0.1 - 0.2]])
+    assert 0 < x.std() < 1e-16
+    np.testing.assert_allclose(zscore(x, 3.0), 0.0, atol=1e-7)
 
 
 def test_original_balance_prefers_a_share_of_one_half():
@@ -236,9 +237,9 @@ def test_original_candidates_are_normalised_uniform_draws_without_the_previous_b
     assert candidate_mixes(np.full(7, 1 / 7), 4000, seed=0, rnd=1)[1:].var(0).min() > 0.013
 
 
-def test_original_search_scores_macro_f1_then_accuracy():
+def test_original_search_scores_the_published_test_f1_macro_which_is_micro_f1():
     m = {"micro_f1": 0.8, "macro_f1": 0.5, "loss": 1.0}
-    assert search_score(m, "micro_f1", "original") == 0.5 and search_score(m, "micro_f1") == 0.8
+    assert search_score(m, "macro_f1", "original") == 0.8 and search_score(m, "macro_f1") == 0.5
     assert search_score({"accuracy": 0.7, "loss": 0.1}, "accuracy", "original") == 0.7
     assert search_score({"vqa_accuracy": 0.6, "loss": 0.1}, "vqa_accuracy", "original") == 0.6
 
@@ -264,13 +265,13 @@ def test_original_gate_needs_kl_within_tau_and_counts_warmup_strictly():
     beta_kl = 0.98988  # 0.2 / sqrt(2 KL)
     big, small = 1.0, kl_ts / 2
     # Round == warmup: the original is past its warm-up (`<`), the fixed gate still in it (`<=`).
-    assert gate_original(2, t, s, 0.8, 0.8, big, 0, cfg) == (pytest.approx(beta_kl, abs=1e-5), 1, True)
+    assert gate_original(2, t, s, 0.8, 0.8, big, 0, cfg)[:3] == (pytest.approx(beta_kl, abs=1e-5), 1, True)
     assert gate(2, t, s, 0.8, 0.8, 0, cfg)[0] == 0.25
     # The student scores better but KL > tau: it fails, the streak resets and its share is capped.
-    assert gate_original(3, t, s, 0.8, 0.9, small, 1, cfg) == (0.25, 0, False)
+    assert gate_original(3, t, s, 0.8, 0.9, small, 1, cfg)[:3] == (0.25, 0, False)
     assert gate(3, t, s, 0.8, 0.9, 1, cfg)[:2] == (pytest.approx(beta_kl, abs=1e-5), 2)  # fixed: passed, streak 2
     # The student scores worse but KL <= tau: the original still takes the trust-region step; fixed caps it.
-    assert gate_original(3, t, s, 0.8, 0.7, big, 0, cfg) == (pytest.approx(beta_kl, abs=1e-5), 0, False)
+    assert gate_original(3, t, s, 0.8, 0.7, big, 0, cfg)[:3] == (pytest.approx(beta_kl, abs=1e-5), 0, False)
     assert gate(3, t, s, 0.8, 0.7, 0, cfg)[0] == 0.25
     far_t, far_s = np.array([0.01, 0.99]), np.array([0.99, 0.01])  # beta_kl 0.067: the streak lifts it to 0.6
     assert gate_original(3, far_t, far_s, 0.8, 0.8, 1e9, 1, cfg)[:2] == (0.6, 2)
@@ -357,3 +358,32 @@ def test_the_teacher_is_the_best_scoring_candidate_and_one_distillation_step_mov
     with torch.no_grad():
         after = torch.softmax(strategy.student(x), dim=0).numpy()
     assert kl(teacher, after) < kl(teacher, before)
+
+
+@pytest.mark.parametrize("variant", ["fixed", "original"])
+def test_self_scoring_client_metrics(variant):
+    """The client's side: c_k within the round (after - before); grad_norm the mean over steps (fixed) or the last
+    backward's (original, as the published client reads p.grad after training); the example count what it trained
+    on (fixed) or its whole training set, the held-out slice included (original)."""
+    import torch
+
+    from fedmm.data.dataset import MultimodalDataset
+    from fedmm.fl.instructions import FitInstructions
+    from fedmm.fl.strategy.base import LocalRound
+    from fedmm.fl.strategy.fedmap import SelfScoring
+
+    data = MultimodalDataset(labels=np.array([0, 1] * 10), label_names=("a", "b"), texts=["x"] * 20)
+    scores = iter([{"accuracy": 0.25, "loss": 2.0}, {"accuracy": 0.75, "loss": 0.5}])
+    ins = FitInstructions(round=1, seed=0, lr=0.1, local_epochs=1, batch_size=4, weight_decay=0.0)
+    run = LocalRound(0, None, data, None, ins, score=lambda d, metric: next(scores))
+    hook = SelfScoring({"score_metric": "accuracy", "val_fraction": 0.1, "variant": variant})
+    hook.before_training(run)
+    assert len(run.train) == 18 and len(run.val) == 2
+    p = torch.nn.Parameter(torch.zeros(2))
+    for g in ([3.0, 4.0], [0.0, 1.0]):  # norms 5 and 1
+        p.grad = torch.tensor(g)
+        hook.on_step([p])
+    hook.after_training(run)
+    assert run.metrics["c_k"] == pytest.approx(0.5) and run.metrics["p_k"] == 0.75 and run.metrics["val_loss"] == 0.5
+    assert run.metrics["grad_norm"] == pytest.approx(1.0 if variant == "original" else 3.0)
+    assert run.num_examples == (20 if variant == "original" else None)

@@ -208,7 +208,7 @@ class ClientTrainer:
         return Update(
             client_id=cid,
             params=params,
-            num_examples=len(train),
+            num_examples=len(train) if run.num_examples is None else run.num_examples,
             metrics=run.metrics,
             modalities=data.modalities,
             compression=compression,

@@ -50,6 +50,7 @@ class LocalRound:
     instructions: FitInstructions
     score: Callable[["MultimodalDataset", str], dict[str, float]]  # the model's loss and one metric on a data set
     metrics: dict[str, float] = field(default_factory=dict)
+    num_examples: Optional[int] = None  # the count the update reports; None = len(train) as trained
 
 
 class ClientHook:

@@ -98,11 +98,17 @@ def client_features(updates: list[Update], forced_modalities: bool = False) -> n
     return np.nan_to_num(np.asarray(rows, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
+ZSCORE_EPS = 1e-8  # the published `(x - mean) / (std + 1e-8)`
+
+
 def zscore(x: np.ndarray, clip: float) -> np.ndarray:
-    """Column-wise (x - mean) / std over clients, a zero spread counting as 1, clipped to [-clip, clip]."""
+    """Column-wise (x - mean) / (std + 1e-8) over clients (population std, a zero spread counting as 1), clipped
+    to [-clip, clip], as the published `_nanmean_std_cols` / `_z_clip_1d`. The 1e-8 is a tolerance, not only a
+    guard: a column whose values are equal but not exact in binary (0.1 three times has a 1e-17 spread) scores
+    ~0 for every client, where dividing by the spread alone gives +-1."""
     std = x.std(axis=0)
     std = np.where(std > 0, std, 1.0)
-    return np.clip((x - x.mean(axis=0)) / std, -clip, clip)
+    return np.clip((x - x.mean(axis=0)) / (std + ZSCORE_EPS), -clip, clip)
 
 
 def balance_feature(imbalance_ratio: np.ndarray, variant: str = "fixed") -> np.ndarray:
@@ -155,18 +161,15 @@ def original_candidate_mixes(n: int, seed: int, rnd: int) -> np.ndarray:
     return draws / draws.sum(axis=1, keepdims=True)
 
 
-def improvement_over_previous(p_k: dict[int, float], previous: dict[int, float]) -> dict[int, float]:
-    """The original's c_k: each client's score now minus its score the last round it took part (0 on its first
-    round). fixed: the gain within the round (after minus before local training), reported by the client."""
-    return {cid: (p - previous[cid] if cid in previous else 0.0) for cid, p in p_k.items()}
-
-
 def search_score(metrics: dict[str, float], task_metric: str, variant: str = "fixed") -> float:
-    """What the teacher's search maximises. fixed: the task's first metric (micro-F1 on MM-IMDb). original:
-    `test_f1_macro`, else `accuracy`, as the published code reads them; where the task has neither (VQA accuracy)
-    the original would score every candidate 0 and keep the first, so the task's metric is used instead."""
+    """What the teacher's search maximises. fixed: the task's first metric. original: what the published server
+    reads, `metrics.get("test_f1_macro", metrics.get("accuracy"))`, where the published MM-IMDb `test_torch` puts
+    the F1 of the tp/fp/fn pooled over all labels and examples under `test_f1_macro`: that is fedmm's `micro_f1`
+    (the name says macro; the code computes micro). A single-label task's `accuracy` is next; where the task has
+    neither (VQA accuracy) the original would score every candidate 0 and keep the first, so the task's metric is
+    used instead."""
     if variant == "original":
-        for name in ("macro_f1", "accuracy"):
+        for name in ("micro_f1", "accuracy"):
             if name in metrics:
                 return float(metrics[name])
     return float(metrics[task_metric])
@@ -188,6 +191,11 @@ def kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p * (np.log(p) - np.log(q))))
 
 
+# The gate's branches, as round metrics name them: the student disabled; the warm-up's cap at 0.25; the student
+# dominating after its streak; the trust-region step; the step capped at 0.25.
+GATE_BRANCHES = ("teacher_only", "warmup", "student", "trust_region", "capped")
+
+
 def gate(
     rnd: int,
     teacher: np.ndarray,
@@ -196,8 +204,9 @@ def gate(
     student_score: float,
     streak: int,
     cfg: FedMAPConfig,
-) -> tuple[float, int, bool]:
-    """The student's share beta of the final weights (1 - beta) * teacher + beta * student, and the new streak.
+) -> tuple[float, int, bool, str]:
+    """The student's share beta of the final weights (1 - beta) * teacher + beta * student, the new streak, whether
+    the student passed, and which branch decided (GATE_BRANCHES).
 
     The student passes a round when its weights score at least teacher_score - gate_delta; `streak` counts passes
     in a row. beta_kl = min(1, gate_eta / sqrt(2 KL(teacher || student))) is a trust region: the further the
@@ -212,14 +221,12 @@ def gate(
     d = math.sqrt(max(2.0 * kl(teacher, student), 1e-16))
     beta_kl = min(1.0, cfg.gate_eta / d)
     if not cfg.use_student:
-        beta = 0.0
-    elif rnd <= cfg.student_warmup:
-        beta = min(0.25, beta_kl)
-    elif streak >= cfg.student_win_needed:
-        beta = max(0.6, beta_kl)
-    else:
-        beta = beta_kl if passed else min(0.25, beta_kl)
-    return beta, streak, passed
+        return 0.0, streak, passed, "teacher_only"
+    if rnd <= cfg.student_warmup:
+        return min(0.25, beta_kl), streak, passed, "warmup"
+    if streak >= cfg.student_win_needed:
+        return max(0.6, beta_kl), streak, passed, "student"
+    return (beta_kl, streak, passed, "trust_region") if passed else (min(0.25, beta_kl), streak, passed, "capped")
 
 
 PROBE_STEP = 0.1  # the original's Lipschitz probe: weights 0.9 teacher + 0.1 student
@@ -241,7 +248,7 @@ def gate_original(
     tau: float,
     streak: int,
     cfg: FedMAPConfig,
-) -> tuple[float, int, bool]:
+) -> tuple[float, int, bool, str]:
     """The published gate: as `gate`, except that the student passes only when also KL(teacher || student) <= tau;
     the warm-up covers rounds 1..student_warmup-1 (`server_round < warmup`); and outside warm-up and streak the
     trust-region step beta_kl is taken when KL <= tau (else capped at 0.25), whether or not the student scored."""
@@ -250,14 +257,12 @@ def gate_original(
     passed = student_score >= teacher_score - cfg.gate_delta and kl_ts <= tau
     streak = streak + 1 if passed else 0
     if not cfg.use_student:
-        beta = 0.0
-    elif rnd < cfg.student_warmup:
-        beta = min(0.25, beta_kl)
-    elif streak >= cfg.student_win_needed:
-        beta = max(0.6, beta_kl)
-    else:
-        beta = beta_kl if kl_ts <= tau else min(0.25, beta_kl)
-    return beta, streak, passed
+        return 0.0, streak, passed, "teacher_only"
+    if rnd < cfg.student_warmup:
+        return min(0.25, beta_kl), streak, passed, "warmup"
+    if streak >= cfg.student_win_needed:
+        return max(0.6, beta_kl), streak, passed, "student"
+    return (beta_kl, streak, passed, "trust_region") if kl_ts <= tau else (min(0.25, beta_kl), streak, passed, "capped")
 
 
 class AggregatorMLP(nn.Module):
@@ -282,9 +287,16 @@ def local_split(
     return data.subset(np.sort(order[n_val:])), data.subset(np.sort(order[:n_val]))
 
 
-def label_statistics(data: MultimodalDataset) -> dict[str, float]:
-    """diversity: entropy of the label distribution over log(number of labels), 1 = uniform;
-    imbalance_ratio: the most frequent label's share, from 1 / labels (balanced) to 1 (a single label)."""
+def label_statistics(data: MultimodalDataset, variant: str = "fixed") -> dict[str, float]:
+    """fixed: diversity = entropy of the label distribution over log(number of labels), 1 = uniform;
+    imbalance_ratio = the most frequent label's share, from 1 / labels (balanced) to 1 (a single label).
+    original, as the published MM-IMDb client (`flclient_patch.py`): no diversity (it never sends one, so the server
+    reads 0), and imbalance_ratio = the mean over examples of the multi-hot label vector's mean, i.e. the share of
+    positive entries (a single-label example's one-hot vector: 1 / labels)."""
+    if variant == "original":
+        n = len(data.labels)
+        positive_rate = float(data.labels.mean()) if data.multilabel else 1.0 / max(data.num_labels, 1)
+        return {"diversity": 0.0, "imbalance_ratio": positive_rate if n else 0.0}
     counts = data.label_counts().astype(np.float64)
     if counts.sum() <= 0 or len(counts) < 2:
         return {"diversity": 0.0, "imbalance_ratio": 1.0}
@@ -298,12 +310,20 @@ def label_statistics(data: MultimodalDataset) -> dict[str, float]:
 
 class SelfScoring(ClientHook):
     """What a FedMAP client measures besides training: its score on its own validation rows (or, without any, a
-    held-out `val_fraction` of its data, not trained on) before and after training, the mean gradient norm over
-    its optimizer steps, and its label statistics."""
+    held-out `val_fraction` of its data, not trained on) before and after training (c_k = after - before, within the
+    round, as both published clients compute it), a gradient norm and its label statistics.
+
+    The gradient norm: fixed, the mean over the round's optimizer steps of the L2 norm of all gradients; original,
+    the norm of the gradients the last backward pass left (the published client reads `p.grad` after training).
+    The example count: fixed, what it trained on; original, its whole training set, the held-out slice included
+    (the published client reports `len(train_loader.dataset)`)."""
 
     def before_training(self, run: LocalRound) -> None:
         self.metric = str(self.options["score_metric"])
-        self.steps, self.norm_sum = 0, 0.0
+        self.variant = str(self.options.get("variant", "fixed"))
+        self.steps, self.norm_sum, self.last_norm = 0, 0.0, 0.0
+        if self.variant == "original":
+            run.num_examples = len(run.train)
         if run.val is None:
             run.train, run.val = local_split(
                 run.train, float(self.options["val_fraction"]), run.instructions.seed, run.cid
@@ -313,13 +333,14 @@ class SelfScoring(ClientHook):
 
     def on_step(self, params: list[torch.nn.Parameter]) -> None:
         grads = [p.grad for p in params if p.grad is not None]
-        if grads:
-            self.norm_sum += torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+        self.last_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item() if grads else 0.0
+        self.norm_sum += self.last_norm
         self.steps += 1
 
     def after_training(self, run: LocalRound) -> None:
-        run.metrics["grad_norm"] = self.norm_sum / max(self.steps, 1)
-        run.metrics.update(label_statistics(run.train))
+        original = self.variant == "original"
+        run.metrics["grad_norm"] = self.last_norm if original else self.norm_sum / max(self.steps, 1)
+        run.metrics.update(label_statistics(run.train, self.variant))
         if run.val is not None:
             after = run.score(run.val, self.metric)
             run.metrics.update(
@@ -348,7 +369,6 @@ class FedMAP(Strategy):
         super().__init__(cfg)
         self.streak = 0
         self.best_mix = np.full(len(TEACHER_FEATURES), 1.0 / len(TEACHER_FEATURES))
-        self.previous_p: dict[int, float] = {}  # variant=original: each client's p_k the last round it took part
         self.path: Optional[Path] = None
         self._evals = 0  # server evaluations this round: n_trials + 1 (original: + 2, with the probe)
         self._build(seed=0)
@@ -370,7 +390,13 @@ class FedMAP(Strategy):
             self._load_file(self.path)
 
     def configure(self, rnd: int, client_ids: list[int], base: FitInstructions) -> dict[int, FitInstructions]:
-        return self.ask(client_ids, base, val_fraction=self.cfg.client_val_fraction, score_metric=self.ctx.metric)
+        return self.ask(
+            client_ids,
+            base,
+            val_fraction=self.cfg.client_val_fraction,
+            score_metric=self.ctx.metric,
+            variant=self.cfg.variant,
+        )
 
     def _score(self, global_params: Params, updates: list[Update], weights: np.ndarray) -> tuple[Params, float]:
         params = masked_weighted_average(global_params, [(u.params, float(w)) for u, w in zip(updates, weights)])
@@ -381,11 +407,6 @@ class FedMAP(Strategy):
         cfg, original = self.cfg, self.cfg.variant == "original"
         self._evals = 0
         raw = client_features(updates, forced_modalities=original)
-        if original:
-            p_k = {u.client_id: float(raw[i, FEATURES.index("p_k")]) for i, u in enumerate(updates)}
-            c_k = improvement_over_previous(p_k, self.previous_p)
-            raw[:, FEATURES.index("c_k")] = [c_k[u.client_id] for u in updates]
-            self.previous_p.update(p_k)
         x = torch.from_numpy(zscore(raw, cfg.z_clip))
         tf = teacher_features(raw, cfg.perf_mix_lambda, cfg.z_clip, cfg.variant)
 
@@ -421,12 +442,14 @@ class FedMAP(Strategy):
             probe = (1 - PROBE_STEP) * teacher + PROBE_STEP * student
             _, probe_score = self._score(global_params, updates, probe)
             tau = lipschitz_tau(teacher_score, probe_score, float(np.abs(probe - teacher).sum()), cfg.gate_delta)
-            beta, self.streak, passed = gate_original(
+            beta, self.streak, passed, branch = gate_original(
                 rnd, teacher, student, teacher_score, student_score, tau, self.streak, cfg
             )
             extra = {"probe_score": probe_score, "tau": tau, "kl": kl(teacher, student)}
         else:
-            beta, self.streak, passed = gate(rnd, teacher, student, teacher_score, student_score, self.streak, cfg)
+            beta, self.streak, passed, branch = gate(
+                rnd, teacher, student, teacher_score, student_score, self.streak, cfg
+            )
         final = (1 - beta) * teacher + beta * student
         if beta == 0.0:
             out = teacher_params
@@ -439,11 +462,12 @@ class FedMAP(Strategy):
             "teacher_score": teacher_score,
             "student_score": student_score,
             "beta": beta,
+            "gate": branch,
             "student_passed": passed,
             "streak": self.streak,
             "distill_loss": float(loss.item()),
             **extra,
-            "weights": {u.client_id: round(float(w), 6) for u, w in zip(updates, final)},
+            "weights": {u.client_id: round(float(w), 9) for u, w in zip(updates, final)},
         }
         if self.path is not None:
             self._save_file(self.path)
@@ -477,7 +501,6 @@ class FedMAP(Strategy):
             "student": self._student_state(),
             "streak": self.streak,
             "best_mix": self.best_mix.tolist(),
-            "previous_p": {str(k): v for k, v in self.previous_p.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -486,7 +509,6 @@ class FedMAP(Strategy):
         self._load_student_state(state["student"])
         self.streak = int(state["streak"])
         self.best_mix = np.asarray(state["best_mix"], dtype=np.float64)
-        self.previous_p = {int(k): float(v) for k, v in state.get("previous_p", {}).items()}
 
     def _save_file(self, path: Path) -> None:
         if path.suffix == ".pth":  # the original's format, so that its code can warm-start from fedmm's student
