@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -107,19 +109,176 @@ def test_vqa_answer_normalisation():
 
 
 def test_vqa_accuracy_hand_computed():
-    # 2 of 10 annotators said yes. Leaving out a "yes" annotator leaves 1 match (1/3), a "no" one 2 (2/3):
-    # (2 * 1/3 + 8 * 2/3) / 10 = 0.6
-    assert np.isclose(M.vqa_accuracy("yes", ["yes"] * 2 + ["no"] * 8), 0.6)
-    # 3 of 10: (3 * 2/3 + 7 * min(3/3, 1)) / 10 = 0.9
-    assert np.isclose(M.vqa_accuracy("cat", ["cat"] * 3 + ["dog"] * 7), 0.9)
-    # 4 or more matches: every subset keeps at least 3
-    assert M.vqa_accuracy("cat", ["cat"] * 4 + ["dog"] * 6) == 1.0
-    # normalisation on both sides: "Two" = "2" = "two"; "The dog." = "dog"
-    assert M.vqa_accuracy("Two", ["2"] * 3 + ["two"] * 7) == 1.0
-    assert np.isclose(M.vqa_accuracy("The dog.", ["dog"] + ["cat"] * 9), 0.3)  # (1 * 0 + 9 * 1/3) / 10
-    assert M.vqa_accuracy("bird", ["dog"] * 10) == 0.0
-    # one reference answer (easy-VQA): exact match after normalisation
-    assert M.vqa_accuracy("A circle", ["circle"]) == 1.0 and M.vqa_accuracy("square", ["circle"]) == 0.0
+    for rule in ("official", "normalized"):  # the leave-one-out mean both rules share
+        # 2 of 10 annotators said yes. Leaving out a "yes" annotator leaves 1 match (1/3), a "no" one 2 (2/3):
+        # (2 * 1/3 + 8 * 2/3) / 10 = 0.6
+        assert np.isclose(M.vqa_accuracy("yes", ["yes"] * 2 + ["no"] * 8, rule), 0.6)
+        # 3 of 10: (3 * 2/3 + 7 * min(3/3, 1)) / 10 = 0.9
+        assert np.isclose(M.vqa_accuracy("cat", ["cat"] * 3 + ["dog"] * 7, rule), 0.9)
+        # 4 or more matches: every subset keeps at least 3
+        assert M.vqa_accuracy("cat", ["cat"] * 4 + ["dog"] * 6, rule) == 1.0
+        assert M.vqa_accuracy("bird", ["dog"] * 10, rule) == 0.0
+    # normalized: both sides normalised ("Two" = "2" = "two"; "The dog." = "dog"), one reference an exact match
+    assert M.vqa_accuracy("Two", ["2"] * 3 + ["two"] * 7, "normalized") == 1.0
+    assert np.isclose(M.vqa_accuracy("The dog.", ["dog"] + ["cat"] * 9, "normalized"), 0.3)  # (0 + 9 * 1/3) / 10
+    assert M.vqa_accuracy("A circle", ["circle"], "normalized") == 1.0
+    assert M.vqa_accuracy("square", ["circle"], "normalized") == 0.0
+    # fedumm: NVFlare FedUMM's min(#equal / 3, 1) after strip and lower case, no leave-one-out, no normalisation
+    assert M.vqa_accuracy(" Cat ", ["cat"] * 2 + ["dog"] * 8, "fedumm") == pytest.approx(2 / 3)
+    assert (
+        M.vqa_accuracy("two", ["2"] * 10, "fedumm") == 0.0 and M.vqa_accuracy("circle", ["circle"], "fedumm") == 1 / 3
+    )
+    with pytest.raises(ValueError, match="unknown VQA accuracy rule 'exact'"):
+        M.vqa_accuracy("x", ["x"], "exact")
+
+
+class OfficialVQAEval:
+    """GT-Vision-Lab/VQA's PythonEvaluationTools/vqaEvaluation/vqaEval.py, one question at a time, kept in the
+    shape of the original (answers as the annotation file's records, `item != gtAnsDatum` over those records,
+    `manualMap.setdefault`, `periodStrip.sub(..., re.UNICODE)`), as the oracle fedmm's `official` rule is tested
+    against. Its tables are fedmm's (`fedmm.metrics`), pinned by their own test below."""
+
+    def __init__(self):
+        self.contractions = dict(M._OFFICIAL_CONTRACTIONS)
+        self.manualMap = dict(M._NUMBER_WORDS)
+        self.articles = ["a", "an", "the"]
+        self.periodStrip = re.compile(r"(?!<=\d)(\.)(?!\d)")
+        self.commaStrip = re.compile(r"(\d)(\,)(\d)")
+        self.punct = list(M._PUNCT)
+
+    def processPunctuation(self, inText):  # noqa: N802 (the original's names)
+        outText = inText
+        for p in self.punct:
+            if (p + " " in inText or " " + p in inText) or (re.search(self.commaStrip, inText) is not None):
+                outText = outText.replace(p, "")
+            else:
+                outText = outText.replace(p, " ")
+        return self.periodStrip.sub("", outText, re.UNICODE)
+
+    def processDigitArticle(self, inText):  # noqa: N802
+        outText = []
+        for word in inText.lower().split():
+            word = self.manualMap.setdefault(word, word)
+            if word not in self.articles:
+                outText.append(word)
+        for wordId, word in enumerate(outText):
+            if word in self.contractions:
+                outText[wordId] = self.contractions[word]
+        return " ".join(outText)
+
+    def accuracy(self, resAns, answers):  # noqa: N802
+        gts = [{"answer_id": i + 1, "answer": a} for i, a in enumerate(answers)]
+        resAns = resAns.replace("\n", " ").replace("\t", " ").strip()
+        resAns = self.processDigitArticle(self.processPunctuation(resAns))
+        if len(set(answers)) > 1:
+            for ansDic in gts:
+                ansDic["answer"] = self.processPunctuation(ansDic["answer"])
+        gtAcc = []
+        for gtAnsDatum in gts:
+            otherGTAns = [item for item in gts if item != gtAnsDatum]
+            matchingAns = [item for item in otherGTAns if item["answer"] == resAns]
+            gtAcc.append(min(1, float(len(matchingAns)) / 3))
+        return float(sum(gtAcc)) / len(gtAcc)
+
+
+def test_official_vqa_tables_are_vqaevals():
+    """Spot checks of the tables against vqaEval.py's text: its punctuation list (no ':' or "'", with '-', '!'),
+    its 12 number words, and its contraction table: capitalised keys, and none of fedmm's normalized extras."""
+    assert M._PUNCT == (
+        ";",
+        "/",
+        "[",
+        "]",
+        '"',
+        "{",
+        "}",
+        "(",
+        ")",
+        "=",
+        "+",
+        "\\",
+        "_",
+        "-",
+        ">",
+        "<",
+        "@",
+        "`",
+        ",",
+        "?",
+        "!",
+    )
+    assert len(M._NUMBER_WORDS) == 12 and M._NUMBER_WORDS["none"] == "0"
+    c = M._OFFICIAL_CONTRACTIONS
+    assert c["Im"] == "I'm" and c["somebody'd"] == "somebodyd" and c["twas"] == "'twas" and c["let's"] == "let's"
+    assert {"im", "id", "ill", "shell", "hell", "well", "were", "wed", "ive", "lets", "shed", "shes"} == set(
+        M._CONTRACTIONS
+    ) - set(c)
+
+
+def test_official_vqa_accuracy_where_the_normalised_rule_departs():
+    """The departures measured against vqaEval.py: reference answers stay raw when the ten agree, get punctuation
+    processing only when they disagree, a single reference scores 0, and the contraction table is the official's."""
+    cases = [
+        ("t-shirt", ["t-shirt"] * 10, 0.0),  # the prediction becomes "t shirt"; ten equal references stay raw
+        ("yes", ["yes"], 0.0),  # one reference: no other annotator to agree with
+        ("Two", ["two"] * 10, 0.0),  # the prediction becomes "2"; the references stay "two"
+        ("2", ["two"] * 3 + ["2"] * 7, 1.0),  # disagreeing references get punctuation only: seven "2" match
+        ("im", ["i'm"] * 10, 0.0),  # "im" is no key of the official table ("Im" is)
+        ("dont", ["don't"] * 10, 1.0),  # "dont" is: the prediction becomes "don't"
+        ("the cat.", ["cat"] * 4 + ["dog"] * 6, 1.0),
+    ]
+    oracle = OfficialVQAEval()
+    for pred, refs, expected in cases:
+        assert M.vqa_accuracy(pred, refs) == oracle.accuracy(pred, refs) == expected, (pred, refs)
+    assert M.vqa_accuracy("t-shirt", ["t-shirt"] * 10, "normalized") == 1.0  # where normalized departs
+    assert M.vqa_accuracy("yes", ["yes"], "normalized") == 1.0
+    dots = "a." * 40  # the official's `sub(..., re.UNICODE)` removes 32 periods at most
+    assert M.official_punctuation(dots) == oracle.processPunctuation(dots) == "a" * 32 + "a." * 8
+
+
+def test_official_vqa_accuracy_equals_the_oracle_on_generated_cases():
+    rng = np.random.default_rng(0)
+    words = [
+        "a",
+        "the",
+        "two",
+        "2",
+        "none",
+        "dont",
+        "don't",
+        "Im",
+        "isnt",
+        "t-shirt",
+        "red,",
+        "1,000",
+        "3.5",
+        "yes",
+        "no",
+        "cat",
+        "Cat.",
+        "(left)",
+        "b/w",
+        "it's",
+        "!",
+        "?",
+        "an",
+        "ten",
+        "10",
+        "y'all",
+        "yall",
+        "-",
+        "x_y",
+    ]
+    oracle = OfficialVQAEval()
+    for _ in range(3000):
+
+        def phrase():
+            return " ".join(rng.choice(words, size=int(rng.integers(1, 4)))) + rng.choice(["", " ", "\n", "\t"])
+
+        pool = [phrase() for _ in range(int(rng.integers(1, 4)))]
+        refs = [pool[int(rng.integers(len(pool)))] for _ in range(int(rng.choice([1, 3, 10])))]
+        pred = refs[0] if rng.uniform() < 0.4 else phrase()
+        assert M.vqa_accuracy(pred, refs) == pytest.approx(oracle.accuracy(pred, refs), abs=1e-12), (pred, refs)
 
 
 @pytest.mark.parametrize("zero_division", [0, 1])
@@ -153,7 +312,10 @@ def test_f1_edges_and_vqa_normalisation_of_whitespace():
     # defaults are fedmm's zero_division=1: the empty second example and the untouched label count as 1
     assert M.samples_f1(pred, labels) == 0.5 and M.macro_f1(pred, labels) == 0.5
     assert M.weighted_f1(np.array([[1, 0]]), np.array([[1, 0]])) == 1.0
-    assert M.normalize_answer("two\tdogs\n") == "2 dogs" and M.vqa_accuracy("Two\nDogs", ["2 dogs"] * 4) == 1.0
+    assert (
+        M.normalize_answer("two\tdogs\n") == "2 dogs"
+        and M.vqa_accuracy("Two\nDogs", ["2 dogs"] * 4, "normalized") == 1.0
+    )
     with pytest.raises(ValueError, match="^vqa_accuracy needs at least one reference answer$"):
         M.vqa_accuracy("yes", [])
 

@@ -105,7 +105,13 @@ METRICS = {
 
 
 # -- VQA accuracy ------------------------------------------------------------------------------------------------
-# The normalisation of the official VQA evaluation: punctuation, periods, number words, articles, contractions.
+# `official`: the official evaluation (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py) rule for
+# rule, its tables as they are. `normalized`: fedmm's earlier rule, both sides fully normalised, a single reference
+# answer an exact match (easy-VQA, whose questions have one answer). `fedumm`: NVFlare's FedUMM `vqa_soft_score`.
+VQA_RULES = ("official", "normalized", "fedumm")
+
+# vqaEval.py's `punct`, `manualMap`, `articles` and `contractions` (keys such as "Im" and "Id've" are capitalised
+# there and so never match the lower-cased words they are looked up with; kept so)
 _PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 _NUMBER_WORDS = {
     "none": "0",
@@ -122,6 +128,72 @@ _NUMBER_WORDS = {
     "ten": "10",
 }
 _ARTICLES = frozenset({"a", "an", "the"})
+_OFFICIAL_CONTRACTIONS = dict(
+    pair.split(":")
+    for pair in (
+        "aint:ain't arent:aren't cant:can't couldve:could've couldnt:couldn't couldn'tve:couldn't've "
+        "couldnt've:couldn't've didnt:didn't doesnt:doesn't dont:don't hadnt:hadn't hadnt've:hadn't've "
+        "hadn'tve:hadn't've hasnt:hasn't havent:haven't hed:he'd hed've:he'd've he'dve:he'd've hes:he's howd:how'd "
+        "howll:how'll hows:how's Id've:I'd've I'dve:I'd've Im:I'm Ive:I've isnt:isn't itd:it'd itd've:it'd've "
+        "it'dve:it'd've itll:it'll let's:let's maam:ma'am mightnt:mightn't mightnt've:mightn't've "
+        "mightn'tve:mightn't've mightve:might've mustnt:mustn't mustve:must've neednt:needn't notve:not've "
+        "oclock:o'clock oughtnt:oughtn't ow's'at:'ow's'at 'ows'at:'ow's'at 'ow'sat:'ow's'at shant:shan't "
+        "shed've:she'd've she'dve:she'd've she's:she's shouldve:should've shouldnt:shouldn't "
+        "shouldnt've:shouldn't've shouldn'tve:shouldn't've somebody'd:somebodyd somebodyd've:somebody'd've "
+        "somebody'dve:somebody'd've somebodyll:somebody'll somebodys:somebody's someoned:someone'd "
+        "someoned've:someone'd've someone'dve:someone'd've someonell:someone'll someones:someone's "
+        "somethingd:something'd somethingd've:something'd've something'dve:something'd've somethingll:something'll "
+        "thats:that's thered:there'd thered've:there'd've there'dve:there'd've therere:there're theres:there's "
+        "theyd:they'd theyd've:they'd've they'dve:they'd've theyll:they'll theyre:they're theyve:they've "
+        "twas:'twas wasnt:wasn't wed've:we'd've we'dve:we'd've weve:we've werent:weren't whatll:what'll "
+        "whatre:what're whats:what's whatve:what've whens:when's whered:where'd wheres:where's whereve:where've "
+        "whod:who'd whod've:who'd've who'dve:who'd've wholl:who'll whos:who's whove:who've whyll:why'll "
+        "whyre:why're whys:why's wont:won't wouldve:would've wouldnt:wouldn't wouldnt've:wouldn't've "
+        "wouldn'tve:wouldn't've yall:y'all yall'll:y'all'll y'allll:y'all'll yall'd've:y'all'd've "
+        "y'alld've:y'all'd've y'all'dve:y'all'd've youd:you'd youd've:you'd've you'dve:you'd've youll:you'll "
+        "youre:you're youve:you've"
+    ).split()
+)
+_NUMBER_COMMA = re.compile(r"(\d)(\,)(\d)")
+# The official `(?!<=\d)(\.)(?!\d)`: its first group is a lookahead (not the lookbehind it looks like), so this is
+# "a period not followed by a digit"; the official calls `.sub("", text, re.UNICODE)`, whose third argument is
+# `count`: at most re.UNICODE == 32 periods are removed.
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+
+
+def official_punctuation(text: str) -> str:
+    """vqaEval.py's `processPunctuation`: each mark next to a space (or anywhere, when the text has a digit-comma-
+    digit) is removed, elsewhere replaced by a space; then periods that are not decimal points go (32 at most)."""
+    out = text
+    for p in _PUNCT:
+        if p + " " in text or " " + p in text or _NUMBER_COMMA.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD_STRIP.sub("", out, 32)
+
+
+def official_digit_article(text: str) -> str:
+    """vqaEval.py's `processDigitArticle`: lower case, number words as digits, articles dropped, contractions per
+    its table."""
+    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [w for w in words if w not in _ARTICLES]
+    return " ".join(_OFFICIAL_CONTRACTIONS.get(w, w) for w in words)
+
+
+def official_vqa_accuracy(prediction: str, answers: list[str]) -> float:
+    """vqaEval.py's accuracy of one question: the prediction gets both processing steps; the reference answers stay
+    as annotated, unless they disagree, when each gets the punctuation step only (no lower case, number words or
+    articles); then the mean over the annotators of min(#other annotators whose answer equals it / 3, 1). A single
+    reference answer has no other annotator: 0."""
+    pred = prediction.replace("\n", " ").replace("\t", " ").strip()
+    pred = official_digit_article(official_punctuation(pred))
+    refs = [official_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+    hits = sum(r == pred for r in refs)
+    return float(np.mean([min((hits - (r == pred)) / 3.0, 1.0) for r in refs]))
+
+
+# `normalized`: fedmm's own contraction table, every key lower case (a few more keys than the official's)
 _CONTRACTIONS = {
     w.replace("'", ""): w
     for w in (
@@ -133,14 +205,13 @@ _CONTRACTIONS = {
         "you're you've"
     ).split()
 }
-_NUMBER_COMMA = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"\.(?!\d)")  # a period that is not a decimal point
 
 
 def normalize_answer(text: str) -> str:
-    """An answer as the official VQA evaluation compares it: lower case; punctuation next to a space (or in a number
-    such as 1,000) removed, elsewhere replaced by a space ("black-and-white" -> "black and white"); periods removed
-    except decimal points; number words as digits; articles dropped; contractions written with their apostrophe."""
+    """`vqa_metric=normalized`'s form of an answer: lower case; punctuation next to a space (or in a number such as
+    1,000) removed, elsewhere replaced by a space ("black-and-white" -> "black and white"); periods removed except
+    decimal points; number words as digits; articles dropped; contractions written with their apostrophe."""
     text = text.replace("\n", " ").replace("\t", " ").strip().lower()
     out = text
     for p in _PUNCT:
@@ -153,12 +224,21 @@ def normalize_answer(text: str) -> str:
     return " ".join(words)
 
 
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """The official VQA accuracy of one predicted answer against the annotators' answers (10 in VQA v2): over the
-    leave-one-out subsets of the annotators, the mean of min(#subset answers equal to the prediction / 3, 1), after
-    normalising all of them. With a single reference answer (easy-VQA) it is exact match after normalisation."""
+def vqa_accuracy(prediction: str, answers: list[str], rule: str = "official") -> float:
+    """The VQA accuracy of one predicted answer against the annotators' answers (10 in VQA v2), by `rule`
+    (VQA_RULES): `official` as vqaEval.py (`official_vqa_accuracy`); `normalized`: both sides normalised
+    (`normalize_answer`), the same leave-one-out mean, and a single reference answer an exact match (easy-VQA);
+    `fedumm`: NVFlare FedUMM's `vqa_soft_score`, min(#answers equal to the prediction / 3, 1) after strip and lower
+    case, no leave-one-out."""
     if not answers:
         raise ValueError("vqa_accuracy needs at least one reference answer")
+    if rule == "official":
+        return official_vqa_accuracy(prediction, answers)
+    if rule == "fedumm":
+        p = prediction.strip().lower()
+        return min(1.0, sum(p == a.strip().lower() for a in answers) / 3.0)
+    if rule != "normalized":
+        raise ValueError(f"unknown VQA accuracy rule {rule!r}; choose one of {', '.join(VQA_RULES)}")
     pred = normalize_answer(prediction)
     refs = [normalize_answer(a) for a in answers]
     if len(refs) == 1:

@@ -132,6 +132,6 @@ class LoraVQABackend(Backend):
             with autocast(device, self.precision):
                 total += self.loss(model, batch)[0].item() * len(idx)
                 answers = self.generate_answers(model, data, idx, batch)
-            scores += [M.vqa_accuracy(a, data.references(i)) for i, a in zip(idx, answers)]
+            scores += [M.vqa_accuracy(a, data.references(i), data.answer_rule) for i, a in zip(idx, answers)]
         model.train(was_training)
         return {"loss": total / max(len(data), 1), "vqa_accuracy": float(np.mean(scores)) if scores else 0.0}

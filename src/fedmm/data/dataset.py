@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fedmm.errors import FedmmError
+from fedmm.metrics import VQA_RULES
 
 MODALITIES = ("image", "text")
 
@@ -38,6 +39,8 @@ class MultimodalDataset:
     image_present: Optional[np.ndarray] = None
     # Which labels noise.label_rate replaced (bool [N]), for the record; None = none.
     noisy_labels: Optional[np.ndarray] = None
+    # Generative VQA: how a generated answer is scored against `answers` (fedmm.metrics.VQA_RULES; task.vqa_metric).
+    answer_rule: str = "official"
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -156,6 +159,12 @@ class TaskData:
     zero_division: float = 1.0  # F1 of a label or example with no positives and no predictions (task.zero_division)
 
 
+def check_vqa_metric(rule: str) -> None:
+    """`task.vqa_metric` is one of fedmm.metrics.VQA_RULES."""
+    if rule not in VQA_RULES:
+        raise FedmmError(f"task.vqa_metric must be one of {', '.join(VQA_RULES)} (got '{rule}')")
+
+
 def zero_division(value: float) -> float:
     """`task.zero_division` when it is 0 or 1, the two values scikit-learn's F1 takes besides its warning."""
     if value not in (0, 1):
@@ -181,6 +190,7 @@ def concat(parts: Sequence[MultimodalDataset]) -> MultimodalDataset:
         image_ids=image_ids,
         answers=None if first.answers is None else [a for p in parts for a in p.answers],
         groups=None if first.groups is None else np.concatenate([p.groups for p in parts]),
+        answer_rule=first.answer_rule,
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmm.data.dataset import MultimodalDataset, TaskData, CLIENT_TEST_HELP
+from fedmm.data.dataset import MultimodalDataset, TaskData, CLIENT_TEST_HELP, check_vqa_metric
 from fedmm.data.images import read_rgb
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
@@ -85,10 +85,26 @@ def load_easyvqa(cfg: EasyVQAConfig, seed: int, centralized: bool = False) -> Ta
 @dataclass
 class EasyVQAGenConfig(EasyVQAConfig):
     name: str = opt("easyvqa_gen", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    vqa_metric: str = opt(
+        "normalized",
+        "normalized (both sides normalised, exact match: easy-VQA has one answer per question, which the official "
+        "rule scores 0) | official | fedumm",
+    )
+
+    def __post_init__(self) -> None:  # checked when the configuration is composed, before anything runs
+        check_vqa_metric(self.vqa_metric)
 
 
 @TASKS.register("easyvqa_gen", EasyVQAGenConfig)
 def load_easyvqa_gen(cfg: EasyVQAGenConfig, seed: int, centralized: bool = False) -> TaskData:
     """easy-VQA as generative VQA: the same splits, the answer generated as text and scored with the VQA accuracy
-    (exact match after normalisation, easy-VQA having one answer per question)."""
-    return replace(load_easyvqa(cfg, seed), metrics=("vqa_accuracy",))
+    (`task.vqa_metric`: by default exact match after normalisation, easy-VQA having one answer per question)."""
+    data = load_easyvqa(cfg, seed)
+    rule = {"answer_rule": cfg.vqa_metric}
+    return replace(
+        data,
+        train=replace(data.train, **rule),
+        val=replace(data.val, **rule),
+        test=replace(data.test, **rule),
+        metrics=("vqa_accuracy",),
+    )
