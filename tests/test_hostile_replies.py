@@ -303,3 +303,26 @@ def test_the_automatic_norm_bound_is_not_raised_by_one_of_two():
     big = honest(1, 1e4).to_bytes()
     params, record = server.run_round(1, dict(G), lambda r, ids, p, i: {0: honest(0, 0.0025).to_bytes(), 1: big})
     assert float(np.abs(params["head.b"]).max()) < 0.01 and 1 in record["clipped"]
+
+
+def test_step_weighted_fedavg_weighs_by_batches_and_rejects_a_reply_without_them():
+    """strategy.weight_by=steps (NVFlare's FedAvg over NUM_STEPS_CURRENT_ROUND): the mean weighs each client by the
+    batches it trained on, not its example count; a reply that reports none is a recorded rejection."""
+    from fedmm.fl.strategy.fedavg import FedAvg, FedAvgConfig
+
+    server = _server()
+    server.strategy = FedAvg(FedAvgConfig(weight_by="steps"))
+    replies = {
+        0: honest(0, 1.0, n=10, metrics={"train_loss": 0.5, "batches": 3.0}).to_bytes(),
+        1: honest(1, 2.0, n=90, metrics={"train_loss": 0.5, "batches": 1.0}).to_bytes(),
+        2: honest(2, 9.0, n=10, metrics={"train_loss": 0.5}).to_bytes(),
+        3: honest(3, 9.0, n=10, metrics={"train_loss": 0.5, "batches": 0.0}).to_bytes(),
+    }
+    params, record = server.run_round(
+        1, dict(G), lambda rnd, ids, payload, ins: {c: replies[c] for c in ids if c in replies}
+    )
+    assert sorted(record["rejected"]) == [2, 3] and "batches" in record["rejected"][2]
+    for v in params.values():  # (3 x 1.0 + 1 x 2.0) / 4, where example counts would give (10 + 180) / 100 = 1.9
+        np.testing.assert_allclose(v, 1.25)
+    with pytest.raises(FedmmError, match="strategy.weight_by must be examples or steps"):
+        FedAvgConfig(weight_by="batches")

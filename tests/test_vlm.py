@@ -63,6 +63,30 @@ def test_fedmm_info_counts_the_seeds_blip_adapters_without_any_weights(tmp_path)
     assert not any((tmp_path / "empty-cache").rglob("*.safetensors"))
 
 
+def test_fedumm_paper_is_the_nvflare_code_and_januspro_is_the_1b_without_any_weights():
+    """experiment=fedumm_paper carries the FedUMM code's values (README: the table of the FedUMM preset), and `fedmm
+    info` sizes it and Janus-Pro 1B from shapes alone: the code's 3,538,944 BLIP adapters (q/k/v of self- and
+    cross-attention), and the 1B's 4,718,592 of 2,081,355,403 (JanusConfig's defaults alone are a 7B's)."""
+    from fedmm.experiment.info import model_summary
+
+    s = load_settings(["experiment=fedumm_paper", "num_clients=8", "partition.alpha=0.5"])
+    assert (s.model.lora_dropout, s.model.max_question_length, s.model.max_answer_length) == (0.1, 64, 16)
+    assert (s.model.max_new_tokens, s.weight_decay, s.strategy.weight_by, s.client_eval) == (5, 0.01, "steps", "every")
+    assert (s.task.partition_by, s.task.client_test, s.task.vqa_metric) == ("answer", "eval_shards", "fedumm")
+    assert (s.rounds, s.lr, s.lr_schedule, s.grad_accum_steps, s.local_epochs, s.batch_size) == (
+        100,
+        2e-5,
+        "constant",
+        8,
+        5,
+        32,
+    )
+    out = model_summary(s)
+    assert "trainable:  3,538,944 (" in out and "parameters: 364,769,084" in out, out
+    out = model_summary(load_settings(["model=januspro"]))
+    assert "trainable:  4,718,592 (" in out and "parameters: 2,081,355,403" in out, out
+
+
 @pytest.mark.parametrize("preset", ["fusion_tiny", "blip_vqa_tiny", "januspro_tiny", "hf_vlm_tiny"])
 def test_meta_counts_equal_a_real_build(preset):
     s = load_settings([f"model={preset}"])

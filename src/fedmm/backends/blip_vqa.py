@@ -91,6 +91,6 @@ class BlipVQABackend(LoraVQABackend):
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             pixel_values=batch["pixel_values"],
-            max_new_tokens=self.cfg.max_answer_length,
+            max_new_tokens=self.cfg.max_new_tokens or self.cfg.max_answer_length,
         )
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

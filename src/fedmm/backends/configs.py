@@ -5,13 +5,17 @@ is declared here with the module that implements it, imported when a run first b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
+from fedmm.errors import FedmmError
 from fedmm.options import opt
 from fedmm.registry import BACKENDS
 
 SELF_ATTENTION_QV = r"text_(encoder|decoder)\..*layer\.\d+\.attention\.self\.(query|value)"
 LANGUAGE_QKV = r"model\.language_model\.layers\.\d+\.self_attn\.(q|k|v)_proj"
+# NVFlare FedUMM's BLIP targets: peft's target_modules=["query", "key", "value"] on the text encoder and decoder, so
+# self- and cross-attention alike (3,538,944 trainable of BLIP-VQA base's 364,769,084 parameters)
+TEXT_ATTENTION_QKV = r"text_(encoder|decoder).*attention.*(query|key|value)$"
 
 
 @dataclass
@@ -86,11 +90,16 @@ class LoraVQAConfig:
     image_size: int = opt(384, "images are resized to image_size x image_size")
     max_question_length: int = opt(32, "questions are cut to this many tokens")
     max_answer_length: int = opt(8, "answer tokens, in training and generation")
+    max_new_tokens: int = opt(0, "tokens generated for an answer; 0 = max_answer_length")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, more time")
     image_mean: List[float] = opt([], "empty = the checkpoint's, else the family's default")
     image_std: List[float] = opt(
         [], "pixel standard deviation per channel; empty = the checkpoint's, else the family's default"
     )
+
+    def __post_init__(self) -> None:  # checked when the configuration is composed, before anything runs
+        if self.max_new_tokens < 0:
+            raise FedmmError(f"model.max_new_tokens must be >= 0 (0 = max_answer_length; got {self.max_new_tokens})")
 
 
 @dataclass
@@ -109,6 +118,9 @@ class JanusProConfig(LoraVQAConfig):
     name: str = opt("januspro", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
     pretrained: str = opt("deepseek-community/Janus-Pro-1B", "in transformers' Janus format")
     vq_config: Dict[str, Any] = opt({}, "the VQ-VAE's config fields, for random init")
+    tie_word_embeddings: Optional[bool] = opt(
+        None, "for random init and offline sizing: the output layer shares the input embeddings (null = JanusConfig's)"
+    )
     prompt_template: str = opt(
         "<|User|>: {image}\n{question}\n\n<|Assistant|>:",
         "the prompt; {image} becomes the image tokens, {question} the question",

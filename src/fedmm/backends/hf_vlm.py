@@ -286,7 +286,7 @@ class HFVLMBackend(LoraVQABackend):
         out = model.generate(
             **prompt,
             **images,
-            max_new_tokens=self.cfg.max_answer_length + len(self._closing_ids),
+            max_new_tokens=(self.cfg.max_new_tokens or self.cfg.max_answer_length) + len(self._closing_ids),
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self._stop_ids(model),

@@ -57,11 +57,15 @@ class JanusProBackend(LoraVQABackend):
                 if not offline_shapes:
                     raise
         if self.cfg.pretrained and self.cfg.tokenizer != "tiny":  # offline sizing
-            self.sized_from = f"JanusConfig's default shapes ({self.cfg.pretrained} is not on disk)"
+            self.sized_from = (
+                f"model.text_config, vision_config and vq_config over JanusConfig's defaults ({self.cfg.pretrained} "
+                "is not on disk)"
+            )
             return JanusConfig(
                 text_config=dict(self.cfg.text_config) or None,
                 vision_config=dict(self.cfg.vision_config) or None,
                 vq_config=dict(self.cfg.vq_config) or None,
+                **self._tie(),
             )
         tok = self.tokenizer
         text = {
@@ -77,7 +81,12 @@ class JanusProBackend(LoraVQABackend):
             vision_config=dict(self.cfg.vision_config),
             vq_config=dict(self.cfg.vq_config),
             image_token_id=tok.convert_tokens_to_ids(IMAGE_PLACEHOLDER),
+            **self._tie(),
         )
+
+    def _tie(self) -> dict:
+        tie = self.cfg.tie_word_embeddings
+        return {} if tie is None else {"tie_word_embeddings": bool(tie)}
 
     @cached_property
     def _special(self) -> tuple[int, int, int, int, int]:
@@ -146,7 +155,7 @@ class JanusProBackend(LoraVQABackend):
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             pixel_values=batch["pixel_values"],
-            max_new_tokens=self.cfg.max_answer_length,
+            max_new_tokens=self.cfg.max_new_tokens or self.cfg.max_answer_length,
             do_sample=False,
             pad_token_id=pad,
             eos_token_id=self._special[1],

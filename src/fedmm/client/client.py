@@ -185,7 +185,8 @@ class ClientTrainer:
             on_step=hook.on_step,
             pos_weight=positive_weights(train.labels) if ins.pos_weight else None,
         )
-        run.metrics.update(train_loss=stats["train_loss"], seconds=stats["seconds"])
+        # batches: what strategy.weight_by=steps weighs by (NVFlare's NUM_STEPS_CURRENT_ROUND, epochs x batches)
+        run.metrics.update(train_loss=stats["train_loss"], seconds=stats["seconds"], batches=stats["batches"])
         hook.after_training(run)
         if ins.local_keys:
             self.state.save(PERSONAL, cid, ins.round, get_params(self.model, ins.local_keys))

@@ -154,6 +154,9 @@ class TaskData:
     clients: Optional[tuple[MultimodalDataset, ...]] = None
     client_val: Optional[tuple[Optional[MultimodalDataset], ...]] = None
     client_test: Optional[tuple[Optional[MultimodalDataset], ...]] = None
+    # Data the clients' test sets are dealt from, round-robin (row i to client i mod K), instead of each client
+    # holding out part of its partition (VQA v2's task.client_test=eval_shards: the FedUMM code's evaluation).
+    client_test_pool: Optional[MultimodalDataset] = None
     tune_thresholds: bool = False  # multilabel: also report metrics at per-label thresholds tuned on `val`
     pos_weight: bool = False  # multilabel: weight positives by (negatives / positives) of the training labels
     zero_division: float = 1.0  # F1 of a label or example with no positives and no predictions (task.zero_division)

@@ -17,8 +17,9 @@ Splits: train = the training split; the evaluation split's *images* are divided 
 (`task.val_fraction` of them, with all their questions) and test (the rest), so no image is in both.
 
 The training target of a question is its `multiple_choice_answer` (the most common of the 10). Label-skewed
-partitioning splits on `task.partition_by`: `answer_type` (yes/no, number, other) or `top_answers` (each of the
-`task.top_answers` most common training answers is its own class; every other answer shares one "rest" class).
+partitioning splits on `task.partition_by`: `answer_type` (yes/no, number, other), `top_answers` (each of the
+`task.top_answers` most common training answers is its own class; every other answer shares one "rest" class) or
+`answer` (every distinct answer its own class, as NVFlare's FedUMM code partitions).
 Images are read from disk when a batch needs them (`ImageFiles`); a missing image file is a bad sample at load time.
 """
 
@@ -60,7 +61,16 @@ class VQAv2Config:
     )
     val_fraction: float = opt(0.1, "of the evaluation split's images (with their questions): the server's val split")
     client_test_fraction: float = opt(CLIENT_TEST_HELP[0], CLIENT_TEST_HELP[1])
-    partition_by: str = opt("answer_type", "answer_type | top_answers: the class Dirichlet partitioning splits on")
+    client_test: str = opt(
+        "holdout",
+        "holdout (each client holds out client_test_fraction of its partition) | eval_shards (the evaluation split "
+        "dealt round-robin to the clients, each scoring its shard: NVFlare FedUMM's evaluation)",
+    )
+    partition_by: str = opt(
+        "answer_type",
+        "answer_type | top_answers | answer (each distinct multiple_choice_answer its own class, as NVFlare's "
+        "FedUMM shard_dataset): the class Dirichlet partitioning splits on",
+    )
     top_answers: int = opt(10, 'partition_by=top_answers: this many answer classes plus one "rest" class')
     image_size: int = opt(384, "images are resized to image_size x image_size when a batch reads them")
     on_bad_sample: str = opt("error", "error | skip (a question whose image file is missing)")
@@ -72,6 +82,8 @@ class VQAv2Config:
 
     def __post_init__(self) -> None:  # checked when the configuration is composed, before anything runs
         check_vqa_metric(self.vqa_metric)
+        if self.client_test not in ("holdout", "eval_shards"):
+            raise FedmmError(f"task.client_test must be holdout or eval_shards (got '{self.client_test}')")
 
 
 def _json(path: Path) -> Any:
@@ -199,7 +211,10 @@ def partition_groups(
     if by == "top_answers":
         ranked = {a: k for k, (a, _) in enumerate(train_counts.most_common(top))}
         return np.array([ranked.get(a, top) for a in answers], dtype=np.int64)
-    raise FedmmError(f"task.partition_by must be answer_type or top_answers (got '{by}')")
+    if by == "answer":  # the FedUMM code's classes: every distinct answer, numbered in sorted order
+        index = {a: k for k, a in enumerate(sorted(set(answers)))}
+        return np.array([index[a] for a in answers], dtype=np.int64)
+    raise FedmmError(f"task.partition_by must be answer_type, top_answers or answer (got '{by}')")
 
 
 def _dataset(
@@ -260,4 +275,5 @@ def load_vqav2(cfg: VQAv2Config, seed: int, centralized: bool = False) -> TaskDa
         val=_dataset([r for r, v in zip(held, is_val) if v], vocab, names, cfg, counts),
         test=_dataset([r for r, v in zip(held, is_val) if not v], vocab, names, cfg, counts),
         metrics=("vqa_accuracy",),
+        client_test_pool=_dataset(held, vocab, names, cfg, counts) if cfg.client_test == "eval_shards" else None,
     )

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 import torch
 
 from fedmm.backends.base import Backend
+from fedmm.backends.configs import LoraVQAConfig
 from fedmm.config import Settings
 from fedmm.data.dataset import CLIENT_TEST_HELP, MultimodalDataset, TaskData, subsample
 from fedmm.data.modality import assign_modalities, client_modalities, sample_missing
@@ -78,8 +79,9 @@ def split_clients(
 ) -> tuple[list[MultimodalDataset], list[Optional[MultimodalDataset]]]:
     """The clients' training data and their own test data: the task's own sites (with their test.csv), or the
     training split partitioned over the clients, each holding out `task.client_test_fraction` when client_eval is
-    on. The run's modality settings then take modalities away (on top of what a site lacks); the per-sample
-    robustness settings change the training data only."""
+    on, or given its round-robin shard of the task's `client_test_pool`. The run's modality settings then take
+    modalities away (on top of what a site lacks); the per-sample robustness settings change the training data
+    only."""
     tests: list[Optional[MultimodalDataset]]
     if data.clients is not None:
         parts = list(data.clients)
@@ -98,7 +100,9 @@ def split_clients(
         else:
             raise FedmmError(f"unknown partition '{p.name}'; choose iid, dirichlet or roundrobin")
         parts, tests = [train.subset(i) for i in idx], [None] * n
-        if client_eval_mode(settings) != "none":
+        if data.client_test_pool is not None:
+            tests = [data.client_test_pool.subset(i) for i in roundrobin_partition(len(data.client_test_pool), n)]
+        elif client_eval_mode(settings) != "none":
             fraction = getattr(settings.task, "client_test_fraction", CLIENT_TEST_HELP[0])
             cuts = [holdout_split(len(part), fraction, settings.seed, k) for k, part in enumerate(parts)]
             tests = [part.subset(test) if len(test) else None for part, (_, test) in zip(parts, cuts)]
@@ -142,12 +146,14 @@ def client_val(data: TaskData, clients: list[MultimodalDataset]) -> list[Optiona
     ]
 
 
-def build_backend(settings: Settings, data: TaskData, check_metrics: bool = True) -> Backend:
-    """The backend for the task's label space; with `check_metrics`, one that can report the task's metrics (`fedmm
-    info` only sizes the model, whichever task is configured)."""
-    backend = BACKENDS.get(settings.model.name).factory(settings.model, data.train.num_labels, data.train.multilabel)
+def build_backend(settings: Settings, data: Optional[TaskData], check_metrics: bool = True) -> Backend:
+    """The backend for the task's label space (none without `data`: a generative model sized by `fedmm info`); with
+    `check_metrics`, one that can report the task's metrics (`fedmm info` only sizes the model, whichever task is
+    configured)."""
+    labels, multilabel = (data.train.num_labels, data.train.multilabel) if data is not None else (0, False)
+    backend = BACKENDS.get(settings.model.name).factory(settings.model, labels, multilabel)
     backend.precision = settings.precision
-    unsupported = [m for m in data.metrics if m not in backend.metrics] if check_metrics else []
+    unsupported = [m for m in data.metrics if m not in backend.metrics] if check_metrics and data else []
     if unsupported:
         other = (
             "a generative one such as model=blip_vqa_tiny"
@@ -197,7 +203,9 @@ def assemble(settings: Settings, role: Role) -> Parts:
     if settings.threads > 0 and role != "info":
         torch.set_num_threads(settings.threads)
     strategy = build_strategy(settings) if role in ("server", "site") else None
-    data = load_data(settings, centralized=role == "centralized")
+    # `info` with a generative VQA model reads no data: its size does not depend on the task's label space
+    sized_without_data = role == "info" and isinstance(settings.model, LoraVQAConfig)
+    data = None if sized_without_data else load_data(settings, centralized=role == "centralized")
     clients, client_test = split_clients(settings, data) if role in ("server", "site") else (None, None)
     backend = build_backend(settings, data, check_metrics=role != "info")
     if settings.modality.sample_missing_image or settings.modality.sample_missing_text:

@@ -213,7 +213,11 @@ class Server:
                     continue
                 got["bytes_up"] += len(reply)
                 try:
-                    yield check_reply(reply, cid, global_params, self.expected.get(cid, Expected()))
+                    update = check_reply(reply, cid, global_params, self.expected.get(cid, Expected()))
+                    missing = [m for m in self.strategy.reported if not update.metrics.get(m, 0) > 0]
+                    if missing:
+                        raise Rejected(f"reports no positive {missing[0]}, which the strategy weighs it by")
+                    yield update
                 except Rejected as e:
                     rejected[cid] = str(e)
                     log.warning("round %d: client %d rejected: %s", rnd, cid, e)

@@ -99,7 +99,12 @@ def train_epochs(
                 total += loss.item() * len(idx)
                 seen += len(idx)
                 bar.update()
-    return {"train_loss": total / max(seen, 1), "steps": float(steps), "seconds": time.perf_counter() - t0}
+    return {
+        "train_loss": total / max(seen, 1),
+        "steps": float(steps),
+        "batches": float(n_batches),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def positive_weights(labels: np.ndarray) -> np.ndarray:

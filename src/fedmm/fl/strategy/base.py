@@ -103,6 +103,12 @@ class Strategy:
     def setup(self, ctx: StrategyContext) -> None:
         self.ctx = ctx
 
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """Figures every update must report, positive, for this strategy to weigh it (FedAvg's weight_by=steps:
+        `batches`); the server rejects an update without them, like any malformed reply."""
+        return ()
+
     def check_round_size(self, n: int) -> None:
         """Refuse, with a FedmmError before the run starts, a round of `n` sampled clients that this rule cannot
         keep its promise for (Krum, Bulyan: their bounds on f)."""

@@ -7,6 +7,7 @@ from typing import Iterable
 
 import numpy as np
 
+from fedmm.errors import FedmmError
 from fedmm.fl.update import Update
 
 from fedmm.params import Params
@@ -58,9 +59,21 @@ def masked_weighted_average(global_params: Params, updates: Iterable[tuple[Param
     return out
 
 
+WEIGHT_BY = ("examples", "steps")
+
+
 @dataclass
 class FedAvgConfig:
     name: str = opt("fedavg", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
+    weight_by: str = opt(
+        "examples",
+        "examples (McMahan et al.) | steps: the batches each client trained on this round (local epochs x "
+        "batches), as NVFlare's FedAvg weighs by NUM_STEPS_CURRENT_ROUND (the FedUMM code)",
+    )
+
+    def __post_init__(self) -> None:  # checked when the configuration is composed, before anything runs
+        if self.weight_by not in WEIGHT_BY:
+            raise FedmmError(f"strategy.weight_by must be examples or steps (got '{self.weight_by}')")
 
 
 @STRATEGIES.register("fedavg", FedAvgConfig)
@@ -68,5 +81,13 @@ class FedAvg(Strategy):
     streaming = True
     averages = True
 
+    @property
+    def reported(self) -> tuple[str, ...]:
+        return ("batches",) if getattr(self.cfg, "weight_by", "examples") == "steps" else ()
+
+    def weight(self, u: Update) -> float:
+        """A client's share: its example count, or with weight_by=steps the batches it trained on."""
+        return float(u.metrics["batches"]) if self.reported else float(u.num_examples)
+
     def aggregate(self, rnd: int, global_params: Params, updates: Iterable[Update]) -> Params:
-        return weighted_average(global_params, ((u.params, float(u.num_examples)) for u in updates))
+        return weighted_average(global_params, ((u.params, self.weight(u)) for u in updates))
