@@ -10,10 +10,12 @@ macro-F1 on MM-IMDb) and the server evaluations per round the strategy spent.
 
 FedUMM: the paper grid's first cell (K=2 clients, Dirichlet alpha 0.1) with the tiny random-initialised BLIP-VQA on
 easy-VQA as generative VQA (VQA v2 and the pretrained BLIP are not on this machine), 4 rounds over 1,200 training
-questions, one seed: `experiment=fedumm_paper` (constant lr, 8 accumulation steps) beside `experiment=fedumm_grid`
-(cosine lr, no accumulation), first at the paper's lr 2e-5 with the presets' q/v LoRA, then at what a random tiny
-BLIP needs to learn at all (lr 0.01, LoRA on every linear layer of its text encoder and decoder, as in
-`experiment=blip_tiny_easyvqa`).
+questions, one seed: `experiment=fedumm_paper` (the FedUMM code's settings: constant lr, 8 accumulation steps, q/k/v
+LoRA on self- and cross-attention, step-weighted FedAvg) beside `experiment=fedumm_grid` (cosine lr, no
+accumulation, self-attention q/v LoRA), first at the paper's lr 2e-5 with each preset's LoRA targets, then at what a
+random tiny BLIP needs to learn at all (lr 0.01, LoRA on every linear layer of its text encoder and decoder, as in
+`experiment=blip_tiny_easyvqa`). easy-VQA replaces the preset's VQA v2 task, so both are scored with easy-VQA's
+`task.vqa_metric=normalized`.
 
     python3 dev.py bench seeds            # writes docs/benchmarks/seeds.{json,md}
     python3 dev.py bench seeds --render   # seeds.md again from seeds.json

@@ -17,6 +17,7 @@ import numpy as np
 
 from fedmm.errors import FedmmError
 from fedmm.metrics import VQA_RULES
+from fedmm.options import opt
 
 MODALITIES = ("image", "text")
 
@@ -160,6 +161,16 @@ class TaskData:
     tune_thresholds: bool = False  # multilabel: also report metrics at per-label thresholds tuned on `val`
     pos_weight: bool = False  # multilabel: weight positives by (negatives / positives) of the training labels
     zero_division: float = 1.0  # F1 of a label or example with no positives and no predictions (task.zero_division)
+
+
+def vqa_metric_option(default: str):
+    """`task.vqa_metric` as a generative VQA task declares it (its __post_init__ calls check_vqa_metric)."""
+    return opt(
+        default,
+        "official (vqaEval.py rule for rule; a single reference answer scores 0) | normalized (both sides "
+        "normalised, a single reference an exact match: easy-VQA) | fedumm (NVFlare FedUMM's min(#equal answers / 3, "
+        "1) after strip and lower case)",
+    )
 
 
 def check_vqa_metric(rule: str) -> None:

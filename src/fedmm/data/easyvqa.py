@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmm.data.dataset import MultimodalDataset, TaskData, CLIENT_TEST_HELP, check_vqa_metric
+from fedmm.data.dataset import MultimodalDataset, TaskData, CLIENT_TEST_HELP, check_vqa_metric, vqa_metric_option
 from fedmm.data.images import read_rgb
 from fedmm.registry import TASKS
 from fedmm.errors import FedmmError
@@ -85,11 +85,7 @@ def load_easyvqa(cfg: EasyVQAConfig, seed: int, centralized: bool = False) -> Ta
 @dataclass
 class EasyVQAGenConfig(EasyVQAConfig):
     name: str = opt("easyvqa_gen", "the registered name; chosen with the group itself (e.g. strategy=fedavg)")
-    vqa_metric: str = opt(
-        "normalized",
-        "normalized (both sides normalised, exact match: easy-VQA has one answer per question, which the official "
-        "rule scores 0) | official | fedumm",
-    )
+    vqa_metric: str = vqa_metric_option("normalized")  # easy-VQA has one answer per question
 
     def __post_init__(self) -> None:  # checked when the configuration is composed, before anything runs
         check_vqa_metric(self.vqa_metric)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from fedmm.data.bad_samples import BadSamples
-from fedmm.data.dataset import MultimodalDataset, TaskData, CLIENT_TEST_HELP, check_vqa_metric
+from fedmm.data.dataset import MultimodalDataset, TaskData, CLIENT_TEST_HELP, check_vqa_metric, vqa_metric_option
 from fedmm.data.hf import load_split
 from fedmm.data.images import ImageFiles, cache_home, png_bytes
 from fedmm.registry import TASKS
@@ -74,11 +74,7 @@ class VQAv2Config:
     top_answers: int = opt(10, 'partition_by=top_answers: this many answer classes plus one "rest" class')
     image_size: int = opt(384, "images are resized to image_size x image_size when a batch reads them")
     on_bad_sample: str = opt("error", "error | skip (a question whose image file is missing)")
-    vqa_metric: str = opt(
-        "official",
-        "official (vqaEval.py rule for rule) | normalized (both sides normalised) | fedumm (NVFlare FedUMM's "
-        "min(#equal answers / 3, 1) after strip and lower case)",
-    )
+    vqa_metric: str = vqa_metric_option("official")
 
     def __post_init__(self) -> None:  # checked when the configuration is composed, before anything runs
         check_vqa_metric(self.vqa_metric)
