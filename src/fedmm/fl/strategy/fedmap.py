@@ -191,11 +191,6 @@ def kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p * (np.log(p) - np.log(q))))
 
 
-# The gate's branches, as round metrics name them: the student disabled; the warm-up's cap at 0.25; the student
-# dominating after its streak; the trust-region step; the step capped at 0.25.
-GATE_BRANCHES = ("teacher_only", "warmup", "student", "trust_region", "capped")
-
-
 def gate(
     rnd: int,
     teacher: np.ndarray,
@@ -206,7 +201,8 @@ def gate(
     cfg: FedMAPConfig,
 ) -> tuple[float, int, bool, str]:
     """The student's share beta of the final weights (1 - beta) * teacher + beta * student, the new streak, whether
-    the student passed, and which branch decided (GATE_BRANCHES).
+    the student passed, and which branch decided, as the round metrics name it: teacher_only (the student disabled),
+    warmup (capped at 0.25), student (dominating after its streak), trust_region (beta_kl) or capped (at 0.25).
 
     The student passes a round when its weights score at least teacher_score - gate_delta; `streak` counts passes
     in a row. beta_kl = min(1, gate_eta / sqrt(2 KL(teacher || student))) is a trust region: the further the
@@ -294,9 +290,10 @@ def label_statistics(data: MultimodalDataset, variant: str = "fixed") -> dict[st
     reads 0), and imbalance_ratio = the mean over examples of the multi-hot label vector's mean, i.e. the share of
     positive entries (a single-label example's one-hot vector: 1 / labels)."""
     if variant == "original":
-        n = len(data.labels)
+        if not len(data.labels):
+            return {"diversity": 0.0, "imbalance_ratio": 0.0}
         positive_rate = float(data.labels.mean()) if data.multilabel else 1.0 / max(data.num_labels, 1)
-        return {"diversity": 0.0, "imbalance_ratio": positive_rate if n else 0.0}
+        return {"diversity": 0.0, "imbalance_ratio": positive_rate}
     counts = data.label_counts().astype(np.float64)
     if counts.sum() <= 0 or len(counts) < 2:
         return {"diversity": 0.0, "imbalance_ratio": 1.0}
