@@ -22,8 +22,11 @@ def test_a_mapping_option_takes_new_keys_on_the_command_line():
     unknown option is still refused."""
     from fedmm.config import load_settings
 
-    s = load_settings(["model=januspro", "model.text_config={hidden_size:2048,num_hidden_layers:24}"])
+    s = load_settings(["model=blip_vqa", "model.text_config={hidden_size:2048,num_hidden_layers:24}"])
     assert s.model.text_config == {"hidden_size": 2048, "num_hidden_layers": 24}
+    # over a preset's mapping (januspro's 1B shapes) the given keys replace its values and the others stay
+    s = load_settings(["model=januspro", "model.text_config={num_hidden_layers:2}"])
+    assert s.model.text_config["num_hidden_layers"] == 2 and s.model.text_config["hidden_size"] == 2048
     with pytest.raises(FedmmError, match="unknown option 'model.nosuch'"):
         load_settings(["model=januspro", "model.nosuch={a:1}"])
 
