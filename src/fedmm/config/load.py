@@ -314,6 +314,11 @@ def _check_privacy(cfg: DictConfig) -> None:
             "privacy.mode=central needs the server to see each update, which secure aggregation "
             "prevents; use privacy.mode=local (each client adds its share of the noise)"
         )
+    if getattr(cfg.strategy, "weight_by", "examples") != "examples":
+        raise FedmmError(
+            "strategy.weight_by=steps does not work with secure aggregation (SecAgg+ masks each update with its "
+            "example count as weight); use strategy.weight_by=examples"
+        )
     if cfg.compression.kind != "none":
         raise FedmmError(
             f"compression.kind={cfg.compression.kind} does not work with secure aggregation (it "
