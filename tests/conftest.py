@@ -109,6 +109,17 @@ def same_globals(a: Path, b: Path, atol: float = 1e-6) -> None:
         torch.testing.assert_close(x[k], y[k], rtol=0, atol=atol, msg=k)
 
 
+def same_traffic(a: dict, b: dict) -> None:
+    """Two round records moved the same bytes: the model down exactly, the replies up to their timing's text.
+
+    A reply's safetensors header carries the client's `seconds` (to 0.1 ms, so its text differs by at most 4
+    characters between runs), and safetensors pads the header to 8 bytes: each reply may differ by one pad.
+    """
+    assert a["clients"] == b["clients"] and a["bytes_down"] == b["bytes_down"]
+    replies = len(a["clients"]) + len(a.get("rejected", {}))
+    assert abs(a["bytes_up"] - b["bytes_up"]) <= 8 * replies, (a["bytes_up"], b["bytes_up"])
+
+
 def assert_stopped(pids: list[int], system) -> None:
     """Every process a local test system started is gone, the ones it detached included."""
     for pid in pids:
