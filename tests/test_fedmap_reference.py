@@ -105,7 +105,7 @@ def rounds(n_rounds: int):
                 "p_k": float(rng.uniform(0.2, 0.7)),
                 "val_loss": 0.1 if rnd == 7 else float(rng.uniform(0.3, 0.9)),
                 "grad_norm": float(rng.uniform(0.1, 3.0)),
-                "imbalance_ratio": float(rng.uniform(0.1, 0.4)),
+                "imbalance_ratio": float(rng.uniform(0.1, 0.9)),  # both sides of the balance rule's 0.5
                 "diversity": float(rng.uniform(0.0, 1.0)),
             }
             modalities = frozenset({"text"} if cid == 4 else {"image", "text"})
