@@ -10,7 +10,7 @@ from torch import nn
 from fedmm.backends.base import Backend
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.errors import FedmmError
-from fedmm.modelops import resolve_device
+from fedmm.modelops import batch_indices, resolve_device
 from fedmm.schedule import scheduled_lr
 from fedmm.train.loop import train_epochs
 
@@ -64,22 +64,40 @@ def test_gradient_accumulation_equals_the_larger_batch():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_an_epochs_last_short_group_still_steps_with_its_own_mean():
-    backend, data = TextLengthBackend(None, 2, False), _data(40)  # 40 = 16 + 16 + 8 at batch 8 x accum 2
-    model = backend.build_model(seed=3)
+def sgd_by_hand(model, backend, data, *, epochs, batch_size, accum, lr, seed, momentum=0.9):
+    """The training loop written out: the same batch order, each optimizer step the mean loss of its own group of
+    batches (an epoch's last group may be shorter), torch's SGD with momentum by hand, gradients cleared per step."""
+    rng = np.random.default_rng(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    velocity = [torch.zeros_like(p) for p in params]
+    for _ in range(epochs):
+        batches = list(batch_indices(len(data), batch_size, rng))
+        for g in range(0, len(batches), accum):
+            group = batches[g : g + accum]
+            loss = sum(backend.loss(model, backend.collate(data, idx))[0] for idx in group) / len(group)
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                for p, v, d in zip(params, velocity, grads):
+                    v.mul_(momentum).add_(d)  # torch's buffer; its first step's is d, as here from zeros
+                    p.sub_(lr * v)
+
+
+@pytest.mark.parametrize("n, accum", [(70, 4), (40, 2), (64, 1)])
+def test_the_loop_is_sgd_on_each_groups_mean_and_clears_its_gradients(n, accum):
+    """With SGD (no adaptive step to hide a common scale) the loop's parameters equal the hand-written loop's: so a
+    loop that never clears gradients, or divides an epoch's short last group (70 at batch 8 x 4: 4, 4 and 1
+    batches) by `accum` instead of its own size, fails. No gradient is left on the model afterwards."""
+    backend, data = TextLengthBackend(None, 2, False), _data(n)
+    ours, ref = backend.build_model(seed=3), backend.build_model(seed=3)
+    kw = dict(epochs=2, batch_size=8, lr=0.05, seed=7)
     stats = train_epochs(
-        model,
-        backend,
-        data,
-        epochs=1,
-        batch_size=8,
-        lr=0.05,
-        weight_decay=0.0,
-        seed=7,
-        progress=False,
-        grad_accum_steps=2,
+        ours, backend, data, **kw, weight_decay=0.0, progress=False, optimizer_name="sgd", grad_accum_steps=accum
     )
-    assert stats["steps"] == 3
+    sgd_by_hand(ref, backend, data, **kw, accum=accum)
+    assert stats["steps"] == 2 * math.ceil(len(list(batch_indices(n, 8))) / accum)
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in ours.parameters())
 
 
 def test_learning_rate_warm_up_then_schedule():
