@@ -37,7 +37,12 @@ TINY = [
 ]
 
 
-def fedmm(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+# Seconds after which a subprocess or a wait counts as hung: far past what the slowest run here needs on a loaded
+# 2-core machine, so that a test's verdict never depends on the machine's load (a hang still ends).
+HANG = 3600
+
+
+def fedmm(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = HANG) -> subprocess.CompletedProcess:
     """Run the real `fedmm` command line in a subprocess."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(

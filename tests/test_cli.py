@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import TINY, fedmm, metrics, untrained
+from conftest import HANG, TINY, fedmm, metrics, untrained
 from fedmm.config import expand_sweeps
 from fedmm.errors import FedmmError
 
@@ -180,7 +180,7 @@ def kill_and_resume(tmp_path, args):
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + HANG
         while not (killed / "checkpoints" / "round_0002").exists():
             assert proc.poll() is None and time.time() < deadline, "run ended before round 2 was checkpointed"
             time.sleep(0.02)

@@ -80,3 +80,48 @@ def test_ffa_lora_freezes_a_so_it_neither_trains_nor_travels():
     up = ClientTrainer(backend, model, progress=False).fit(0, data, params_to_bytes(get_params(model, keys)), CONFIG)
     assert set(up.params) == set(keys)
     assert all(np.array_equal(model.state_dict()[k].numpy(), v.numpy()) for k, v in a_before.items())
+
+
+def _distance(a, b, keys):
+    return float(np.sqrt(sum(np.sum((a[k].astype(np.float64) - b[k]) ** 2) for k in keys)))
+
+
+def test_dittos_lambda_pulls_the_personal_model_toward_the_global_one_it_was_sent():
+    """Ditto: the personal model trains on lambda/2 ||v - w||^2 beside its loss, w being the global model of *this*
+    round. Plain SGD so that no optimizer rescales the pull. A larger lambda keeps it nearer; in round 2 it is pulled
+    toward the new global (not toward where it started), continues from its own copy (it does not restart from the
+    global), and the update the site sends is Ditto-free."""
+    near, sent, far = {}, {}, {}
+    for lam in (0.0, 1.0, 10.0):
+        backend, model, data = _setup()
+        keys = [k for k in backend.trainable_keys(model) if "running" not in k and "num_batches" not in k]
+        g1 = get_params(model, backend.trainable_keys(model))
+        trainer = ClientTrainer(backend, model, progress=False)
+        ins = replace(CONFIG, personalize="ditto", personal_lam=lam, optimizer="sgd")
+        sent[lam] = trainer.fit(0, data, params_to_bytes(g1), ins).params
+        p1 = trainer.state.load("personal", 0, 2)
+        rng = np.random.default_rng(0)  # the next round's global model, somewhere else
+        g2 = {k: (v + 0.02 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in g1.items()}
+        trainer.fit(0, data, params_to_bytes(g2), replace(ins, round=2))
+        p2 = trainer.state.load("personal", 0, 3)
+        near[lam] = _distance(p1, g1, keys)
+        far[lam] = (_distance(p2, g2, keys), _distance(p1, g2, keys))
+    assert near[10.0] < near[1.0] < near[0.0] and near[10.0] < 0.5 * near[0.0]
+    assert far[10.0][0] < far[1.0][0] < far[0.0][0] and far[10.0][0] < 0.5 * far[10.0][1]
+    assert far[0.0][0] > 0.9 * far[0.0][1]  # without the pull it keeps training its own copy, far from the global
+    assert all(np.array_equal(sent[lam][k], sent[0.0][k]) for lam in sent for k in sent[0.0])
+
+
+def test_each_client_and_round_trains_with_its_own_seed_and_the_same_one_again():
+    """Batch order and dropout are seeded by (seed, round, client): two sites with the same data and model move
+    differently, so do two rounds of one site; the same site and round repeat exactly."""
+
+    def update(cid, rnd):
+        backend, model, data = _setup()
+        payload = params_to_bytes(get_params(model, backend.trainable_keys(model)))
+        return ClientTrainer(backend, model, progress=False).fit(cid, data, payload, replace(CONFIG, round=rnd)).params
+
+    first = update(0, 1)
+    same = lambda a, b: all(np.array_equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(first, update(0, 1))
+    assert not same(first, update(1, 1)) and not same(first, update(0, 2))

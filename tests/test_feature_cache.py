@@ -4,6 +4,7 @@ notices new weights and goes away with its data set."""
 import gc
 
 import numpy as np
+import pytest
 import torch
 from safetensors.numpy import load_file
 
@@ -100,6 +101,30 @@ def test_disk_cache_hits_on_a_repeat_and_misses_on_new_weights_preprocessing_or_
     more = run("d", "task.num_train=640")
     assert set(resized) < set(more)
     assert set(more) < set(run("e", "seed=7"))  # seed 7 initialises other (frozen, random) encoder weights
+
+
+@pytest.mark.parametrize("changed", ["text_encoder", "image_encoder"])
+def test_new_weights_in_one_encoder_renew_its_entry_only(tmp_path, changed):
+    """Each entry's key holds its own encoder's digest: new weights in one encoder add exactly one entry on disk,
+    and the batches carry that encoder's new features (as encoded without a cache) and the other's old ones."""
+    backend, model, data = backend_model_data(f"model.cache_dir={tmp_path}")
+    idx = np.arange(8)
+    backend.prepare(model, data)
+    before, first = backend.collate(data, idx), entries(tmp_path)
+    assert len(first) == 2  # the texts' and the image table's
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in getattr(model, changed).parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    backend.prepare(model, data)
+    after = backend.collate(data, idx)
+    assert len(entries(tmp_path)) == 3 and set(first) < set(entries(tmp_path))
+    new, old = ("text", "image") if changed == "text_encoder" else ("image", "text")
+    assert torch.equal(after[f"{old}_features"], before[f"{old}_features"])
+    assert not torch.allclose(after[f"{new}_features"], before[f"{new}_features"])
+    uncached, _, _ = backend_model_data("model.cache_dir=none")
+    uncached.prepare(model, data)
+    torch.testing.assert_close(uncached.collate(data, idx)[f"{new}_features"], after[f"{new}_features"])
 
 
 def test_a_damaged_entry_is_encoded_again(tmp_path, capsys):

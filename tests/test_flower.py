@@ -15,7 +15,7 @@ pytest.importorskip("flwr")
 from fedmm.runtime.flower.deploy import write_app, write_certificates  # noqa: E402
 from fedmm.runtime.flower.localnet import LocalDeployment  # noqa: E402
 
-from conftest import assert_stopped, fedmm, metrics, same_globals, same_site_figures, same_traffic  # noqa: E402
+from conftest import HANG, assert_stopped, fedmm, metrics, same_globals, same_site_figures, same_traffic  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_simulation_matches_local(tmp_path, tiny_args):
     args = _tiny(tiny_args, 3) + ["rounds=2", "compression.kind=int8_block", "attack=nan", "attack.clients=[1]"]
     args += ["personalize=ditto", "client_eval=final"]
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
-    out = fedmm("run", *args, "runtime=flower", "runtime.cpus=2", f"output_dir={tmp_path / 'flower'}", timeout=300)
+    out = fedmm("run", *args, "runtime=flower", "runtime.cpus=2", f"output_dir={tmp_path / 'flower'}")
     assert "done in" in out.stdout
     same_globals(tmp_path / "local", tmp_path / "flower")
     local, flower = metrics(tmp_path / "local"), metrics(tmp_path / "flower")
@@ -86,12 +86,12 @@ def test_run_goes_on_when_a_supernode_dies(tmp_path, tiny_args):
             )
         )
         job.start()
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + HANG
         while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
             assert time.monotonic() < deadline and job.is_alive(), "round 1 never finished"
             time.sleep(0.2)
         net.kill_supernode(2)
-        job.join(timeout=400)
+        job.join(timeout=HANG)
         assert not job.is_alive()
     records = metrics(run)
     assert [r["round"] for r in records] == [1, 2, 3]

@@ -3,6 +3,7 @@ every bad value a one-line error, input files contained, nothing deleted that fe
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, fedmm, metrics
+from conftest import HANG, TINY, fedmm, metrics
 from fedmm.errors import FedmmError
 from fedmm.rundir import RunDir
 
@@ -31,19 +32,21 @@ def _refused(proc, *words):
 
 # -- one writer ---------------------------------------------------------------------------------------------------
 HOLD = """
-import sys, time
+import sys
 from fedmm.rundir import RunDir
 rd = RunDir(sys.argv[1]).create()
 rd.lock()
 print("locked", flush=True)
-time.sleep(60)
+sys.stdin.read()  # holds the lock until the test closes its stdin (or kills it)
 """
 
 
 @pytest.mark.parametrize("how", ["run", "resume"])
 def test_a_second_writer_is_refused_and_touches_nothing(tmp_path, how):
     run = _run(tmp_path, rounds=1) if how == "resume" else tmp_path / "new"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -169,6 +172,26 @@ def test_damaged_run_folders_are_one_line_errors_or_skipped_checkpoints(tmp_path
     _refused(fedmm("run", "-m", "rounds=range(0)", *TINY, check=False), "sweeps over no values")
 
 
+@pytest.mark.parametrize(
+    "change, shown",
+    [("seed=5", "seed: 0 -> 5"), ("lr=0.5", "lr: 0.001 -> 0.5"), ("partition.alpha=0.9", "alpha: 0.5 -> 0.9")],
+)
+def test_a_resume_that_changes_what_the_run_computes_is_refused(tmp_path, change, shown):
+    """The identity a checkpoint records holds the seed (it draws the split, the clients, the noise) and every
+    other setting that changes the result; how long a run goes may change."""
+    from fedmm.config import load_settings
+    from fedmm.config.load import identity
+    from fedmm.experiment.server import resume_point
+
+    settings = lambda *more: load_settings([*TINY, "seed=0", "lr=0.001", *more])  # noqa: E731
+    rd = RunDir(tmp_path).create()
+    rd.append_metrics({"round": 1})
+    rd.save_checkpoint(1, {"w": np.zeros(2, np.float32)}, {}, identity=identity(settings()))
+    assert resume_point(rd, settings())[0] == 1 and resume_point(rd, settings("rounds=9"))[0] == 1
+    with pytest.raises(FedmmError, match=re.escape(f"its settings changed since round 1 ({shown})")):
+        resume_point(rd, settings(change))
+
+
 def test_edited_shortened_or_malformed_runs_are_refused(tmp_path):
     run = _run(tmp_path)
     config = (run / "config.yaml").read_text()
@@ -272,11 +295,11 @@ def test_sigterm_is_one_line_and_the_run_resumes(tmp_path):
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG
     while not (run / "checkpoints" / "round_0001").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.terminate()
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG)
     assert proc.returncode == 143
     assert err.strip().splitlines()[-1] == f"terminated; completed rounds are kept (continue with resume={run})"
 

@@ -9,6 +9,8 @@ import textwrap
 
 import pytest
 
+from conftest import HANG
+
 PLUGIN = """
 from dataclasses import dataclass
 
@@ -56,7 +58,7 @@ RUN = ["task=colours", "model=mean_colour", "model.hidden=3", "rounds=2", "num_c
 
 def _fedmm(args, env, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "fedmm.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+        [sys.executable, "-m", "fedmm.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=HANG
     )
 
 
@@ -110,7 +112,7 @@ def test_a_package_outside_the_repository_runs_from_the_shell(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG,
     )
     assert pip.returncode == 0, pip.stderr
     out = _fedmm(["run", *RUN, f"output_dir={tmp_path / 'b'}"], {**os.environ, "PYTHONPATH": str(site)}, tmp_path)

@@ -233,7 +233,6 @@ def test_dp_works_for_a_lora_vlm_and_only_the_adapters_travel(tmp_path):
         "privacy.clip_norm=0.5",
         "rounds=2",
         f"output_dir={tmp_path}",
-        timeout=600,
     )
     records = metrics(tmp_path)
     assert records[1]["dp_epsilon"] > records[0]["dp_epsilon"] > 0

@@ -11,7 +11,7 @@ pytest.importorskip("flwr")
 
 from fedmm.runtime.flower.localnet import LocalDeployment  # noqa: E402
 
-from conftest import assert_stopped, fedmm, metrics  # noqa: E402
+from conftest import HANG, assert_stopped, fedmm, metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SECURE = ["privacy.secure_aggregation=true", "runtime=flower"]
@@ -36,7 +36,7 @@ def test_secure_sum_matches_plain_fedavg_within_the_quantization_bound(tmp_path,
     # must train on the same data
     args = tiny_args + ["num_clients=3", "rounds=1", "threads=1", "progress=false", "client_eval=none"]
     fedmm("run", *args, f"output_dir={tmp_path / 'plain'}")
-    fedmm("run", *args, *SECURE, "runtime.cpus=2", f"output_dir={tmp_path / 'secure'}", timeout=400)
+    fedmm("run", *args, *SECURE, "runtime.cpus=2", f"output_dir={tmp_path / 'secure'}")
     plain, secure = _globals(tmp_path / "plain"), _globals(tmp_path / "secure")
     worst = max(float(np.abs(secure[k].astype(np.float64) - plain[k]).max()) for k in plain)
     bound = _bound(tmp_path / "plain")
@@ -58,7 +58,7 @@ def test_distributed_dp_under_secure_aggregation(tmp_path, tiny_args):
         "privacy.noise_seed=3",
     ]
     args = tiny_args + ["num_clients=3", "rounds=1", "threads=1", "progress=false"]
-    fedmm("run", *args, *dp, *SECURE, "runtime.cpus=2", f"output_dir={tmp_path / 'secure'}", timeout=400)
+    fedmm("run", *args, *dp, *SECURE, "runtime.cpus=2", f"output_dir={tmp_path / 'secure'}")
     fedmm("run", *args, *dp, f"output_dir={tmp_path / 'local'}")
     secure, local = _globals(tmp_path / "secure"), _globals(tmp_path / "local")
     worst = max(float(np.abs(secure[k].astype(np.float64) - local[k]).max()) for k in local)
@@ -86,13 +86,13 @@ def test_deployment_survives_a_supernode_killed_during_the_protocol(tmp_path, ti
         job = threading.Thread(target=lambda: result.update(out=net.run(args)))
         job.start()
         log = tmp_path / "net" / "supernode-2.log"
-        deadline = time.monotonic() + 400
+        deadline = time.monotonic() + HANG
         # a query, then four protocol messages per round: round 2's third is the 1 + 4 + 3 = 8th
         while not log.exists() or log.read_text().count("Receiving: ") < 8:
             assert time.monotonic() < deadline and job.is_alive(), "round 2 never reached its masked vectors"
             time.sleep(0.05)
         net.kill_supernode(2)
-        job.join(timeout=500)
+        job.join(timeout=HANG)
         assert not job.is_alive()
     assert_stopped(pids, net)
     records = metrics(run)

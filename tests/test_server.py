@@ -1,11 +1,14 @@
 """The server's round loop without a model: updates streamed into a running sum as they arrive, failed and silent
 clients recorded, and too few replies stopping the round with a clear error."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from fedmm.errors import FedmmError
 from fedmm.fl.instructions import FitInstructions
+from fedmm.fl.privacy import Accountant
 from fedmm.fl.update import Update
 from fedmm.fl.server import Server, ServerConfig
 from fedmm.fl.strategy import STRATEGIES
@@ -93,3 +96,50 @@ def test_a_clients_own_error_is_not_mistaken_for_too_few_replies():
 
     with pytest.raises(ValueError, match="batch_size must be positive"):
         server(FedAvg(FedAvgConfig())).run_round(1, GLOBAL, fit_clients)
+
+
+def answer_all(rnd, ids, payload, configs):
+    return {cid: reply(cid) for cid in ids}
+
+
+@pytest.mark.parametrize("rounds, eval_every", [(1, 1), (5, 1), (5, 2), (7, 3), (6, 3), (4, 10)])
+def test_every_eval_every_th_round_and_always_the_last_is_evaluated(rounds, eval_every):
+    """Round r is scored when r is a multiple of eval_every, and the final round always is (a run that ends between
+    two evaluations still reports its model)."""
+    scored = []
+    s = server(FedAvg(FedAvgConfig()))
+    s.cfg = replace(s.cfg, rounds=rounds, eval_every=eval_every, client_eval="final")
+    s.evaluate = lambda p: scored.append(len(scored)) or {"accuracy": 0.5}
+
+    def fit_clients(rnd, ids, payload, configs):  # client_eval: evaluate requests get scores, not updates
+        if next(iter(configs.values())).task == "evaluate":
+            scores = Update(client_id=0, params={}, num_examples=3, metrics={"accuracy": 1.0})
+            return {c: replace(scores, client_id=c).to_bytes() for c in ids}
+        return answer_all(rnd, ids, payload, configs)
+
+    records = [s.run_round(r, GLOBAL, fit_clients)[1] for r in range(1, rounds + 1)]
+    expected = [r for r in range(1, rounds + 1) if r % eval_every == 0 or r == rounds]
+    assert [r["round"] for r in records if "eval_accuracy" in r] == expected and len(scored) == len(expected)
+    assert [r["round"] for r in records if r.get("client_eval")] == [rounds]  # client_eval=final: the last round only
+
+
+def test_local_dp_splits_the_noise_among_the_clients_sampled_this_round():
+    """privacy.mode=local with Poisson sampling: each sampled client adds std z * C / sqrt(m), m the clients sampled
+    in this round (not all clients, not the expected number), so the shares sum to the central noise z * C."""
+    s = server(FedAvg(FedAvgConfig()), num_clients=12)
+    s.privacy = Accountant(clip_norm=0.5, noise_multiplier=1.5, delta=1e-5, rate=0.4, num_clients=12, local=True)
+    told = {}
+
+    def fit_clients(rnd, ids, payload, configs):
+        told[rnd] = configs
+        return answer_all(rnd, ids, payload, configs)
+
+    for rnd in (1, 2, 3):
+        s.run_round(rnd, GLOBAL, fit_clients)
+    sizes = {rnd: len(c) for rnd, c in told.items()}
+    assert len(set(sizes.values())) > 1 and all(0 < m < 12 for m in sizes.values())  # the seed makes them differ
+    for rnd, configs in told.items():
+        assert list(configs) == s.privacy.sample(0, rnd)
+        for ins in configs.values():
+            assert ins.dp_clip_norm == 0.5
+            assert ins.dp_noise_std == pytest.approx(1.5 * 0.5 / np.sqrt(sizes[rnd]), rel=1e-12)

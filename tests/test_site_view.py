@@ -82,6 +82,63 @@ def test_personal_keys_pick_the_head_or_the_norms_and_refuse_all_or_nothing():
     assert HEAD_KEYS  # the default is documented in personal.py
 
 
+def test_fedbn_keeps_nested_norm_layers_and_their_statistics_and_nothing_named_like_them():
+    """FedBN's rule is by module, at any depth: `body.1.norm.running_mean` stays local; a Linear whose own name
+    contains "norm" does not, nor does a tensor of a module that merely sits under one named so."""
+    model = torch.nn.Module()
+    model.body = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Module())
+    model.body[1].norm = torch.nn.BatchNorm1d(4)
+    model.body[1].normalizer = torch.nn.Linear(4, 4)  # a name like a norm's, not a norm layer
+    model.ln = torch.nn.LayerNorm(4)
+    model.classifier = torch.nn.Linear(4, 2)
+    keys = list(model.state_dict())
+    local = personal_keys(type("Cfg", (), {"name": "fedbn", "local_keys": ""}), model, keys)
+    assert local == (
+        "body.1.norm.weight",
+        "body.1.norm.bias",
+        "body.1.norm.running_mean",
+        "body.1.norm.running_var",
+        "body.1.norm.num_batches_tracked",
+        "ln.weight",
+        "ln.bias",
+    )
+
+
+@pytest.mark.parametrize("mode", ["fedper", "fedbn"])
+def test_the_server_scores_the_global_model_with_the_initial_local_tensors(tmp_path, tiny_args, mode):
+    """Under fedper / fedbn the global model has no head (or norms) of its own: the server scores it with the
+    local tensors' initial values, whatever a site's trained copy left in the model instance the embedded runtime
+    shares; the local tensors never travel, and the running statistics that do are the strategy's stat_keys."""
+    from fedmm.config import load_settings
+    from fedmm.experiment import build_server
+    from fedmm.modelops import get_params, set_params
+
+    extra = ["model.norm=batchnorm"] if mode == "fedbn" else []
+    fed = build_server(load_settings([*tiny_args, f"personalize={mode}", *extra, f"output_dir={tmp_path}"]))
+    local = fed.server.instructions.local_keys
+    assert local and not set(local) & set(fed.params)
+    initial = get_params(fed.model, local)
+    before = fed.server.evaluate(fed.params)
+    set_params(fed.model, {k: v + 1 for k, v in initial.items()})  # a site's own copy, left behind
+    assert fed.server.evaluate(fed.params) == before
+    assert all(np.array_equal(v, initial[k]) for k, v in get_params(fed.model, local).items())
+    travelling = {k for k in fed.params if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert fed.server.strategy.ctx.stat_keys == travelling
+    assert bool(travelling) == (mode == "fedper")  # fedbn keeps every norm layer, the image encoder's too, local
+
+
+def test_batchnorm_statistics_are_the_strategys_stat_keys(tmp_path, tiny_args):
+    """model.norm=batchnorm: the fusion layers' running statistics travel as stat_keys (averaged, never stepped by
+    a server optimizer)."""
+    from fedmm.config import load_settings
+    from fedmm.experiment import build_server
+
+    fed = build_server(load_settings([*tiny_args, "model.norm=batchnorm", f"output_dir={tmp_path}"]))
+    stats = {k for k in fed.params if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert any(not k.startswith("image_encoder.") for k in stats)  # the fusion layers' own BatchNorm
+    assert fed.server.strategy.ctx.stat_keys == stats
+
+
 def test_client_eval_records_every_site_and_fedper_helps_the_worst_site(tmp_path, tiny_args):
     # the issue's acceptance run, with FedPer's heads kept at the sites at Dirichlet alpha 0.1
     args = tiny_args + ["num_clients=4", "rounds=3", "client_eval=final", "partition.alpha=0.1", "progress=false"]

@@ -25,7 +25,7 @@ def test_every_strategy_learns_in_two_rounds(tmp_path):
     # One sweep: every strategy on the tiny fusion model with LoRA adapters on its text encoder and two clients
     # that miss a modality.
     args = [*TINY, *MISSING, *LEARNABLE, "model.lora_r=2", "rounds=2"]
-    fedmm("run", "-m", *args, f"strategy={','.join(names)}", f"output_dir={tmp_path}/sw", timeout=600)
+    fedmm("run", "-m", *args, f"strategy={','.join(names)}", f"output_dir={tmp_path}/sw")
     base = untrained(args, tmp_path)
     runs = {}
     for name in names:

@@ -156,6 +156,23 @@ def test_parquet_bytes_with_a_test_file_and_per_site_folders(tmp_path):
     assert "client(s) 2 have no test or validation data; left out" in proc.stdout
 
 
+def test_sites_with_disjoint_labels_share_one_label_space(tmp_path):
+    """Site 0 holds only red, site 1 only green and blue: every site's label indices are the task's (the sorted
+    names of all sites' training rows), so site 0's first class is not site 1's."""
+    data = rows(60)
+    by = lambda *cs: [e for e in data if e["colour"] in cs]  # noqa: E731
+    write_csv(tmp_path / "sites" / "site0", by("red")[:10], name="train.csv")
+    write_csv(tmp_path / "sites" / "site1", by("green", "blue")[:20], name="train.csv")
+    write_csv(tmp_path / "sites" / "site1", by("blue")[10:14], name="test.csv")
+    write_csv(tmp_path, by("red", "green", "blue")[40:], name="test.csv")
+    task = load_table(TableConfig(root=str(tmp_path / "sites"), test_path=str(tmp_path / "test.csv")), 0)
+    names = task.test.label_names
+    assert names == ("blue", "green", "red") and all(c.label_names == names for c in task.clients)
+    assert set(task.clients[0].labels) == {2} and set(task.clients[1].labels) == {0, 1}
+    assert task.client_test[1].label_names == names and set(task.client_test[1].labels) == {0}
+    assert [names[i] for i in task.test.labels] == [e["colour"] for e in by("red", "green", "blue")[40:]]
+
+
 def test_a_hugging_face_dataset_folder_through_datasets(tmp_path):
     import datasets
 

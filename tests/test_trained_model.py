@@ -11,7 +11,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from conftest import TINY, fedmm
+from conftest import HANG, TINY, fedmm
 from fedmm import cli
 
 # The default job's model (frozen MiniLM + ImageNet MobileNetV2, a trained head) on small synthetic data.
@@ -78,7 +78,7 @@ def test_the_exported_default_model_predicts_exactly_as_the_run_without_its_pack
         text=True,
         env=env,
         cwd=tmp_path,
-        timeout=900,
+        timeout=HANG,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["FusionClassifier", "12"]
@@ -203,7 +203,7 @@ def test_a_federated_blip_exported_as_peft_and_merged_answers_as_fedmm_predict_w
             ],
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=HANG,
             env=dict(os.environ, HF_HUB_OFFLINE="1"),
         )
         assert proc.returncode == 0, proc.stderr

@@ -81,6 +81,7 @@ class FusionClassifier(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.fusion_dim, num_labels)
         self._text_memo: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._text_memo_weights: tuple = ()  # the text encoder's weight versions the memo was computed with
         self.memo_size = 200_000
 
     def _frozen(self, module: nn.Module) -> bool:
@@ -107,6 +108,11 @@ class FusionClassifier(nn.Module):
             return self._pool(input_ids, attention_mask)
         # Memoised path. Misses are encoded in groups of equal length without padding, so a sequence's embedding
         # does not depend on which batch it first appeared in (runs stay reproducible, resumed or not).
+        # New weights (loaded, or changed in place) move a storage or bump a version counter: forget old vectors.
+        weights = tuple((p.data_ptr(), p._version) for p in self.text_encoder.parameters())
+        if weights != self._text_memo_weights:
+            self._text_memo.clear()
+            self._text_memo_weights = weights
         lengths = attention_mask.sum(1).tolist()
         ids_np = input_ids.cpu().numpy()
         keys = [ids_np[i, :n].tobytes() for i, n in enumerate(lengths)]
