@@ -174,7 +174,11 @@ def test_damaged_run_folders_are_one_line_errors_or_skipped_checkpoints(tmp_path
 
 @pytest.mark.parametrize(
     "change, shown",
-    [("seed=5", "seed: 0 -> 5"), ("lr=0.5", "lr: 0.001 -> 0.5"), ("partition.alpha=0.9", "alpha: 0.5 -> 0.9")],
+    [
+        ("seed=5", "seed: 0 -> 5"),
+        ("lr=0.5", "lr: 0.001 -> 0.5"),
+        ("partition.alpha=0.9", "partition.alpha: 0.5 -> 0.9"),
+    ],
 )
 def test_a_resume_that_changes_what_the_run_computes_is_refused(tmp_path, change, shown):
     """The identity a checkpoint records holds the seed (it draws the split, the clients, the noise) and every
