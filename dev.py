@@ -114,41 +114,71 @@ def lock(args: list[str]) -> int:
 
 
 def mutate(args: list[str], env: dict) -> int:
-    """mutmut over the core modules listed in pyproject.toml ([tool.mutmut] only_mutate), or over one of them
-    (`fedavg`, `fl/strategy/fedavg.py` or `fedmm.fl.strategy.fedavg`); then its results (surviving mutants)."""
+    """mutmut over the modules listed in pyproject.toml ([tool.mutmut] only_mutate), or over some of them (`fedavg`,
+    `fl/strategy/fedavg.py`, `fedmm.fl.strategy.fedavg`, or a package such as `fedmm.client`); then its results.
+    `--sample N` checks a seeded random N of each MODULE's mutants: the modules outside the pure core are reached by
+    tests that train models, so each mutant costs seconds to minutes and all 3,000 of them would take hours."""
     mutmut = str(BIN / "mutmut")
+    sample = None
+    if args[:1] == ["--sample"]:
+        if len(args) < 3 or not args[1].isdigit():
+            print("error: give --sample N MODULE..., e.g. --sample 40 loop fedmm.client", file=sys.stderr)
+            return 2
+        sample, args = int(args[1]), args[2:]
     names = []
     for arg in args:
         dotted = arg.removeprefix("src/").removesuffix(".py").replace("/", ".")
         dotted = dotted if dotted.startswith("fedmm.") else None
-        if dotted is None:  # a short name: the core module whose file is called so
+        if dotted is None:  # a short name: the module whose file is called so
             import tomllib
 
             files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
             found = [f for f in files if Path(f).stem == arg or f.endswith(f"/{arg}") or f.endswith(f"/{arg}.py")]
             if not found:
-                print(f"error: '{arg}' is not a core module of [tool.mutmut] only_mutate", file=sys.stderr)
+                print(f"error: '{arg}' is not a module of [tool.mutmut] only_mutate", file=sys.stderr)
                 return 2
             dotted = found[0].removeprefix("src/").removesuffix(".py").replace("/", ".")
         names.append(f"{dotted}.*")
+    if sample is not None:
+        import random
+
+        subprocess.call([mutmut, "run", "fedmm.no_such_module.*"], cwd=ROOT, env=env)  # generates mutants only
+        listed = _mutant_states(
+            subprocess.run(
+                [mutmut, "results", "--all", "true"], cwd=ROOT, env=env, capture_output=True, text=True
+            ).stdout
+        )
+        picked = []
+        for pattern in names:
+            pool = sorted(n for n in listed if n.startswith(pattern[:-1]))
+            picked += random.Random(pattern).sample(pool, min(sample, len(pool)))
+        names = picked
     rc = subprocess.call([mutmut, "run", *names], cwd=ROOT, env=env)
     out = subprocess.run([mutmut, "results", "--all", "true"], cwd=ROOT, env=env, capture_output=True, text=True)
-    print(mutation_scores(out.stdout))
+    print(mutation_scores(out.stdout, only=set(names) if sample is not None else None))
     print("surviving mutants: .venv/bin/mutmut results; one of them: .venv/bin/mutmut show NAME")
     return rc
 
 
-def mutation_scores(results: str) -> str:
-    """A markdown table of mutants per module from `mutmut results --all true`: killed, survived, other (no tests,
-    timeout, suspicious), and the score killed / (killed + survived + other)."""
+def _mutant_states(results: str) -> dict[str, str]:
+    """{mutant name: state} from `mutmut results --all true`."""
+    import re
+
+    found = (re.match(r"\s*(fedmm\.\S+__mutmut_\d+): (.+)$", line) for line in results.splitlines())
+    return {m.group(1): m.group(2) for m in found if m}
+
+
+def mutation_scores(results: str, only: set[str] | None = None) -> str:
+    """A markdown table of mutants per module from `mutmut results --all true` (of the mutants in `only`, when
+    given): killed, survived, other (no tests, timeout, suspicious), and the score killed / all of them."""
     import re
     from collections import Counter, defaultdict
 
     counts: dict[str, Counter] = defaultdict(Counter)
-    for line in results.splitlines():
-        m = re.match(r"\s*(fedmm\.[\w.]+?)\.x[_\u01c1]\S*__mutmut_\d+: (.+)$", line)
-        if m and m.group(2) != "not checked":
-            counts[m.group(1)][m.group(2) if m.group(2) in ("killed", "survived") else "other"] += 1
+    for name, state in _mutant_states(results).items():
+        m = re.match(r"(fedmm\.[\w.]+?)\.x[_\u01c1]", name)
+        if m and state != "not checked" and (only is None or name in only):
+            counts[m.group(1)][state if state in ("killed", "survived") else "other"] += 1
     rows = ["| module | mutants | killed | survived | other | score |", "|---|---|---|---|---|---|"]
     for module, c in sorted(counts.items()):
         n = sum(c.values())

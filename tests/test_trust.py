@@ -51,6 +51,11 @@ def honest(cid: int, value: float = 1.0, n: int = 10, **kw) -> Update:
             ).to_bytes(),
             "claims modalities ['audio', 'image', 'text'] beyond its ['image', 'text']",
         ),
+        # not names: sorting them beside names for the message above raised TypeError and stopped the round
+        (
+            Update(1, {k: np.ones(v.shape, np.float32) for k, v in G.items()}, 5, modalities=frozenset({1})).to_bytes(),
+            "declares modalities that are not names",
+        ),
         (
             honest(
                 1, params={**{k: np.ones(v.shape, np.float32) for k, v in G.items()}, "other.w": np.ones(2, np.float32)}

@@ -70,6 +70,8 @@ def _header(update: Update, cid: int, max_examples: Optional[int]) -> None:
         raise Rejected(f"num_examples={str(n)[:20]} outside [1, {limit if max_examples is not None else 'inf'}]")
     if not isinstance(update.metrics, dict) or not all(_bounded_number(v) for v in update.metrics.values()):
         raise Rejected(f"reports metrics that are not finite numbers within +-{METRIC_BOUND:g}")
+    if not all(isinstance(m, str) for m in update.modalities):  # a later message sorts them: names only
+        raise Rejected("declares modalities that are not names")
 
 
 def _read(reply: bytes) -> Update:
