@@ -2,6 +2,7 @@
 notices new weights and goes away with its data set."""
 
 import gc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,23 @@ def test_cache_clear_from_the_command_line(tmp_path, capsys):
     assert f"holds {n} cached feature file(s)" in capsys.readouterr().out
     assert cli.main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert f"removed {n} cached feature file(s)" in capsys.readouterr().out and not (cache / "features").exists()
+
+
+def test_an_empty_cache_and_the_default_folder(tmp_path, monkeypatch):
+    from fedmm.backends.feature_cache import cache_root, clear, usage
+
+    monkeypatch.setenv("FEDMM_CACHE", str(tmp_path / "home"))
+    assert cache_root() == cache_root("") == tmp_path / "home"  # model.cache_dir unset: fedmm's cache home
+    assert cache_root("~/c") == Path.home() / "c"
+    assert usage(tmp_path / "never") == (0, 0) == clear(tmp_path / "never")  # no folder yet: nothing, no error
+
+
+def test_fingerprints_see_every_pixel_and_every_text():
+    from fedmm.backends.feature_cache import array_fingerprint, texts_fingerprint
+
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[1, 3, 3, 2] = 1
+    assert array_fingerprint(a) == array_fingerprint(a.copy()) != array_fingerprint(b)
+    assert array_fingerprint(a) != array_fingerprint(a.reshape(4, 2, 4, 3))  # same bytes, another shape
+    assert texts_fingerprint(["ab", "c"]) == texts_fingerprint(["ab", "c"]) != texts_fingerprint(["a", "bc"])

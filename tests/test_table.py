@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import fedmm, metrics, untrained
-from fedmm.data.table import TableConfig, load_table
+from fedmm.data.table import TableConfig, count_sites, load_table
 from fedmm.errors import FedmmError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -165,7 +165,9 @@ def test_sites_with_disjoint_labels_share_one_label_space(tmp_path):
     write_csv(tmp_path / "sites" / "site1", by("green", "blue")[:20], name="train.csv")
     write_csv(tmp_path / "sites" / "site1", by("blue")[10:14], name="test.csv")
     write_csv(tmp_path, by("red", "green", "blue")[40:], name="test.csv")
-    task = load_table(TableConfig(root=str(tmp_path / "sites"), test_path=str(tmp_path / "test.csv")), 0)
+    cfg = TableConfig(root=str(tmp_path / "sites"), test_path=str(tmp_path / "test.csv"))
+    task = load_table(cfg, 0)
+    assert count_sites(cfg) == 2 and count_sites(TableConfig(path="data.csv")) is None  # num_clients from folders
     names = task.test.label_names
     assert names == ("blue", "green", "red") and all(c.label_names == names for c in task.clients)
     assert set(task.clients[0].labels) == {2} and set(task.clients[1].labels) == {0, 1}
