@@ -391,3 +391,28 @@ def test_edges_of_the_reply_check():
 def test_the_automatic_norm_bound_needs_norms():
     assert norm_bound("auto", []) is None and norm_bound(None, [1.0]) is None and norm_bound(2, [9.0]) == 2.0
     assert norm_bound("auto", [1.0, 3.0, 10.0]) == AUTO_NORM_MULTIPLE * 3.0
+
+
+def test_gaussian_and_scale_attacks_have_the_stated_size_and_keep_the_dtype():
+    received = {"w": np.zeros(100_000, np.float16)}
+    trained = {"w": np.full(100_000, 0.5, np.float16)}
+    noisy = attack_update(AttackConfig(name="gaussian", std=0.3, clients=[1]), trained, received, seed=0)["w"]
+    assert noisy.dtype == np.float16 and noisy.astype(np.float64).std() == pytest.approx(0.3, rel=0.02)
+    assert abs(noisy.astype(np.float64).mean()) < 0.01  # around the global model: the training is thrown away
+    scaled = attack_update(AttackConfig(name="scale", scale=4.0, clients=[1]), trained, received, seed=0)["w"]
+    assert scaled.dtype == np.float16 and (scaled == 2.0).all()
+
+
+def test_a_secure_sum_is_checked_key_by_key_and_by_its_weight():
+    from fedmm.fl.privacy import Summed
+    from fedmm.fl.server import checked_sum
+
+    g = {"w": np.zeros(3, np.float32), "steps": np.zeros(1, np.int64)}
+    ok = Summed(delta_sum={"w": np.ones(3)}, weight=1.0, clients=[0])  # one client under DP weighs 1
+    assert checked_sum(ok, g, 1) is ok  # an integer key needs no sum
+    for bad in ({}, {"w": np.ones(2)}, {"w": np.array([1.0, np.nan, 0.0])}):
+        with pytest.raises(FedmmError, match="round 4: the securely aggregated sum is unusable at w"):
+            checked_sum(Summed(delta_sum=bad, weight=1.0, clients=[0]), g, 4)
+    with pytest.raises(FedmmError, match="round 2: the securely aggregated weights sum to 0.0"):
+        checked_sum(Summed(delta_sum={"w": np.ones(3)}, weight=0.0, clients=[0, 1]), g, 2)
+    assert checked_sum(Summed(delta_sum={"w": np.zeros(3)}, weight=0.0), g, 3).weight == 0.0  # nobody contributed
