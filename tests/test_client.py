@@ -125,3 +125,17 @@ def test_each_client_and_round_trains_with_its_own_seed_and_the_same_one_again()
     same = lambda a, b: all(np.array_equal(a[k], b[k]) for k in a)  # noqa: E731
     assert same(first, update(0, 1))
     assert not same(first, update(1, 1)) and not same(first, update(0, 2))
+
+
+def test_a_site_without_test_data_answers_an_evaluation_with_no_figures():
+    """client_eval at a site that holds no test rows: no examples, no figures, no tensors (the server leaves it out
+    of the per-site summary rather than counting one empty example)."""
+    backend, model, data = _setup()
+    payload = params_to_bytes(get_params(model, backend.trainable_keys(model)))
+    trainer = ClientTrainer(backend, model, progress=False)
+    ins = replace(CONFIG, task="evaluate")
+    for test in (None, data.subset(np.arange(0))):
+        up = trainer.evaluate(0, data, test, payload, ins)
+        assert (up.num_examples, up.metrics, up.params) == (0, {}, {})
+    up = trainer.evaluate(0, data, data.subset(np.arange(10)), payload, ins)
+    assert up.num_examples == 10 and "accuracy" in up.metrics

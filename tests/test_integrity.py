@@ -69,6 +69,13 @@ def _damage(folder: Path, how: str) -> None:
         (folder / "state.json").write_text((folder / "state.json").read_text()[:20])
     elif how == "missing strategy":
         (folder / "strategy.safetensors").unlink()
+    elif how in ("no checksums", "another round", "strategy not a mapping"):  # the blobs intact, state.json not
+        meta = json.loads((folder / "state.json").read_text())
+        if how == "no checksums":
+            del meta["sha256"]
+        else:
+            meta.update({"round": 7} if how == "another round" else {"strategy": []})
+        (folder / "state.json").write_text(json.dumps(meta))
     elif how == "flipped byte":  # still a valid safetensors file: only the checksum can tell
         data = bytearray((folder / "global.safetensors").read_bytes())
         data[-1] ^= 0x01
@@ -77,7 +84,17 @@ def _damage(folder: Path, how: str) -> None:
 
 @pytest.mark.parametrize(
     "how",
-    ["truncated global", "zeroed global", "cut state.json", "missing strategy", "flipped byte", "empty newer folder"],
+    [
+        "truncated global",
+        "zeroed global",
+        "cut state.json",
+        "missing strategy",
+        "flipped byte",
+        "empty newer folder",
+        "no checksums",
+        "another round",
+        "strategy not a mapping",
+    ],
 )
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, how, capsys):
     rd = RunDir(tmp_path).create()
@@ -91,7 +108,13 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
         expect = 2
     rnd, params, state, ident = rd.latest_checkpoint()
     assert rnd == expect and params["w"][0] == float(expect) and ident == {"a": 1}
-    assert "is damaged" in capsys.readouterr().out
+    why = {
+        "no checksums": "state.json holds no checksums (every checkpoint fedmm writes has them)",
+        "another round": "state.json does not describe this checkpoint",
+        "strategy not a mapping": "state.json does not describe this checkpoint",
+        "flipped byte": "global.safetensors does not match its checksum",
+    }.get(how, "")
+    assert f"is damaged ({why}" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ def test_the_best_round_is_kept_though_the_last_is_worse(tmp_path):
     np.testing.assert_array_equal(final["w"], [8.0, 8.0])  # global.safetensors stays the last round's
 
 
-def test_early_stop_ends_the_run_and_a_resume_stops_exactly_where_an_uninterrupted_run_does(tmp_path):
+def test_early_stop_ends_the_run_and_a_resume_stops_exactly_where_an_uninterrupted_run_does(tmp_path, capsys):
     whole = RunDir(tmp_path / "whole").create()
     _server(patience=2).run(whole, dict(G), 1, fit_clients)
     records = whole.read_metrics()
@@ -94,8 +94,10 @@ def test_early_stop_ends_the_run_and_a_resume_stops_exactly_where_an_uninterrupt
     ).read_bytes()
     again = _server(patience=2)  # resuming a run that stopped early trains nothing more
     again.load_state_dict(whole.latest_checkpoint()[2])
+    capsys.readouterr()
     again.run(whole, whole.latest_checkpoint()[1], 6, fit_clients)
     assert len(whole.read_metrics()) == 5
+    assert capsys.readouterr().out.strip() == records[-1]["early_stop"]  # and says why
 
 
 def test_select_best_and_fedmm_evaluate_from_the_command_line(tmp_path, capsys):

@@ -112,6 +112,7 @@ def test_every_eval_every_th_round_and_always_the_last_is_evaluated(rounds, eval
     s.evaluate = lambda p: scored.append(len(scored)) or {"accuracy": 0.5}
 
     def fit_clients(rnd, ids, payload, configs):  # client_eval: evaluate requests get scores, not updates
+        assert all(ins.round == rnd for ins in configs.values())  # each request names its round
         if next(iter(configs.values())).task == "evaluate":
             scores = Update(client_id=0, params={}, num_examples=3, metrics={"accuracy": 1.0})
             return {c: replace(scores, client_id=c).to_bytes() for c in ids}
@@ -143,3 +144,19 @@ def test_local_dp_splits_the_noise_among_the_clients_sampled_this_round():
         for ins in configs.values():
             assert ins.dp_clip_norm == 0.5
             assert ins.dp_noise_std == pytest.approx(1.5 * 0.5 / np.sqrt(sizes[rnd]), rel=1e-12)
+
+
+def test_a_site_that_cannot_evaluate_is_logged_and_left_out(caplog):
+    s = server(FedAvg(FedAvgConfig()), num_clients=3)
+    s.cfg = replace(s.cfg, client_eval="final")
+    scored = Update(client_id=0, params={}, num_examples=3, metrics={"accuracy": 1.0})
+
+    def fit_clients(rnd, ids, payload, configs):
+        if next(iter(configs.values())).task != "evaluate":
+            return answer_all(rnd, ids, payload, configs)
+        return {0: scored.to_bytes(), 1: RuntimeError("no disk"), 2: replace(scored, client_id=2).to_bytes()}
+
+    with caplog.at_level("WARNING", logger="fedmm"):
+        _, record = s.run_round(1, GLOBAL, fit_clients)
+    assert set(record["client_eval"]) == {"0", "2"}
+    assert "round 1: client 1 did not evaluate: RuntimeError: no disk" in caplog.text

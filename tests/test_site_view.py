@@ -165,7 +165,7 @@ def test_client_eval_records_every_site_and_fedper_helps_the_worst_site(tmp_path
     assert metrics(tmp_path / "fedper")[0].get("client_eval") is None  # final: only after the last round
 
 
-def test_personal_state_resumes_exactly_and_finetune_reports_before_and_after(tmp_path, tiny_args):
+def test_personal_state_resumes_exactly_and_finetune_reports_before_and_after(tmp_path, tiny_args, caplog):
     import fedmm as api
 
     # FedPer with 2 of 3 clients a round: after the resume, client 1 (its own head on disk) trains before client 2
@@ -180,9 +180,11 @@ def test_personal_state_resumes_exactly_and_finetune_reports_before_and_after(tm
     same_site_figures(straight.final, split.final, atol=0)  # the personal models, read back from the site's state
     assert "personal_accuracy" in straight.final["client_eval"]["0"]
 
-    ft = api.run(tiny_args + ["num_clients=2", "rounds=1", "personalize=finetune", f"output_dir={tmp_path / 'ft'}"])
+    with caplog.at_level("INFO", logger="fedmm"):
+        ft = api.run(tiny_args + ["num_clients=2", "rounds=1", "personalize=finetune", f"output_dir={tmp_path / 'ft'}"])
     site = ft.final["client_eval"]["0"]
     assert site["personal_loss"] < site["loss"]  # an epoch on its own data lowers its own test loss
+    assert "task synthetic" in caplog.text and "nothing to do" not in caplog.text  # one round of one: to do
 
 
 def test_bad_site_settings_are_one_line_errors(tiny_args):
