@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Set up fedmm in ./.venv and run it: `python3 dev.py run [overrides]`, `python3 dev.py test [pytest args]`,
 `python3 dev.py bench NAME` (benchmarks/NAME.py), `python3 dev.py lint` (ruff check and ruff format --check),
-`python3 dev.py lock` (re-resolve requirements.lock), `python3 dev.py mutate [MODULE]` (mutation testing of the core
-with mutmut; MODULE e.g. fedavg or fedmm.metrics; docs/TESTING.md).
+`python3 dev.py lock` (re-resolve requirements.lock), `python3 dev.py mutate [--sample N] [MODULE]` (mutation testing
+with mutmut; MODULE e.g. fedavg, fedmm.metrics or fedmm.client; docs/TESTING.md).
 
 Why a script and not a Makefile: a fresh machine has Python and git, not necessarily make. The environment is
 installed from requirements.lock (every package pinned with its sha256, pip --require-hashes), then

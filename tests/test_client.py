@@ -139,3 +139,29 @@ def test_a_site_without_test_data_answers_an_evaluation_with_no_figures():
         assert (up.num_examples, up.metrics, up.params) == (0, {}, {})
     up = trainer.evaluate(0, data, data.subset(np.arange(10)), payload, ins)
     assert up.num_examples == 10 and "accuracy" in up.metrics
+
+
+def test_the_client_trains_with_its_instructions_and_attacks_only_as_configured():
+    """grad_accum_steps reaches the loop (half the steps with SGD: another model), the reply carries the training
+    loss, and a configured attacker scales its delta from start_round on while the others stay honest."""
+    from fedmm.config.schema import AttackConfig
+
+    def fit(cid=0, rnd=1, attack=None, **kw):
+        backend, model, data = _setup()
+        start = get_params(model, backend.trainable_keys(model))
+        trainer = ClientTrainer(backend, model, progress=False, attack=attack)
+        up = trainer.fit(cid, data, params_to_bytes(start), replace(CONFIG, round=rnd, optimizer="sgd", **kw))
+        return start, up
+
+    start, plain = fit()
+    assert np.isfinite(plain.metrics["train_loss"]) and plain.metrics["batches"] == 12
+    _, halved = fit(grad_accum_steps=2)
+    assert halved.metrics["batches"] == 12 and not all(np.array_equal(plain.params[k], halved.params[k]) for k in start)
+    attack = AttackConfig(name="scale", clients=[1], scale=3.0, start_round=2)
+    for cid, rnd, factor in ((1, 2, 3.0), (1, 1, 1.0), (0, 2, 1.0)):
+        _, up = fit(cid, rnd, attack)
+        _, honest = fit(cid, rnd)
+        k = "classifier.weight"
+        np.testing.assert_allclose(
+            up.params[k] - start[k], factor * (honest.params[k] - start[k]), rtol=1e-4, atol=1e-6
+        )

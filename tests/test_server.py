@@ -64,7 +64,7 @@ def test_a_streaming_strategy_adds_each_update_before_the_next_client_replies():
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "median"])  # streaming and list-based
-def test_failed_and_silent_clients_are_recorded_and_the_rest_aggregated(strategy):
+def test_failed_and_silent_clients_are_recorded_and_the_rest_aggregated(strategy, caplog):
     def fit_clients(rnd, ids, payload, configs):
         return {0: reply(0), 1: RuntimeError("disk full"), 3: reply(3)}  # client 2 never answers
 
@@ -72,6 +72,7 @@ def test_failed_and_silent_clients_are_recorded_and_the_rest_aggregated(strategy
     _, record = server(s.factory(s.config_cls())).run_round(1, GLOBAL, fit_clients)
     assert record["clients"] == [0, 3] and record["num_clients"] == 2
     assert record["failures"] == {1: "RuntimeError: disk full", 2: "TimeoutError: no reply"}
+    assert "round 1: client 1 failed: RuntimeError: disk full" in caplog.messages  # the whole line
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "median"])
@@ -159,4 +160,24 @@ def test_a_site_that_cannot_evaluate_is_logged_and_left_out(caplog):
     with caplog.at_level("WARNING", logger="fedmm"):
         _, record = s.run_round(1, GLOBAL, fit_clients)
     assert set(record["client_eval"]) == {"0", "2"}
-    assert "round 1: client 1 did not evaluate: RuntimeError: no disk" in caplog.text
+    assert "round 1: client 1 did not evaluate: RuntimeError: no disk" in caplog.messages
+
+
+def test_a_secure_sum_is_recorded_with_each_contributors_examples_and_loss():
+    """Secure aggregation: the runtime hands the server one Summed; the record counts the contributors' examples
+    and loss from their plaintext metrics, and the strategy steps to the weighted mean."""
+    from fedmm.fl.privacy import Summed
+
+    def fit_clients(rnd, ids, payload, configs):
+        return Summed(
+            delta_sum={"w": np.full(3, 10.0)},  # sum of weight x delta: 2 x 1.0 + 8 x 1.0
+            weight=10.0,
+            clients=[0, 2],
+            metrics={0: {"num_examples": 2, "train_loss": 1.0}, 2: {"num_examples": 8, "train_loss": 0.5}},
+            bytes_up=123,
+        )
+
+    params, record = server(FedAvg(FedAvgConfig())).run_round(1, GLOBAL, fit_clients)
+    np.testing.assert_allclose(params["w"], 1.0)
+    assert record["clients"] == [0, 2] and record["num_examples"] == 10 and record["bytes_up"] == 123
+    assert record["train_loss"] == pytest.approx((2 * 1.0 + 8 * 0.5) / 10)
