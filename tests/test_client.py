@@ -165,3 +165,24 @@ def test_the_client_trains_with_its_instructions_and_attacks_only_as_configured(
         np.testing.assert_allclose(
             up.params[k] - start[k], factor * (honest.params[k] - start[k]), rtol=1e-4, atol=1e-6
         )
+    noisy = AttackConfig(name="gaussian", clients=[1], std=0.5)  # seeded by the client's seed: the same each time
+    assert all(np.array_equal(fit(1, 1, noisy)[1].params[k], fit(1, 1, noisy)[1].params[k]) for k in start)
+
+
+def test_error_feedback_carries_what_compression_lost_into_the_next_round():
+    from fedmm.config.schema import CompressionConfig
+
+    backend, model, data = _setup()
+    start = get_params(model, backend.trainable_keys(model))
+    ins = replace(CONFIG, compression=CompressionConfig(kind="int8", error_feedback=True))
+
+    def round_two(trainer):
+        return trainer.fit(0, data, params_to_bytes(start), replace(ins, round=2)).params
+
+    trainer = ClientTrainer(backend, model, progress=False)
+    trainer.fit(0, data, params_to_bytes(start), ins)
+    residual = trainer.state.load_residual(0, 2)  # what round 1's int8 message lost
+    assert residual is not None and any(np.abs(v).max() > 0 for v in residual.values())
+    carried = round_two(trainer)
+    without = round_two(ClientTrainer(backend, model, progress=False))  # the same round without a residual
+    assert not all(np.array_equal(carried[k], without[k]) for k in carried)
