@@ -193,3 +193,16 @@ def test_fingerprints_see_every_pixel_and_every_text():
     assert array_fingerprint(a) == array_fingerprint(a.copy()) != array_fingerprint(b)
     assert array_fingerprint(a) != array_fingerprint(a.reshape(4, 2, 4, 3))  # same bytes, another shape
     assert texts_fingerprint(["ab", "c"]) == texts_fingerprint(["ab", "c"]) != texts_fingerprint(["a", "bc"])
+
+
+def test_a_cache_folder_that_cannot_be_made_is_one_line_naming_the_fix(tmp_path):
+    from fedmm.backends.feature_cache import FeatureCache
+    from fedmm.errors import FedmmError
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(FedmmError) as e:
+        FeatureCache(tmp_path / "file").get_or_compute("k", lambda: torch.zeros(1))
+    assert str(e.value) == (
+        f"cannot use the feature cache {tmp_path / 'file' / 'features'} (Not a directory); set model.cache_dir to "
+        "a writable folder or model.cache_dir=none"
+    )
