@@ -98,6 +98,9 @@ def _damage(folder: Path, how: str) -> None:
 )
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, how, capsys):
     rd = RunDir(tmp_path).create()
+    rd.write_json("partition.json", {"a": [1]})  # what people open in an editor is indented
+    assert (tmp_path / "partition.json").read_text() == '{\n  "a": [\n    1\n  ]\n}\n'
+
     for r in (1, 2, 3):
         rd.save_checkpoint(r, {"w": np.full(4, float(r), np.float32)}, {"m": {"w": np.ones(2)}}, identity={"a": 1})
     if how == "empty newer folder":

@@ -360,3 +360,19 @@ def test_the_summed_mean_and_the_accountants_own_draws():
     u = summed.mean_update({"w": np.array([1.0, 1.0], np.float32)})
     assert u.params["w"].tolist() == [1.5, 2.0] and u.params["w"].dtype == np.float32 and u.num_examples == 7
     assert Accountant(1.0, 1.0, 1e-5, 0.5, 10, local=False).sample(3, 2) == [2, 3, 4, 9] == sample(10, 0.5, 3, 2)
+
+
+def test_the_plan_warns_when_the_noise_outweighs_every_update(tiny_args, caplog):
+    """z sqrt(values) / (clients per round) over 1 means the noise norm on the mean exceeds clip_norm: one line
+    with the ratio, the values and the clients per round."""
+    from fedmm.config import load_settings
+    from fedmm.experiment.server import accountant
+
+    s = load_settings([*tiny_args, "privacy=dp", "privacy.noise_multiplier=1.0", "rounds=3"])
+    with caplog.at_level("INFO", logger="fedmm"):
+        acc = accountant(s, num_clients=8, per_round=4, params={"w": np.zeros(10_000, np.float32)})
+    assert acc.rate == 0.5 and acc.noise_multiplier == 1.0
+    assert caplog.messages[-1] == (
+        "privacy: the noise on each round's mean update is about 25x clip_norm (over 10,000 values and 4 clients "
+        "per round): expect little learning; client-level DP needs many clients (README: Privacy)"
+    )
