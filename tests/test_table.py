@@ -129,6 +129,12 @@ def test_parquet_bytes_with_a_test_file_and_per_site_folders(tmp_path):
         )
 
     data = rows(90)
+    broken = [dict(data[0], png=data[0]["png"][:40]), *data[1:20]]  # an image cut short inside the file
+    parquet(tmp_path / "broken.parquet", broken)
+    with pytest.raises(
+        FedmmError, match=r"broken.parquet row 0: cannot read image bytes at \S+broken.parquet row 0 \("
+    ):
+        load_table(TableConfig(path=str(tmp_path / "broken.parquet"), image_size=16), 0)
     parquet(tmp_path / "test.parquet", data[:30])
     for k in range(3):
         (tmp_path / "sites" / f"site{k}").mkdir(parents=True)
@@ -165,8 +171,9 @@ def test_sites_with_disjoint_labels_share_one_label_space(tmp_path):
     write_csv(tmp_path / "sites" / "site1", by("green", "blue")[:20], name="train.csv")
     write_csv(tmp_path / "sites" / "site1", by("blue")[10:14], name="test.csv")
     write_csv(tmp_path, by("red", "green", "blue")[40:], name="test.csv")
-    cfg = TableConfig(root=str(tmp_path / "sites"), test_path=str(tmp_path / "test.csv"))
+    cfg = TableConfig(root=str(tmp_path / "sites"), test_path=str(tmp_path / "test.csv"), image_size=12)
     task = load_table(cfg, 0)
+    assert task.clients[1].images.shape[1:] == (12, 12, 3) == task.test.images.shape[1:]  # 20 x 24 PNGs, resized
     assert count_sites(cfg) == 2 and count_sites(TableConfig(path="data.csv")) is None  # num_clients from folders
     names = task.test.label_names
     assert names == ("blue", "green", "red") and all(c.label_names == names for c in task.clients)
@@ -226,6 +233,10 @@ def test_bad_rows_stop_or_are_skipped_with_their_line(tmp_path):
         load_table(TableConfig(path=str(path), image_size=16), 0)
     task = load_table(TableConfig(path=str(path), image_size=16, on_bad_sample="skip"), 0)
     assert len(task.train) + len(task.val) + len(task.test) == 29
+    text[3] = ",some text,red"
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(FedmmError, match=r"data.csv line 4: no image; "):
+        load_table(TableConfig(path=str(path), image_size=16), 0)
     proc = fedmm("run", "task=table", f"task.path={path}", *RUN, f"output_dir={tmp_path / 'r'}", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "task.on_bad_sample=skip" in proc.stderr
 
@@ -277,6 +288,8 @@ def test_files_and_cells_that_cannot_be_read_are_one_line_errors_or_bad_samples(
     for name, data, words in (
         ("five.jsonl", good + "5\n", "line 9: not an object with image, text and label"),
         ("null.jsonl", good + "null\n", "line 9: not an object"),
+        ("noimage.jsonl", good + '{"image": null, "text": "t", "label": "a"}\n', "line 9: no image; "),
+        ("nolabel.jsonl", good + '{"image": "imgs/0.png", "text": "t", "label": " "}\n', "line 9: no label; "),
         ("nul.csv", csv_rows + "imgs/0\x00.png,x,a\n", "line 10: image path 'imgs/0\\x00.png' cannot be resolved"),
         ("loop.csv", csv_rows + "imgs/loop1.png,x,a\n", "line 10: image path 'imgs/loop1.png' cannot be resolved"),
         ("dict.jsonl", good + json.dumps({"image": "imgs/0.png", "text": "", "label": {"a": 1}}) + "\n", "a dict"),
