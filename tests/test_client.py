@@ -138,7 +138,7 @@ def test_a_site_without_test_data_answers_an_evaluation_with_no_figures():
         up = trainer.evaluate(0, data, test, payload, ins)
         assert (up.num_examples, up.metrics, up.params) == (0, {}, {})
     up = trainer.evaluate(0, data, data.subset(np.arange(10)), payload, ins)
-    assert up.num_examples == 10 and "accuracy" in up.metrics
+    assert up.num_examples == 10 and np.isfinite(up.metrics["loss"])
 
 
 def test_the_client_trains_with_its_instructions_and_attacks_only_as_configured():
