@@ -98,8 +98,6 @@ def _damage(folder: Path, how: str) -> None:
 )
 def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, how, capsys):
     rd = RunDir(tmp_path).create()
-    rd.write_json("partition.json", {"a": [1]})  # what people open in an editor is indented
-    assert (tmp_path / "partition.json").read_text() == '{\n  "a": [\n    1\n  ]\n}\n'
 
     for r in (1, 2, 3):
         rd.save_checkpoint(r, {"w": np.full(4, float(r), np.float32)}, {"m": {"w": np.ones(2)}}, identity={"a": 1})
@@ -118,6 +116,11 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
         "flipped byte": "global.safetensors does not match its checksum",
     }.get(how, "")
     assert f"is damaged ({why}" in capsys.readouterr().out
+
+
+def test_json_a_person_opens_is_indented(tmp_path):
+    RunDir(tmp_path).create().write_json("partition.json", {"a": [1]})
+    assert (tmp_path / "partition.json").read_text() == '{\n  "a": [\n    1\n  ]\n}\n'
 
 
 @pytest.mark.slow

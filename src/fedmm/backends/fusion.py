@@ -66,6 +66,12 @@ class SafeBatchNorm1d(nn.BatchNorm1d):
         return super().forward(x)
 
 
+def weight_versions(*modules: nn.Module) -> tuple:
+    """What changes whenever a weight of `modules` does: any write (loading, an in-place update) moves a
+    parameter's storage or bumps its version counter, so memos keyed by this never outlive the weights."""
+    return tuple((p.data_ptr(), p._version) for m in modules for p in m.parameters())
+
+
 class FusionClassifier(nn.Module):
     def __init__(self, text_encoder: nn.Module, image_encoder: nn.Module, cfg: FusionConfig, num_labels: int):
         super().__init__()
@@ -108,8 +114,7 @@ class FusionClassifier(nn.Module):
             return self._pool(input_ids, attention_mask)
         # Memoised path. Misses are encoded in groups of equal length without padding, so a sequence's embedding
         # does not depend on which batch it first appeared in (runs stay reproducible, resumed or not).
-        # New weights (loaded, or changed in place) move a storage or bump a version counter: forget old vectors.
-        weights = tuple((p.data_ptr(), p._version) for p in self.text_encoder.parameters())
+        weights = weight_versions(self.text_encoder)  # new weights: forget the old vectors
         if weights != self._text_memo_weights:
             self._text_memo.clear()
             self._text_memo_weights = weights
@@ -302,8 +307,7 @@ class FusionBackend(Backend):
         if not (self.cfg.cache_features and all(model._frozen(e) for e in enc)):
             self._features.pop(id(data), None)
             return
-        # Any write to a weight (loading, an in-place update) moves its storage or bumps its version counter.
-        weights = tuple((p.data_ptr(), p._version) for e in enc for p in e.parameters())
+        weights = weight_versions(*enc)
         cached = self._features.get(id(data))
         if cached is not None and cached[0]() is data and cached[1] == weights:
             return
@@ -318,7 +322,7 @@ class FusionBackend(Backend):
 
     def _digest(self, module: nn.Module) -> str:
         """The weights' SHA-256, recomputed only when a weight changed."""
-        version = tuple((p.data_ptr(), p._version) for p in module.parameters())
+        version = weight_versions(module)
         memo = self._digests.get(id(module))
         if memo is None or memo[0] != version:
             memo = self._digests[id(module)] = (version, weights_digest(module))
