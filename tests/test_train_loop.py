@@ -119,3 +119,23 @@ def test_device_names():
     if not torch.cuda.is_available():
         with pytest.raises(FedmmError, match="sees no GPU"):
             resolve_device("cuda")
+
+
+def test_pos_weight_of_any_float_dtype_trains_in_the_models_float32():
+    """A multilabel client's `pos_weight` is a numpy array; given as float64 (numpy's default) it must train exactly
+    as its float32 copy, bit for bit: a loop that kept its dtype would compute the loss in float64 and round the
+    gradients differently."""
+    data = _data()
+    data = MultimodalDataset(
+        labels=np.stack([data.labels, 1 - data.labels], axis=1).astype(np.float32),
+        label_names=("long", "short"),
+        texts=data.texts,
+    )
+    backend, runs = TextLengthBackend(None, 2, True), []
+    for dtype in (np.float32, np.float64):
+        model = backend.build_model(seed=3)
+        kw = dict(epochs=2, batch_size=8, lr=0.05, weight_decay=0.0, seed=7, progress=False)
+        stats = train_epochs(model, backend, data, **kw, pos_weight=np.array([3.1, 0.37], dtype=dtype))
+        runs.append((stats["train_loss"], [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
