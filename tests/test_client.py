@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from fedmm.backends.fusion import FusionBackend
 from fedmm.client.client import ClientTrainer
@@ -186,3 +187,25 @@ def test_error_feedback_carries_what_compression_lost_into_the_next_round():
     carried = round_two(trainer)
     without = round_two(ClientTrainer(backend, model, progress=False))  # the same round without a residual
     assert not all(np.array_equal(carried[k], without[k]) for k in carried)
+
+
+def test_qffl_clients_report_the_received_models_loss_on_their_training_data_before_training():
+    """q-FFL's F_k is the loss of the model the client received, on its own training data, before it trains: not
+    the loss during training (train_loss), nor the loss after it."""
+    backend, model, data = _setup()
+    received = {k: v + 0.05 for k, v in get_params(model, backend.trainable_keys(model)).items()}
+    cfg = replace(CONFIG, strategy="qfedavg", eval_metrics=["accuracy"])
+    up = ClientTrainer(backend, model, progress=False).fit(0, data, params_to_bytes(received), cfg.to_json())
+    _, fresh, _ = _setup()
+    fresh.load_state_dict({**fresh.state_dict(), **{k: torch.from_numpy(v) for k, v in received.items()}})
+    assert up.metrics["qffl_loss"] == backend.evaluate(fresh, data, ("accuracy",), CONFIG.batch_size)["loss"]
+    assert up.metrics["qffl_loss"] != up.metrics["train_loss"]
+
+
+def test_fednova_clients_report_their_optimizer_steps_not_their_batches():
+    """96 examples in batches of 16 with 2 batches per step: 3 optimizer steps per epoch, 6 in 2 epochs (12 batches)."""
+    backend, model, data = _setup()
+    payload = params_to_bytes(get_params(model, backend.trainable_keys(model)))
+    cfg = replace(CONFIG, strategy="fednova", grad_accum_steps=2)
+    up = ClientTrainer(backend, model, progress=False).fit(0, data, payload, cfg)
+    assert up.metrics["fednova_steps"] == 6 and up.metrics["batches"] == 12

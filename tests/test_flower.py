@@ -27,8 +27,10 @@ def _tiny(tiny_args, clients):
 
 def test_simulation_matches_local(tmp_path, tiny_args):
     # client 1 is Byzantine (sends NaN): both runtimes reject it through the same validation and agree on the rest;
-    # each site also trains a Ditto personal model and, after the last round, scores both on its own test data
+    # FedDyn keeps state on both sides (each site's linear term, the server's h); each site also trains a Ditto
+    # personal model and, after the last round, scores both on its own test data
     args = _tiny(tiny_args, 3) + ["rounds=2", "compression.kind=int8_block", "attack=nan", "attack.clients=[1]"]
+    args += ["strategy=feddyn"]
     args += ["personalize=ditto", "client_eval=final"]
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
     out = fedmm("run", *args, "runtime=flower", "runtime.cpus=2", f"output_dir={tmp_path / 'flower'}")
@@ -46,6 +48,7 @@ def test_simulation_matches_local(tmp_path, tiny_args):
         assert (tmp_path / "flower" / name).exists(), name
     assert list((tmp_path / "flower" / "client_state").glob("client_*/residual-r2.safetensors"))
     assert len(list((tmp_path / "flower" / "client_state").glob("client_*/personal-r2.safetensors"))) == 3
+    assert len(list((tmp_path / "flower" / "client_state").glob("client_*/feddyn-r2.safetensors"))) == 3
 
 
 def test_deployment_with_tls_supernode_auth_and_resume(tmp_path, tiny_args):

@@ -96,3 +96,51 @@ def test_each_round_matches_flowers_strategy(name, flower_strategy, options):
         g = fedmm_aggregate(ours, rnd, g, clients)
         np.testing.assert_allclose(g["w"], expected[0], rtol=1e-9, atol=1e-12, err_msg=f"{name} round {rnd}")
         np.testing.assert_allclose(g["b"], expected[1], rtol=1e-9, atol=1e-12, err_msg=f"{name} round {rnd}")
+
+
+@pytest.mark.parametrize("q", [0.0, 0.5, 2.0])
+def test_qfedavg_matches_flowers_over_rounds_with_per_client_losses(q, monkeypatch):
+    """q-FFL against Flower 1.41's `QFedAvg` (serverapp), over rounds whose lr changes (fedmm's schedule: Flower gets
+    that round's lr as its client_learning_rate) and clients of different sizes and losses. Flower weighs no client
+    by its examples, and neither may fedmm: the counts here differ, so an example-weighted rule fails."""
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp.strategy import QFedAvg
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmm.fl.instructions import FitInstructions
+
+    for name in ("_run_id", "_node_id", "_task_id"):  # a Flower Message needs the run, node and task it is of
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    ours = make("qfedavg", q=q)
+    rng = np.random.default_rng(1)
+    g = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=5)}
+    for rnd, (clients, lr) in enumerate(zip(rounds(seed=2), (0.1, 0.05, 0.02, 0.3)), 1):
+        losses = rng.uniform(0.05, 3.0, size=len(clients))
+        theirs = QFedAvg(client_learning_rate=lr, q=q, train_loss_key="qffl_loss")
+        theirs.current_arrays = ArrayRecord({k: Array(v) for k, v in g.items()})  # what configure_train keeps
+        replies = [
+            Message(
+                RecordDict(
+                    {
+                        "arrays": ArrayRecord({"w": Array(a[0]), "b": Array(a[1])}),
+                        "metrics": MetricRecord({"qffl_loss": float(f), "num-examples": n}),
+                    }
+                ),
+                dst_node_id=k + 1,
+                message_type="train",
+            )
+            for k, ((a, n), f) in enumerate(zip(clients, losses))
+        ]
+        expected = theirs.aggregate_train(rnd, replies)[0].to_numpy_ndarrays()
+        ours.configure(
+            rnd,
+            list(range(len(clients))),
+            FitInstructions(round=rnd, seed=0, lr=lr, local_epochs=1, batch_size=8, weight_decay=0.0),
+        )
+        ups = [
+            Update(client_id=k, params={"w": a[0], "b": a[1]}, num_examples=n, metrics={"qffl_loss": float(f)})
+            for k, ((a, n), f) in enumerate(zip(clients, losses))
+        ]
+        g = ours.aggregate(rnd, g, ups)
+        np.testing.assert_allclose(g["w"], expected[0], rtol=1e-9, atol=1e-12, err_msg=f"q={q} round {rnd}")
+        np.testing.assert_allclose(g["b"], expected[1], rtol=1e-9, atol=1e-12, err_msg=f"q={q} round {rnd}")

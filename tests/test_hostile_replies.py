@@ -326,3 +326,27 @@ def test_step_weighted_fedavg_weighs_by_batches_and_rejects_a_reply_without_them
         np.testing.assert_allclose(v, 1.25)
     with pytest.raises(FedmmError, match="strategy.weight_by must be examples or steps"):
         FedAvgConfig(weight_by="batches")
+
+
+def test_malformed_control_variates_are_rejected_and_scaffold_moves_c_by_the_honest_ones():
+    """SCAFFOLD's delta c_i travels beside the update: one of another shape, non-finite, an integer tensor, for a key
+    the client may not send, or for a tensor it did not send, is a rejection of that client, and c moves by the
+    honest replies only."""
+    from fedmm.fl.strategy import StrategyContext
+
+    w = np.full((4, 4), 0.1, np.float32)
+    bad = {
+        1: honest(1, strategy_params={"enc.w": np.zeros((2, 2), np.float32)}).to_bytes(),
+        2: honest(2, strategy_params={"enc.w": np.full((4, 4), np.nan, np.float32)}).to_bytes(),
+        3: honest(3, strategy_params={"other": np.zeros(1, np.float32)}).to_bytes(),
+        4: honest(4, params={"head.b": np.ones(4, np.float32)}, strategy_params={"enc.w": w}).to_bytes(),
+    }
+    server = _server("scaffold")
+    server.strategy.setup(StrategyContext(num_clients=5))
+    _, record = _round_of(server, {**bad, 0: honest(0, strategy_params={"enc.w": w}).to_bytes()})
+    assert sorted(record["rejected"]) == [1, 2, 3, 4] and record["clients"] == [0]
+    assert "shape" in record["rejected"][1] or "(2, 2)" in record["rejected"][1]
+    assert "non-finite" in record["rejected"][2] and "may not" in record["rejected"][3]
+    assert "did not send" in record["rejected"][4]
+    np.testing.assert_allclose(server.strategy.c["enc.w"], w / 5)
+    np.testing.assert_array_equal(server.strategy.c["head.b"], 0)

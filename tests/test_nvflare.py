@@ -18,9 +18,10 @@ def _tiny(tiny_args, clients):
 
 
 def test_simulator_matches_local(tmp_path, tiny_args):
-    # a server optimizer (fedmm's strategy runs), and client 1 sending NaN: rejected by the same validation; the
-    # classifier heads stay at the sites (FedPer), and each site scores the global and its own model (validate task)
-    args = _tiny(tiny_args, 3) + ["rounds=2", "strategy=fedadam", "attack=nan", "attack.clients=[1]"]
+    # SCAFFOLD (server state, each site's own c_i, control variates sent both ways with the model), and client 1
+    # sending NaN: rejected by the same validation; the classifier heads stay at the sites (FedPer: they get no
+    # variates), and each site scores the global and its own model (validate task)
+    args = _tiny(tiny_args, 3) + ["rounds=2", "strategy=scaffold", "attack=nan", "attack.clients=[1]"]
     args += ["personalize=fedper", "client_eval=final"]
     fedmm("run", *args, f"output_dir={tmp_path / 'local'}")
     out = fedmm("run", *args, "runtime=nvflare", f"output_dir={tmp_path / 'nvflare'}")
@@ -32,6 +33,7 @@ def test_simulator_matches_local(tmp_path, tiny_args):
     same_site_figures(metrics(tmp_path / "local")[-1], metrics(tmp_path / "nvflare")[-1])
     for name in ("config.yaml", "report.md", "checkpoints/round_0002/global.safetensors"):
         assert (tmp_path / "nvflare" / name).exists(), name
+    assert len(list((tmp_path / "nvflare" / "client_state").glob("client_*/scaffold-r2.safetensors"))) == 2
 
 
 def test_simulator_runs_janus_pro_in_the_one_environment(tmp_path):

@@ -18,6 +18,21 @@ from safetensors.numpy import save as st_save
 
 Params = dict[str, np.ndarray]
 
+# The prefix of the tensors a strategy sends beside the model's, both ways (SCAFFOLD's control variates): one blob
+# carries both, so bytes_up / bytes_down count them, and no model key can start with it.
+STRATEGY_PREFIX = "fedmm_strategy/"
+
+
+def with_strategy_tensors(params: Params, extra: Params) -> Params:
+    """`params` plus `extra` under STRATEGY_PREFIX, for one blob."""
+    return {**params, **{STRATEGY_PREFIX + k: v for k, v in extra.items()}}
+
+
+def split_strategy_tensors(params: Params) -> tuple[Params, Params]:
+    """(the model's tensors, the strategy's without their prefix) of a received blob."""
+    model = {k: v for k, v in params.items() if not k.startswith(STRATEGY_PREFIX)}
+    return model, {k[len(STRATEGY_PREFIX) :]: v for k, v in params.items() if k.startswith(STRATEGY_PREFIX)}
+
 
 def params_to_bytes(params: Params, metadata: dict[str, str] | None = None) -> bytes:
     return st_save({k: np.ascontiguousarray(v) for k, v in params.items()}, metadata=metadata)

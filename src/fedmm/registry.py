@@ -169,6 +169,10 @@ STRATEGIES: Registry[Callable] = Registry(
             "trimmed_mean",
             "krum",
             "bulyan",
+            "qfedavg",
+            "fednova",
+            "feddyn",
+            "scaffold",
         )
     ),
 )

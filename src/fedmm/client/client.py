@@ -35,7 +35,7 @@ from fedmm.fl.strategy.base import ClientHook, LocalRound
 from fedmm.fl.strategy.fedprox import ProximalTerm
 from fedmm.fl.update import Update
 from fedmm.modelops import get_params, set_params
-from fedmm.params import Params, params_from_bytes
+from fedmm.params import Params, params_from_bytes, split_strategy_tensors
 from fedmm.registry import STRATEGIES
 from fedmm.train.loop import positive_weights, train_epochs
 
@@ -123,7 +123,7 @@ class ClientTrainer:
         its personal model's as `personal_<name>`; no tensors."""
         if test is None or len(test) == 0:
             return Update(client_id=cid, params={}, num_examples=0, modalities=data.modalities)
-        received = params_from_bytes(payload)
+        received = split_strategy_tensors(params_from_bytes(payload))[0]
         set_params(self.model, received)
         if ins.local_keys:  # the global model as the server has it: local keys at their initial values
             set_params(self.model, self._initial_local(ins))
@@ -160,7 +160,7 @@ class ClientTrainer:
         """One round of local training. `val` is the site's own validation data, when it has some; `instructions`
         may be their JSON form (as a remote runtime delivers them)."""
         ins = instructions if isinstance(instructions, FitInstructions) else FitInstructions.from_json(instructions)
-        received = params_from_bytes(payload)
+        received, from_server = split_strategy_tensors(params_from_bytes(payload))
         set_params(self.model, received)
         if ins.local_keys:  # fedper / fedbn: this site's own copy of the local tensors
             set_params(self.model, self._personal(cid, ins))
@@ -172,6 +172,9 @@ class ClientTrainer:
             val=val,
             instructions=ins,
             score=lambda d, metric: self._score(d, metric, ins),
+            load_state=lambda kind: self.state.load(kind, cid, ins.round),
+            save_state=lambda kind, params: self.state.save(kind, cid, ins.round, params),
+            from_server=from_server,
         )
         hook.before_training(run)
         byzantine = attacking(self.attack, cid, ins.round)
@@ -183,6 +186,7 @@ class ClientTrainer:
             ins.local_epochs,
             ins.round,
             on_step=hook.on_step,
+            after_step=hook.after_step,
             pos_weight=positive_weights(train.labels) if ins.pos_weight else None,
         )
         # batches: what strategy.weight_by=steps weighs by (NVFlare's NUM_STEPS_CURRENT_ROUND, epochs x batches);
@@ -215,6 +219,7 @@ class ClientTrainer:
             metrics=run.metrics,
             modalities=data.modalities,
             compression=compression,
+            strategy_params=run.to_server,
         )
 
     def fit_bytes(

@@ -1,5 +1,6 @@
-"""A client's state across rounds, kept where the client runs: its error-feedback residual (`residual`) and its
-personal tensors (`personal`, fedmm.client.personal). Neither ever leaves the site.
+"""A client's state across rounds, kept where the client runs: its error-feedback residual (`residual`), its
+personal tensors (`personal`, fedmm.client.personal) and what its strategy keeps between rounds (FedDyn's linear
+term, named by the strategy: `LocalRound.load_state`). None of it ever leaves the site.
 
 Files are named by kind and by the round that wrote them, and a round reads the newest one written *before* it,
 keeping that one until a later round has read past it. So a run killed after a client wrote round r's state but
@@ -15,7 +16,7 @@ from typing import Optional
 
 from fedmm.params import Params, load_params, save_params
 
-_NAME = re.compile(r"^(residual|personal)-r(\d+)\.safetensors$")
+_NAME = re.compile(r"^([a-z_]+)-r(\d+)\.safetensors$")
 
 
 class ClientState:

@@ -269,6 +269,7 @@ def build_server(settings: Settings) -> Federation:
             stat_keys=frozenset(set(parts.keys) - param_names),
             run_dir=rundir.path,
             seed=settings.seed,
+            num_clients=len(clients),
         )
     )
     server_cfg = ServerConfig(

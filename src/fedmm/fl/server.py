@@ -35,7 +35,7 @@ from fedmm.fl.validation import (
     delta_norm,
     norm_bound,
 )
-from fedmm.params import Params, params_to_bytes
+from fedmm.params import Params, params_to_bytes, with_strategy_tensors
 from fedmm.record import RoundRecord
 from fedmm.rundir import RunDir
 from fedmm.schedule import scheduled_lr
@@ -178,7 +178,7 @@ class Server:
             ids = sample_clients(self.cfg.num_clients, self.cfg.per_round, self.cfg.seed, rnd)
         lr = scheduled_lr(self.instructions.lr, rnd, self.cfg.rounds, self.cfg.lr_schedule, self.cfg.lr_warmup_rounds)
         configs = self._configure(rnd, ids, lr)
-        payload = params_to_bytes(global_params)
+        payload = params_to_bytes(with_strategy_tensors(global_params, self.strategy.downlink(rnd, global_params)))
         got = {
             "ids": [],
             "examples": 0,
@@ -214,9 +214,9 @@ class Server:
                 got["bytes_up"] += len(reply)
                 try:
                     update = check_reply(reply, cid, global_params, self.expected.get(cid, Expected()))
-                    missing = [m for m in self.strategy.reported if not update.metrics.get(m, 0) > 0]
-                    if missing:
-                        raise Rejected(f"reports no positive {missing[0]}, which the strategy weighs it by")
+                    reason = self.strategy.refuses(update)
+                    if reason:
+                        raise Rejected(reason)
                     yield update
                 except Rejected as e:
                     rejected[cid] = str(e)

@@ -7,7 +7,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedmm.params import Params, bytes_metadata, params_from_bytes, params_to_bytes
+from fedmm.params import (
+    Params,
+    bytes_metadata,
+    params_from_bytes,
+    params_to_bytes,
+    split_strategy_tensors,
+    with_strategy_tensors,
+)
 
 
 @dataclass
@@ -21,6 +28,7 @@ class Update:
     modalities: frozenset[str] = frozenset()  # the modalities the client really has
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific, JSON-serialisable
     compression: dict[str, str] = field(default_factory=dict)  # set when `params` is a compressed delta
+    strategy_params: Params = field(default_factory=dict)  # what the strategy sends besides (SCAFFOLD's delta c_i)
 
     def to_bytes(self) -> bytes:
         meta = dict(
@@ -30,15 +38,18 @@ class Update:
             modalities=sorted(self.modalities),
             extra=self.extra,
         )
-        return params_to_bytes(self.params, {"fedmm_update": json.dumps(meta), **self.compression})
+        tensors = with_strategy_tensors(self.params, self.strategy_params)
+        return params_to_bytes(tensors, {"fedmm_update": json.dumps(meta), **self.compression})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Update":
         header = bytes_metadata(data)
         meta = json.loads(header.pop("fedmm_update"))
+        params, strategy_params = split_strategy_tensors(params_from_bytes(data))
         return cls(
             client_id=meta["client_id"],
-            params=params_from_bytes(data),
+            params=params,
+            strategy_params=strategy_params,
             num_examples=meta["num_examples"],
             metrics=meta["metrics"],
             modalities=frozenset(meta["modalities"]),

@@ -89,7 +89,7 @@ def check_eval_reply(reply: bytes, cid: int, max_examples: Optional[int] = None)
     if update.num_examples == 0 and update.metrics == {} and not update.params and update.client_id == cid:
         return update
     _header(update, cid, max_examples)
-    if update.params:
+    if update.params or update.strategy_params:
         raise Rejected("sends tensors in an evaluation reply")
     return update
 
@@ -128,7 +128,20 @@ def check_reply(reply: bytes, cid: int, global_params: Params, expected: Expecte
             params = apply_delta({k: tensors[k] for k in sent}, global_params)
         else:
             params = {k: tensors[k].astype(global_params[k].dtype, copy=False) for k in sent}
-    bad = sorted(k for k, v in params.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all())
+    extra = update.strategy_params  # SCAFFOLD's control variates: one per tensor the client may send
+    foreign = sorted(k for k in extra if k not in allowed or k not in global_params)
+    if foreign:
+        raise Rejected(f"sends strategy tensors for keys it may not: {_names(foreign)}")
+    for k, v in extra.items():
+        if v.shape != global_params[k].shape or not np.issubdtype(v.dtype, np.floating):
+            raise Rejected(
+                f"strategy tensor {k} is {v.dtype} {tuple(v.shape)}, expected a float {global_params[k].shape}"
+            )
+    bad = sorted(
+        k
+        for k, v in [*params.items(), *extra.items()]
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()
+    )
     if bad:
         raise Rejected(f"non-finite values in {_names(bad)}")
     update.params, update.compression = params, {}

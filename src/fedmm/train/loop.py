@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from fedmm.backends.base import Backend
 from fedmm.data.dataset import MultimodalDataset
 from fedmm.modelops import autocast, batch_indices, to_device
+from fedmm.train import SGD_MOMENTUM
 
 # Called before every optimizer step with the trained parameters (gradients set and unscaled): what a strategy's
 # client side does to or reads from the gradients (FedProx's proximal term, FedMAP's gradient norm).
@@ -19,7 +20,7 @@ StepHook = Callable[[list[torch.nn.Parameter]], None]
 
 
 def make_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, name: str = "adamw", momentum: float = 0.9
+    model: torch.nn.Module, lr: float, weight_decay: float, name: str = "adamw", momentum: float = SGD_MOMENTUM
 ) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":
@@ -43,6 +44,7 @@ def train_epochs(
     optimizer: Optional[torch.optim.Optimizer] = None,
     optimizer_name: str = "adamw",
     on_step: Optional[StepHook] = None,
+    after_step: Optional[StepHook] = None,
     pos_weight: Optional[np.ndarray] = None,
     grad_accum_steps: int = 1,
     precision: str = "fp32",
@@ -51,7 +53,8 @@ def train_epochs(
     `optimizer`, a fresh one: federated clients keep no optimizer state between rounds; the centralized baseline
     passes its own to keep it across epochs.
 
-    `on_step` sees (and may change) the gradients of the trained parameters before every optimizer step.
+    `on_step` sees (and may change) the gradients of the trained parameters before every optimizer step;
+    `after_step` sees the parameters right after it, their gradients still set (SCAFFOLD corrects them there).
     `pos_weight` (multilabel, per label) weights the positive terms of the loss (see `positive_weights`).
     `grad_accum_steps` batches make one optimizer step (their gradients averaged; an epoch's last, shorter group
     steps too). `precision` bf16 / fp16 autocasts on a GPU (fp16 with a gradient scaler).
@@ -80,6 +83,8 @@ def train_epochs(
             scaler.update()
         else:
             opt.step()
+        if after_step is not None:
+            after_step(trained)
         opt.zero_grad(set_to_none=True)
         steps += 1
 

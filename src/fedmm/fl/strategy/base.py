@@ -36,6 +36,7 @@ class StrategyContext:
     stat_keys: frozenset[str] = frozenset()  # running statistics (BatchNorm buffers): averaged, never "optimized"
     run_dir: Optional[Path] = None
     seed: int = 0
+    num_clients: int = 0  # all the federation's clients, sampled this round or not (FedDyn's 1 / m)
 
 
 @dataclass
@@ -51,6 +52,13 @@ class LocalRound:
     score: Callable[["MultimodalDataset", str], dict[str, float]]  # the model's loss and one metric on a data set
     metrics: dict[str, float] = field(default_factory=dict)
     num_examples: Optional[int] = None  # the count the update reports; None = len(train) as trained
+    # the site's own state of a kind its strategy names (FedDyn's linear term), as of before this round, and its
+    # store for this round: kept where the client runs, never sent (fedmm.client.state)
+    load_state: Callable[[str], Optional[Params]] = lambda kind: None
+    save_state: Callable[[str, Params], None] = lambda kind, params: None
+    # tensors the strategy sent with the global model (SCAFFOLD's c), and those the hook sends back with the update
+    from_server: Params = field(default_factory=dict)
+    to_server: Params = field(default_factory=dict)
 
 
 class ClientHook:
@@ -58,7 +66,8 @@ class ClientHook:
 
     `before_training` runs after the global parameters are loaded; `on_step(params)` before every optimizer step
     with the trained parameters (their gradients set, unscaled; parameters without a gradient, such as a missing
-    modality's encoder, have `grad` None); `after_training` before the update is taken from the model.
+    modality's encoder, have `grad` None) and `after_step(params)` right after it; `after_training` before the
+    update is taken from the model.
     """
 
     def __init__(self, options: dict[str, Any]):
@@ -68,6 +77,9 @@ class ClientHook:
         pass
 
     def on_step(self, params: list["torch.nn.Parameter"]) -> None:
+        pass
+
+    def after_step(self, params: list["torch.nn.Parameter"]) -> None:
         pass
 
     def after_training(self, run: LocalRound) -> None:
@@ -109,9 +121,20 @@ class Strategy:
         `batches`); the server rejects an update without them, like any malformed reply."""
         return ()
 
+    def refuses(self, update: Update) -> Optional[str]:
+        """Why this strategy cannot use a (well-formed) update, or None: by default a missing `reported` figure.
+        The server records the reason and leaves the client out, like any malformed reply."""
+        missing = [m for m in self.reported if not update.metrics.get(m, 0) > 0]
+        return f"reports no positive {missing[0]}, which the strategy weighs it by" if missing else None
+
     def check_round_size(self, n: int) -> None:
         """Refuse, with a FedmmError before the run starts, a round of `n` sampled clients that this rule cannot
         keep its promise for (Krum, Bulyan: their bounds on f)."""
+
+    def downlink(self, rnd: int, global_params: Params) -> Params:
+        """Tensors sent to every client with the global model this round (SCAFFOLD's c), keyed like it; counted
+        in bytes_down. The client's hook finds them in `LocalRound.from_server`."""
+        return {}
 
     def travels(self, key: str) -> bool:
         """Whether a trainable tensor is trained by clients and sent both ways. A strategy can keep some frozen at
