@@ -191,3 +191,25 @@ def test_missing_rate_draws_are_pinned_distinct_and_may_be_everyone():
     both, text, image = ["image", "text"], ["text"], ["image"]
     assert mods == [both, text, image, image, image, text, text, text, image, image]  # 9 distinct clients, both kinds
     assert [sorted(m) for m in assign_modalities(4, {}, 1.0, "text", 3)] == [image] * 4
+
+
+def test_missing_labels_leave_the_chosen_clients_samples_out_per_client_and_seed():
+    """noise.missing_label_rate: about that share of each chosen client's training samples lose their label and so
+    leave its data (no backend learns from unlabelled ones), a different draw per client and the same one again;
+    partition.json counts them; the other clients keep all theirs."""
+    from fedmm.data.noise import labelled
+    from fedmm.data.summary import partition_summary
+
+    keep = labelled(20_000, 0.3, seed=2, client=1)
+    assert abs((~keep).mean() - 0.3) < 0.01 and np.array_equal(keep, labelled(20_000, 0.3, seed=2, client=1))
+    assert not np.array_equal(keep, labelled(20_000, 0.3, seed=2, client=2))
+    assert labelled(5, 1.0, seed=0, client=0).sum() == 1  # one sample keeps its label: no client is left empty
+    args = ["task=synthetic", "model=fusion_tiny", "num_clients=3", "task.num_train=600", "partition=iid"]
+    full, _ = split_clients(s := load_settings(args), load_task(s.task, s.seed))
+    s = load_settings([*args, "noise.missing_label_rate=0.25", "noise.clients=[0,2]"])
+    clients, _ = split_clients(s, load_task(s.task, s.seed))
+    summary = partition_summary(clients)
+    for k in (0, 2):
+        assert summary[k]["missing_labels"] == len(full[k]) - len(clients[k]) > 0.15 * len(full[k])
+        assert set(clients[k].texts) < set(full[k].texts)
+    assert "missing_labels" not in summary[1] and clients[1].texts == full[1].texts

@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from fedmm.data.partition import (
+    shard_partition,
+    size_partition,
     dirichlet_partition,
     fair_split_counts,
     holdout_split,
@@ -149,3 +151,37 @@ def test_dirichlet_gives_up_after_100_draws_and_says_what_to_change():
         "dirichlet split with alpha=0.001 left a client below partition.min_size=5 examples in 100 draws; raise "
         "partition.alpha, lower num_clients or partition.min_size, or add data"
     )
+
+
+def test_shard_gives_each_client_exactly_its_classes_dealt_evenly_and_the_same_split_again():
+    """6 classes of 10 examples, 4 clients x 2 classes: client k holds classes k and k+1 of a seeded class order,
+    so 5 classes are used; a class held by two clients is dealt 5 + 5, one held by one client goes to it whole."""
+    labels = np.repeat(np.arange(6), 10)
+    parts = shard_partition(labels, 4, 2, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, shard_partition(labels, 4, 2, seed=3)))
+    held = [sorted(set(labels[p])) for p in parts]
+    assert all(len(h) == 2 for h in held)
+    assert len(set(np.concatenate(parts))) == sum(len(p) for p in parts)  # disjoint
+    holders = {c: sum(c in h for h in held) for c in range(6)}
+    assert sorted(holders.values()) == [0, 1, 1, 2, 2, 2]  # chained: k, k+1 over 4 clients
+    for p, h in zip(parts, held):
+        for c in h:
+            assert (labels[p] == c).sum() == 10 // holders[c]
+    other = shard_partition(labels, 4, 2, seed=4)
+    assert any(not np.array_equal(a, b) for a, b in zip(parts, other))
+    with pytest.raises(FedmmError, match=r"classes_per_client must be in \[1, 6\]"):
+        shard_partition(labels, 4, 7, seed=0)
+    with pytest.raises(FedmmError, match="leaves client .* below partition.min_size=6"):
+        shard_partition(labels, 7, 1, seed=0, min_size=6)  # 7 clients, 6 classes: one shared by two, 5 each
+
+
+@pytest.mark.parametrize("rule, weights", [("linear", [1, 2, 3, 4]), ("exponential", np.exp([1, 2, 3, 4]))])
+def test_size_partitions_follow_their_shares_with_fair_rounding(rule, weights):
+    parts = size_partition(1003, 4, rule, seed=1)
+    sizes = np.array([len(p) for p in parts])
+    exact = 1003 * np.asarray(weights, float) / np.sum(weights)
+    assert sizes.sum() == 1003 and np.all(np.abs(sizes - exact) < 1)  # largest remainders, not all on the last
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(1003))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, size_partition(1003, 4, rule, seed=1)))
+    with pytest.raises(FedmmError, match="partition=exponential gives 16 clients from 0"):
+        size_partition(1003, 16, "exponential", seed=1)  # e^1 / sum e^k of 1,003: no example for the first

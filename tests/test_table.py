@@ -48,16 +48,16 @@ def rows(n: int, seed: int = 0):
     return out
 
 
-def write_csv(folder, examples, multilabel=False, name="data.csv"):
+def write_csv(folder, examples, multilabel=False, name="data.csv", site=None):
+    """The examples as a CSV with image paths; `site(example)` adds a hospital_id column."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     with open(folder / name, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "text", "label"])
+        w.writerow(["image", "text", "label"] + (["hospital_id"] if site else []))
         for e in examples:
             (folder / "images" / f"{e['id']}.png").write_bytes(e["png"])
-            w.writerow(
-                [f"images/{e['id']}.png", e["text"], f"{e['colour']}|{e['size']}" if multilabel else e["colour"]]
-            )
+            label = f"{e['colour']}|{e['size']}" if multilabel else e["colour"]
+            w.writerow([f"images/{e['id']}.png", e["text"], label] + ([site(e)] if site else []))
     return folder / name
 
 
@@ -299,3 +299,36 @@ def test_files_and_cells_that_cannot_be_read_are_one_line_errors_or_bad_samples(
             load(name, data)
         data = load(name, data, "skip")  # skipped: the classes are the good rows' only
         assert data.train.label_names == ("a", "b") and len(data.train) + len(data.test) == 8
+
+
+def test_a_column_that_names_each_rows_site_is_the_natural_id_split(tmp_path):
+    """task.site_column: one client per hospital, in sorted order, each with exactly its rows (after the server's
+    test and validation rows are taken), counted before the data is loaded; partition.json names the site; the
+    same split again; num_clients must match, and a file without that column is one line."""
+    from fedmm.config import load_settings
+    from fedmm.data.summary import partition_summary
+    from fedmm.experiment import load_data, split_clients
+
+    data = rows(90)
+    hospital = lambda e: ["st-anne", "mercy", "general"][e["id"] % 3 if e["id"] < 45 else (e["id"] // 7) % 3]  # noqa: E731
+    path = write_csv(tmp_path, data, site=hospital)
+    args = ["task=table", f"task.path={path}", "task.site_column=hospital_id", "model=fusion_tiny", "client_eval=none"]
+    settings = load_settings(args)
+    assert count_sites(settings.task) == 3
+    task = load_data(settings)
+    clients, _ = split_clients(settings, task)
+    by_text = {e["text"]: hospital(e) for e in data}
+    assert [sorted({by_text[t] for t in c.texts}) for c in clients] == [["general"], ["mercy"], ["st-anne"]]
+    server_rows = len(task.test) + len(task.val)
+    assert sum(len(c) for c in clients) == len(data) - server_rows
+    for c, site in zip(clients, ["general", "mercy", "st-anne"]):
+        assert len(c) == sum(by_text[t] == site for t in by_text) - sum(
+            by_text[t] == site for t in task.test.texts
+        ) - sum(by_text[t] == site for t in task.val.texts)
+    assert [s["site"] for s in partition_summary(clients)] == ["general", "mercy", "st-anne"]
+    again, _ = split_clients(settings, load_data(settings))
+    assert [c.texts for c in again] == [c.texts for c in clients]
+    out = fedmm("run", *args, "num_clients=2", f"output_dir={tmp_path / 'run'}", check=False)
+    assert out.returncode == 2 and "names 3 sites" in out.stderr and "set num_clients=3 or null" in out.stderr
+    with pytest.raises(FedmmError, match="no row names a site in column 'ward'"):
+        count_sites(TableConfig(path=str(path), site_column="ward"))

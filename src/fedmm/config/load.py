@@ -28,6 +28,7 @@ from fedmm.config.schema import (
     BOUNDS,
     CLIENT_EVAL,
     NORM_BOUNDS,
+    PARTITIONS,
     PERSONALIZE,
     PRECISIONS,
     PRIVACY,
@@ -216,6 +217,8 @@ def validate(cfg: DictConfig) -> Settings:
         raise FedmmError(f"select_mode must be one of {', '.join(SELECT_MODES)} (got '{cfg.select_mode}')")
     if cfg.early_stop.patience and not cfg.select_best:
         raise FedmmError("early_stop.patience needs select_best (the figure whose improvement it waits for)")
+    if cfg.partition.name not in PARTITIONS:
+        raise FedmmError(f"unknown partition '{cfg.partition.name}'; choose one of: {', '.join(PARTITIONS)}")
     if cfg.personalize.name not in PERSONALIZE:
         raise FedmmError(f"unknown personalize '{cfg.personalize.name}'; choose one of: {', '.join(PERSONALIZE)}")
     _check_bounds(cfg)

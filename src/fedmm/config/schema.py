@@ -60,10 +60,12 @@ BOUNDS = {
     "partition.alpha": Bound(0, low_open=True),
     "partition.min_size": Bound(1),
     "partition.max_tries": Bound(1),
+    "partition.classes_per_client": Bound(1),
     "modality.missing_rate": Bound(0, 1),
     "modality.sample_missing_image": Bound(0, 1),
     "modality.sample_missing_text": Bound(0, 1),
     "noise.label_rate": Bound(0, 1),
+    "noise.missing_label_rate": Bound(0, 1),
     "compression.block_size": Bound(1),
     "attack.scale": Bound(),
     "attack.std": Bound(0),
@@ -90,12 +92,21 @@ BOUNDS = {
 }
 
 
+PARTITIONS = ("iid", "dirichlet", "shard", "linear", "exponential", "roundrobin")  # fedmm.data.partition's
+
+
 @dataclass
 class PartitionConfig:
     """How a task's training split is dealt to the clients (fedmm.data.partition)."""
 
-    name: str = opt("iid", "iid (shuffled deal) | dirichlet (label skew) | roundrobin (example i to client i mod K)")
+    name: str = opt(
+        "iid",
+        "iid (shuffled deal) | dirichlet (label skew) | shard (each client holds classes_per_client classes) | "
+        "linear / exponential (client k of 1..K gets a share proportional to k / e^k) | roundrobin (example i to "
+        "client i mod K); a table that names each row's site: task.site_column (natural id)",
+    )
     alpha: float = opt(0.5, "Dirichlet concentration: small = skewed")
+    classes_per_client: int = opt(2, "shard: the classes each client holds (pathological non-IID)")
     min_size: int = opt(2, "every client gets at least this many training examples (redraws, then an error)")
     max_tries: int = opt(100, "Dirichlet draws tried before giving up on min_size (each with the next seed)")
 
@@ -125,7 +136,12 @@ class NoiseConfig:
         "the share of each chosen client's training labels replaced uniformly at random (multilabel: each label bit "
         "flipped with this probability)",
     )
-    clients: Optional[List[int]] = opt(None, "the clients whose labels are noisy (null: all)")
+    missing_label_rate: float = opt(
+        0.0,
+        "the share of each chosen client's training samples without a label: left out of the loss (no backend "
+        "learns from unlabelled samples), counted in partition.json",
+    )
+    clients: Optional[List[int]] = opt(None, "the clients whose labels are noisy or missing (null: all)")
 
 
 @dataclass

@@ -40,6 +40,12 @@ class MultimodalDataset:
     image_present: Optional[np.ndarray] = None
     # Which labels noise.label_rate replaced (bool [N]), for the record; None = none.
     noisy_labels: Optional[np.ndarray] = None
+    # The site each example belongs to, when the data names it (task=table task.site_column): the natural-id
+    # split, one client per value; None = the partitioner decides.
+    sites: Optional[np.ndarray] = None
+    # How many of this client's training samples noise.missing_label_rate left without a label (and so out of the
+    # data), for the record.
+    unlabelled: int = 0
     # Generative VQA: how a generated answer is scored against `answers` (fedmm.metrics.VQA_RULES; task.vqa_metric).
     answer_rule: str = "official"
 
@@ -51,7 +57,7 @@ class MultimodalDataset:
             raise ValueError("images and image_ids go together")
         if self.image_ids is not None and len(self.image_ids) != n:
             raise ValueError(f"{len(self.image_ids)} image ids for {n} labels")
-        for name in ("answers", "groups", "text_present", "image_present", "noisy_labels"):
+        for name in ("answers", "groups", "text_present", "image_present", "noisy_labels", "sites"):
             if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise ValueError(f"{len(getattr(self, name))} {name} for {n} labels")
 
@@ -84,6 +90,7 @@ class MultimodalDataset:
             text_present=None if self.text_present is None else self.text_present[idx],
             image_present=None if self.image_present is None else self.image_present[idx],
             noisy_labels=None if self.noisy_labels is None else self.noisy_labels[idx],
+            sites=None if self.sites is None else self.sites[idx],
         )
 
     def references(self, i: int) -> list[str]:

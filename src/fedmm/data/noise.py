@@ -1,5 +1,6 @@
-"""Label noise (FedMultimodal's robustness axis): `noise.label_rate` of a client's training labels replaced at
-random, for the clients in `noise.clients` (null: all). Deterministic in (seed, client)."""
+"""Label noise and missing labels (FedMultimodal's robustness axes): `noise.label_rate` of a client's training
+labels replaced at random, and `noise.missing_label_rate` of its training samples without a label, for the clients
+in `noise.clients` (null: all). Deterministic in (seed, client)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,13 @@ def noisy_labels(
     draw = rng.integers(0, num_labels, len(labels))
     new = np.where(hit, draw, labels).astype(labels.dtype)
     return new, new != labels
+
+
+def labelled(n: int, rate: float, seed: int, client: int) -> np.ndarray:
+    """bool [n]: which of a client's n training samples keep their label; each loses it with probability `rate`.
+    fedmm's backends learn only from labelled samples (none has an unsupervised path), so the others are left out
+    of the loss, that is, of the client's training data; at least one always keeps its label."""
+    keep = np.random.default_rng([seed, 43, client]).random(n) >= rate
+    if n and not keep.any():
+        keep[0] = True
+    return keep

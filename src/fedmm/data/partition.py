@@ -1,7 +1,14 @@
 """Partitioners: split example indices over clients. Pure functions of (labels, num_clients, seed).
 
-Both are *remainder-fair*: when counts do not divide evenly, the leftover examples go one each to clients picked at
-random (largest remainder first), never all to the last client. Neither returns an empty client.
+All are *remainder-fair*: when counts do not divide evenly, the leftover examples go one each to clients picked at
+random (largest remainder first), never all to the last client. None returns an empty client: a split that would
+leave one below `min_size` is an error that says what to change.
+
+Flower Datasets (`flwr-datasets`) ships partitioners of the same names; it is not used here because it cannot be
+installed beside the locked stack (0.6.1, the newest, requires datasets < 5 and the lock holds datasets 5.2.0, and
+its package imports seaborn on load), and its size partitioners give every leftover example to the last partition.
+`shard`, `linear` and `exponential` follow its PathologicalPartitioner ("deterministic" class assignment, over a
+seeded order of the classes), LinearPartitioner and ExponentialPartitioner.
 """
 
 from __future__ import annotations
@@ -72,6 +79,75 @@ def dirichlet_partition(
         f"dirichlet split with alpha={alpha} left a client below partition.min_size={min_size} examples in "
         f"{max_tries} draws; raise partition.alpha, lower num_clients or partition.min_size, or add data"
     )
+
+
+def shard_partition(
+    labels: np.ndarray, num_clients: int, classes_per_client: int, seed: int, min_size: int = 1
+) -> list[np.ndarray]:
+    """Pathological label skew: each client holds exactly `classes_per_client` classes. Over a seeded order of the
+    classes, client k gets classes k, k+1, ..., k+m-1 (mod the number of classes); each class's examples are dealt
+    evenly among the clients that hold it. A class no client holds (more classes than clients + m - 1) is left out,
+    which the split's counts show."""
+    labels = np.asarray(labels)
+    _check(len(labels), num_clients, min_size)
+    classes = np.unique(labels)
+    if not 1 <= classes_per_client <= len(classes):
+        raise FedmmError(
+            f"partition.classes_per_client must be in [1, {len(classes)}], the classes in the data "
+            f"(got {classes_per_client})"
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(classes)
+    held = [[order[(k + j) % len(order)] for j in range(classes_per_client)] for k in range(num_clients)]
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c in classes:
+        holders = [k for k in range(num_clients) if c in held[k]]
+        if not holders:
+            continue
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        counts = fair_split_counts(len(idx), np.ones(len(holders)), rng)
+        for k, chunk in zip(holders, np.split(idx, np.cumsum(counts)[:-1])):
+            parts[k].append(chunk)
+    out = [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
+    small = [k for k, p in enumerate(out) if len(p) < min_size]
+    if small:
+        raise FedmmError(
+            f"the shard split leaves client {small[0]} with {len(out[small[0]])} examples, below "
+            f"partition.min_size={min_size}; raise partition.classes_per_client, lower num_clients, or add data"
+        )
+    return out
+
+
+SIZE_RULES = {"linear": lambda i: i, "exponential": np.exp}  # client k (1-based) gets a share proportional to f(k)
+
+
+def size_partition(num_examples: int, num_clients: int, rule: str, seed: int, min_size: int = 1) -> list[np.ndarray]:
+    """Quantity skew: shuffled examples, client k (k = 1..K) getting a share proportional to k (`linear`) or e^k
+    (`exponential`), rounded fairly; the labels stay IID."""
+    _check(num_examples, num_clients, min_size)
+    rng = np.random.default_rng(seed)
+    counts = fair_split_counts(num_examples, SIZE_RULES[rule](np.arange(1, num_clients + 1, dtype=np.float64)), rng)
+    if counts.min() < min_size:
+        raise FedmmError(
+            f"partition={rule} gives {num_clients} clients from {counts.min()} to {counts.max()} examples, below "
+            f"partition.min_size={min_size}; lower num_clients, use partition=linear, or add data"
+        )
+    perm = rng.permutation(num_examples)
+    return [np.sort(part) for part in np.split(perm, np.cumsum(counts)[:-1])]
+
+
+def natural_id_partition(sites: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    """One client per distinct site name, in sorted order: the examples whose site it is. `num_clients` is the
+    number of sites the data names (all its rows): one left without training rows is an error, not an empty
+    client."""
+    sites = np.asarray(sites, dtype=object)
+    names = sorted(set(sites.tolist()))
+    if len(names) != num_clients:
+        raise FedmmError(
+            f"the data names {num_clients} sites but {len(names)} have training rows left (the server's test and "
+            "validation rows are taken first); give those sites more rows, or task.test_path / task.val_path files"
+        )
+    return [np.flatnonzero(sites == name) for name in names]
 
 
 def _check(num_examples: int, num_clients: int, min_size: int) -> None:

@@ -23,6 +23,10 @@ def partition_summary(
                 out[key] = int((~mask).sum())
         if c.noisy_labels is not None:
             out["noisy_labels"] = int(c.noisy_labels.sum())
+        if c.unlabelled:
+            out["missing_labels"] = c.unlabelled
+        if c.sites is not None and len(c):
+            out["site"] = str(c.sites[0])  # the natural-id split: the site this client is
         return out
 
     return [

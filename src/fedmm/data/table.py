@@ -56,6 +56,10 @@ class TableConfig:
     image_column: str = opt("image", "a path relative to the file, image bytes, or a Hugging Face Image")
     text_column: str = opt("text", "the column holding the text")
     label_column: str = opt("label", "the column holding the label (or the labels, with label_separator)")
+    site_column: str = opt(
+        "",
+        'natural-id split: the column naming each row\'s site (e.g. hospital_id), one client per value ("" = none)',
+    )
     label_separator: str = opt("", '"" = single-label; e.g. "|" = multilabel, the cell lists the labels')
     labels: List[str] = opt([], "the label names in order ([] = those found, sorted)")
     image_size: int = opt(224, "images are decoded once, at load, to image_size x image_size")
@@ -70,6 +74,7 @@ class Row:
     text: str
     labels: tuple[str, ...]
     where: str  # "file line N", for messages
+    site: str = ""  # task.site_column's value
 
 
 def _cell(row: dict[str, Any], column: str, where: str, kind: str) -> Any:
@@ -134,6 +139,10 @@ def read_rows(
         image = _cell(row, cfg.image_column, where, "image")
         text = _cell(row, cfg.text_column, where, "text")
         label = _cell(row, cfg.label_column, where, "label")
+        site = str(_cell(row, cfg.site_column, where, "site")).strip() if cfg.site_column else ""
+        if cfg.site_column and site in ("", "None", "nan"):
+            bad(f"{where}: no site in column '{cfg.site_column}'")
+            continue
         if isinstance(image, dict):  # Hugging Face / Parquet image struct: {"bytes": ..., "path": ...}
             image = image.get("bytes") or image.get("path")
         if isinstance(image, str):
@@ -160,7 +169,7 @@ def read_rows(
             labels = tuple(dict.fromkeys(str(c).strip() for c in cells if str(c).strip()))
         else:
             labels = (str(label).strip(),)
-        rows.append(Row(image, "" if text is None else str(text)[: cfg.max_text_chars], labels, where))
+        rows.append(Row(image, "" if text is None else str(text)[: cfg.max_text_chars], labels, where, site))
     return rows
 
 
@@ -176,7 +185,7 @@ def _label_value(label: Any, multilabel: bool) -> bool:
 
 def to_dataset(rows: list[Row], names: tuple[str, ...], cfg: TableConfig, bad: BadSamples) -> MultimodalDataset:
     index = {n: i for i, n in enumerate(names)}
-    images, texts, labels = [], [], []
+    images, texts, labels, sites = [], [], [], []
     for r in rows:
         unknown = [label for label in r.labels if label not in index]
         if unknown:
@@ -189,6 +198,7 @@ def to_dataset(rows: list[Row], names: tuple[str, ...], cfg: TableConfig, bad: B
             continue
         texts.append(r.text)
         labels.append([index[label] for label in r.labels])
+        sites.append(r.site)
     if cfg.label_separator:
         y = np.zeros((len(labels), len(names)), dtype=np.float32)
         for i, ls in enumerate(labels):
@@ -197,7 +207,12 @@ def to_dataset(rows: list[Row], names: tuple[str, ...], cfg: TableConfig, bad: B
         y = np.array([ls[0] for ls in labels], dtype=np.int64)
     table = np.stack(images) if images else np.zeros((0, cfg.image_size, cfg.image_size, 3), np.uint8)
     return MultimodalDataset(
-        labels=y, label_names=names, texts=texts, images=table, image_ids=np.arange(len(labels), dtype=np.int64)
+        labels=y,
+        label_names=names,
+        texts=texts,
+        images=table,
+        image_ids=np.arange(len(labels), dtype=np.int64),
+        sites=np.array(sites, dtype=object) if cfg.site_column else None,
     )
 
 
@@ -245,7 +260,34 @@ def site_folders(cfg: TableConfig) -> list[Path]:
 
 
 def count_sites(cfg: TableConfig) -> Optional[int]:
-    return len(site_folders(cfg)) if cfg.root else None
+    """The clients the data itself names: its site folders, or the distinct values of `task.site_column` (read
+    from that one column of task.path, before anything else is loaded)."""
+    if cfg.root:
+        return len(site_folders(cfg))
+    if cfg.site_column:
+        if not cfg.path:
+            raise FedmmError(
+                "task.site_column needs task.path (a CSV, JSONL or Parquet file that names each row's site)"
+            )
+        return len(site_values(_file(cfg.path, "task.path"), cfg.site_column))
+    return None
+
+
+def site_values(path: Path, column: str) -> list[str]:
+    """The sorted distinct values of `column` in a table file (rows without it are left to `read_rows` to name)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+        except (KeyError, ValueError, OSError) as e:
+            raise FedmmError(f"{path}: no site column '{column}' ({type(e).__name__}); set task.site_column") from None
+    else:
+        values = [row.get(column) for row, _ in _records(path) if isinstance(row, dict)]
+    found = sorted({str(v).strip() for v in values if v is not None and str(v).strip() not in ("", "None", "nan")})
+    if not found:
+        raise FedmmError(f"{path}: no row names a site in column '{column}'; set task.site_column to the site column")
+    return found
 
 
 def _cut(n: int, fraction: float, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

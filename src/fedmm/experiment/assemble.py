@@ -7,9 +7,11 @@ and both compute the same update for the same global parameters.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
+import numpy as np
 import torch
 
 from fedmm.backends.base import Backend
@@ -17,14 +19,25 @@ from fedmm.backends.configs import LoraVQAConfig
 from fedmm.config import Settings
 from fedmm.data.dataset import CLIENT_TEST_HELP, MultimodalDataset, TaskData, subsample
 from fedmm.data.modality import assign_modalities, client_modalities, sample_missing
-from fedmm.data.noise import noisy_labels
-from fedmm.data.partition import dirichlet_partition, holdout_split, iid_partition, roundrobin_partition
+from fedmm.data.noise import labelled, noisy_labels
+from fedmm.data.partition import (
+    SIZE_RULES,
+    dirichlet_partition,
+    holdout_split,
+    iid_partition,
+    natural_id_partition,
+    roundrobin_partition,
+    shard_partition,
+    size_partition,
+)
 from fedmm.data.tasks import load_task, site_count
 from fedmm.client.personal import personal_keys
 from fedmm.errors import FedmmError
 from fedmm.fl.strategy.base import Strategy
 from fedmm.modelops import resolve_device
 from fedmm.registry import BACKENDS, STRATEGIES
+
+log = logging.getLogger(__name__)
 
 Role = Literal["server", "site", "centralized", "info"]
 DEFAULT_CLIENTS = 4
@@ -61,8 +74,8 @@ def count_clients(settings: Settings, sites: Optional[int] = None) -> int:
         return settings.num_clients or DEFAULT_CLIENTS
     if settings.num_clients not in (None, sites):
         raise FedmmError(
-            f"the task's data holds {sites} client folders but num_clients={settings.num_clients}; "
-            f"set num_clients={sites} or null (one client per folder)"
+            f"the task's data names {sites} sites (its folders or task.site_column's values) but "
+            f"num_clients={settings.num_clients}; set num_clients={sites} or null (one client per site)"
         )
     return sites
 
@@ -89,7 +102,9 @@ def split_clients(
         tests = list(data.client_test or [None] * n)
     else:
         n, train, p = count_clients(settings, sites=None), data.train, settings.partition
-        if p.name == "iid":
+        if train.sites is not None:  # the rows name their sites (task.site_column): the natural-id split
+            idx = natural_id_partition(train.sites, n)
+        elif p.name == "iid":
             idx = iid_partition(len(train), n, settings.seed)
         elif p.name == "roundrobin":
             idx = roundrobin_partition(len(train), n)
@@ -97,8 +112,21 @@ def split_clients(
             idx = dirichlet_partition(
                 train.partition_labels(), n, p.alpha, settings.seed, min_size=p.min_size, max_tries=p.max_tries
             )
+        elif p.name == "shard":
+            idx = shard_partition(train.partition_labels(), n, p.classes_per_client, settings.seed, p.min_size)
+        elif p.name in SIZE_RULES:
+            idx = size_partition(len(train), n, p.name, settings.seed, p.min_size)
         else:
-            raise FedmmError(f"unknown partition '{p.name}'; choose iid, dirichlet or roundrobin")
+            raise FedmmError(f"unknown partition '{p.name}'")  # PartitionConfig refuses it first
+        left = len(train) - sum(len(i) for i in idx)
+        if left:  # shard: classes no client holds
+            log.warning(
+                "partition=%s leaves %d of %d training examples to no client (classes no client holds); raise "
+                "partition.classes_per_client or num_clients to use them",
+                p.name,
+                left,
+                len(train),
+            )
         parts, tests = [train.subset(i) for i in idx], [None] * n
         if data.client_test_pool is not None:
             tests = [data.client_test_pool.subset(i) for i in roundrobin_partition(len(data.client_test_pool), n)]
@@ -132,9 +160,13 @@ def per_sample(settings: Settings, k: int, part: MultimodalDataset) -> Multimoda
     if (m.sample_missing_image or m.sample_missing_text) and part.modalities == {"image", "text"}:
         image, text = sample_missing(len(part), m.sample_missing_image, m.sample_missing_text, settings.seed, k)
         part = replace(part, image_present=image, text_present=text)
-    if noise.label_rate and (noise.clients is None or k in noise.clients):
+    chosen = noise.clients is None or k in noise.clients
+    if noise.label_rate and chosen:
         labels, changed = noisy_labels(part.labels, part.num_labels, noise.label_rate, settings.seed, k)
         part = replace(part, labels=labels, noisy_labels=changed)
+    if noise.missing_label_rate and chosen:
+        keep = labelled(len(part), noise.missing_label_rate, settings.seed, k)
+        part = replace(part.subset(np.flatnonzero(keep)), unlabelled=int((~keep).sum()))
     return part
 
 
