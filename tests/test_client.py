@@ -147,9 +147,10 @@ def test_the_client_trains_with_its_instructions_and_attacks_only_as_configured(
     loss, and a configured attacker scales its delta from start_round on while the others stay honest."""
     from fedmm.config.schema import AttackConfig
 
+    backend, model, data = _setup()  # one model: every fit starts from the same sent parameters
+    start = get_params(model, backend.trainable_keys(model))
+
     def fit(cid=0, rnd=1, attack=None, **kw):
-        backend, model, data = _setup()
-        start = get_params(model, backend.trainable_keys(model))
         trainer = ClientTrainer(backend, model, progress=False, attack=attack)
         up = trainer.fit(cid, data, params_to_bytes(start), replace(CONFIG, round=rnd, optimizer="sgd", **kw))
         return start, up

@@ -72,6 +72,8 @@ def test_personal_keys_pick_the_head_or_the_norms_and_refuse_all_or_nothing():
     assert personal_keys(Cfg("ditto"), model, keys) == () == personal_keys(Cfg("none"), model, keys)
     with pytest.raises(FedmmError, match="matches none"):
         personal_keys(Cfg("fedper", "nothing_here"), model, keys)
+    with pytest.raises(FedmmError, match=r"trained tensors \(a.weight, b.weight\); give"):  # all of them, no "..."
+        personal_keys(Cfg("fedper", "nothing_here"), model, ["a.weight", "b.weight"])
     with pytest.raises(FedmmError, match="nothing would be shared"):
         personal_keys(Cfg("fedper", "."), model, keys)
     with pytest.raises(FedmmError, match="not a regular expression"):

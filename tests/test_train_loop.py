@@ -139,3 +139,44 @@ def test_pos_weight_of_any_float_dtype_trains_in_the_models_float32():
         runs.append((stats["train_loss"], [p.detach().clone() for p in model.parameters()]))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+
+
+def test_the_reported_loss_is_the_example_mean_and_weight_decay_reaches_adamw():
+    """With lr 0 the model does not move, so train_loss is the loss of the data under it: the mean over examples
+    (the last batch is short), not over batches or of a sum. AdamW decays the weights by its weight_decay."""
+    backend, data = TextLengthBackend(None, 2, False), _data(70)
+    model = backend.build_model(seed=3)
+    stats = train_epochs(
+        model, backend, data, epochs=2, batch_size=32, lr=0.0, weight_decay=0.0, seed=1, progress=False,
+        optimizer_name="sgd",
+    )  # fmt: skip
+    assert stats["train_loss"] == pytest.approx(backend.evaluate(model, data, ("accuracy",))["loss"], rel=1e-6)
+    runs = []
+    for wd in (0.0, 0.5):
+        model = backend.build_model(seed=3)
+        train_epochs(model, backend, data, epochs=1, batch_size=32, lr=0.05, weight_decay=wd, seed=1, progress=False)
+        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert runs[1].norm() < runs[0].norm() - 1e-3
+
+
+def test_the_progress_bar_names_the_client_in_batches_on_a_terminal_and_is_silent_without_progress(monkeypatch):
+    """progress=true on a terminal shows the client's bar counted in batches; progress=false shows nothing, even on
+    a terminal (and off a terminal tqdm stays silent by itself)."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    backend, data = TextLengthBackend(None, 2, False), _data(16)
+    for progress in (True, False):
+        screen = Terminal()
+        monkeypatch.setattr(sys, "stderr", screen)
+        model = backend.build_model(seed=0)
+        train_epochs(
+            model, backend, data, epochs=1, batch_size=8, lr=0.01, weight_decay=0.0, seed=0, progress=progress,
+            desc="client 3",
+        )  # fmt: skip
+        shown = screen.getvalue()
+        assert ("client 3" in shown and "batch" in shown and "it/s" not in shown) if progress else shown == "", shown
