@@ -141,3 +141,37 @@ def test_scaffold_server_moves_c_by_the_deltas_over_all_clients_and_the_model_by
     np.testing.assert_allclose(again.c["w"], [0.2, -0.2], rtol=1e-6)
     stray = Update(client_id=2, params={}, num_examples=1, strategy_params={"w": np.zeros(2, np.float32)})
     assert "did not send" in sc.refuses(stray)
+
+
+@pytest.mark.parametrize("rule", ["qfedavg", "fednova", "feddyn"])
+def test_each_rule_keeps_dtypes_averages_the_statistics_and_refuses_an_empty_round(rule):
+    """Besides their step: the tensors come back in the global's dtypes, running statistics and integer buffers get
+    FedAvg's example-weighted mean (they are not parameters), and a round without updates is an error. q-FFL also
+    takes a client loss of exactly 0 (F + 1e-10, as Flower)."""
+    from fedmm.fl.strategy.feddyn import feddyn_step
+    from fedmm.fl.strategy.qfedavg import qffl_step
+
+    g = {
+        "w": np.array([1.0, -1.0], np.float32),
+        "bn.running_mean": np.zeros(1, np.float32),
+        "bn.num_batches_tracked": np.array(4, np.int64),
+    }
+    ups = [
+        ({"w": np.array([2.0, 0.0], np.float32), "bn.running_mean": np.array([1.0], np.float32),
+          "bn.num_batches_tracked": np.array(10, np.int64)}, 1.0),
+        ({"w": np.array([0.0, 1.0], np.float32), "bn.running_mean": np.array([5.0], np.float32),
+          "bn.num_batches_tracked": np.array(20, np.int64)}, 3.0),
+    ]  # fmt: skip
+    stats = frozenset({"bn.running_mean"})
+    steps = {
+        "qfedavg": lambda u: qffl_step(g, [(p, f, n) for (p, n), f in zip(u, (0.0, 1.0))], 0.5, 0.1, stats),
+        "fednova": lambda u: fednova_step(g, [(p, n, 2.0 * n) for p, n in u], stat_keys=stats),
+        "feddyn": lambda u: feddyn_step(g, u, {}, alpha=0.1, num_clients=4, stat_keys=stats)[0],
+    }
+    out = steps[rule](ups)
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in g.items()}
+    assert out["bn.running_mean"][0] == pytest.approx(0.25 * 1 + 0.75 * 5)
+    assert int(out["bn.num_batches_tracked"]) == int(0.25 * 10 + 0.75 * 20)
+    assert np.isfinite(out["w"]).all() and not np.array_equal(out["w"], g["w"])
+    with pytest.raises(ValueError, match="needs at least one update"):
+        steps[rule]([])
