@@ -127,6 +127,13 @@ class Strategy:
         missing = [m for m in self.reported if not update.metrics.get(m, 0) > 0]
         return f"reports no positive {missing[0]}, which the strategy weighs it by" if missing else None
 
+    def federation_size(self) -> int:
+        """All the federation's clients (StrategyContext.num_clients), for rules that divide by it (FedDyn's and
+        SCAFFOLD's 1 / m); an error before setup gave it."""
+        if self.ctx.num_clients < 1:
+            raise ValueError(f"{type(self).__name__} needs the federation's number of clients (StrategyContext)")
+        return self.ctx.num_clients
+
     def check_round_size(self, n: int) -> None:
         """Refuse, with a FedmmError before the run starts, a round of `n` sampled clients that this rule cannot
         keep its promise for (Krum, Bulyan: their bounds on f)."""

@@ -116,12 +116,9 @@ class FedDyn(Strategy):
         return self.ask(client_ids, base, feddyn_alpha=float(self.cfg.alpha))
 
     def aggregate(self, rnd: int, global_params: Params, updates: Iterable[Update]) -> Params:
-        if self.ctx.num_clients < 1:
-            raise ValueError("FedDyn needs the federation's number of clients (StrategyContext.num_clients)")
         pairs = ((u.params, float(u.num_examples)) for u in updates)
-        out, h = feddyn_step(
-            global_params, pairs, self.h, float(self.cfg.alpha), self.ctx.num_clients, self.ctx.stat_keys
-        )
+        m = self.federation_size()
+        out, h = feddyn_step(global_params, pairs, self.h, float(self.cfg.alpha), m, self.ctx.stat_keys)
         if not all(np.isfinite(v).all() for v in h.values()):
             raise ValueError(f"round {rnd}: non-finite FedDyn state h; it is left as it was")
         self.h = h

@@ -119,8 +119,7 @@ class Scaffold(Strategy):
         return f"sends control variates for tensors it did not send: {sorted(extra)[0]}" if extra else None
 
     def aggregate(self, rnd: int, global_params: Params, updates: Iterable[Update]) -> Params:
-        if self.ctx.num_clients < 1:
-            raise ValueError("SCAFFOLD needs the federation's number of clients (StrategyContext.num_clients)")
+        m = self.federation_size()
         keys = self._variate_keys(global_params)
         dc = {k: np.zeros(global_params[k].shape, dtype=np.float64) for k in keys}
 
@@ -132,7 +131,7 @@ class Scaffold(Strategy):
                 yield u.params, float(u.num_examples)
 
         out = weighted_average(global_params, tapped(updates))
-        c = {k: self.c.get(k, np.zeros_like(dc[k])) + dc[k] / self.ctx.num_clients for k in keys}
+        c = {k: self.c.get(k, np.zeros_like(dc[k])) + dc[k] / m for k in keys}
         if not all(np.isfinite(v).all() for v in c.values()):
             raise ValueError(f"round {rnd}: non-finite SCAFFOLD control variate; it is left as it was")
         self.c = c
