@@ -117,7 +117,7 @@ def split_clients(
         elif p.name in SIZE_RULES:
             idx = size_partition(len(train), n, p.name, settings.seed, p.min_size)
         else:
-            raise FedmmError(f"unknown partition '{p.name}'")  # PartitionConfig refuses it first
+            raise FedmmError(f"unknown partition '{p.name}'")  # config.load refuses it before any data is read
         left = len(train) - sum(len(i) for i in idx)
         if left:  # shard: classes no client holds
             log.warning(
