@@ -35,6 +35,12 @@ def weighted_average(global_params: Params, updates: Iterable[tuple[Params, floa
     return {k: (v / total).astype(global_params[k].dtype) for k, v in acc.items()}
 
 
+def stepped_keys(global_params: Params, stat_keys: frozenset[str] = frozenset()) -> list[str]:
+    """The keys a server rule steps: floating tensors that are not running statistics (BatchNorm buffers). The
+    others (statistics, integer counters) are not parameters and take FedAvg's mean."""
+    return [k for k, v in global_params.items() if k not in stat_keys and np.issubdtype(v.dtype, np.floating)]
+
+
 def masked_weighted_average(global_params: Params, updates: Iterable[tuple[Params, float]]) -> Params:
     """For every key, sum_k w_k * theta_k / sum_k w_k over only the clients that sent that key; a key nobody sent
     keeps its global value.

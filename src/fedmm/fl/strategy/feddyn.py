@@ -31,7 +31,7 @@ import numpy as np
 from fedmm.errors import FedmmError
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.strategy.base import STRATEGIES, ClientHook, LocalRound, Strategy
-from fedmm.fl.strategy.fedavg import weighted_average
+from fedmm.fl.strategy.fedavg import stepped_keys, weighted_average
 from fedmm.fl.update import Update
 from fedmm.options import opt
 from fedmm.params import Params
@@ -55,7 +55,7 @@ def feddyn_step(
     updates = list(updates)
     if not updates:
         raise ValueError("FedDyn needs at least one update")
-    moved = [k for k, v in global_params.items() if k not in stat_keys and np.issubdtype(v.dtype, np.floating)]
+    moved = stepped_keys(global_params, stat_keys)
     out = weighted_average(global_params, updates)  # the statistics' mean; the moved keys are replaced below
     h_new = {}
     for k in moved:

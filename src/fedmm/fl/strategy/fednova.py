@@ -26,7 +26,7 @@ import numpy as np
 
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.strategy.base import STRATEGIES, ClientHook, LocalRound, Strategy
-from fedmm.fl.strategy.fedavg import weighted_average
+from fedmm.fl.strategy.fedavg import stepped_keys, weighted_average
 from fedmm.fl.update import Update
 from fedmm.options import opt
 from fedmm.params import Params
@@ -53,18 +53,19 @@ def fednova_step(
     if not updates:
         raise ValueError("FedNova needs at least one update")
     total = sum(n for _, n, _ in updates)
-    moved = [k for k, v in global_params.items() if k not in stat_keys and np.issubdtype(v.dtype, np.floating)]
-    direction = {k: np.zeros(global_params[k].shape, dtype=np.float64) for k in moved}
+    moved = stepped_keys(global_params, stat_keys)
+    w = {k: global_params[k].astype(np.float64) for k in moved}
+    direction = {k: np.zeros_like(v) for k, v in w.items()}
     tau_eff = 0.0
     for params, n, a in updates:
         p = n / total
         tau_eff += p * a
         for k in moved:
             if k in params:
-                direction[k] += (p / a) * (global_params[k].astype(np.float64) - params[k].astype(np.float64))
+                direction[k] += (p / a) * (w[k] - params[k].astype(np.float64))
     out = weighted_average(global_params, ((u, n) for u, n, _ in updates))
     for k in moved:
-        out[k] = (global_params[k].astype(np.float64) - tau_eff * direction[k]).astype(global_params[k].dtype)
+        out[k] = (w[k] - tau_eff * direction[k]).astype(global_params[k].dtype)
     return out
 
 

@@ -18,7 +18,7 @@ from fedmm.fl.update import Update
 
 from fedmm.params import Params
 from fedmm.fl.strategy.base import Strategy
-from fedmm.fl.strategy.fedavg import weighted_average
+from fedmm.fl.strategy.fedavg import stepped_keys, weighted_average
 from fedmm.options import opt
 
 
@@ -89,8 +89,9 @@ class FedOpt(Strategy):
         out: Params = {}
         m_new: dict[str, np.ndarray] = {}
         v_new: dict[str, np.ndarray] = {}
+        stepped = set(stepped_keys(global_params, self.ctx.stat_keys))
         for k, x0 in global_params.items():
-            if k in self.ctx.stat_keys or not np.issubdtype(x0.dtype, np.floating):
+            if k not in stepped:
                 out[k] = avg[k]
                 continue
             x = x0.astype(np.float64)

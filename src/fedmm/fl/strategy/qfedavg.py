@@ -37,7 +37,7 @@ import numpy as np
 from fedmm.errors import FedmmError
 from fedmm.fl.instructions import FitInstructions
 from fedmm.fl.strategy.base import STRATEGIES, ClientHook, LocalRound, Strategy
-from fedmm.fl.strategy.fedavg import weighted_average
+from fedmm.fl.strategy.fedavg import stepped_keys, weighted_average
 from fedmm.fl.update import Update
 from fedmm.options import opt
 from fedmm.params import Params
@@ -54,7 +54,7 @@ def qffl_step(
     """One q-FedAvg step from (params_k, loss F_k, examples n_k) per client (module docstring); float64 inside,
     each tensor cast back to the global's dtype."""
     lip = 1.0 / lr
-    moved = [k for k, v in global_params.items() if k not in stat_keys and np.issubdtype(v.dtype, np.floating)]
+    moved = stepped_keys(global_params, stat_keys)
     w = {k: global_params[k].astype(np.float64) for k in moved}
     delta = {k: np.zeros_like(v) for k, v in w.items()}
     h_sum, stats = 0.0, []

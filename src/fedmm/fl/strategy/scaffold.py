@@ -33,7 +33,7 @@ import numpy as np
 
 from fedmm.errors import FedmmError
 from fedmm.fl.strategy.base import STRATEGIES, ClientHook, LocalRound, Strategy
-from fedmm.fl.strategy.fedavg import weighted_average
+from fedmm.fl.strategy.fedavg import stepped_keys, weighted_average
 from fedmm.fl.update import Update
 from fedmm.options import opt
 from fedmm.params import Params
@@ -103,15 +103,10 @@ class Scaffold(Strategy):
         super().__init__(cfg)
         self.c: dict[str, np.ndarray] = {}
 
-    def _variate_keys(self, global_params: Params) -> list[str]:
-        return [
-            k for k, v in global_params.items() if k not in self.ctx.stat_keys and np.issubdtype(v.dtype, np.floating)
-        ]
-
     def downlink(self, rnd: int, global_params: Params) -> Params:
         return {
             k: self.c[k].astype(global_params[k].dtype) if k in self.c else np.zeros_like(global_params[k])
-            for k in self._variate_keys(global_params)
+            for k in stepped_keys(global_params, self.ctx.stat_keys)
         }
 
     def refuses(self, update: Update) -> Optional[str]:
@@ -120,7 +115,7 @@ class Scaffold(Strategy):
 
     def aggregate(self, rnd: int, global_params: Params, updates: Iterable[Update]) -> Params:
         m = self.federation_size()
-        keys = self._variate_keys(global_params)
+        keys = stepped_keys(global_params, self.ctx.stat_keys)
         dc = {k: np.zeros(global_params[k].shape, dtype=np.float64) for k in keys}
 
         def tapped(stream: Iterable[Update]) -> Iterator[tuple[Params, float]]:
